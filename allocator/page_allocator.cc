@@ -1,0 +1,548 @@
+#include "allocator/page_allocator.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "allocator/per_cpu_ring.h"
+
+namespace physmem {
+namespace {
+
+bool IsAllocated(const PageState& s) { return s.refcount != 0; }
+
+}  // namespace
+
+PageAllocator::PageAllocator(PageAllocatorOptions options)
+    : options_(std::move(options)), target_(options_.target) {}
+
+PageAllocator::~PageAllocator() = default;
+
+absl::StatusOr<std::unique_ptr<PageAllocator>> PageAllocator::Create(PageAllocatorOptions options) {
+  if (absl::Status s = ValidateTarget(options.target); !s.ok()) return s;
+  std::unique_ptr<PageAllocator> pa(new PageAllocator(std::move(options)));
+  if (absl::Status s = pa->Init(); !s.ok()) return s;
+  return pa;
+}
+
+absl::Status PageAllocator::Init() {
+  absl::StatusOr<std::unique_ptr<MemMap>> mm = MemMap::Create(target_);
+  if (!mm.ok()) return mm.status();
+  mem_map_ = *std::move(mm);
+
+  ArenaOptions ao;
+  ao.size_bytes = uint64_t{mem_map_->nr_pages()} << target_.page_shift;
+  ao.backing = options_.arena_backing;
+  ao.path = options_.arena_path;
+  absl::StatusOr<std::unique_ptr<Arena>> arena = Arena::Create(ao);
+  if (!arena.ok()) return arena.status();
+  arena_ = *std::move(arena);
+
+  const int nr_cpus = options_.nr_cpus > 0 ? options_.nr_cpus : NumPossibleCpus();
+  std::array<uint64_t, MAX_NR_ZONES> managed{};
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    if (!target_.zone_configured[z]) continue;
+    ZoneConfig zc;
+    zc.type = static_cast<ZoneType>(z);
+    zc.start_pfn = target_.zone_start(zc.type) >> target_.page_shift;
+    const uint64_t last_ram_pfn = target_.ram.back().end() >> target_.page_shift;
+    zc.end_pfn = std::min(target_.zone_end[z] >> target_.page_shift, last_ram_pfn);
+    zc.end_pfn = std::max(zc.end_pfn, zc.start_pfn);
+    for (const Segment& s : mem_map_->segments()) {
+      if (s.zone == z) zc.segments.push_back(s);
+    }
+    // spanned_pages runs from the first to the last RAM page of the zone, like the kernel's.
+    if (!zc.segments.empty()) {
+      zc.start_pfn = zc.segments.front().start_pfn;
+      zc.end_pfn = zc.segments.back().end_pfn;
+      zone_index_end_[z] = zc.segments.back().first_index + static_cast<uint32_t>(zc.segments.back().nr_pages());
+    }
+    zc.nr_orders = target_.nr_page_orders();
+    zc.page_shift = target_.page_shift;
+    zc.nr_cpus = nr_cpus;
+    zc.pcp_enabled = options_.pcp_enabled;
+    zc.pcp_batch = options_.pcp_batch;
+    zc.pcp_high = options_.pcp_high;
+    zones_[z] = std::make_unique<Zone>(*mem_map_, std::move(zc));
+    managed[z] = zones_[z]->managed_pages();
+  }
+  // Zones without RAM end where the previous zone ends, so ZoneOfIndex() never lands in them.
+  for (int z = 1; z < MAX_NR_ZONES; ++z) zone_index_end_[z] = std::max(zone_index_end_[z], zone_index_end_[z - 1]);
+
+  uint64_t lowmem_kbytes = 0;
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    if (z != ZONE_HIGHMEM) lowmem_kbytes += managed[z] << (target_.page_shift - 10);
+  }
+  const uint64_t min_free_kbytes =
+      options_.min_free_kbytes ? options_.min_free_kbytes : DefaultMinFreeKbytes(lowmem_kbytes);
+  const auto wmarks = SetupZoneWatermarks(managed, min_free_kbytes, target_.page_shift,
+                                          options_.watermark_scale_factor);
+  const auto reserve = SetupLowmemReserve(managed, options_.lowmem_reserve_ratio);
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    if (zones_[z]) zones_[z]->SetWatermarks(wmarks[z], reserve[z]);
+  }
+
+  for (unsigned bits = 0; bits < 16; ++bits) {
+    gfp_zone_table_[bits] = ValidateGfp(bits).ok() ? gfp_zone(bits, target_.zone_configured) : -1;
+  }
+  if (target_.has_highmem()) {
+    pkmap_ = std::make_unique<PkmapWindow>(target_.pkmap_base, target_.pkmap_slots, target_.page_size);
+  }
+  lowmem_end_pfn_ = target_.lowmem_end() == UINT64_MAX ? UINT64_MAX : target_.lowmem_end() >> target_.page_shift;
+  return absl::OkStatus();
+}
+
+ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
+  for (int z = 0; z < MAX_NR_ZONES - 1; ++z) {
+    if (idx < zone_index_end_[z]) return static_cast<ZoneType>(z);
+  }
+  return ZONE_HIGHMEM;
+}
+
+bool PageAllocator::pcp_active() const {
+  for (const auto& z : zones_) {
+    if (z && z->populated() && z->pcp().enabled()) return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocation
+
+absl::Status PageAllocator::ValidateAllocArgs(gfp_t gfp, unsigned order) const {
+  if (order >= target_.nr_page_orders()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order));
+  }
+  return ValidateGfp(gfp);
+}
+
+std::optional<uint32_t> PageAllocator::GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
+                                                           ZoneType* got_zone) {
+  for (int z = highest; z >= 0; --z) {
+    Zone* zn = zone(static_cast<ZoneType>(z));
+    if (zn == nullptr || !zn->populated()) continue;
+    const uint64_t mark = zn->watermarks()[static_cast<WatermarkLevel>(alloc_flags & ALLOC_WMARK_MASK)];
+    if (!zn->WatermarkOk(order, mark, highest, alloc_flags)) continue;
+    if (std::optional<uint32_t> idx = zn->Rmqueue(order)) {
+      *got_zone = zn->type();
+      return idx;
+    }
+  }
+  return std::nullopt;
+}
+
+Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner) {
+  Page& head = mem_map_->page(idx);
+  const bool compound = (gfp & __GFP_COMP) && order > 0;
+  if (compound) {
+    // prep_compound_page(): every tail points back to its head.
+    for (uint32_t i = 1; i < (1u << order); ++i) {
+      Page& tail = mem_map_->page(idx + i);
+      tail.head_offset = i;
+      tail.state.store(PageState::Tail(), std::memory_order_relaxed);
+    }
+  }
+  if (gfp & __GFP_ZERO) {
+    std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
+  }
+  // Release: the block's contents and tails are ready before anyone can see it allocated.
+  head.state.store(PageState::Allocated(order, owner, compound), std::memory_order_release);
+  return &head;
+}
+
+Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
+  if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
+  const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
+  if (highest < 0) [[unlikely]] return nullptr;
+  ZoneType got;
+  // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does.
+  if (std::optional<uint32_t> idx = GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got))
+      [[likely]] {
+    return PrepNewPage(*idx, order, gfp, owner);
+  }
+  return AllocSlow(gfp, order, owner, static_cast<ZoneType>(highest));
+}
+
+Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest) {
+  const unsigned alloc_flags = gfp_to_alloc_flags(gfp, order);
+  ZoneType got;
+  std::optional<uint32_t> idx = GetPageFromFreelist(order, alloc_flags, highest, &got);
+  // The kernel drains every CPU's lists before it gives up (after direct reclaim fails): pages
+  // parked there count as free but cannot be merged or handed to another CPU.
+  if (!idx && drain_all_pages() != 0) idx = GetPageFromFreelist(order, alloc_flags, highest, &got);
+  if (!idx) return nullptr;
+  return PrepNewPage(*idx, order, gfp, owner);
+}
+
+absl::StatusOr<Page*> PageAllocator::AllocPages(gfp_t gfp, unsigned order, uint32_t owner) {
+  if (absl::Status s = ValidateAllocArgs(gfp, order); !s.ok()) return s;
+  if (Page* p = alloc_pages(gfp, order, owner)) return p;
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("no free order-%u block for %s: %s", order, FormatGfp(gfp), ExplainAllocFailure(gfp, order)));
+}
+
+std::string PageAllocator::ExplainAllocFailure(gfp_t gfp, unsigned order) const {
+  const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
+  if (highest < 0) return "invalid zone modifiers";
+  std::vector<std::string> tried;
+  for (int z = highest; z >= 0; --z) {
+    const Zone* zn = zone(static_cast<ZoneType>(z));
+    if (zn == nullptr || !zn->populated()) continue;
+    unsigned largest = 0;
+    const ZoneStats st = zn->Stats();
+    for (unsigned o = 0; o < st.nr_free.size(); ++o) {
+      if (st.nr_free[o] != 0) largest = o;
+    }
+    tried.push_back(absl::StrFormat("%s (free %u, largest free order %u, min %u, lowmem_reserve %u)",
+                                    zone_name(zn->type()), st.free_pages, largest, st.watermarks.min,
+                                    st.lowmem_reserve[highest]));
+  }
+  (void)order;
+  return absl::StrCat("zones tried: ", absl::StrJoin(tried, ", "));
+}
+
+uint64_t PageAllocator::__get_free_pages(gfp_t gfp, unsigned order, uint32_t owner) {
+  Page* page = alloc_pages(gfp & ~__GFP_HIGHMEM, order, owner);
+  return page ? page_address(page) : 0;
+}
+
+unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner) {
+  unsigned populated = 0;
+  for (unsigned i = 0; i < nr; ++i) populated += page_array[i] != nullptr;
+  if (populated == nr || (gfp & ~kGfpKnownMask) != 0) return populated;
+  const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
+  if (highest < 0) return populated;
+  // __alloc_pages_bulk(): one zone that passes LOW + the pages still wanted, then a tight loop
+  // over its per-CPU list; whatever that cannot supply goes through the full allocator.
+  Zone* bulk_zone = nullptr;
+  for (int z = highest; z >= 0 && bulk_zone == nullptr; --z) {
+    Zone* zn = zone(static_cast<ZoneType>(z));
+    if (zn == nullptr || !zn->populated()) continue;
+    if (zn->WatermarkOk(0, zn->watermarks().low + (nr - populated), static_cast<ZoneType>(highest), ALLOC_WMARK_LOW)) {
+      bulk_zone = zn;
+    }
+  }
+  unsigned i = 0;
+  if (bulk_zone != nullptr) {
+    for (; i < nr; ++i) {
+      if (page_array[i] != nullptr) continue;
+      std::optional<uint32_t> idx = bulk_zone->Rmqueue(0);
+      if (!idx) break;
+      page_array[i] = PrepNewPage(*idx, 0, gfp, owner);
+      ++populated;
+    }
+  }
+  for (; i < nr; ++i) {
+    if (page_array[i] != nullptr) continue;
+    page_array[i] = alloc_pages(gfp | __GFP_NOWARN, 0, owner);
+    if (page_array[i] == nullptr) break;
+    ++populated;
+  }
+  return populated;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free
+
+absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t owner) {
+  if (page == nullptr || !mem_map_->owns(page)) {
+    return absl::InvalidArgumentError("__free_pages: not a struct page of this allocator");
+  }
+  return FreeBlock(page, order, owner);
+}
+
+absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner) {
+  if (order >= target_.nr_page_orders()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order));
+  }
+  absl::StatusOr<Page*> page = PfnToPage(pfn);
+  if (!page.ok()) return page.status();
+  if (pfn % (uint64_t{1} << order) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "pfn %#x is not aligned to order %u (an order-%u block starts at a multiple of %u)", pfn, order, order,
+        1u << order));
+  }
+  return FreeBlock(*page, order, owner);
+}
+
+absl::Status PageAllocator::free_pages(uint64_t addr, unsigned order, uint32_t owner) {
+  if (addr == 0) return absl::OkStatus();
+  absl::StatusOr<Page*> page = VirtToPage(addr);
+  if (!page.ok()) return page.status();
+  return FreePfn(page_to_pfn(*page), order, owner);
+}
+
+absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner) {
+  const uint32_t idx = mem_map_->index_of(page);
+  const ZoneType zt = ZoneOfIndex(idx);
+  Zone* zn = zone(zt);
+  uint64_t word = page->state.load(std::memory_order_acquire);
+  uint64_t free_word;
+  for (;;) {
+    const PageState s = PageState::Unpack(word);
+    if (!IsAllocated(s) || s.order != order || s.owner != owner) [[unlikely]] {
+      return DiagnoseBadFree(idx, s, order, owner);
+    }
+    free_word = zn->FreeState(order);
+    // The CAS is what makes a double free harmless: of two racing frees, one finds the state
+    // already changed and is refused.
+    if (page->state.compare_exchange_weak(word, free_word, std::memory_order_acq_rel)) break;
+  }
+  if (zt == ZONE_HIGHMEM) {
+    // Pairs with kmap(): it raises mapcount, fences, then checks the state; we changed the state,
+    // fence, then check mapcount. Of two racing calls at least one sees the other (Dekker).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    uint32_t mapped = 0;
+    for (uint32_t i = 0; i < (1u << order); ++i) {
+      mapped += mem_map_->page(idx + i).mapcount.load(std::memory_order_relaxed) != 0;
+    }
+    if (mapped != 0) {
+      page->state.store(word, std::memory_order_release);  // un-claim: the block stays allocated
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "block at pfn %#x still has %u kmap()ed page(s); kunmap them before freeing", page_to_pfn(page), mapped));
+    }
+  }
+  if (PageState::Unpack(word).flags & PG_head) {
+    for (uint32_t i = 1; i < (1u << order); ++i) {
+      Page& tail = mem_map_->page(idx + i);
+      tail.head_offset = 0;
+      tail.state.store(0, std::memory_order_relaxed);
+    }
+  }
+  zn->FreeBlock(idx, order);
+  return absl::OkStatus();
+}
+
+std::optional<uint32_t> PageAllocator::FindAllocatedHead(uint32_t idx) const {
+  const Segment& seg = mem_map_->segment_of_index(idx);
+  const uint64_t pfn = seg.pfn_of(idx);
+  const Page& p = mem_map_->page(idx);
+  const PageState s = p.Load();
+  if (s.flags & PG_tail) return idx - p.head_offset;
+  for (unsigned o = 0; o < target_.nr_page_orders(); ++o) {
+    const uint64_t head_pfn = pfn & ~((uint64_t{1} << o) - 1);
+    if (!seg.contains_pfn(head_pfn)) break;
+    const PageState hs = mem_map_->page(seg.index_of(head_pfn)).Load();
+    if (IsAllocated(hs) && pfn < head_pfn + (uint64_t{1} << hs.order)) return seg.index_of(head_pfn);
+  }
+  return std::nullopt;
+}
+
+Page* PageAllocator::AllocatedBlockContaining(uint64_t pfn) const {
+  std::optional<uint32_t> idx = mem_map_->pfn_to_index(pfn);
+  if (!idx) return nullptr;
+  std::optional<uint32_t> head = FindAllocatedHead(*idx);
+  return head ? &mem_map_->page(*head) : nullptr;
+}
+
+absl::Status PageAllocator::DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const {
+  const uint64_t pfn = mem_map_->index_to_pfn(idx);
+  if (s.flags & PG_tail) {
+    const uint32_t head = idx - mem_map_->page(idx).head_offset;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "pfn %#x is a tail page of the compound block at pfn %#x; free the head", pfn, mem_map_->index_to_pfn(head)));
+  }
+  if (IsAllocated(s)) {
+    // Ownership first: another owner's caller learns nothing about the block's shape.
+    if (s.owner != owner) {
+      return absl::PermissionDeniedError(
+          absl::StrFormat("the block at pfn %#x belongs to owner %u, not %u", pfn, s.owner, owner));
+    }
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "wrong order: the block at pfn %#x was allocated with order %u, not %u", pfn, s.order, order));
+  }
+  if (std::optional<uint32_t> head = FindAllocatedHead(idx)) {
+    const PageState hs = mem_map_->page(*head).Load();
+    return absl::FailedPreconditionError(
+        absl::StrFormat("pfn %#x is inside the order-%u block allocated at pfn %#x; free that block", pfn, hs.order,
+                        mem_map_->index_to_pfn(*head)));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrFormat("pfn %#x is not allocated (double free?)", pfn));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses, kmap
+
+absl::StatusOr<Page*> PageAllocator::PfnToPage(uint64_t pfn) const {
+  std::optional<uint32_t> idx = mem_map_->pfn_to_index(pfn);
+  if (!idx) {
+    const uint64_t last = (target_.ram.back().end() >> target_.page_shift) - 1;
+    return absl::OutOfRangeError(pfn > last ? absl::StrFormat("pfn %#x is beyond the last RAM page %#x", pfn, last)
+                                            : absl::StrFormat("pfn %#x is in a memory hole (not RAM)", pfn));
+  }
+  return &mem_map_->page(*idx);
+}
+
+absl::StatusOr<Page*> PageAllocator::VirtToPage(uint64_t addr) const {
+  if (pkmap_ && pkmap_->Contains(addr)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "address %#x is a kmap() window address, not a direct-map address; free highmem pages by pfn", addr));
+  }
+  if (addr % target_.page_size != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("address %#x is not page aligned (page size %u)", addr,
+                                                      target_.page_size));
+  }
+  if (addr < target_.page_offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "address %#x is below PAGE_OFFSET %#x: not a kernel direct-map address", addr, target_.page_offset));
+  }
+  const uint64_t pfn = (addr - target_.page_offset + target_.phys_offset) >> target_.page_shift;
+  if (pfn >= lowmem_end_pfn_ || addr - target_.page_offset > UINT64_MAX - target_.phys_offset) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("address %#x lies beyond the direct map (lowmem ends at pfn %#x)", addr, lowmem_end_pfn_));
+  }
+  return PfnToPage(pfn);
+}
+
+uint64_t PageAllocator::page_address(const Page* page) const {
+  const uint64_t pfn = page_to_pfn(page);
+  if (pfn >= lowmem_end_pfn_) {
+    std::optional<uint64_t> v = pkmap_->Lookup(pfn);
+    return v ? *v : 0;
+  }
+  return target_.page_offset + ((pfn << target_.page_shift) - target_.phys_offset);
+}
+
+int PageAllocator::page_count(const Page* page) const {
+  const PageState s = page->Load();
+  if (s.flags & PG_tail) return mem_map_->page(mem_map_->index_of(page) - page->head_offset).Load().refcount;
+  return s.refcount;
+}
+
+absl::StatusOr<uint64_t> PageAllocator::kmap(Page* page, uint32_t owner) {
+  const uint32_t idx = mem_map_->index_of(page);
+  auto check_owner = [&]() -> absl::Status {
+    std::optional<uint32_t> head = FindAllocatedHead(idx);
+    if (!head) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("kmap: pfn %#x is not allocated", mem_map_->index_to_pfn(idx)));
+    }
+    if (const PageState hs = mem_map_->page(*head).Load(); hs.owner != owner) {
+      return absl::PermissionDeniedError(absl::StrFormat("kmap: pfn %#x belongs to owner %u, not %u",
+                                                         mem_map_->index_to_pfn(idx), hs.owner, owner));
+    }
+    return absl::OkStatus();
+  };
+  if (ZoneOfIndex(idx) != ZONE_HIGHMEM) {
+    if (absl::Status s = check_owner(); !s.ok()) return s;
+    return page_address(page);  // lowmem: kmap() is page_address()
+  }
+  page->mapcount.fetch_add(1, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // see FreeBlock()
+  if (absl::Status s = check_owner(); !s.ok()) {
+    page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
+    return s;
+  }
+  absl::StatusOr<uint64_t> v = pkmap_->Kmap(page_to_pfn(page));
+  if (!v.ok()) page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
+  return v;
+}
+
+absl::Status PageAllocator::kunmap(Page* page, uint32_t owner) {
+  const uint32_t idx = mem_map_->index_of(page);
+  if (ZoneOfIndex(idx) != ZONE_HIGHMEM) return absl::OkStatus();  // lowmem: nothing was mapped
+  std::optional<uint32_t> head = FindAllocatedHead(idx);
+  if (head && mem_map_->page(*head).Load().owner != owner) {
+    return absl::PermissionDeniedError(absl::StrFormat("kunmap: pfn %#x belongs to another owner",
+                                                       mem_map_->index_to_pfn(idx)));
+  }
+  if (absl::Status s = pkmap_->Kunmap(page_to_pfn(page)); !s.ok()) return s;
+  page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
+  return absl::OkStatus();
+}
+
+uint64_t PageAllocator::drain_all_pages() {
+  uint64_t pages = 0;
+  for (auto& z : zones_) {
+    if (z) pages += z->DrainAllPcp();
+  }
+  return pages;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and validation
+
+std::vector<ZoneStats> PageAllocator::Stats() const {
+  std::vector<ZoneStats> out;
+  for (const auto& z : zones_) {
+    if (z) out.push_back(z->Stats());
+  }
+  return out;
+}
+
+std::string PageAllocator::Buddyinfo() const {
+  std::string text;
+  for (const ZoneStats& z : Stats()) {
+    if (z.populated) absl::StrAppend(&text, FormatBuddyinfoLine(z), "\n");
+  }
+  return text;
+}
+
+absl::StatusOr<PageCensus> PageAllocator::Validate() const {
+  PageCensus c;
+  c.total_pages = mem_map_->nr_pages();
+  std::vector<uint8_t> seen(mem_map_->nr_pages());
+  absl::Status status;
+  for (const auto& z : zones_) {
+    if (!z) continue;
+    uint64_t pcp_pages = 0;
+    status.Update(z->ValidateFree(seen, &pcp_pages));
+    c.pcp_pages += pcp_pages;
+    c.buddy_free_pages += z->buddy_free_pages();
+  }
+  if (!status.ok()) return status;
+  // Every page not on a free list must belong to exactly one allocated block.
+  for (const Segment& seg : mem_map_->segments()) {
+    uint32_t idx = seg.first_index;
+    const uint32_t end = seg.first_index + static_cast<uint32_t>(seg.nr_pages());
+    while (idx < end) {
+      if (seen[idx]) {
+        ++idx;
+        continue;
+      }
+      const uint64_t pfn = seg.pfn_of(idx);
+      const PageState s = mem_map_->page(idx).Load();
+      if (!IsAllocated(s)) {
+        return absl::InternalError(absl::StrFormat(
+            "pfn %#x is neither on a free list nor in an allocated block (lost page; state %#x)", pfn, s.Pack()));
+      }
+      const uint64_t n = uint64_t{1} << s.order;
+      if (pfn % n != 0 || pfn + n > seg.end_pfn) {
+        return absl::InternalError(absl::StrFormat("allocated block at pfn %#x order %u is misaligned or crosses "
+                                                   "its segment",
+                                                   pfn, s.order));
+      }
+      for (uint64_t i = 0; i < n; ++i) {
+        const uint32_t t = idx + static_cast<uint32_t>(i);
+        if (seen[t]) {
+          return absl::InternalError(
+              absl::StrFormat("pfn %#x is both free and inside the block allocated at pfn %#x", pfn + i, pfn));
+        }
+        seen[t] = 1;
+        if (i == 0) continue;
+        const PageState ts = mem_map_->page(t).Load();
+        const bool ok = (s.flags & PG_head) ? ts.flags == PG_tail && mem_map_->page(t).head_offset == i
+                                             : ts.Pack() == 0;
+        if (!ok) {
+          return absl::InternalError(absl::StrFormat(
+              "pfn %#x inside the block allocated at pfn %#x has state %#x", pfn + i, pfn, ts.Pack()));
+        }
+      }
+      c.allocated_pages += n;
+      ++c.allocated_blocks;
+      idx += static_cast<uint32_t>(n);
+    }
+  }
+  if (c.buddy_free_pages + c.pcp_pages + c.allocated_pages != c.total_pages) {
+    return absl::InternalError(absl::StrFormat("pages do not add up: %u buddy + %u per-CPU + %u allocated != %u",
+                                               c.buddy_free_pages, c.pcp_pages, c.allocated_pages, c.total_pages));
+  }
+  return c;
+}
+
+}  // namespace physmem

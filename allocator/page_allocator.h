@@ -1,0 +1,162 @@
+// PageAllocator: the kernel's page allocator interface over an emulated machine's RAM.
+//
+// Who uses it: the gRPC server (through the StatusOr forms, which say why a call failed), the
+// demo and the benchmarks (through the kernel forms, which fail with a null value as the kernel's
+// do). It owns the arena (the emulated RAM), the mem_map (struct page array) and one Zone per
+// zone the target configures. Thread-safety: every method may be called from any thread at any
+// time, except Validate(), which needs no allocation or free to run concurrently.
+//
+// Allocation (__alloc_pages()): gfp_zone() picks the highest zone allowed; the zonelist walks
+// down from it (HIGHMEM -> NORMAL -> DMA32 -> DMA, skipping zones the target lacks). The first
+// pass takes a zone only above its LOW watermark + lowmem_reserve[highest]; the slow pass uses
+// the MIN watermark with the reserve discounts of gfp_to_alloc_flags() (__GFP_HIGH: half,
+// GFP_ATOMIC: a further quarter), then drains every CPU's lists and tries once more. Waiting
+// (direct reclaim) is not the allocator's business: the service decides whether to wait.
+//
+// Owners: every allocated block records a 32-bit owner id (the server's lease); a free must name
+// the same owner. Kernel-style callers use kNoOwner for both.
+//
+// Refused frees never change anything. Status codes:
+//   INVALID_ARGUMENT     order > MAX_PAGE_ORDER; pfn not aligned to the order; wrong order for
+//                        the block; an address that is not a page address (unaligned, not in the
+//                        direct map, a kmap address)
+//   OUT_OF_RANGE         pfn in a hole or beyond the end of RAM
+//   FAILED_PRECONDITION  the page is not allocated (double free), is a tail or inside another
+//                        block, or is still kmap()ed
+//   PERMISSION_DENIED    the block belongs to another owner
+#ifndef PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
+#define PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "allocator/arena.h"
+#include "allocator/gfp.h"
+#include "allocator/highmem.h"
+#include "allocator/mem_map.h"
+#include "allocator/stats.h"
+#include "allocator/target.h"
+#include "allocator/watermark.h"
+#include "allocator/zone.h"
+
+namespace physmem {
+
+struct PageAllocatorOptions {
+  Target target;
+  ArenaOptions::Backing arena_backing = ArenaOptions::Backing::kBest;
+  std::string arena_path;  // empty: anonymous arena
+  uint64_t min_free_kbytes = 0;  // vm.min_free_kbytes; 0 = the kernel's default formula
+  uint32_t watermark_scale_factor = kDefaultWatermarkScaleFactor;
+  std::array<uint32_t, MAX_NR_ZONES> lowmem_reserve_ratio = kDefaultLowmemReserveRatio;
+  bool pcp_enabled = true;  // false: every allocation takes the zone lock (the mutex-buddy baseline)
+  uint32_t pcp_batch = 0;   // 0: zone_batchsize()
+  uint32_t pcp_high = 0;    // 0: zone_highsize()
+  int nr_cpus = 0;          // 0: the machine's possible CPUs
+};
+
+// What Validate() counted, for tests that check the books balance.
+struct PageCensus {
+  uint64_t total_pages = 0;
+  uint64_t buddy_free_pages = 0;
+  uint64_t pcp_pages = 0;
+  uint64_t allocated_pages = 0;
+  uint64_t allocated_blocks = 0;
+};
+
+class PageAllocator {
+ public:
+  static absl::StatusOr<std::unique_ptr<PageAllocator>> Create(PageAllocatorOptions options);
+  ~PageAllocator();
+
+  // ---- The kernel's interface (include/linux/gfp.h). Failure is a null value. ----
+  Page* alloc_pages(gfp_t gfp, unsigned order, uint32_t owner = kNoOwner);
+  Page* alloc_page(gfp_t gfp, uint32_t owner = kNoOwner) { return alloc_pages(gfp, 0, owner); }
+  // Address forms: a direct-map (lowmem) address, or 0. __GFP_HIGHMEM is stripped, as the
+  // kernel's __get_free_pages() does, because a highmem page has no permanent address.
+  uint64_t __get_free_pages(gfp_t gfp, unsigned order, uint32_t owner = kNoOwner);
+  uint64_t __get_free_page(gfp_t gfp, uint32_t owner = kNoOwner) { return __get_free_pages(gfp, 0, owner); }
+  uint64_t get_zeroed_page(gfp_t gfp, uint32_t owner = kNoOwner) {
+    return __get_free_pages(gfp | __GFP_ZERO, 0, owner);
+  }
+  absl::Status __free_pages(Page* page, unsigned order, uint32_t owner = kNoOwner);
+  absl::Status __free_page(Page* page, uint32_t owner = kNoOwner) { return __free_pages(page, 0, owner); }
+  // free_pages(0, order) does nothing, as in the kernel.
+  absl::Status free_pages(uint64_t addr, unsigned order, uint32_t owner = kNoOwner);
+  absl::Status free_page(uint64_t addr, uint32_t owner = kNoOwner) { return free_pages(addr, 0, owner); }
+  // alloc_pages_bulk(): order-0 pages into the null slots of page_array[0..nr); returns how many
+  // slots are populated afterwards, counting those that already were. May return fewer than nr.
+  unsigned alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner = kNoOwner);
+  // Emulated kernel virtual address: PAGE_OFFSET + (phys - PHYS_OFFSET) for lowmem; for highmem
+  // the kmap() address if mapped, else 0 (null).
+  uint64_t page_address(const Page* page) const;
+  int page_count(const Page* page) const;
+  absl::StatusOr<uint64_t> kmap(Page* page, uint32_t owner = kNoOwner);
+  absl::Status kunmap(Page* page, uint32_t owner = kNoOwner);
+  uint64_t drain_all_pages();
+
+  // ---- The same with reasons, for the service. ----
+  // INVALID_ARGUMENT for a bad order or gfp mask; RESOURCE_EXHAUSTED (message names the zones
+  // tried) when no zone could serve the request.
+  absl::StatusOr<Page*> AllocPages(gfp_t gfp, unsigned order, uint32_t owner);
+  // Why an allocation of (gfp, order) finds nothing now: each zone of its zonelist with its free
+  // pages, min watermark and lowmem_reserve. For error messages.
+  std::string ExplainAllocFailure(gfp_t gfp, unsigned order) const;
+  absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner);
+  absl::StatusOr<Page*> PfnToPage(uint64_t pfn) const;  // OUT_OF_RANGE for holes / beyond RAM
+  absl::StatusOr<Page*> VirtToPage(uint64_t addr) const;
+  // The allocated block that contains pfn (its head), whoever owns it; nullptr if pfn is free.
+  Page* AllocatedBlockContaining(uint64_t pfn) const;
+
+  // ---- Translation. ----
+  uint64_t page_to_pfn(const Page* page) const { return mem_map_->index_to_pfn(mem_map_->index_of(page)); }
+  uint64_t page_to_phys(const Page* page) const { return page_to_pfn(page) << target_.page_shift; }
+  ZoneType page_zonenum(const Page* page) const { return ZoneOfIndex(mem_map_->index_of(page)); }
+  uint64_t arena_offset(const Page* page) const { return uint64_t{mem_map_->index_of(page)} << target_.page_shift; }
+  std::byte* page_host_address(const Page* page) const { return arena_->base() + arena_offset(page); }
+
+  // ---- Introspection. ----
+  const Target& target() const { return target_; }
+  const Arena& arena() const { return *arena_; }
+  const MemMap& mem_map() const { return *mem_map_; }
+  bool pcp_active() const;  // per-CPU lists on (requested, and rseq usable in this process)
+  std::vector<ZoneStats> Stats() const;  // configured zones, lowest first
+  std::string Buddyinfo() const;         // /proc/buddyinfo text, populated zones only
+  // Every page free on exactly one list or inside exactly one allocated block; counts agree.
+  absl::StatusOr<PageCensus> Validate() const;
+
+ private:
+  explicit PageAllocator(PageAllocatorOptions options);
+  absl::Status Init();
+
+  ZoneType ZoneOfIndex(uint32_t idx) const;
+  Zone* zone(ZoneType z) const { return zones_[z].get(); }
+  // get_page_from_freelist(): the first zone from `highest` down that passes the watermark.
+  std::optional<uint32_t> GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
+                                              ZoneType* got_zone);
+  Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest);
+  Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
+  absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;
+  absl::Status FreeBlock(Page* page, unsigned order, uint32_t owner);
+  absl::Status DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
+  std::optional<uint32_t> FindAllocatedHead(uint32_t idx) const;
+
+  PageAllocatorOptions options_;
+  Target target_;
+  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<MemMap> mem_map_;
+  std::array<std::unique_ptr<Zone>, MAX_NR_ZONES> zones_;
+  std::array<uint32_t, MAX_NR_ZONES> zone_index_end_{};  // zones occupy consecutive index ranges
+  std::array<int8_t, 16> gfp_zone_table_{};               // gfp_zone() per zone-modifier bits; -1 = bad
+  std::unique_ptr<PkmapWindow> pkmap_;
+  uint64_t lowmem_end_pfn_ = 0;
+};
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_

@@ -1,0 +1,58 @@
+#include "allocator/per_cpu_pages.h"
+
+#include <algorithm>
+#include <bit>
+
+namespace physmem {
+
+uint32_t ZoneBatchsize(uint64_t managed_pages, unsigned page_shift) {
+  uint64_t batch = std::min<uint64_t>(managed_pages >> 10, (uint64_t{1} << 20) >> page_shift);
+  batch /= 4;  // the kernel effectively multiplies by 4 below
+  if (batch < 1) batch = 1;
+  batch = std::bit_floor(batch + batch / 2) - 1;
+  // zone_set_pageset_high_and_batch(): new_batch = max(1, zone_batchsize(zone)).
+  return static_cast<uint32_t>(std::max<uint64_t>(batch, 1));
+}
+
+uint32_t ZoneHighsize(uint64_t low_wmark, uint32_t batch, int nr_cpus) {
+  const uint64_t high = low_wmark / static_cast<uint64_t>(std::max(nr_cpus, 1));
+  return static_cast<uint32_t>(std::max<uint64_t>(high, uint64_t{batch} << 2));
+}
+
+PerCpuPages::PerCpuPages(int nr_cpus, uint32_t batch, uint32_t high, bool enabled)
+    : nr_cpus_(nr_cpus), batch_(batch), high_(high) {
+  uint32_t max_blocks = 1;
+  for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
+    batch_blocks_[o] = o == 0 ? batch : std::max<uint32_t>(batch >> o, 2);
+    // At least a batch beyond one refill, so a refill never overflows an empty list.
+    high_blocks_[o] = std::max<uint32_t>(high >> o, 2 * batch_blocks_[o]);
+    max_blocks = std::max(max_blocks, high_blocks_[o]);
+  }
+  rings_ = std::make_unique<PerCpuRings>(nr_cpus, static_cast<int>(NR_PCP_ORDERS), std::bit_ceil(max_blocks + 1));
+  enabled_ = enabled && rings_->enabled();
+}
+
+void PerCpuPages::Snapshot(int cpu, unsigned order, std::vector<uint32_t>* out) const {
+  rings_->Snapshot(cpu, static_cast<int>(order), out);
+}
+
+uint64_t PerCpuPages::count_pages(int cpu) const {
+  uint64_t pages = 0;
+  for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) pages += uint64_t{rings_->Count(cpu, o)} << o;
+  return pages;
+}
+
+PcpCpuStats PerCpuPages::Stats(int cpu) const {
+  PcpCpuStats s;
+  s.cpu = cpu;
+  s.count = count_pages(cpu);
+  const PerCpuRingCounters c = rings_->Counters(cpu);
+  s.hits = c.hits;
+  s.frees = c.pushes;
+  s.refills = c.refills;
+  s.drains = c.drains;
+  s.remote_drains = c.remote_drains;
+  return s;
+}
+
+}  // namespace physmem

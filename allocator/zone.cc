@@ -1,0 +1,228 @@
+#include "allocator/zone.h"
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+
+namespace physmem {
+
+Zone::Zone(const MemMap& mem_map, ZoneConfig config)
+    : mem_map_(mem_map), config_(std::move(config)), buddy_(mem_map, config_.segments, config_.nr_orders) {
+  for (const Segment& s : config_.segments) present_pages_ += s.nr_pages();
+  {
+    std::lock_guard<std::mutex> l(lock_);
+    buddy_.FreeAllRam();
+    PublishLocked();
+  }
+  // Until SetWatermarks() runs, size the lists from the zone alone.
+  const uint32_t batch = config_.pcp_batch ? config_.pcp_batch : ZoneBatchsize(present_pages_, config_.page_shift);
+  pcp_ = std::make_unique<PerCpuPages>(config_.nr_cpus, batch, config_.pcp_high ? config_.pcp_high : 4 * batch,
+                                       config_.pcp_enabled && populated());
+}
+
+void Zone::SetWatermarks(const Watermarks& w, const std::array<uint64_t, MAX_NR_ZONES>& lowmem_reserve) {
+  wmark_ = w;
+  lowmem_reserve_ = lowmem_reserve;
+  // zone_set_pageset_high_and_batch(): high follows the low watermark, so rebuild the lists
+  // (they are empty: this runs before the zone serves anything).
+  const uint32_t batch = pcp_->batch();
+  const uint32_t high = config_.pcp_high ? config_.pcp_high : ZoneHighsize(w.low, batch, config_.nr_cpus);
+  pcp_ = std::make_unique<PerCpuPages>(config_.nr_cpus, batch, high, config_.pcp_enabled && populated());
+}
+
+void Zone::PublishLocked() {
+  free_pages_.store(buddy_.free_pages(), std::memory_order_relaxed);
+  for (unsigned o = 0; o < config_.nr_orders; ++o) nr_free_[o].store(buddy_.nr_free(o), std::memory_order_relaxed);
+}
+
+bool Zone::WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned alloc_flags) const {
+  std::array<uint64_t, kMaxNrOrders> nr_free{};
+  const uint64_t free = free_pages_.load(std::memory_order_relaxed);
+  // Order 0 needs only the page count; skip reading the per-order mirrors on the hot path.
+  if (order > 0) {
+    for (unsigned o = 0; o < config_.nr_orders; ++o) nr_free[o] = nr_free_[o].load(std::memory_order_relaxed);
+  }
+  return ZoneWatermarkOk(free, std::span<const uint64_t>(nr_free.data(), config_.nr_orders), order, mark,
+                         lowmem_reserve_[highest], alloc_flags);
+}
+
+std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order) {
+  std::lock_guard<std::mutex> l(lock_);
+  std::optional<uint32_t> idx = buddy_.RmqueueSmallest(order);
+  PublishLocked();
+  return idx;
+}
+
+void Zone::FreeToBuddy(uint32_t idx, unsigned order) { FreeBlocksToBuddy(&idx, 1, order); }
+
+void Zone::FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order) {
+  if (n == 0) return;
+  std::lock_guard<std::mutex> l(lock_);
+  for (uint32_t i = 0; i < n; ++i) buddy_.FreeOne(idx[i], order);
+  PublishLocked();
+}
+
+std::optional<uint32_t> Zone::Rmqueue(unsigned order) {
+  if (pcp_allowed_order(order) && pcp_->enabled()) {
+    uint32_t idx;
+    if (pcp_->Pop(order, &idx)) [[likely]] return idx;
+    return RefillAndTake(order);
+  }
+  return RmqueueBuddy(order);
+}
+
+// rmqueue_bulk(): one lock hold takes a batch; the first block goes to the caller, the rest are
+// appended to the list's cold end in physical order. If the list cannot take them (another
+// thread on this CPU filled it meanwhile, or a remote drain holds it) they go straight back.
+std::optional<uint32_t> Zone::RefillAndTake(unsigned order) {
+  uint32_t batch[1024];
+  const uint32_t want = std::min<uint32_t>(pcp_->batch_blocks(order), std::size(batch));
+  uint32_t got = 0;
+  {
+    std::lock_guard<std::mutex> l(lock_);
+    while (got < want) {
+      std::optional<uint32_t> idx = buddy_.RmqueueSmallest(order);
+      if (!idx) break;
+      mem_map_.page(*idx).state.store(PageState::Pcp(order), std::memory_order_relaxed);
+      batch[got++] = *idx;
+    }
+    PublishLocked();
+  }
+  if (got == 0) return std::nullopt;
+  const uint32_t listed = got > 1 ? pcp_->PushCold(order, batch + 1, got - 1) : 0;
+  FreeBlocksToBuddy(batch + 1 + listed, got - 1 - listed, order);
+  mem_map_.page(batch[0]).state.store(0, std::memory_order_relaxed);
+  return batch[0];
+}
+
+void Zone::DrainBatch(unsigned order) {
+  uint32_t out[1024];
+  const uint32_t n = pcp_->PopCold(order, std::min<uint32_t>(pcp_->batch_blocks(order), std::size(out)), out);
+  FreeBlocksToBuddy(out, n, order);
+}
+
+void Zone::FreeBlock(uint32_t idx, unsigned order) {
+  if (pcp_allowed_order(order) && pcp_->enabled()) {
+    if (pcp_->Push(order, idx)) [[likely]] return;
+    // free_frozen_page_commit(): the list is at high; return a batch from its cold end first.
+    DrainBatch(order);
+    if (pcp_->Push(order, idx)) return;
+  }
+  FreeToBuddy(idx, order);
+}
+
+uint64_t Zone::DrainAllPcp() {
+  if (!pcp_->enabled()) return 0;
+  uint64_t pages = 0;
+  uint32_t out[1024];
+  for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
+    for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
+      uint32_t n;
+      while ((n = pcp_->DrainRemote(cpu, o, std::size(out), out)) != 0) {
+        FreeBlocksToBuddy(out, n, o);
+        pages += uint64_t{n} << o;
+      }
+    }
+  }
+  return pages;
+}
+
+ZoneStats Zone::Stats() const {
+  ZoneStats s;
+  s.type = config_.type;
+  s.populated = populated();
+  s.start_pfn = config_.start_pfn;
+  s.spanned_pages = config_.end_pfn - config_.start_pfn;
+  s.present_pages = present_pages_;
+  s.managed_pages = present_pages_;
+  s.watermarks = wmark_;
+  s.lowmem_reserve = lowmem_reserve_;
+  {
+    std::lock_guard<std::mutex> l(lock_);
+    s.buddy_free_pages = buddy_.free_pages();
+    for (unsigned o = 0; o < config_.nr_orders; ++o) s.nr_free.push_back(buddy_.nr_free(o));
+  }
+  s.pcp_batch = pcp_->batch();
+  s.pcp_high = pcp_->high();
+  for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
+    s.pcp.push_back(pcp_->Stats(cpu));
+    s.pcp_pages += s.pcp.back().count;
+  }
+  s.free_pages = s.buddy_free_pages + s.pcp_pages;
+  return s;
+}
+
+absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const {
+  std::lock_guard<std::mutex> l(lock_);
+  const char* zname = zone_name(config_.type).data();
+  absl::Status status;
+  uint64_t listed_pages = 0;
+  std::vector<uint64_t> counted(config_.nr_orders);
+  auto mark = [&](uint32_t head, unsigned order, const char* where) {
+    const Segment& seg = buddy_.segment_of(head);
+    const uint64_t pfn = seg.pfn_of(head);
+    if (pfn % (uint64_t{1} << order) != 0 || pfn + (uint64_t{1} << order) > seg.end_pfn) {
+      status.Update(absl::InternalError(absl::StrFormat("zone %s: %s block pfn %#x order %u is misaligned or "
+                                                        "crosses its segment [%#x, %#x)",
+                                                        zname, where, pfn, order, seg.start_pfn, seg.end_pfn)));
+      return;
+    }
+    for (uint64_t i = 0; i < (uint64_t{1} << order); ++i) {
+      const uint32_t idx = head + static_cast<uint32_t>(i);
+      if (seen[idx]) {
+        status.Update(absl::InternalError(absl::StrFormat("zone %s: page pfn %#x is on two free lists (%s)", zname,
+                                                          pfn + i, where)));
+        return;
+      }
+      seen[idx] = 1;
+      if (i != 0 && mem_map_.page(idx).state.load(std::memory_order_relaxed) != 0) {
+        status.Update(absl::InternalError(absl::StrFormat(
+            "zone %s: pfn %#x inside free block %#x/%u has state %#x, want 0", zname, pfn + i, pfn, order,
+            mem_map_.page(idx).state.load(std::memory_order_relaxed))));
+      }
+    }
+  };
+  buddy_.ForEachFreeBlock([&](uint32_t idx, unsigned order) {
+    if (mem_map_.page(idx).state.load(std::memory_order_relaxed) != PageState::Buddy(order)) {
+      status.Update(absl::InternalError(absl::StrFormat("zone %s: block at index %u on free_area[%u] is not PageBuddy "
+                                                        "of that order (state %#x)",
+                                                        zname, idx, order, mem_map_.page(idx).state.load())));
+    }
+    // A free buddy whose buddy is also free would have merged.
+    ++counted[order];
+    listed_pages += uint64_t{1} << order;
+    mark(idx, order, "buddy");
+  });
+  for (unsigned o = 0; o < config_.nr_orders; ++o) {
+    if (counted[o] != buddy_.nr_free(o)) {
+      status.Update(absl::InternalError(absl::StrFormat("zone %s: free_area[%u].nr_free = %u but the list holds %u",
+                                                        zname, o, buddy_.nr_free(o), counted[o])));
+    }
+  }
+  if (listed_pages != buddy_.free_pages() || listed_pages != free_pages_.load()) {
+    status.Update(absl::InternalError(absl::StrFormat(
+        "zone %s: Σ nr_free[o] << o = %u, but NR_FREE_PAGES = %u (published %u)", zname, listed_pages,
+        buddy_.free_pages(), free_pages_.load())));
+  }
+  *pcp_pages = 0;
+  std::vector<uint32_t> items;
+  for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
+    for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
+      items.clear();
+      pcp_->Snapshot(cpu, o, &items);
+      for (uint32_t idx : items) {
+        if (mem_map_.page(idx).state.load(std::memory_order_relaxed) != PageState::Pcp(o)) {
+          status.Update(absl::InternalError(absl::StrFormat("zone %s: block at index %u on cpu %d's order-%u list has "
+                                                            "state %#x, want PagePcp order %u",
+                                                            zname, idx, cpu, o, mem_map_.page(idx).state.load(), o)));
+        }
+        mark(idx, o, "per-CPU");
+        *pcp_pages += uint64_t{1} << o;
+      }
+    }
+  }
+  return status;
+}
+
+}  // namespace physmem

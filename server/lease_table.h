@@ -1,0 +1,133 @@
+// Leases, modeled on etcd's: every allocation belongs to one; a lease lives for its TTL unless
+// kept alive; when it expires or is revoked, every page it holds goes back to the allocator.
+//
+// A lease's id doubles as its owner id in the allocator (PageAllocator records the owner in each
+// block and checks it on free), so the allocator itself refuses a free by the wrong lease.
+//
+// Who uses it: the service (create/find/renew/revoke, and the per-lease book of blocks while it
+// allocates or frees), the reaper thread (expiry). Thread-safety: all methods may be called
+// concurrently. Lock order: the table's mu_ before a Lease's mu, never the other way round; the
+// allocator takes its own locks below both.
+#ifndef PHYSMEM_SERVER_LEASE_TABLE_H_
+#define PHYSMEM_SERVER_LEASE_TABLE_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "allocator/page_allocator.h"
+
+namespace physmem {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct LeaseLimits {
+  int64_t min_ttl_ms = 500;
+  int64_t max_ttl_ms = 24 * 3600 * 1000;
+  uint64_t default_page_quota = 0;  // 0: the whole machine
+  uint64_t max_page_quota = 0;      // 0: the whole machine
+  uint32_t max_leases_per_identity = 1024;
+  size_t max_name_bytes = 64;
+  size_t max_key_bytes = 128;
+};
+
+struct LeaseBlock {
+  uint32_t order = 0;
+  ZoneType zone = ZONE_NORMAL;
+  std::string key;
+};
+
+class Lease {
+ public:
+  Lease(uint64_t id, std::string identity, std::string name, int64_t ttl_ms, uint64_t quota)
+      : id(id), identity(std::move(identity)), name(std::move(name)), granted_ttl_ms(ttl_ms), page_quota(quota) {}
+
+  uint32_t owner() const { return static_cast<uint32_t>(id); }
+
+  const uint64_t id;
+  const std::string identity;
+  const std::string name;
+  const int64_t granted_ttl_ms;
+  const uint64_t page_quota;
+
+  std::atomic<SteadyClock::rep> deadline{0};  // expiry, steady_clock ticks
+
+  std::mutex mu;
+  // Guarded by mu:
+  bool dead = false;  // expired or revoked: takes no more pages
+  uint64_t pages_held = 0;
+  absl::flat_hash_map<uint64_t, LeaseBlock> blocks;  // pfn -> block
+  absl::flat_hash_map<std::string, uint64_t> keys;   // allocation key -> pfn
+};
+
+struct LeaseCounters {
+  std::atomic<uint64_t> created{0};
+  std::atomic<uint64_t> expired{0};
+  std::atomic<uint64_t> revoked{0};
+  std::atomic<uint64_t> pages_reclaimed{0};  // pages freed because their lease ended
+};
+
+class LeaseTable {
+ public:
+  // `on_pages_freed` runs (without locks held) whenever ending a lease freed pages, so that
+  // waiting allocations can retry.
+  LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed);
+  ~LeaseTable();
+
+  absl::StatusOr<std::shared_ptr<Lease>> Create(const std::string& identity, int64_t ttl_ms, uint64_t quota,
+                                                const std::string& name);
+  // NOT_FOUND if the lease does not exist (never did, expired, revoked); PERMISSION_DENIED if it
+  // belongs to another identity.
+  absl::StatusOr<std::shared_ptr<Lease>> Find(uint64_t id, const std::string& identity) const;
+  // Renews for the lease's full TTL; returns it in ms.
+  absl::StatusOr<int64_t> Renew(uint64_t id, const std::string& identity);
+  // Ends the lease now; returns the pages freed.
+  absl::StatusOr<uint64_t> Revoke(uint64_t id, const std::string& identity);
+  std::vector<std::shared_ptr<Lease>> List(const std::string& identity) const;
+  std::vector<std::shared_ptr<Lease>> All() const;
+
+  // Ends every lease whose deadline has passed; returns pages reclaimed. The reaper thread calls
+  // it; so does an allocation that may reclaim before it gives up.
+  uint64_t ExpireDue();
+  // Ends every lease (shutdown); returns pages freed.
+  uint64_t RevokeAll();
+  void StartReaper();
+  void StopReaper();
+
+  static int64_t RemainingMs(const Lease& l);
+  const LeaseLimits& limits() const { return limits_; }
+  const LeaseCounters& counters() const { return counters_; }
+  size_t size() const;
+
+ private:
+  uint64_t End(const std::shared_ptr<Lease>& lease);  // frees its pages; call after removing it
+  void ReaperLoop();
+
+  PageAllocator* const pa_;
+  const LeaseLimits limits_;
+  const std::function<void()> on_pages_freed_;
+  LeaseCounters counters_;
+
+  mutable std::mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
+  absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_
+  uint32_t next_id_ = 1;                                            // guarded by mu_
+
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool reaper_stop_ = false;  // guarded by reaper_mu_
+  std::thread reaper_;
+};
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_SERVER_LEASE_TABLE_H_

@@ -1,0 +1,114 @@
+// physmemd: the daemon. Parses flags into ServerOptions, starts the server, and serves until
+// SIGTERM or SIGINT, then stops accepting, lets in-flight calls finish and exits 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/log.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, target, "x86_64", "built-in target profile: x86_64, i386, arm64 or rpi4");
+ABSL_FLAG(std::string, target_file, "", "custom target profile (Protobuf text format); overrides --target");
+ABSL_FLAG(uint64_t, mem_mb, 0, "emulated RAM in MiB for a built-in profile (0: the profile's default)");
+ABSL_FLAG(std::string, arena, "best", "arena backing: best, hugetlb, thp or ordinary");
+ABSL_FLAG(std::string, arena_path, "", "file for a shared arena (on hugetlbfs or /dev/shm)");
+ABSL_FLAG(uint64_t, min_free_kbytes, 0, "vm.min_free_kbytes (0: the kernel's default formula)");
+ABSL_FLAG(bool, pcp, true, "per-CPU page lists in front of the buddy");
+ABSL_FLAG(std::string, unix_socket, "/run/physmemd/physmemd.sock", "Unix socket to serve on ('' = none)");
+ABSL_FLAG(std::string, unix_socket_mode, "0660", "permissions of the Unix socket (octal)");
+ABSL_FLAG(std::string, tcp, "", "also serve TCP on host:port (needs TLS flags or --allow_insecure_tcp)");
+ABSL_FLAG(bool, allow_insecure_tcp, false, "allow plaintext TCP (logs a warning; callers identified by address)");
+ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM) for TCP");
+ABSL_FLAG(std::string, tls_key, "", "server private key (PEM) for TCP");
+ABSL_FLAG(std::string, tls_client_ca, "", "CA (PEM) that signs client certificates: enables mutual TLS");
+ABSL_FLAG(int64_t, min_lease_ttl_ms, 500, "shortest lease TTL a client may ask for");
+ABSL_FLAG(int64_t, max_lease_ttl_ms, 24 * 3600 * 1000, "longest lease TTL a client may ask for");
+ABSL_FLAG(uint64_t, default_lease_page_quota, 0, "page quota of a lease that asks for none (0: --max_lease_pages)");
+ABSL_FLAG(uint64_t, max_lease_pages, 0, "most pages one lease may hold (0: all of RAM)");
+ABSL_FLAG(uint32_t, max_leases_per_identity, 1024, "most leases one identity may hold at once");
+ABSL_FLAG(uint32_t, max_bulk_pages, 65536, "most pages in one AllocPagesBulk, blocks in one FreePagesBulk");
+ABSL_FLAG(int64_t, max_alloc_wait_ms, 10000, "longest wait for memory by a blocking mask (GFP_KERNEL)");
+ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
+
+namespace physmem {
+namespace {
+
+absl::StatusOr<ServerOptions> OptionsFromFlags() {
+  ServerOptions o;
+  const std::string file = absl::GetFlag(FLAGS_target_file);
+  absl::StatusOr<Target> t = file.empty()
+                                 ? BuiltinTarget(absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_mem_mb) << 20)
+                                 : LoadTargetFile(file);
+  if (!t.ok()) return t.status();
+  o.allocator.target = *std::move(t);
+  absl::StatusOr<ArenaOptions::Backing> b = ParseArenaBacking(absl::GetFlag(FLAGS_arena));
+  if (!b.ok()) return b.status();
+  o.allocator.arena_backing = *b;
+  o.allocator.arena_path = absl::GetFlag(FLAGS_arena_path);
+  o.allocator.min_free_kbytes = absl::GetFlag(FLAGS_min_free_kbytes);
+  o.allocator.pcp_enabled = absl::GetFlag(FLAGS_pcp);
+  o.unix_socket = absl::GetFlag(FLAGS_unix_socket);
+  try {
+    o.unix_socket_mode = static_cast<unsigned>(std::stoul(absl::GetFlag(FLAGS_unix_socket_mode), nullptr, 8));
+  } catch (const std::exception&) {
+    return absl::InvalidArgumentError("--unix_socket_mode must be octal, like 0660");
+  }
+  o.tcp_listen = absl::GetFlag(FLAGS_tcp);
+  o.allow_insecure_tcp = absl::GetFlag(FLAGS_allow_insecure_tcp);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.lease_limits.min_ttl_ms = absl::GetFlag(FLAGS_min_lease_ttl_ms);
+  o.lease_limits.max_ttl_ms = absl::GetFlag(FLAGS_max_lease_ttl_ms);
+  o.lease_limits.default_page_quota = absl::GetFlag(FLAGS_default_lease_page_quota);
+  o.lease_limits.max_page_quota = absl::GetFlag(FLAGS_max_lease_pages);
+  o.lease_limits.max_leases_per_identity = absl::GetFlag(FLAGS_max_leases_per_identity);
+  o.service_limits.max_bulk_pages = absl::GetFlag(FLAGS_max_bulk_pages);
+  o.service_limits.max_alloc_wait_ms = absl::GetFlag(FLAGS_max_alloc_wait_ms);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  return o;
+}
+
+int Main() {
+  // Block the stop signals before any thread starts, so every thread inherits the mask and
+  // only the waiter below receives them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) {
+    LogError("bad_flags", {{"error", std::string(options.status().message())}});
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::BuildAndStart(*std::move(options));
+  if (!server.ok()) {
+    LogError("start_failed", {{"error", server.status().ToString()}});
+    return 1;
+  }
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&stop, &sig);
+    LogInfo("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+    (*server)->Shutdown();
+  });
+  (*server)->Wait();
+  signals.join();
+  return 0;
+}
+
+}  // namespace
+}  // namespace physmem
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("physmemd: hands out emulated physical memory the way the Linux kernel does, over gRPC.");
+  absl::ParseCommandLine(argc, argv);
+  return physmem::Main();
+}

@@ -1,0 +1,544 @@
+#include "server/physmem_service.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_format.h"
+#include "server/log.h"
+#include "server/status_util.h"
+
+namespace physmem {
+namespace {
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+  r->Finish(ToGrpcStatus(s));
+  return r;
+}
+
+// The allocator names the owning lease in its PERMISSION_DENIED text; a caller should not learn
+// another identity's lease ids, so the service words it without them.
+absl::Status HideOtherOwner(absl::Status s, uint64_t pfn) {
+  if (s.code() != absl::StatusCode::kPermissionDenied) return s;
+  return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
+}
+
+class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse> {
+ public:
+  KeepAliveReactor(LeaseTable* leases, absl::StatusOr<std::string> identity) : leases_(leases) {
+    if (!identity.ok()) {
+      Finish(ToGrpcStatus(identity.status()));
+      return;
+    }
+    identity_ = *std::move(identity);
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed its side
+      Finish(grpc::Status::OK);
+      return;
+    }
+    absl::StatusOr<int64_t> ttl = leases_->Renew(req_.lease_id(), identity_);
+    if (!ttl.ok() && ttl.status().code() == absl::StatusCode::kPermissionDenied) {
+      Finish(ToGrpcStatus(ttl.status()));
+      return;
+    }
+    resp_.set_lease_id(req_.lease_id());
+    resp_.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
+    StartWrite(&resp_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartRead(&req_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  LeaseTable* leases_;
+  std::string identity_;
+  v1::KeepAliveRequest req_;
+  v1::KeepAliveResponse resp_;
+};
+
+}  // namespace
+
+absl::StatusOr<gfp_t> GfpFromRequest(const std::string& gfp, bool has_mask, uint32_t mask) {
+  if (has_mask == !gfp.empty()) {
+    return absl::InvalidArgumentError(has_mask ? "set either gfp or gfp_mask, not both"
+                                               : "a GFP mask is required: set gfp (e.g. \"GFP_KERNEL\") or gfp_mask");
+  }
+  absl::StatusOr<gfp_t> parsed = has_mask ? absl::StatusOr<gfp_t>(mask) : ParseGfp(gfp);
+  if (!parsed.ok()) return parsed.status();
+  if (absl::Status s = ValidateGfp(*parsed); !s.ok()) return s;
+  return *parsed;
+}
+
+struct PhysMemService::AllocCall {
+  std::shared_ptr<Lease> lease;
+  gfp_t gfp = 0;
+  unsigned order = 0;
+  std::string key;
+};
+
+absl::StatusOr<std::shared_ptr<Lease>> PhysMemService::CallerLease(grpc::CallbackServerContext* ctx,
+                                                                   uint64_t lease_id) const {
+  absl::StatusOr<std::string> id = Identity(ctx);
+  if (!id.ok()) return id.status();
+  return leases_->Find(lease_id, *id);
+}
+
+void PhysMemService::FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const {
+  Page* page = *pa_->PfnToPage(pfn);
+  out->set_pfn(pfn);
+  out->set_order(block.order);
+  out->set_zone(std::string(zone_name(block.zone)));
+  out->set_phys_addr(pfn << pa_->target().page_shift);
+  out->set_virt_addr(pa_->page_address(page));
+  out->set_arena_offset(pa_->arena_offset(page));
+  out->set_key(block.key);
+}
+
+// ---- Leases ----
+
+grpc::ServerUnaryReactor* PhysMemService::CreateLease(grpc::CallbackServerContext* ctx,
+                                                      const v1::CreateLeaseRequest* req,
+                                                      v1::CreateLeaseResponse* resp) {
+  absl::StatusOr<std::string> id = Identity(ctx);
+  if (!id.ok()) return Reply(ctx, id.status());
+  absl::StatusOr<std::shared_ptr<Lease>> lease = leases_->Create(*id, req->ttl_ms(), req->page_quota(), req->name());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  resp->set_lease_id((*lease)->id);
+  resp->set_granted_ttl_ms((*lease)->granted_ttl_ms);
+  resp->set_page_quota((*lease)->page_quota);
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse>* PhysMemService::KeepAlive(
+    grpc::CallbackServerContext* ctx) {
+  return new KeepAliveReactor(leases_, Identity(ctx));
+}
+
+grpc::ServerUnaryReactor* PhysMemService::RenewLease(grpc::CallbackServerContext* ctx,
+                                                     const v1::KeepAliveRequest* req, v1::KeepAliveResponse* resp) {
+  absl::StatusOr<std::string> id = Identity(ctx);
+  if (!id.ok()) return Reply(ctx, id.status());
+  absl::StatusOr<int64_t> ttl = leases_->Renew(req->lease_id(), *id);
+  if (!ttl.ok()) return Reply(ctx, ttl.status());
+  resp->set_lease_id(req->lease_id());
+  resp->set_ttl_ms(*ttl);
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::RevokeLease(grpc::CallbackServerContext* ctx,
+                                                      const v1::RevokeLeaseRequest* req,
+                                                      v1::RevokeLeaseResponse* resp) {
+  absl::StatusOr<std::string> id = Identity(ctx);
+  if (!id.ok()) return Reply(ctx, id.status());
+  absl::StatusOr<uint64_t> pages = leases_->Revoke(req->lease_id(), *id);
+  if (!pages.ok()) return Reply(ctx, pages.status());
+  resp->set_pages_freed(*pages);
+  return Reply(ctx, absl::OkStatus());
+}
+
+void PhysMemService::FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const {
+  out->set_lease_id(lease.id);
+  out->set_name(lease.name);
+  out->set_identity(lease.identity);
+  out->set_ttl_ms(LeaseTable::RemainingMs(lease));
+  out->set_granted_ttl_ms(lease.granted_ttl_ms);
+  out->set_page_quota(lease.page_quota);
+  std::map<std::pair<int, uint32_t>, uint64_t> holdings;
+  {
+    std::lock_guard<std::mutex> l(lease.mu);
+    out->set_pages_held(lease.pages_held);
+    for (const auto& [pfn, b] : lease.blocks) ++holdings[{b.zone, b.order}];
+  }
+  for (const auto& [zo, n] : holdings) {
+    v1::LeaseHolding* h = out->add_holdings();
+    h->set_zone(std::string(zone_name(static_cast<ZoneType>(zo.first))));
+    h->set_order(zo.second);
+    h->set_blocks(n);
+  }
+}
+
+grpc::ServerUnaryReactor* PhysMemService::GetLease(grpc::CallbackServerContext* ctx, const v1::GetLeaseRequest* req,
+                                                   v1::LeaseInfo* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  FillLeaseInfo(**lease, resp);
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::ListLeases(grpc::CallbackServerContext* ctx, const v1::ListLeasesRequest*,
+                                                     v1::ListLeasesResponse* resp) {
+  absl::StatusOr<std::string> id = Identity(ctx);
+  if (!id.ok()) return Reply(ctx, id.status());
+  std::vector<std::shared_ptr<Lease>> leases = leases_->List(*id);
+  std::sort(leases.begin(), leases.end(), [](const auto& a, const auto& b) { return a->id < b->id; });
+  for (const auto& lease : leases) FillLeaseInfo(*lease, resp->add_leases());
+  return Reply(ctx, absl::OkStatus());
+}
+
+// ---- Allocation ----
+
+std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v1::Allocation* out) {
+  Lease& lease = *call.lease;
+  std::lock_guard<std::mutex> l(lease.mu);
+  if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  if (!call.key.empty()) {
+    if (auto it = lease.keys.find(call.key); it != lease.keys.end()) {
+      const LeaseBlock& b = lease.blocks.at(it->second);
+      if (b.order != call.order) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "key '%s' already names an order-%d block in lease %d, not order %d", call.key, b.order, lease.id, call.order));
+      }
+      FillAllocation(it->second, b, out);
+      out->set_replayed(true);
+      return absl::OkStatus();
+    }
+  }
+  const uint64_t n = uint64_t{1} << call.order;
+  if (lease.pages_held + n > lease.page_quota) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "lease %d page quota: it holds %d of its %d pages and asked for %d more", lease.id, lease.pages_held,
+        lease.page_quota, n));
+  }
+  Page* page = pa_->alloc_pages(call.gfp, call.order, lease.owner());
+  if (page == nullptr) return std::nullopt;
+  const uint64_t pfn = pa_->page_to_pfn(page);
+  LeaseBlock& b = lease.blocks[pfn];
+  b = LeaseBlock{call.order, pa_->page_zonenum(page), call.key};
+  if (!call.key.empty()) lease.keys[call.key] = pfn;
+  lease.pages_held += n;
+  FillAllocation(pfn, b, out);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* ctx,
+                                                   const v1::AllocPagesRequest* req, v1::Allocation* resp,
+                                                   Form form) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  absl::StatusOr<gfp_t> gfp = GfpFromRequest(req->gfp(), req->has_gfp_mask(), req->gfp_mask());
+  if (!gfp.ok()) return Reply(ctx, gfp.status());
+  if (req->order() > pa_->target().max_page_order) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("order %d exceeds MAX_PAGE_ORDER %d", req->order(),
+                                                                 pa_->target().max_page_order)));
+  }
+  if (req->key().size() > leases_->limits().max_key_bytes) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("key is %d bytes; at most %d allowed",
+                                                                 req->key().size(), leases_->limits().max_key_bytes)));
+  }
+  if (form != Form::kPfn && (*gfp & __GFP_HIGHMEM)) {
+    return Reply(ctx, absl::FailedPreconditionError(
+                          "__get_free_pages() returns a direct-map address, and a __GFP_HIGHMEM page has none: "
+                          "drop __GFP_HIGHMEM or use AllocPages"));
+  }
+  if (form == Form::kZeroed) {
+    if (req->order() != 0) return Reply(ctx, absl::InvalidArgumentError("get_zeroed_page() is order 0 only"));
+    *gfp |= __GFP_ZERO;
+  }
+  auto call = std::make_shared<AllocCall>(AllocCall{*std::move(lease), *gfp, req->order(), req->key()});
+  if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
+
+  auto explain = [this, call] {
+    return absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
+                           pa_->ExplainAllocFailure(call->gfp, call->order));
+  };
+  if (!gfpflags_allow_blocking(call->gfp)) {
+    return Reply(ctx, absl::ResourceExhaustedError(explain() + " (the mask cannot wait)"));
+  }
+  if (call->gfp & __GFP_NORETRY) {
+    // One reclaim pass: return expired leases' pages now, try once more, give up.
+    leases_->ExpireDue();
+    if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
+    return Reply(ctx, absl::ResourceExhaustedError(explain() + " (__GFP_NORETRY: gave up after one reclaim pass)"));
+  }
+  // Wait for frees and expiring leases, within the caller's deadline. Answer a little before the
+  // deadline so the caller gets our RESOURCE_EXHAUSTED, not its own DEADLINE_EXCEEDED.
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto now = std::chrono::steady_clock::now();
+  auto left = ctx->deadline() - now_sys;
+  if (ctx->deadline() == std::chrono::system_clock::time_point::max()) left = std::chrono::hours(24 * 365);
+  left -= std::min<std::chrono::system_clock::duration>(std::chrono::milliseconds(50), left / 10);
+  if (!(call->gfp & __GFP_NOFAIL)) {
+    left = std::min<std::chrono::system_clock::duration>(left, std::chrono::milliseconds(limits_.max_alloc_wait_ms));
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  AllocWaiters::Waiter w;
+  w.attempt = [this, call, resp, reactor] {
+    std::optional<absl::Status> done = TryAllocate(*call, resp);
+    if (!done) return false;
+    reactor->Finish(ToGrpcStatus(*done));
+    return true;
+  };
+  w.finish = [reactor](const grpc::Status& s) { reactor->Finish(s); };
+  w.cancelled = [ctx] { return ctx->IsCancelled(); };
+  w.deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+  w.timeout_message = explain() + absl::StrFormat(" (waited %d ms for memory to be freed)",
+                                                  std::chrono::duration_cast<std::chrono::milliseconds>(left).count());
+  waiters_->Add(std::move(w));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PhysMemService::AllocPages(grpc::CallbackServerContext* ctx,
+                                                     const v1::AllocPagesRequest* req, v1::Allocation* resp) {
+  return Allocate(ctx, req, resp, Form::kPfn);
+}
+grpc::ServerUnaryReactor* PhysMemService::GetFreePages(grpc::CallbackServerContext* ctx,
+                                                       const v1::AllocPagesRequest* req, v1::Allocation* resp) {
+  return Allocate(ctx, req, resp, Form::kAddress);
+}
+grpc::ServerUnaryReactor* PhysMemService::GetZeroedPage(grpc::CallbackServerContext* ctx,
+                                                        const v1::AllocPagesRequest* req, v1::Allocation* resp) {
+  return Allocate(ctx, req, resp, Form::kZeroed);
+}
+
+grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerContext* ctx,
+                                                         const v1::AllocPagesBulkRequest* req,
+                                                         v1::AllocPagesBulkResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  absl::StatusOr<gfp_t> gfp = GfpFromRequest(req->gfp(), req->has_gfp_mask(), req->gfp_mask());
+  if (!gfp.ok()) return Reply(ctx, gfp.status());
+  if (req->count() == 0 || req->count() > limits_.max_bulk_pages) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("count %d is outside [1, %d] (--max_bulk_pages)",
+                                                                 req->count(), limits_.max_bulk_pages)));
+  }
+  Lease& l = **lease;
+  resp->set_requested(req->count());
+  std::lock_guard<std::mutex> guard(l.mu);
+  if (l.dead) return Reply(ctx, absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", l.id)));
+  const uint64_t room = l.page_quota - l.pages_held;
+  if (room == 0) {
+    return Reply(ctx, absl::ResourceExhaustedError(absl::StrFormat(
+                          "lease %d page quota: it already holds all %d of its pages", l.id, l.page_quota)));
+  }
+  const unsigned want = static_cast<unsigned>(std::min<uint64_t>(req->count(), room));
+  std::vector<Page*> pages(want, nullptr);
+  const unsigned got = pa_->alloc_pages_bulk(*gfp, want, pages.data(), l.owner());
+  if (got == 0) {
+    return Reply(ctx, absl::ResourceExhaustedError(absl::StrFormat(
+                          "no free pages for %s: %s", FormatGfp(*gfp), pa_->ExplainAllocFailure(*gfp, 0))));
+  }
+  resp->mutable_allocations()->Reserve(static_cast<int>(got));
+  l.blocks.reserve(l.blocks.size() + got);
+  for (unsigned i = 0; i < got; ++i) {
+    const uint64_t pfn = pa_->page_to_pfn(pages[i]);
+    LeaseBlock& b = l.blocks[pfn];
+    b = LeaseBlock{0, pa_->page_zonenum(pages[i]), ""};
+    FillAllocation(pfn, b, resp->add_allocations());
+  }
+  l.pages_held += got;
+  return Reply(ctx, absl::OkStatus());
+}
+
+// ---- Free ----
+
+absl::Status PhysMemService::FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed) {
+  std::lock_guard<std::mutex> l(lease.mu);
+  if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  uint64_t pfn = req.pfn();
+  unsigned order = req.order();
+  if (!req.key().empty()) {
+    auto it = lease.keys.find(req.key());
+    if (it == lease.keys.end()) {
+      return absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", req.key(), lease.id));
+    }
+    pfn = it->second;
+    const unsigned key_order = lease.blocks.at(pfn).order;
+    if (order != 0 && order != key_order) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("key '%s' names an order-%d block, not order %d", req.key(), key_order, order));
+    }
+    order = key_order;
+  }
+  // The allocator checks everything (range, alignment, allocated, order, owner) and changes
+  // nothing when it refuses; the lease's book follows only a successful free.
+  if (absl::Status s = pa_->FreePfn(pfn, order, lease.owner()); !s.ok()) return HideOtherOwner(s, pfn);
+  auto it = lease.blocks.find(pfn);
+  if (it != lease.blocks.end()) {
+    if (!it->second.key.empty()) lease.keys.erase(it->second.key);
+    lease.blocks.erase(it);
+  }
+  lease.pages_held -= uint64_t{1} << order;
+  *pages_freed += uint64_t{1} << order;
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* PhysMemService::FreePages(grpc::CallbackServerContext* ctx, const v1::FreePagesRequest* req,
+                                                    v1::FreePagesResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  uint64_t freed = 0;
+  absl::Status s = FreeInLease(**lease, *req, &freed);
+  if (s.ok()) waiters_->Kick();
+  resp->set_pages_freed(freed);
+  return Reply(ctx, s);
+}
+
+grpc::ServerUnaryReactor* PhysMemService::FreePagesByAddress(grpc::CallbackServerContext* ctx,
+                                                             const v1::FreePagesByAddressRequest* req,
+                                                             v1::FreePagesResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  if (req->addr() == 0) return Reply(ctx, absl::OkStatus());  // free_pages(0, order) is a no-op
+  absl::StatusOr<Page*> page = pa_->VirtToPage(req->addr());
+  if (!page.ok()) return Reply(ctx, page.status());
+  v1::FreePagesRequest by_pfn;
+  by_pfn.set_pfn(pa_->page_to_pfn(*page));
+  by_pfn.set_order(req->order());
+  uint64_t freed = 0;
+  absl::Status s = FreeInLease(**lease, by_pfn, &freed);
+  if (s.ok()) waiters_->Kick();
+  resp->set_pages_freed(freed);
+  return Reply(ctx, s);
+}
+
+grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerContext* ctx,
+                                                        const v1::FreePagesBulkRequest* req,
+                                                        v1::FreePagesBulkResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  if (req->blocks_size() == 0 || static_cast<uint32_t>(req->blocks_size()) > limits_.max_bulk_pages) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("%d blocks is outside [1, %d] (--max_bulk_pages)",
+                                                                 req->blocks_size(), limits_.max_bulk_pages)));
+  }
+  uint64_t freed = 0;
+  for (const v1::FreePagesRequest& b : req->blocks()) {
+    absl::Status s = FreeInLease(**lease, b, &freed);
+    v1::FreeResult* r = resp->add_results();
+    r->set_pfn(b.pfn());
+    r->set_code(static_cast<int>(s.code()));
+    r->set_message(std::string(s.message()));
+  }
+  resp->set_pages_freed(freed);
+  if (freed != 0) waiters_->Kick();
+  return Reply(ctx, absl::OkStatus());
+}
+
+// ---- Addresses ----
+
+grpc::ServerUnaryReactor* PhysMemService::PageAddress(grpc::CallbackServerContext* ctx,
+                                                      const v1::PageAddressRequest* req,
+                                                      v1::PageAddressResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
+  if (!page.ok()) return Reply(ctx, page.status());
+  Page* head = pa_->AllocatedBlockContaining(req->pfn());
+  if (head == nullptr) {
+    return Reply(ctx, absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", req->pfn())));
+  }
+  if (head->Load().owner != (*lease)->owner()) {
+    return Reply(ctx, absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", req->pfn())));
+  }
+  resp->set_virt_addr(pa_->page_address(*page));
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::Kmap(grpc::CallbackServerContext* ctx, const v1::KmapRequest* req,
+                                               v1::KmapResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
+  if (!page.ok()) return Reply(ctx, page.status());
+  absl::StatusOr<uint64_t> v = pa_->kmap(*page, (*lease)->owner());
+  if (!v.ok()) return Reply(ctx, HideOtherOwner(v.status(), req->pfn()));
+  resp->set_virt_addr(*v);
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::Kunmap(grpc::CallbackServerContext* ctx, const v1::KmapRequest* req,
+                                                 v1::KunmapResponse*) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
+  if (!page.ok()) return Reply(ctx, page.status());
+  return Reply(ctx, HideOtherOwner(pa_->kunmap(*page, (*lease)->owner()), req->pfn()));
+}
+
+// ---- Introspection ----
+
+grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContext* ctx,
+                                                      const v1::GetZoneInfoRequest*, v1::GetZoneInfoResponse* resp) {
+  for (const ZoneStats& z : pa_->Stats()) {
+    v1::ZoneInfo* zi = resp->add_zones();
+    zi->set_zone(std::string(zone_name(z.type)));
+    zi->set_populated(z.populated);
+    zi->set_start_pfn(z.start_pfn);
+    zi->set_spanned_pages(z.spanned_pages);
+    zi->set_present_pages(z.present_pages);
+    zi->set_managed_pages(z.managed_pages);
+    zi->set_free_pages(z.free_pages);
+    zi->set_buddy_free_pages(z.buddy_free_pages);
+    zi->set_min(z.watermarks.min);
+    zi->set_low(z.watermarks.low);
+    zi->set_high(z.watermarks.high);
+    for (uint64_t p : z.lowmem_reserve) zi->add_protection(p);
+    for (unsigned o = 0; o < z.nr_free.size(); ++o) {
+      zi->add_nr_free(z.nr_free[o]);
+      zi->add_fragmentation_index(FragmentationIndex(z.nr_free, o));
+    }
+    zi->set_pcp_batch(z.pcp_batch);
+    zi->set_pcp_high(z.pcp_high);
+    for (const PcpCpuStats& c : z.pcp) {
+      v1::PerCpuPageset* ps = zi->add_pagesets();
+      ps->set_cpu(c.cpu);
+      ps->set_count(c.count);
+      ps->set_hits(c.hits);
+      ps->set_frees(c.frees);
+      ps->set_refills(c.refills);
+      ps->set_drains(c.drains);
+    }
+  }
+  resp->set_buddyinfo(pa_->Buddyinfo());
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::GetTarget(grpc::CallbackServerContext* ctx, const v1::GetTargetRequest*,
+                                                    v1::GetTargetResponse* resp) {
+  *resp->mutable_profile() = ToProto(pa_->target());
+  resp->set_memory_map(pa_->target().MemoryMapString());
+  resp->set_arena_backing(std::string(ArenaBackingName(pa_->arena().backing())));
+  for (const std::string& r : pa_->arena().refusals()) resp->add_arena_refusals(r);
+  resp->set_arena_bytes(pa_->arena().size());
+  resp->set_arena_path(pa_->arena().path());
+  resp->set_metadata_bytes(pa_->mem_map().metadata_bytes());
+  resp->set_total_pages(pa_->mem_map().nr_pages());
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* ctx, const v1::ValidateRequest*,
+                                                   v1::ValidateResponse* resp) {
+  absl::StatusOr<PageCensus> c = pa_->Validate();
+  if (!c.ok()) {
+    LogError("validate_failed", {{"error", c.status().ToString()}});
+    return Reply(ctx, absl::InternalError(c.status().message()));
+  }
+  uint64_t lease_pages = 0;
+  std::vector<std::shared_ptr<Lease>> all = leases_->All();
+  for (const auto& lease : all) {
+    std::lock_guard<std::mutex> l(lease->mu);
+    lease_pages += lease->pages_held;
+  }
+  resp->set_total_pages(c->total_pages);
+  resp->set_free_pages(c->buddy_free_pages + c->pcp_pages);
+  resp->set_allocated_pages(c->allocated_pages);
+  resp->set_leases(all.size());
+  resp->set_lease_pages(lease_pages);
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::Nop(grpc::CallbackServerContext* ctx, const v1::NopRequest*,
+                                              v1::NopResponse*) {
+  return Reply(ctx, absl::OkStatus());
+}
+
+}  // namespace physmem

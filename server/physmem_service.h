@@ -1,0 +1,103 @@
+// The PhysMem gRPC service (proto/physmem/v1/physmem.proto): thin callback handlers that
+// validate a request, check the caller's lease, delegate to the allocator and the lease table,
+// and reply. Waiting allocations are parked in AllocWaiters, so no handler blocks a thread.
+//
+// Who uses it: Server registers it. Thread-safety: handlers run concurrently on gRPC's threads;
+// all shared state lives in the (thread-safe) allocator, lease table and waiter queue.
+#ifndef PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
+#define PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "allocator/page_allocator.h"
+#include "physmem/v1/physmem.grpc.pb.h"
+#include "server/alloc_waiters.h"
+#include "server/identity.h"
+#include "server/lease_table.h"
+
+namespace physmem {
+
+struct ServiceLimits {
+  uint32_t max_bulk_pages = 65536;   // AllocPagesBulk count and FreePagesBulk blocks per call
+  int64_t max_alloc_wait_ms = 10000;  // longest wait for memory (GFP_KERNEL), deadline permitting
+};
+
+class PhysMemService final : public v1::PhysMem::CallbackService {
+ public:
+  PhysMemService(PageAllocator* pa, LeaseTable* leases, AllocWaiters* waiters, const PeerRegistry* peers,
+                 ServiceLimits limits)
+      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits) {}
+
+  grpc::ServerUnaryReactor* CreateLease(grpc::CallbackServerContext* ctx, const v1::CreateLeaseRequest* req,
+                                        v1::CreateLeaseResponse* resp) override;
+  grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse>* KeepAlive(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* RenewLease(grpc::CallbackServerContext* ctx, const v1::KeepAliveRequest* req,
+                                       v1::KeepAliveResponse* resp) override;
+  grpc::ServerUnaryReactor* RevokeLease(grpc::CallbackServerContext* ctx, const v1::RevokeLeaseRequest* req,
+                                        v1::RevokeLeaseResponse* resp) override;
+  grpc::ServerUnaryReactor* GetLease(grpc::CallbackServerContext* ctx, const v1::GetLeaseRequest* req,
+                                     v1::LeaseInfo* resp) override;
+  grpc::ServerUnaryReactor* ListLeases(grpc::CallbackServerContext* ctx, const v1::ListLeasesRequest* req,
+                                       v1::ListLeasesResponse* resp) override;
+  grpc::ServerUnaryReactor* AllocPages(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
+                                       v1::Allocation* resp) override;
+  grpc::ServerUnaryReactor* GetFreePages(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
+                                         v1::Allocation* resp) override;
+  grpc::ServerUnaryReactor* GetZeroedPage(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
+                                          v1::Allocation* resp) override;
+  grpc::ServerUnaryReactor* AllocPagesBulk(grpc::CallbackServerContext* ctx, const v1::AllocPagesBulkRequest* req,
+                                           v1::AllocPagesBulkResponse* resp) override;
+  grpc::ServerUnaryReactor* FreePages(grpc::CallbackServerContext* ctx, const v1::FreePagesRequest* req,
+                                      v1::FreePagesResponse* resp) override;
+  grpc::ServerUnaryReactor* FreePagesByAddress(grpc::CallbackServerContext* ctx,
+                                               const v1::FreePagesByAddressRequest* req,
+                                               v1::FreePagesResponse* resp) override;
+  grpc::ServerUnaryReactor* FreePagesBulk(grpc::CallbackServerContext* ctx, const v1::FreePagesBulkRequest* req,
+                                          v1::FreePagesBulkResponse* resp) override;
+  grpc::ServerUnaryReactor* PageAddress(grpc::CallbackServerContext* ctx, const v1::PageAddressRequest* req,
+                                        v1::PageAddressResponse* resp) override;
+  grpc::ServerUnaryReactor* Kmap(grpc::CallbackServerContext* ctx, const v1::KmapRequest* req,
+                                 v1::KmapResponse* resp) override;
+  grpc::ServerUnaryReactor* Kunmap(grpc::CallbackServerContext* ctx, const v1::KmapRequest* req,
+                                   v1::KunmapResponse* resp) override;
+  grpc::ServerUnaryReactor* GetZoneInfo(grpc::CallbackServerContext* ctx, const v1::GetZoneInfoRequest* req,
+                                        v1::GetZoneInfoResponse* resp) override;
+  grpc::ServerUnaryReactor* GetTarget(grpc::CallbackServerContext* ctx, const v1::GetTargetRequest* req,
+                                      v1::GetTargetResponse* resp) override;
+  grpc::ServerUnaryReactor* Validate(grpc::CallbackServerContext* ctx, const v1::ValidateRequest* req,
+                                     v1::ValidateResponse* resp) override;
+  grpc::ServerUnaryReactor* Nop(grpc::CallbackServerContext* ctx, const v1::NopRequest* req,
+                                v1::NopResponse* resp) override;
+
+ private:
+  enum class Form { kPfn, kAddress, kZeroed };
+  struct AllocCall;
+
+  absl::StatusOr<std::string> Identity(grpc::CallbackServerContext* ctx) const {
+    return CallerIdentity(*ctx, *peers_);
+  }
+  absl::StatusOr<std::shared_ptr<Lease>> CallerLease(grpc::CallbackServerContext* ctx, uint64_t lease_id) const;
+  grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
+                                     v1::Allocation* resp, Form form);
+  // One attempt; nullopt means "no memory now" (the caller may wait), else the final status.
+  std::optional<absl::Status> TryAllocate(const AllocCall& call, v1::Allocation* out);
+  absl::Status FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed);
+  void FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const;
+  void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
+
+  PageAllocator* const pa_;
+  LeaseTable* const leases_;
+  AllocWaiters* const waiters_;
+  const PeerRegistry* const peers_;
+  const ServiceLimits limits_;
+};
+
+// gfp from a request: exactly one of `gfp` (string) and `gfp_mask` (number); validated.
+absl::StatusOr<gfp_t> GfpFromRequest(const std::string& gfp, bool has_mask, uint32_t mask);
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_SERVER_PHYSMEM_SERVICE_H_

@@ -1,0 +1,143 @@
+#include "server/server.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "server/log.h"
+
+namespace physmem {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot read %s file %s", what, path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const ServerOptions& o) {
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (o.tls_cert_file.empty()) {
+    if (!o.tls_client_ca_file.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    if (!o.allow_insecure_tcp) {
+      return absl::FailedPreconditionError(
+          "--tcp without TLS needs --allow_insecure_tcp: plaintext TCP cannot tell clients apart (every "
+          "client at one address shares its leases); prefer --tls_cert/--tls_key/--tls_client_ca");
+    }
+    LogWarn("insecure_tcp", {{"listen", o.tcp_listen},
+                             {"note", "plaintext TCP: callers are identified by address only"}});
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  absl::StatusOr<std::string> cert = ReadFile(o.tls_cert_file, "TLS certificate");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile(o.tls_key_file, "TLS key");
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!o.tls_client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile(o.tls_client_ca_file, "client CA");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  } else {
+    LogWarn("tls_without_client_certs",
+            {{"note", "TLS without --tls_client_ca: callers are identified by address only"}});
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(ServerOptions options) {
+  std::unique_ptr<Server> s(new Server(std::move(options)));
+  if (absl::Status st = s->Start(); !st.ok()) return st;
+  return s;
+}
+
+absl::Status Server::Start() {
+  absl::StatusOr<std::unique_ptr<PageAllocator>> pa = PageAllocator::Create(options_.allocator);
+  if (!pa.ok()) return pa.status();
+  pa_ = *std::move(pa);
+  waiters_ = std::make_unique<AllocWaiters>();
+  leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
+                                              options_.service_limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  builder.SetMaxSendMessageSize(options_.max_message_bytes);
+  if (!options_.tcp_listen.empty()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = TcpCredentials(options_);
+    if (!creds.ok()) return creds.status();
+    builder.AddListeningPort(options_.tcp_listen, *creds, &tcp_port_);
+  }
+  grpc_ = builder.BuildAndStart();
+  if (grpc_ == nullptr) return absl::InternalError("gRPC server failed to start (see gRPC's log above)");
+  if (!options_.tcp_listen.empty() && tcp_port_ == 0) {
+    return absl::UnavailableError(absl::StrFormat("cannot listen on TCP %s", options_.tcp_listen));
+  }
+  if (!options_.unix_socket.empty()) {
+    const std::filesystem::path dir = std::filesystem::path(options_.unix_socket).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    unix_ = std::make_unique<UnixListener>(options_.unix_socket, &peers_);
+    if (absl::Status st = unix_->Start(grpc_.get(), options_.unix_socket_mode); !st.ok()) return st;
+  }
+  leases_->StartReaper();
+
+  const Target& t = pa_->target();
+  std::vector<std::string> zones;
+  for (const ZoneStats& z : pa_->Stats()) {
+    zones.push_back(absl::StrFormat("%s:%u", zone_name(z.type), z.present_pages));
+  }
+  LogInfo("started", {{"target", t.name},
+                      {"ram_mib", t.total_ram_bytes() >> 20},
+                      {"zones", absl::StrJoin(zones, ",")},
+                      {"arena", std::string(ArenaBackingName(pa_->arena().backing()))},
+                      {"arena_refusals", absl::StrJoin(pa_->arena().refusals(), "; ")},
+                      {"pcp", pa_->pcp_active() ? "rseq" : "off"},
+                      {"unix", options_.unix_socket},
+                      {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)}});
+  return absl::OkStatus();
+}
+
+void Server::Wait() {
+  if (grpc_) grpc_->Wait();
+}
+
+void Server::Shutdown() {
+  {
+    std::lock_guard<std::mutex> l(shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  LogInfo("shutting_down", {{"leases", leases_ ? leases_->size() : 0}});
+  if (unix_) unix_->Stop();  // no new Unix connections
+  if (waiters_) waiters_->Stop();  // parked allocations answer UNAVAILABLE now
+  if (grpc_) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(options_.shutdown_grace_ms));
+  if (leases_) {
+    leases_->StopReaper();
+    const uint64_t pages = leases_->RevokeAll();
+    LogInfo("stopped", {{"pages_returned", pages}});
+  }
+}
+
+Server::~Server() { Shutdown(); }
+
+}  // namespace physmem

@@ -1,0 +1,75 @@
+// The physmemd server: builds the allocator, the lease table, the waiter queue and the gRPC
+// server (PhysMem service, grpc.health.v1, server reflection) and serves them on a Unix socket
+// (default) and, on request, on TCP with TLS, mutual TLS, or — only with --allow_insecure_tcp —
+// plaintext.
+//
+// Who uses it: server/main.cc (flags -> ServerOptions -> BuildAndStart -> Wait), and tests that
+// run the daemon in-process. Thread-safety: BuildAndStart, Wait and Shutdown from one thread;
+// Shutdown may also be called from a signal-handling thread while Wait blocks.
+#ifndef PHYSMEM_SERVER_SERVER_H_
+#define PHYSMEM_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "allocator/page_allocator.h"
+#include "server/alloc_waiters.h"
+#include "server/identity.h"
+#include "server/lease_table.h"
+#include "server/physmem_service.h"
+#include "server/unix_listener.h"
+
+namespace physmem {
+
+struct ServerOptions {
+  PageAllocatorOptions allocator;
+  std::string unix_socket = "/run/physmemd/physmemd.sock";  // "" = no Unix socket
+  unsigned unix_socket_mode = 0660;
+  std::string tcp_listen;            // "host:port" ("127.0.0.1:0" picks a port); "" = no TCP
+  bool allow_insecure_tcp = false;   // plaintext TCP (every client at an address shares an identity)
+  std::string tls_cert_file;         // server certificate (PEM) for TCP
+  std::string tls_key_file;
+  std::string tls_client_ca_file;    // set: mutual TLS, clients must present a cert signed by it
+  LeaseLimits lease_limits;
+  ServiceLimits service_limits;
+  int max_message_bytes = 64 << 20;
+  int shutdown_grace_ms = 5000;      // how long in-flight calls get to finish on shutdown
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(ServerOptions options);
+  ~Server();
+
+  void Wait();
+  // Stops accepting, fails waiting allocations, lets in-flight calls finish (up to the grace
+  // period), then returns. Idempotent.
+  void Shutdown();
+
+  int tcp_port() const { return tcp_port_; }
+  PageAllocator& allocator() { return *pa_; }
+  LeaseTable& leases() { return *leases_; }
+
+ private:
+  explicit Server(ServerOptions options) : options_(std::move(options)) {}
+  absl::Status Start();
+
+  ServerOptions options_;
+  std::unique_ptr<PageAllocator> pa_;
+  PeerRegistry peers_;
+  std::unique_ptr<AllocWaiters> waiters_;
+  std::unique_ptr<LeaseTable> leases_;
+  std::unique_ptr<PhysMemService> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<UnixListener> unix_;
+  int tcp_port_ = 0;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;  // guarded by shutdown_mu_
+};
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_SERVER_SERVER_H_

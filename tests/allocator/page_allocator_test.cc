@@ -1,0 +1,504 @@
+#include "allocator/page_allocator.h"
+
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/allocator/test_targets.h"
+
+namespace physmem {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::MiB;
+
+// Owners used by the tests (0 is kNoOwner).
+constexpr uint32_t kAlice = 7, kBob = 8;
+
+class PageAllocatorTest : public ::testing::Test {
+ protected:
+  void Boot(PageAllocatorOptions o) {
+    auto pa = PageAllocator::Create(std::move(o));
+    ASSERT_TRUE(pa.ok()) << pa.status();
+    pa_ = *std::move(pa);
+    ExpectValid();
+  }
+  void BootX86(bool pcp = true) { Boot(testing::SmallOptions(testing::SmallX86(), pcp)); }
+  void BootI386(bool pcp = true) { Boot(testing::SmallOptions(testing::SmallI386(), pcp)); }
+
+  PageCensus ExpectValid() {
+    absl::StatusOr<PageCensus> c = pa_->Validate();
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *c : PageCensus{};
+  }
+  ZoneStats ZoneOf(ZoneType z) {
+    for (const ZoneStats& s : pa_->Stats()) {
+      if (s.type == z) return s;
+    }
+    ADD_FAILURE() << "no zone " << zone_name(z);
+    return {};
+  }
+  // Allocates until failure; returns the pages.
+  std::vector<Page*> Exhaust(gfp_t gfp, unsigned order, uint32_t owner = kNoOwner) {
+    std::vector<Page*> got;
+    while (Page* p = pa_->alloc_pages(gfp, order, owner)) got.push_back(p);
+    return got;
+  }
+  void FreeAll(std::vector<Page*>& pages, unsigned order, uint32_t owner = kNoOwner) {
+    for (Page* p : pages) ASSERT_TRUE(pa_->__free_pages(p, order, owner).ok());
+    pages.clear();
+  }
+  // Bad calls must change nothing: same census, same free counts per zone.
+  struct Snapshot {
+    PageCensus census;
+    std::vector<uint64_t> free;
+    bool operator==(const Snapshot& o) const {
+      return census.allocated_pages == o.census.allocated_pages && census.allocated_blocks == o.census.allocated_blocks &&
+             free == o.free;
+    }
+  };
+  Snapshot Take() {
+    Snapshot s{ExpectValid(), {}};
+    for (const ZoneStats& z : pa_->Stats()) s.free.push_back(z.free_pages);
+    return s;
+  }
+
+  std::unique_ptr<PageAllocator> pa_;
+};
+
+TEST_F(PageAllocatorTest, BootsWithEveryPageFreeAndCountsAddingUp) {
+  BootX86();
+  const PageCensus c = ExpectValid();
+  EXPECT_EQ(c.total_pages, 160u + 640u + 2048u);
+  EXPECT_EQ(c.allocated_pages, 0u);
+  EXPECT_EQ(ZoneOf(ZONE_DMA).present_pages, 160u);
+  EXPECT_EQ(ZoneOf(ZONE_DMA32).present_pages, 640u);
+  EXPECT_EQ(ZoneOf(ZONE_NORMAL).present_pages, 2048u);
+  // spanned counts the hole between [0,640K) ... no: DMA spans [0,160); DMA32 [256,896).
+  EXPECT_EQ(ZoneOf(ZONE_DMA32).start_pfn, 256u);
+  EXPECT_EQ(ZoneOf(ZONE_DMA32).spanned_pages, 640u);
+}
+
+TEST_F(PageAllocatorTest, GfpKernelPrefersNormalThenFallsBackDownward) {
+  BootX86(/*pcp=*/false);
+  Page* p = pa_->alloc_pages(GFP_KERNEL, 0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(pa_->page_zonenum(p), ZONE_NORMAL);
+  // Drain NORMAL: further GFP_KERNEL pages come from DMA32, then DMA.
+  std::vector<Page*> all = Exhaust(GFP_KERNEL, 0);
+  all.push_back(p);
+  std::set<ZoneType> zones;
+  for (Page* q : all) zones.insert(pa_->page_zonenum(q));
+  EXPECT_EQ(zones, (std::set<ZoneType>{ZONE_DMA, ZONE_DMA32, ZONE_NORMAL}));
+  // Order of fallback: the first DMA32 page comes after every NORMAL page.
+  size_t first_dma32 = all.size(), last_normal = 0;
+  for (size_t i = 0; i + 1 < all.size(); ++i) {
+    if (pa_->page_zonenum(all[i]) == ZONE_NORMAL) last_normal = i;
+    if (pa_->page_zonenum(all[i]) == ZONE_DMA32 && first_dma32 == all.size()) first_dma32 = i;
+  }
+  EXPECT_LT(last_normal, first_dma32);
+  FreeAll(all, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, GfpDmaUsesOnlyZoneDmaAndGfpDma32NeverNormal) {
+  BootX86();
+  std::vector<Page*> dma = Exhaust(GFP_KERNEL | __GFP_DMA, 0);
+  ASSERT_FALSE(dma.empty());
+  for (Page* p : dma) EXPECT_EQ(pa_->page_zonenum(p), ZONE_DMA);
+  std::vector<Page*> dma32 = Exhaust(GFP_KERNEL | __GFP_DMA32, 0);
+  for (Page* p : dma32) EXPECT_NE(pa_->page_zonenum(p), ZONE_NORMAL);
+  EXPECT_EQ(ZoneOf(ZONE_NORMAL).free_pages, 2048u);
+  FreeAll(dma, 0);
+  FreeAll(dma32, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, LowmemReserveKeepsLowerZonesFromFallbackAllocations) {
+  // A reserve ratio of 1 makes DMA keep all of DMA32+NORMAL's size back from NORMAL allocations:
+  // more than DMA has, so GFP_KERNEL can never fall back into DMA, while GFP_DMA still can.
+  PageAllocatorOptions o = testing::SmallOptions(testing::SmallX86(), false);
+  o.lowmem_reserve_ratio = {1, 256, 32, 0};
+  Boot(std::move(o));
+  EXPECT_EQ(ZoneOf(ZONE_DMA).lowmem_reserve[ZONE_NORMAL], 640u + 2048u);
+  std::vector<Page*> kernel = Exhaust(GFP_KERNEL, 0);
+  for (Page* p : kernel) EXPECT_NE(pa_->page_zonenum(p), ZONE_DMA);
+  Page* dma = pa_->alloc_pages(GFP_DMA, 0);
+  ASSERT_NE(dma, nullptr);
+  EXPECT_EQ(pa_->page_zonenum(dma), ZONE_DMA);
+  kernel.push_back(dma);
+  FreeAll(kernel, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, DefaultLowmemReserveMatchesTheKernelFormula) {
+  BootX86();
+  EXPECT_EQ(ZoneOf(ZONE_DMA).lowmem_reserve[ZONE_DMA32], 640u / 256);
+  EXPECT_EQ(ZoneOf(ZONE_DMA).lowmem_reserve[ZONE_NORMAL], (640u + 2048u) / 256);
+  EXPECT_EQ(ZoneOf(ZONE_DMA32).lowmem_reserve[ZONE_NORMAL], 2048u / 256);
+}
+
+TEST_F(PageAllocatorTest, AtomicDipsIntoTheMinReserveWhereKernelMayNot) {
+  // One zone, a large min watermark so the reserve is easy to see.
+  Target t = testing::SmallX86();
+  t.zone_configured = {false, false, true, false};
+  t.zone_end = {0, 0, UINT64_MAX, 0};
+  PageAllocatorOptions o = testing::SmallOptions(t, false);
+  o.min_free_kbytes = 1024;  // 256 pages
+  Boot(std::move(o));
+  const Watermarks w = ZoneOf(ZONE_NORMAL).watermarks;
+  ASSERT_EQ(w.min, 256u);
+  std::vector<Page*> kernel = Exhaust(GFP_KERNEL, 0);
+  // GFP_KERNEL stops at the min watermark: free == min.
+  EXPECT_EQ(ZoneOf(ZONE_NORMAL).free_pages, w.min);
+  std::vector<Page*> atomic = Exhaust(GFP_ATOMIC, 0);
+  // GFP_ATOMIC goes down to 37.5% of min: 256 -> 128 -> 96.
+  EXPECT_EQ(ZoneOf(ZONE_NORMAL).free_pages, 96u);
+  EXPECT_EQ(atomic.size(), 256u - 96u);
+  // GFP_NOWAIT gets no reserve at all.
+  EXPECT_EQ(pa_->alloc_pages(GFP_NOWAIT, 0), nullptr);
+  FreeAll(kernel, 0);
+  FreeAll(atomic, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, GfpZeroReallyZeroes) {
+  BootX86(/*pcp=*/false);  // the buddy hands the same block back: deterministic
+  Page* p = pa_->alloc_pages(GFP_KERNEL, 2);
+  ASSERT_NE(p, nullptr);
+  std::memset(pa_->page_host_address(p), 0xa5, 4 * 4096);
+  ASSERT_TRUE(pa_->__free_pages(p, 2).ok());
+  // The buddy merges it back and splits the same block again: it must be zero now.
+  Page* q = pa_->alloc_pages(GFP_KERNEL | __GFP_ZERO, 2);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q, p);
+  std::vector<std::byte> zero(4 * 4096);
+  EXPECT_EQ(std::memcmp(pa_->page_host_address(q), zero.data(), zero.size()), 0);
+  ASSERT_TRUE(pa_->__free_pages(q, 2).ok());
+}
+
+TEST_F(PageAllocatorTest, GetZeroedPageReturnsAZeroedDirectMapAddress) {
+  BootX86();
+  const uint64_t addr = pa_->get_zeroed_page(GFP_KERNEL);
+  ASSERT_NE(addr, 0u);
+  auto page = pa_->VirtToPage(addr);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(addr, pa_->target().page_offset + pa_->page_to_phys(*page));
+  EXPECT_EQ(pa_->page_count(*page), 1);
+  EXPECT_TRUE(pa_->free_page(addr).ok());
+  EXPECT_EQ(pa_->page_count(*page), 0);
+}
+
+TEST_F(PageAllocatorTest, FreePagesOfZeroDoesNothing) {
+  BootX86();
+  EXPECT_TRUE(pa_->free_pages(0, 3).ok());
+}
+
+TEST_F(PageAllocatorTest, HighmemPageHasNoAddressUntilKmapped) {
+  BootI386();
+  Page* p = pa_->alloc_pages(GFP_HIGHUSER, 0, kAlice);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(pa_->page_zonenum(p), ZONE_HIGHMEM);
+  EXPECT_EQ(pa_->page_address(p), 0u);
+  auto v = pa_->kmap(p, kAlice);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_GE(*v, 0xff800000u);
+  EXPECT_EQ(pa_->page_address(p), *v);
+  // A second kmap of the same page returns the same address.
+  EXPECT_EQ(*pa_->kmap(p, kAlice), *v);
+  // Freeing while mapped is refused and changes nothing.
+  const Snapshot before = Take();
+  EXPECT_EQ(pa_->__free_pages(p, 0, kAlice).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Take(), before);
+  ASSERT_TRUE(pa_->kunmap(p, kAlice).ok());
+  EXPECT_EQ(pa_->page_address(p), *v);  // one user left
+  ASSERT_TRUE(pa_->kunmap(p, kAlice).ok());
+  EXPECT_EQ(pa_->page_address(p), 0u);
+  EXPECT_EQ(pa_->kunmap(p, kAlice).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(pa_->__free_pages(p, 0, kAlice).ok());
+}
+
+TEST_F(PageAllocatorTest, LowmemPageAddressIsPageOffsetPlusPhys) {
+  BootI386();
+  Page* p = pa_->alloc_pages(GFP_KERNEL, 0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(pa_->page_zonenum(p), ZONE_NORMAL);
+  EXPECT_EQ(pa_->page_address(p), 0xC0000000u + pa_->page_to_phys(p));
+  EXPECT_EQ(*pa_->kmap(p), pa_->page_address(p));
+  EXPECT_TRUE(pa_->__free_pages(p, 0).ok());
+}
+
+TEST_F(PageAllocatorTest, KmapWindowExhaustionIsAnErrorNotACrash) {
+  BootI386();
+  std::vector<Page*> pages;
+  for (int i = 0; i < 17; ++i) pages.push_back(pa_->alloc_pages(GFP_HIGHUSER, 0));
+  for (int i = 0; i < 16; ++i) ASSERT_TRUE(pa_->kmap(pages[i]).ok());
+  auto full = pa_->kmap(pages[16]);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.status().message(), HasSubstr("16 pkmap slots"));
+  ASSERT_TRUE(pa_->kunmap(pages[3]).ok());
+  EXPECT_TRUE(pa_->kmap(pages[16]).ok());
+  for (int i = 0; i < 17; ++i) {
+    if (i != 3) ASSERT_TRUE(pa_->kunmap(pages[i]).ok());
+  }
+  FreeAll(pages, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, GetFreePagesStripsHighmem) {
+  BootI386();
+  std::vector<uint64_t> addrs;
+  for (int i = 0; i < 50; ++i) {
+    const uint64_t a = pa_->__get_free_pages(GFP_HIGHUSER, 0);
+    ASSERT_NE(a, 0u);
+    auto page = pa_->VirtToPage(a);
+    ASSERT_TRUE(page.ok());
+    EXPECT_NE(pa_->page_zonenum(*page), ZONE_HIGHMEM);
+    addrs.push_back(a);
+  }
+  for (uint64_t a : addrs) ASSERT_TRUE(pa_->free_page(a).ok());
+}
+
+TEST_F(PageAllocatorTest, CompoundPagesMarkTheirTails) {
+  BootX86();
+  Page* p = pa_->alloc_pages(GFP_KERNEL | __GFP_COMP, 3);
+  ASSERT_NE(p, nullptr);
+  Page* tail = p + 5;
+  EXPECT_EQ(pa_->page_count(tail), 1);  // a tail's count is its head's
+  ExpectValid();
+  auto st = pa_->__free_pages(tail, 0);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(st.message(), HasSubstr("tail page"));
+  ASSERT_TRUE(pa_->__free_pages(p, 3).ok());
+  EXPECT_EQ(pa_->page_count(tail), 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, BulkFillsOnlyEmptySlotsAndCountsThemAll) {
+  BootX86();
+  std::vector<Page*> arr(64, nullptr);
+  arr[5] = pa_->alloc_page(GFP_KERNEL);
+  Page* const kept = arr[5];
+  EXPECT_EQ(pa_->alloc_pages_bulk(GFP_KERNEL, 64, arr.data()), 64u);
+  EXPECT_EQ(arr[5], kept);
+  std::set<Page*> distinct(arr.begin(), arr.end());
+  EXPECT_EQ(distinct.size(), 64u);
+  EXPECT_EQ(ExpectValid().allocated_pages, 64u);
+  FreeAll(arr, 0);
+}
+
+TEST_F(PageAllocatorTest, BulkReturnsFewerWhenMemoryRunsOut) {
+  BootX86();
+  std::vector<Page*> arr(4000, nullptr);
+  const unsigned got = pa_->alloc_pages_bulk(GFP_KERNEL, 4000, arr.data());
+  EXPECT_GT(got, 2000u);
+  EXPECT_LT(got, 2848u);  // watermarks keep some back
+  for (unsigned i = 0; i < 4000; ++i) EXPECT_EQ(arr[i] != nullptr, i < got) << i;
+  arr.resize(got);
+  FreeAll(arr, 0);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, OrderAboveMaxFailsAsAValue) {
+  BootX86();
+  EXPECT_EQ(pa_->alloc_pages(GFP_KERNEL, 11), nullptr);
+  EXPECT_EQ(pa_->AllocPages(GFP_KERNEL, 11, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pa_->alloc_pages(__GFP_DMA | __GFP_DMA32, 0), nullptr);
+  EXPECT_EQ(pa_->AllocPages(__GFP_DMA | __GFP_DMA32, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  auto none = pa_->AllocPages(GFP_KERNEL, 10, 0);  // no 4 MiB block in this small machine
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(none.status().message(), HasSubstr("Normal"));
+}
+
+// ---- Every refused free, each checked to change nothing. ----
+
+struct BadFree {
+  const char* name;
+  absl::StatusCode code;
+  const char* message;
+};
+
+class RefusedFree : public PageAllocatorTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override {
+    BootX86(/*pcp=*/GetParam());
+    a0_ = pa_->alloc_pages(GFP_KERNEL, 0, kAlice);
+    a3_ = pa_->alloc_pages(GFP_KERNEL, 3, kAlice);
+    ASSERT_NE(a0_, nullptr);
+    ASSERT_NE(a3_, nullptr);
+  }
+  void ExpectRefused(absl::Status st, absl::StatusCode code, const char* message) {
+    const Snapshot before = Take();
+    EXPECT_EQ(st.code(), code) << st;
+    EXPECT_THAT(st.message(), HasSubstr(message));
+    EXPECT_EQ(Take(), before);
+  }
+  Page* a0_ = nullptr;
+  Page* a3_ = nullptr;
+};
+
+TEST_P(RefusedFree, WrongOrder) {
+  ExpectRefused(pa_->__free_pages(a3_, 2, kAlice), absl::StatusCode::kInvalidArgument, "allocated with order 3");
+}
+TEST_P(RefusedFree, OrderAboveMax) {
+  ExpectRefused(pa_->FreePfn(pa_->page_to_pfn(a3_), 11, kAlice), absl::StatusCode::kInvalidArgument,
+                "exceeds MAX_PAGE_ORDER");
+}
+TEST_P(RefusedFree, MisalignedPfn) {
+  ExpectRefused(pa_->FreePfn(pa_->page_to_pfn(a3_) + 1, 3, kAlice), absl::StatusCode::kInvalidArgument,
+                "not aligned to order 3");
+}
+TEST_P(RefusedFree, PfnInsideAnotherBlock) {
+  ExpectRefused(pa_->FreePfn(pa_->page_to_pfn(a3_) + 4, 2, kAlice), absl::StatusCode::kFailedPrecondition,
+                "inside the order-3 block");
+}
+TEST_P(RefusedFree, PfnInAHole) {
+  ExpectRefused(pa_->FreePfn(200, 0, kAlice), absl::StatusCode::kOutOfRange, "hole");
+}
+TEST_P(RefusedFree, PfnBeyondRam) {
+  ExpectRefused(pa_->FreePfn(1u << 20, 0, kAlice), absl::StatusCode::kOutOfRange, "beyond the last RAM page");
+}
+TEST_P(RefusedFree, DoubleFree) {
+  ASSERT_TRUE(pa_->__free_pages(a0_, 0, kAlice).ok());
+  ExpectRefused(pa_->__free_pages(a0_, 0, kAlice), absl::StatusCode::kFailedPrecondition, "not allocated");
+}
+TEST_P(RefusedFree, NeverAllocated) {
+  Page* free_page = pa_->alloc_pages(GFP_KERNEL, 0, kAlice);
+  ASSERT_TRUE(pa_->__free_pages(free_page, 0, kAlice).ok());
+  ExpectRefused(pa_->FreePfn(pa_->page_to_pfn(free_page), 0, kAlice), absl::StatusCode::kFailedPrecondition,
+                "not allocated");
+}
+TEST_P(RefusedFree, AnotherOwnersBlock) {
+  ExpectRefused(pa_->__free_pages(a3_, 3, kBob), absl::StatusCode::kPermissionDenied, "belongs to owner 7");
+  // Ownership is checked before the order, so a foreign caller learns nothing of the block.
+  ExpectRefused(pa_->__free_pages(a3_, 1, kBob), absl::StatusCode::kPermissionDenied, "belongs to owner 7");
+}
+TEST_P(RefusedFree, AddressNotPageAligned) {
+  ExpectRefused(pa_->free_pages(pa_->page_address(a0_) + 8, 0, kAlice), absl::StatusCode::kInvalidArgument,
+                "not page aligned");
+}
+TEST_P(RefusedFree, AddressBelowPageOffset) {
+  ExpectRefused(pa_->free_pages(0x1000, 0, kAlice), absl::StatusCode::kInvalidArgument, "below PAGE_OFFSET");
+}
+TEST_P(RefusedFree, AddressInAHole) {
+  ExpectRefused(pa_->free_pages(pa_->target().page_offset + 200 * 4096, 0, kAlice), absl::StatusCode::kOutOfRange,
+                "hole");
+}
+TEST_P(RefusedFree, ForeignStructPage) {
+  Page stray;
+  ExpectRefused(pa_->__free_pages(&stray, 0, kAlice), absl::StatusCode::kInvalidArgument, "not a struct page");
+}
+INSTANTIATE_TEST_SUITE_P(WithAndWithoutPcp, RefusedFree, ::testing::Bool());
+
+// ---- Per-CPU lists ----
+
+TEST_F(PageAllocatorTest, PerCpuListRefillsABatchAndServesHitsFromIt) {
+  PageAllocatorOptions o = testing::SmallOptions(testing::SmallX86());
+  o.pcp_batch = 16;
+  Boot(std::move(o));
+  if (!pa_->pcp_active()) GTEST_SKIP() << "rseq unavailable: per-CPU lists are off in this process";
+  const ZoneStats before = ZoneOf(ZONE_NORMAL);
+  Page* p = pa_->alloc_page(GFP_KERNEL);
+  ASSERT_NE(p, nullptr);
+  ZoneStats after = ZoneOf(ZONE_NORMAL);
+  uint64_t refills = 0, listed = 0;
+  for (const PcpCpuStats& c : after.pcp) refills += c.refills, listed += c.count;
+  EXPECT_EQ(refills, 1u);
+  // One batch left the buddy: one page to us, batch - 1 on a list.
+  EXPECT_EQ(after.buddy_free_pages, before.buddy_free_pages - after.pcp_batch);
+  EXPECT_EQ(listed, after.pcp_batch - 1u);
+  EXPECT_EQ(after.free_pages, before.free_pages - 1);
+  // The next allocations are hits: no second refill until the batch is used up.
+  std::vector<Page*> more;
+  for (int i = 0; i < 10; ++i) more.push_back(pa_->alloc_page(GFP_KERNEL));
+  uint64_t hits = 0;
+  refills = 0;
+  for (const PcpCpuStats& c : ZoneOf(ZONE_NORMAL).pcp) hits += c.hits, refills += c.refills;
+  EXPECT_GE(hits, 10u);
+  EXPECT_LE(refills, 2u);  // 2 only if the thread migrated to the other CPU meanwhile
+  FreeAll(more, 0);
+  ASSERT_TRUE(pa_->__free_page(p).ok());
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, PerCpuListDrainsABatchWhenItReachesHigh) {
+  PageAllocatorOptions o = testing::SmallOptions(testing::SmallX86());
+  o.pcp_batch = 8;
+  o.pcp_high = 32;
+  Boot(std::move(o));
+  if (!pa_->pcp_active()) GTEST_SKIP() << "rseq unavailable";
+  std::vector<Page*> pages;
+  for (int i = 0; i < 100; ++i) pages.push_back(pa_->alloc_page(GFP_KERNEL));
+  FreeAll(pages, 0);
+  const ZoneStats z = ZoneOf(ZONE_NORMAL);
+  uint64_t drains = 0;
+  for (const PcpCpuStats& c : z.pcp) {
+    drains += c.drains;
+    EXPECT_LE(c.count, 32u);  // never above high
+  }
+  EXPECT_GT(drains, 0u);
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, DrainsEveryCpuBeforeDeclaringFailure) {
+  Target t = testing::SmallX86();
+  t.zone_configured = {false, false, true, false};
+  t.zone_end = {0, 0, UINT64_MAX, 0};
+  PageAllocatorOptions o = testing::SmallOptions(t);
+  o.pcp_batch = 31;
+  o.pcp_high = 4096;  // every freed page stays listed: only a drain can rebuild large blocks
+  Boot(std::move(o));
+  if (!pa_->pcp_active()) GTEST_SKIP() << "rseq unavailable";
+  // Park many free pages on per-CPU lists, then ask for a block only the merged buddy can give.
+  std::vector<Page*> pages = Exhaust(GFP_KERNEL, 0);
+  FreeAll(pages, 0);
+  uint64_t listed = 0;
+  for (const PcpCpuStats& c : ZoneOf(ZONE_NORMAL).pcp) listed += c.count;
+  ASSERT_GT(listed, 512u);
+  Page* big = pa_->alloc_pages(GFP_KERNEL, 9);
+  ASSERT_NE(big, nullptr) << "the order-9 request should succeed after drain_all_pages()";
+  listed = 0;
+  for (const PcpCpuStats& c : ZoneOf(ZONE_NORMAL).pcp) listed += c.count;
+  EXPECT_EQ(listed, 0u);
+  ASSERT_TRUE(pa_->__free_pages(big, 9).ok());
+  ExpectValid();
+}
+
+TEST_F(PageAllocatorTest, BuddyinfoPrintsTheProcFormat) {
+  BootX86();
+  const std::string text = pa_->Buddyinfo();
+  EXPECT_THAT(text, HasSubstr("Node 0, zone      DMA "));
+  EXPECT_THAT(text, HasSubstr("Node 0, zone    DMA32 "));
+  EXPECT_THAT(text, HasSubstr("Node 0, zone   Normal "));
+  // NORMAL [4M,12M): 2048 pages as two order-10 blocks.
+  EXPECT_THAT(text, HasSubstr("Node 0, zone   Normal      0      0      0      0      0      0      0      0      0"
+                              "      0      2 \n"));
+}
+
+TEST_F(PageAllocatorTest, FragmentationIndexFollowsTheKernelFormula) {
+  BootX86(false);
+  // Fragment NORMAL: take every page, give back every other one.
+  std::vector<Page*> all = Exhaust(GFP_KERNEL | __GFP_MEMALLOC, 0);
+  std::vector<Page*> keep;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (pa_->page_zonenum(all[i]) == ZONE_NORMAL && i % 2 == 0) {
+      ASSERT_TRUE(pa_->__free_pages(all[i], 0).ok());
+    } else {
+      keep.push_back(all[i]);
+    }
+  }
+  const ZoneStats z = ZoneOf(ZONE_NORMAL);
+  EXPECT_EQ(z.nr_free[0], 1024u);
+  EXPECT_EQ(FragmentationIndex(z.nr_free, 0), -1000);  // order 0 can be served
+  // 1024 free pages in 1024 blocks, none of order 1: 1000 - (1000 + 1024*1000/2) / 1024 = 500.
+  EXPECT_EQ(FragmentationIndex(z.nr_free, 1), 500);
+  EXPECT_EQ(UnusableFreeIndex(z.nr_free, 1), 1000);
+  EXPECT_EQ(UnusableFreeIndex(z.nr_free, 0), 0);
+  FreeAll(keep, 0);
+  ExpectValid();
+}
+
+}  // namespace
+}  // namespace physmem
