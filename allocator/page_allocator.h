@@ -123,6 +123,7 @@ class PageAllocator {
   // ---- Introspection. ----
   const Target& target() const { return target_; }
   const Arena& arena() const { return *arena_; }
+  Arena& arena() { return *arena_; }  // Prefault() for benchmarks
   const MemMap& mem_map() const { return *mem_map_; }
   bool pcp_active() const;  // per-CPU lists on (requested, and rseq usable in this process)
   std::vector<ZoneStats> Stats() const;  // configured zones, lowest first

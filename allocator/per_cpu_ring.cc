@@ -255,6 +255,20 @@ uint32_t PerCpuRings::Count(int cpu, int list) const {
   return static_cast<uint32_t>(std::clamp<int64_t>(static_cast<int64_t>(count), 0, capacity_));
 }
 
+void PerCpuRings::Snapshot(int cpu, int list, std::vector<uint32_t>* out) const {
+  CheckCpuAndList(cpu, list);
+  const Ring& ring = *RingOf(cpu, list);
+  uint64_t bottom = __atomic_load_n(&ring.bottom, __ATOMIC_RELAXED);
+  uint64_t count = CountOf(ring);
+  if (count - kDrainLockBias <= capacity_) {  // a drain in progress: see its unbiased bottom
+    bottom -= kDrainLockBias;
+    count -= kDrainLockBias;
+  }
+  count = std::min<uint64_t>(count, capacity_);  // racy reads; Validate() reports real damage
+  const uint32_t* const slots = SlotsOf(cpu, list);
+  for (uint64_t i = 0; i < count; ++i) out->push_back(slots[(bottom + i) & mask_]);
+}
+
 PerCpuRingCounters PerCpuRings::Counters(int cpu) const {
   CheckCpuAndList(cpu, 0);
   PerCpuRingCounters c;

@@ -92,6 +92,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -173,6 +174,9 @@ class PerCpuRings {
   uint32_t DrainRemote(int cpu, int list, uint32_t n, uint32_t* out);
   // Racy snapshot of the number of items in one ring (exact when nothing runs concurrently).
   uint32_t Count(int cpu, int list) const;
+  // Appends the items of one ring to *out, coldest first, without removing them. Exact only when
+  // nothing runs on that ring (validation with the zone quiet); otherwise a racy best effort.
+  void Snapshot(int cpu, int list, std::vector<uint32_t>* out) const;
   PerCpuRingCounters Counters(int cpu) const;
 
   // Checks 0 <= count <= capacity (hence no ring left drain-locked) for every ring. Call when no

@@ -52,11 +52,12 @@ TEST_F(BuddyTest, BuddyOfBlockIsPfnXorOrderBit) {
   // The kernel's own example: block 8's order-1 buddy is 10; merged, they are block 8 at order 2.
   EXPECT_EQ(8u ^ (1u << 1), 10u);
   EXPECT_EQ(10u & ~(1u << 1), 8u);
-  // Take pages 0..3 one by one as order-0 blocks, free 2 and 3: they merge into one order-1 block.
+  // Order-0 requests split the smallest free block, the order-5 one at 128: pages 128..131 come
+  // out one by one. Freeing 130 and 131 merges them into one order-1 block at 130.
   std::vector<uint32_t> got;
   for (int i = 0; i < 4; ++i) got.push_back(*buddy_->RmqueueSmallest(0));
-  EXPECT_EQ(pfn(got[0]), 0u);
-  EXPECT_EQ(pfn(got[3]), 3u);
+  EXPECT_EQ(pfn(got[0]), 128u);
+  EXPECT_EQ(pfn(got[3]), 131u);
   const uint64_t order1_before = buddy_->nr_free(1);
   buddy_->FreeOne(got[2], 0);
   buddy_->FreeOne(got[3], 0);
@@ -65,8 +66,17 @@ TEST_F(BuddyTest, BuddyOfBlockIsPfnXorOrderBit) {
   EXPECT_EQ(mem_map_->page(got[3]).state.load(), 0u);
 }
 
+TEST_F(BuddyTest, TakesTheSmallestBlockThatFits) {
+  // Free blocks: order 7 at 0, order 5 at 128, ... An order-5 request takes the order-5 block,
+  // an order-6 request splits an order-7 block rather than the larger order-8 ones.
+  EXPECT_EQ(pfn(*buddy_->RmqueueSmallest(5)), 128u);
+  EXPECT_EQ(pfn(*buddy_->RmqueueSmallest(6)), 0u);
+}
+
 TEST_F(BuddyTest, SplitKeepsLowerHalfAndFreesUpperHalves) {
-  // Order 0 from a 128-page block at pfn 0 leaves one free block at each order 0..6.
+  // Order 0 from the order-7 block at pfn 0 (after taking the order-5 one) leaves one free block
+  // at each order 0..6: the upper halves 1, 2, 4, ..., 64.
+  ASSERT_EQ(pfn(*buddy_->RmqueueSmallest(5)), 128u);
   auto i = buddy_->RmqueueSmallest(0);
   ASSERT_TRUE(i);
   EXPECT_EQ(pfn(*i), 0u);
@@ -75,18 +85,12 @@ TEST_F(BuddyTest, SplitKeepsLowerHalfAndFreesUpperHalves) {
     buddy_->ForEachFreeBlock([&](uint32_t b, unsigned bo) { found |= bo == o && pfn(b) == (1u << o); });
     EXPECT_TRUE(found) << "upper half at pfn " << (1u << o) << " order " << o;
   }
-  EXPECT_EQ(buddy_->free_pages(), 799u);
+  EXPECT_EQ(buddy_->free_pages(), 800u - 32u - 1u);
 }
 
 TEST_F(BuddyTest, ConsecutiveAllocationsComeOutInPhysicalOrder) {
-  uint64_t last = 0;
-  for (int n = 0; n < 100; ++n) {
-    const uint64_t p = pfn(*buddy_->RmqueueSmallest(0));
-    if (n > 0) {
-      EXPECT_EQ(p, last + 1);
-    }
-    last = p;
-  }
+  // expand() returns upper halves, so one block is handed out from its bottom up: 128..159.
+  for (uint64_t want = 128; want < 160; ++want) EXPECT_EQ(pfn(*buddy_->RmqueueSmallest(0)), want);
 }
 
 TEST_F(BuddyTest, FreeingEverythingRestoresTheBootLayout) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -137,6 +138,16 @@ TEST_F(PerCpuRingsTest, DrainTakesRefilledItemsFromTheTail) {
   uint32_t out[kCapacity] = {};
   ASSERT_EQ(rings_.PopCold(0, kCapacity, out), 3u);
   EXPECT_THAT(std::vector<uint32_t>(out, out + 3), ElementsAre(3, 2, 1));
+}
+
+TEST_F(PerCpuRingsTest, SnapshotListsItemsColdestFirstWithoutRemovingThem) {
+  const uint32_t refill[] = {1, 2};
+  ASSERT_EQ(rings_.PushCold(0, refill, 2, kCapacity), 2u);
+  ASSERT_TRUE(rings_.PushHot(0, 3, kCapacity));
+  std::vector<uint32_t> items = {99};  // appends
+  rings_.Snapshot(cpu_, 0, &items);
+  EXPECT_THAT(items, ElementsAre(99, 2, 1, 3));
+  EXPECT_EQ(rings_.Count(cpu_, 0), 3u);
 }
 
 TEST_F(PerCpuRingsTest, ListsAreIndependent) {
@@ -550,7 +561,10 @@ TEST_P(PerCpuRingsStressTest, EveryTokenEndsUpInExactlyOnePlace) {
   for (int cpu = 0; cpu < rings.nr_cpus(); ++cpu) {
     for (int list = 0; list < kStressLists; ++list) {
       const uint32_t count = rings.Count(cpu, list);
+      std::vector<uint32_t> snapshot;
+      rings.Snapshot(cpu, list, &snapshot);
       ASSERT_EQ(rings.DrainRemote(cpu, list, kStressCapacity, buf), count);
+      EXPECT_EQ(std::vector<uint32_t>(buf, buf + count), snapshot);
       for (uint32_t j = 0; j < count; ++j) place(buf[j]);
     }
   }
@@ -622,6 +636,9 @@ TEST(PerCpuRingsWithoutRseq, EveryOpReportsFailure) {
   for (int cpu = 0; cpu < rings.nr_cpus(); ++cpu) {
     EXPECT_EQ(rings.DrainRemote(cpu, 0, 4, out), 0u);
     EXPECT_EQ(rings.Count(cpu, 0), 0u);
+    std::vector<uint32_t> items;
+    rings.Snapshot(cpu, 0, &items);
+    EXPECT_TRUE(items.empty());
     const PerCpuRingCounters c = rings.Counters(cpu);
     EXPECT_EQ(c.hits + c.pushes + c.refills + c.drains + c.remote_drains, 0u);
   }
@@ -635,9 +652,13 @@ std::pair<int, std::string> RunSelfWithRseqDisabled() {
   const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (len <= 0) return {-1, "readlink /proc/self/exe failed"};
   self[len] = '\0';
+  // The parent's environment, minus its tunables and its GTEST_* settings (an XML output path or
+  // a shard index would make the child overwrite the parent's report or skip the check).
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "GLIBC_TUNABLES=", 15) != 0) env_strings.emplace_back(*e);
+    if (std::strncmp(*e, "GLIBC_TUNABLES=", 15) != 0 && std::strncmp(*e, "GTEST_", 6) != 0) {
+      env_strings.emplace_back(*e);
+    }
   }
   env_strings.push_back(std::string("GLIBC_TUNABLES=") + kRseqOffTunable);
   std::vector<char*> envp;
@@ -649,6 +670,11 @@ std::pair<int, std::string> RunSelfWithRseqDisabled() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return {-1, "pipe failed"};
   const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return {-1, "fork failed"};
+  }
   if (pid == 0) {
     dup2(fds[1], STDOUT_FILENO);
     dup2(fds[1], STDERR_FILENO);
@@ -664,7 +690,7 @@ std::pair<int, std::string> RunSelfWithRseqDisabled() {
   }
   close(fds[0]);
   int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) return {-1, "fork/waitpid failed"};
+  if (waitpid(pid, &status, 0) != pid) return {-1, "waitpid failed"};
   return {status, output};
 }
 

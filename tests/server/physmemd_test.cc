@@ -1,0 +1,891 @@
+// Integration tests of the real physmemd binary, started as a process, over its Unix socket and
+// over loopback TCP, with raw gRPC stubs (no client library in between).
+//
+// The bad-input matrix checks, for every case, the exact status code and that nothing changed:
+// the daemon's own Validate() passes, and allocated pages, free pages and the pages the leases
+// say they hold are the same as before the call.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <functional>
+#include <random>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "physmem/v1/physmem.grpc.pb.h"
+#include "tests/daemon_process.h"
+
+namespace physmem {
+namespace {
+
+using ::testing::HasSubstr;
+using v1::PhysMem;
+
+std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
+  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return PhysMem::NewStub(ch);
+}
+
+struct Ctx {
+  explicit Ctx(int ms = 5000) { c.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms)); }
+  grpc::ClientContext c;
+  grpc::ClientContext* operator&() { return &c; }
+};
+
+class Daemon : public ::testing::Test {
+ protected:
+  // i386 with 1 GiB: DMA, Normal (lowmem up to 896 MiB) and HighMem; the kmap window has 1024 slots.
+  static std::vector<std::string> Args() {
+    return {"--target=i386", "--mem_mb=1024", "--max_lease_pages=200000", "--max_alloc_wait_ms=3000"};
+  }
+  void SetUp() override {
+    daemon_ = std::make_unique<testing::DaemonProcess>(Args(), /*tcp=*/true);
+    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+    stub_ = Connect(daemon_->unix_target());
+    tcp_stub_ = Connect("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
+  }
+  void TearDown() override {
+    if (HasFailure()) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
+  }
+
+  uint64_t NewLease(PhysMem::Stub* stub, int64_t ttl_ms = 60000, uint64_t quota = 0) {
+    v1::CreateLeaseRequest req;
+    req.set_ttl_ms(ttl_ms);
+    req.set_page_quota(quota);
+    req.set_name("test");
+    v1::CreateLeaseResponse resp;
+    Ctx ctx;
+    grpc::Status s = stub->CreateLease(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.lease_id();
+  }
+  grpc::Status Alloc(uint64_t lease, const std::string& gfp, uint32_t order, v1::Allocation* out,
+                     const std::string& key = "", PhysMem::Stub* stub = nullptr, int deadline_ms = 5000) {
+    v1::AllocPagesRequest req;
+    req.set_lease_id(lease);
+    req.set_gfp(gfp);
+    req.set_order(order);
+    req.set_key(key);
+    Ctx ctx(deadline_ms);
+    return (stub ? stub : stub_.get())->AllocPages(&ctx, req, out);
+  }
+  grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order, PhysMem::Stub* stub = nullptr) {
+    v1::FreePagesRequest req;
+    req.set_lease_id(lease);
+    req.set_pfn(pfn);
+    req.set_order(order);
+    v1::FreePagesResponse resp;
+    Ctx ctx;
+    return (stub ? stub : stub_.get())->FreePages(&ctx, req, &resp);
+  }
+  v1::ValidateResponse Census() {
+    v1::ValidateResponse resp;
+    Ctx ctx(20000);
+    grpc::Status s = stub_->Validate(&ctx, v1::ValidateRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << "Validate: " << s.error_message();
+    EXPECT_EQ(resp.allocated_pages(), resp.lease_pages()) << "allocator and leases disagree";
+    EXPECT_EQ(resp.allocated_pages() + resp.free_pages(), resp.total_pages());
+    return resp;
+  }
+
+  std::unique_ptr<testing::DaemonProcess> daemon_;
+  std::unique_ptr<PhysMem::Stub> stub_;
+  std::unique_ptr<PhysMem::Stub> tcp_stub_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Success paths of every RPC.
+
+TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation a;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 2, &a).ok());
+  EXPECT_EQ(a.order(), 2u);
+  EXPECT_EQ(a.zone(), "Normal");
+  EXPECT_EQ(a.phys_addr(), a.pfn() << 12);
+  EXPECT_EQ(a.virt_addr(), 0xC0000000u + a.phys_addr());
+  EXPECT_EQ(a.pfn() % 4, 0u);
+  v1::Allocation h;
+  ASSERT_TRUE(Alloc(lease, "GFP_HIGHUSER", 0, &h).ok());
+  EXPECT_EQ(h.zone(), "HighMem");
+  EXPECT_EQ(h.virt_addr(), 0u);  // unmapped highmem: no address
+  v1::Allocation d;
+  ASSERT_TRUE(Alloc(lease, "GFP_DMA", 0, &d).ok());
+  EXPECT_EQ(d.zone(), "DMA");
+  EXPECT_LT(d.phys_addr(), 16u << 20);
+
+  v1::AllocPagesRequest req;
+  req.set_lease_id(lease);
+  req.set_gfp("GFP_KERNEL");
+  req.set_order(1);
+  v1::Allocation g;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetFreePages(&ctx, req, &g).ok());
+  }
+  EXPECT_NE(g.virt_addr(), 0u);
+  req.set_order(0);
+  req.set_gfp("");
+  req.set_gfp_mask(0xcc0);  // GFP_KERNEL as a number
+  v1::Allocation z;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetZeroedPage(&ctx, req, &z).ok());
+  }
+  EXPECT_EQ(Census().allocated_pages(), 4u + 1 + 1 + 2 + 1);
+
+  // Free by pfn, by address, in bulk.
+  ASSERT_TRUE(Free(lease, a.pfn(), 2).ok());
+  {
+    v1::FreePagesByAddressRequest r;
+    r.set_lease_id(lease);
+    r.set_addr(g.virt_addr());
+    r.set_order(1);
+    v1::FreePagesResponse resp;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->FreePagesByAddress(&ctx, r, &resp).ok());
+    EXPECT_EQ(resp.pages_freed(), 2u);
+  }
+  {
+    v1::FreePagesBulkRequest r;
+    r.set_lease_id(lease);
+    for (const v1::Allocation* x : {&h, &d, &z}) {
+      v1::FreePagesRequest* b = r.add_blocks();
+      b->set_pfn(x->pfn());
+      b->set_order(0);
+    }
+    v1::FreePagesBulkResponse resp;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->FreePagesBulk(&ctx, r, &resp).ok());
+    EXPECT_EQ(resp.pages_freed(), 3u);
+    for (const v1::FreeResult& fr : resp.results()) EXPECT_EQ(fr.code(), 0) << fr.message();
+  }
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+}
+
+TEST_F(Daemon, BulkAllocationReportsEveryPage) {
+  const uint64_t lease = NewLease(stub_.get());
+  v1::AllocPagesBulkRequest req;
+  req.set_lease_id(lease);
+  req.set_gfp("GFP_KERNEL");
+  req.set_count(1000);
+  v1::AllocPagesBulkResponse resp;
+  Ctx ctx;
+  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.allocations_size(), 1000);
+  EXPECT_EQ(resp.requested(), 1000u);
+  std::set<uint64_t> pfns;
+  for (const v1::Allocation& a : resp.allocations()) {
+    pfns.insert(a.pfn());
+    EXPECT_EQ(a.order(), 0u);
+    EXPECT_FALSE(a.zone().empty());
+  }
+  EXPECT_EQ(pfns.size(), 1000u);
+  EXPECT_EQ(Census().allocated_pages(), 1000u);
+}
+
+TEST_F(Daemon, BulkAllocationStopsAtTheLeaseQuota) {
+  const uint64_t lease = NewLease(stub_.get(), 60000, /*quota=*/100);
+  v1::AllocPagesBulkRequest req;
+  req.set_lease_id(lease);
+  req.set_gfp("GFP_KERNEL");
+  req.set_count(1000);
+  v1::AllocPagesBulkResponse resp;
+  Ctx ctx;
+  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.allocations_size(), 100);  // partial success, reported
+  EXPECT_EQ(Census().allocated_pages(), 100u);
+}
+
+TEST_F(Daemon, KmapGivesHighmemPagesAnAddressUntilKunmap) {
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation h;
+  ASSERT_TRUE(Alloc(lease, "GFP_HIGHUSER", 0, &h).ok());
+  v1::KmapRequest k;
+  k.set_lease_id(lease);
+  k.set_pfn(h.pfn());
+  v1::KmapResponse km;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->Kmap(&ctx, k, &km).ok());
+  }
+  EXPECT_GE(km.virt_addr(), 0xff800000u);
+  v1::PageAddressRequest pr;
+  pr.set_lease_id(lease);
+  pr.set_pfn(h.pfn());
+  v1::PageAddressResponse pa;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->PageAddress(&ctx, pr, &pa).ok());
+  }
+  EXPECT_EQ(pa.virt_addr(), km.virt_addr());
+  {
+    Ctx ctx;
+    EXPECT_EQ(Free(lease, h.pfn(), 0).error_code(), grpc::StatusCode::FAILED_PRECONDITION);  // still mapped
+  }
+  v1::KunmapResponse ku;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->Kunmap(&ctx, k, &ku).ok());
+  }
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->PageAddress(&ctx, pr, &pa).ok());
+  }
+  EXPECT_EQ(pa.virt_addr(), 0u);
+  EXPECT_TRUE(Free(lease, h.pfn(), 0).ok());
+}
+
+TEST_F(Daemon, LeaseCallsReportTtlHoldingsAndOwnership) {
+  const uint64_t lease = NewLease(stub_.get(), 30000);
+  v1::Allocation a, b;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 3, &a).ok());
+  ASSERT_TRUE(Alloc(lease, "GFP_DMA", 0, &b).ok());
+  v1::GetLeaseRequest g;
+  g.set_lease_id(lease);
+  v1::LeaseInfo info;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetLease(&ctx, g, &info).ok());
+  }
+  EXPECT_EQ(info.pages_held(), 9u);
+  EXPECT_GT(info.ttl_ms(), 25000);
+  EXPECT_LE(info.ttl_ms(), 30000);
+  EXPECT_EQ(info.holdings_size(), 2);
+  EXPECT_EQ(info.identity(), "uid:" + std::to_string(getuid()));
+  v1::ListLeasesResponse list;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &list).ok());
+  }
+  ASSERT_EQ(list.leases_size(), 1);
+  // A lease created over TCP belongs to another identity and is not listed here.
+  NewLease(tcp_stub_.get());
+  {
+    Ctx ctx;
+    list.Clear();
+    ASSERT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &list).ok());
+  }
+  EXPECT_EQ(list.leases_size(), 1);
+  v1::KeepAliveRequest r;
+  r.set_lease_id(lease);
+  v1::KeepAliveResponse kr;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->RenewLease(&ctx, r, &kr).ok());
+  }
+  EXPECT_EQ(kr.ttl_ms(), 30000);
+  v1::RevokeLeaseRequest rv;
+  rv.set_lease_id(lease);
+  v1::RevokeLeaseResponse rr;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->RevokeLease(&ctx, rv, &rr).ok());
+  }
+  EXPECT_EQ(rr.pages_freed(), 9u);
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+}
+
+TEST_F(Daemon, KeepAliveStreamRenewsAndReportsGoneLeases) {
+  const uint64_t lease = NewLease(stub_.get(), 1000);
+  grpc::ClientContext ctx;
+  auto stream = stub_->KeepAlive(&ctx);
+  for (int i = 0; i < 6; ++i) {  // 1.8 s of renewals every 300 ms keeps a 1 s lease alive
+    v1::KeepAliveRequest r;
+    r.set_lease_id(lease);
+    ASSERT_TRUE(stream->Write(r));
+    v1::KeepAliveResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_EQ(resp.ttl_ms(), 1000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  v1::KeepAliveRequest gone;
+  gone.set_lease_id(123456);
+  ASSERT_TRUE(stream->Write(gone));
+  v1::KeepAliveResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.ttl_ms(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(Daemon, AllocationKeysMakeRetriesSafe) {
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation first, again;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 1, &first, "k1").ok());
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 1, &again, "k1").ok());
+  EXPECT_EQ(first.pfn(), again.pfn());
+  EXPECT_FALSE(first.replayed());
+  EXPECT_TRUE(again.replayed());
+  EXPECT_EQ(Census().allocated_pages(), 2u);
+  v1::FreePagesRequest f;
+  f.set_lease_id(lease);
+  f.set_key("k1");
+  v1::FreePagesResponse fr;
+  Ctx ctx;
+  ASSERT_TRUE(stub_->FreePages(&ctx, f, &fr).ok());
+  EXPECT_EQ(fr.pages_freed(), 2u);
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+}
+
+TEST_F(Daemon, ZoneInfoAndTargetDescribeTheMachine) {
+  v1::GetZoneInfoResponse zi;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetZoneInfo(&ctx, v1::GetZoneInfoRequest(), &zi).ok());
+  }
+  std::vector<std::string> names;
+  for (const auto& z : zi.zones()) names.push_back(z.zone());
+  EXPECT_THAT(names, ::testing::ElementsAre("DMA", "Normal", "HighMem"));
+  EXPECT_THAT(zi.buddyinfo(), HasSubstr("Node 0, zone  HighMem "));
+  v1::GetTargetResponse t;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetTarget(&ctx, v1::GetTargetRequest(), &t).ok());
+  }
+  EXPECT_EQ(t.profile().name(), "i386");
+  EXPECT_EQ(t.arena_backing(), "ordinary");
+  EXPECT_EQ(t.total_pages(), (1024u << 20) >> 12);
+}
+
+TEST_F(Daemon, HealthCheckServesWithoutProtoFiles) {
+  auto ch = grpc::CreateChannel(daemon_->unix_target(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(ch);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::ByteBuffer req, resp;  // HealthCheckRequest{service: ""} is the empty message
+  grpc::Status status;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp,
+                    [&](grpc::Status s) {
+                      std::lock_guard<std::mutex> l(mu);
+                      status = s;
+                      done = true;
+                      cv.notify_one();
+                    });
+  std::unique_lock<std::mutex> l(mu);
+  cv.wait(l, [&] { return done; });
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(resp.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // HealthCheckResponse{status: SERVING}
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bad-input matrix.
+
+struct BadCase {
+  std::string name;
+  grpc::StatusCode code;
+  std::function<grpc::Status()> call;
+};
+
+TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
+  const uint64_t lease = NewLease(stub_.get());
+  const uint64_t other = NewLease(stub_.get());
+  const uint64_t foreign = NewLease(tcp_stub_.get());  // another identity (TCP peer)
+  const uint64_t small = NewLease(stub_.get(), 60000, /*quota=*/4);
+  v1::Allocation a3, h, mine_other, foreign_page;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 3, &a3, "held").ok());
+  ASSERT_TRUE(Alloc(lease, "GFP_HIGHUSER", 0, &h).ok());
+  ASSERT_TRUE(Alloc(other, "GFP_KERNEL", 0, &mine_other).ok());
+  ASSERT_TRUE(Alloc(foreign, "GFP_KERNEL", 0, &foreign_page, "", tcp_stub_.get()).ok());
+  v1::Allocation freed;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 0, &freed).ok());
+  ASSERT_TRUE(Free(lease, freed.pfn(), 0).ok());
+  const uint64_t expired = NewLease(stub_.get(), 500);
+  const uint64_t revoked = NewLease(stub_.get());
+  {
+    v1::RevokeLeaseRequest r;
+    r.set_lease_id(revoked);
+    v1::RevokeLeaseResponse resp;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &resp).ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));  // `expired` is gone now
+
+  auto alloc = [&](uint64_t l, std::string gfp, uint32_t order, std::string key = "") {
+    return [=, this] {
+      v1::Allocation out;
+      return Alloc(l, gfp, order, &out, key);
+    };
+  };
+  auto alloc_req = [&](std::function<void(v1::AllocPagesRequest&)> edit, int form = 0) {
+    return [=, this] {
+      v1::AllocPagesRequest r;
+      r.set_lease_id(lease);
+      r.set_gfp("GFP_KERNEL");
+      edit(r);
+      v1::Allocation out;
+      Ctx ctx;
+      if (form == 1) return stub_->GetFreePages(&ctx, r, &out);
+      if (form == 2) return stub_->GetZeroedPage(&ctx, r, &out);
+      return stub_->AllocPages(&ctx, r, &out);
+    };
+  };
+  auto free = [&](uint64_t l, uint64_t pfn, uint32_t order, PhysMem::Stub* s = nullptr) {
+    return [=, this] { return Free(l, pfn, order, s); };
+  };
+  auto free_key = [&](uint64_t l, std::string key, uint32_t order = 0) {
+    return [=, this] {
+      v1::FreePagesRequest r;
+      r.set_lease_id(l);
+      r.set_key(key);
+      r.set_order(order);
+      v1::FreePagesResponse resp;
+      Ctx ctx;
+      return stub_->FreePages(&ctx, r, &resp);
+    };
+  };
+  auto free_addr = [&](uint64_t addr, uint32_t order) {
+    return [=, this] {
+      v1::FreePagesByAddressRequest r;
+      r.set_lease_id(lease);
+      r.set_addr(addr);
+      r.set_order(order);
+      v1::FreePagesResponse resp;
+      Ctx ctx;
+      return stub_->FreePagesByAddress(&ctx, r, &resp);
+    };
+  };
+  auto bulk = [&](uint32_t count) {
+    return [=, this] {
+      v1::AllocPagesBulkRequest r;
+      r.set_lease_id(lease);
+      r.set_gfp("GFP_KERNEL");
+      r.set_count(count);
+      v1::AllocPagesBulkResponse resp;
+      Ctx ctx;
+      return stub_->AllocPagesBulk(&ctx, r, &resp);
+    };
+  };
+  auto kmap = [&](uint64_t l, uint64_t pfn, bool unmap = false) {
+    return [=, this] {
+      v1::KmapRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      Ctx ctx;
+      if (unmap) {
+        v1::KunmapResponse resp;
+        return stub_->Kunmap(&ctx, r, &resp);
+      }
+      v1::KmapResponse resp;
+      return stub_->Kmap(&ctx, r, &resp);
+    };
+  };
+  auto address = [&](uint64_t l, uint64_t pfn) {
+    return [=, this] {
+      v1::PageAddressRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      v1::PageAddressResponse resp;
+      Ctx ctx;
+      return stub_->PageAddress(&ctx, r, &resp);
+    };
+  };
+  auto create = [&](int64_t ttl, uint64_t quota, std::string name) {
+    return [=, this] {
+      v1::CreateLeaseRequest r;
+      r.set_ttl_ms(ttl);
+      r.set_page_quota(quota);
+      r.set_name(name);
+      v1::CreateLeaseResponse resp;
+      Ctx ctx;
+      return stub_->CreateLease(&ctx, r, &resp);
+    };
+  };
+  auto renew = [&](uint64_t l) {
+    return [=, this] {
+      v1::KeepAliveRequest r;
+      r.set_lease_id(l);
+      v1::KeepAliveResponse resp;
+      Ctx ctx;
+      return stub_->RenewLease(&ctx, r, &resp);
+    };
+  };
+  auto revoke = [&](uint64_t l) {
+    return [=, this] {
+      v1::RevokeLeaseRequest r;
+      r.set_lease_id(l);
+      v1::RevokeLeaseResponse resp;
+      Ctx ctx;
+      return stub_->RevokeLease(&ctx, r, &resp);
+    };
+  };
+  auto get = [&](uint64_t l) {
+    return [=, this] {
+      v1::GetLeaseRequest r;
+      r.set_lease_id(l);
+      v1::LeaseInfo resp;
+      Ctx ctx;
+      return stub_->GetLease(&ctx, r, &resp);
+    };
+  };
+  using C = grpc::StatusCode;
+  const uint64_t lowmem_virt = 0xC0000000u;
+  const std::vector<BadCase> cases = {
+      {"order above MAX_PAGE_ORDER", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL", 11)},
+      {"huge order", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL", 0xffffffff)},
+      {"unknown GFP name", C::INVALID_ARGUMENT, alloc(lease, "GFP_BOGUS", 0)},
+      {"unknown GFP bits", C::INVALID_ARGUMENT, alloc(lease, "0x80000000", 0)},
+      {"removed __GFP_ATOMIC bit", C::INVALID_ARGUMENT, alloc(lease, "0x200", 0)},
+      {"DMA|DMA32", C::INVALID_ARGUMENT, alloc(lease, "__GFP_DMA|__GFP_DMA32", 0)},
+      {"DMA32|HIGHMEM", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL|__GFP_DMA32|__GFP_HIGHMEM", 0)},
+      {"DMA|HIGHMEM", C::INVALID_ARGUMENT, alloc(lease, "GFP_DMA|__GFP_HIGHMEM", 0)},
+      {"empty GFP term", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL||__GFP_ZERO", 0)},
+      {"NOFAIL that cannot block", C::INVALID_ARGUMENT, alloc(lease, "GFP_ATOMIC|__GFP_NOFAIL", 0)},
+      {"MOVABLE|RECLAIMABLE", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL|__GFP_MOVABLE|__GFP_RECLAIMABLE", 0)},
+      {"no GFP at all", C::INVALID_ARGUMENT, alloc_req([](auto& r) { r.set_gfp(""); })},
+      {"gfp and gfp_mask both", C::INVALID_ARGUMENT, alloc_req([](auto& r) { r.set_gfp_mask(0xcc0); })},
+      {"gfp_mask with unknown bits", C::INVALID_ARGUMENT,
+       alloc_req([](auto& r) { r.set_gfp(""); r.set_gfp_mask(0x1000000); })},
+      {"HIGHMEM to GetFreePages", C::FAILED_PRECONDITION,
+       alloc_req([](auto& r) { r.set_gfp("GFP_HIGHUSER"); }, 1)},
+      {"GetZeroedPage of order 1", C::INVALID_ARGUMENT, alloc_req([](auto& r) { r.set_order(1); }, 2)},
+      {"unknown lease", C::NOT_FOUND, alloc(999999, "GFP_KERNEL", 0)},
+      {"lease 0", C::NOT_FOUND, alloc(0, "GFP_KERNEL", 0)},
+      {"expired lease", C::NOT_FOUND, alloc(expired, "GFP_KERNEL", 0)},
+      {"revoked lease", C::NOT_FOUND, alloc(revoked, "GFP_KERNEL", 0)},
+      {"foreign lease alloc", C::PERMISSION_DENIED, alloc(foreign, "GFP_KERNEL", 0)},
+      {"key too long", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL", 0, std::string(200, 'k'))},
+      {"key reused with another order", C::INVALID_ARGUMENT, alloc(lease, "GFP_KERNEL", 2, "held")},
+      {"quota exceeded", C::RESOURCE_EXHAUSTED, alloc(small, "GFP_KERNEL", 3)},
+      {"no block that large, cannot wait", C::RESOURCE_EXHAUSTED, alloc(lease, "GFP_NOWAIT|__GFP_DMA", 10)},
+      {"double free", C::FAILED_PRECONDITION, free(lease, freed.pfn(), 0)},
+      {"wrong order", C::INVALID_ARGUMENT, free(lease, a3.pfn(), 2)},
+      {"misaligned pfn", C::INVALID_ARGUMENT, free(lease, a3.pfn() + 1, 3)},
+      {"pfn inside a block", C::FAILED_PRECONDITION, free(lease, a3.pfn() + 4, 2)},
+      {"pfn in a hole", C::OUT_OF_RANGE, free(lease, 0xa0, 0)},
+      {"pfn beyond RAM", C::OUT_OF_RANGE, free(lease, 1u << 30, 0)},
+      {"free order above max", C::INVALID_ARGUMENT, free(lease, a3.pfn(), 11)},
+      {"another lease's block", C::PERMISSION_DENIED, free(lease, mine_other.pfn(), 0)},
+      {"another identity's block", C::PERMISSION_DENIED, free(lease, foreign_page.pfn(), 0)},
+      {"free on a foreign lease", C::PERMISSION_DENIED, free(foreign, foreign_page.pfn(), 0)},
+      {"free on an expired lease", C::NOT_FOUND, free(expired, a3.pfn(), 3)},
+      {"unknown key", C::NOT_FOUND, free_key(lease, "nope")},
+      {"key with the wrong order", C::INVALID_ARGUMENT, free_key(lease, "held", 2)},
+      {"address not page aligned", C::INVALID_ARGUMENT, free_addr(lowmem_virt + a3.phys_addr() + 8, 3)},
+      {"address below PAGE_OFFSET", C::INVALID_ARGUMENT, free_addr(0x1000, 0)},
+      {"address beyond the direct map", C::INVALID_ARGUMENT, free_addr(0xf9000000, 0)},
+      {"address in a hole", C::OUT_OF_RANGE, free_addr(lowmem_virt + 0xa0000, 0)},
+      {"kmap window address", C::INVALID_ARGUMENT, free_addr(0xff800000, 0)},
+      {"bulk of 0", C::INVALID_ARGUMENT, bulk(0)},
+      {"oversized bulk", C::INVALID_ARGUMENT, bulk(65537)},
+      {"kmap of a free page", C::FAILED_PRECONDITION, kmap(lease, freed.pfn())},
+      {"kmap of another lease's page", C::PERMISSION_DENIED, kmap(lease, mine_other.pfn())},
+      {"kmap of a hole", C::OUT_OF_RANGE, kmap(lease, 0xa0)},
+      {"kunmap of an unmapped page", C::FAILED_PRECONDITION, kmap(lease, h.pfn(), true)},
+      {"page_address of a free page", C::FAILED_PRECONDITION, address(lease, freed.pfn())},
+      {"page_address of another lease's page", C::PERMISSION_DENIED, address(lease, mine_other.pfn())},
+      {"page_address of a hole", C::OUT_OF_RANGE, address(lease, 0xa0)},
+      {"TTL 0", C::INVALID_ARGUMENT, create(0, 0, "")},
+      {"TTL too long", C::INVALID_ARGUMENT, create(int64_t{1} << 40, 0, "")},
+      {"quota above the per-lease limit", C::INVALID_ARGUMENT, create(60000, 300000, "")},
+      {"lease name too long", C::INVALID_ARGUMENT, create(60000, 0, std::string(65, 'n'))},
+      {"renew unknown lease", C::NOT_FOUND, renew(424242)},
+      {"renew foreign lease", C::PERMISSION_DENIED, renew(foreign)},
+      {"revoke unknown lease", C::NOT_FOUND, revoke(424242)},
+      {"revoke foreign lease", C::PERMISSION_DENIED, revoke(foreign)},
+      {"get expired lease", C::NOT_FOUND, get(expired)},
+      {"get foreign lease", C::PERMISSION_DENIED, get(foreign)},
+  };
+  ASSERT_GE(cases.size(), 40u);
+  for (const BadCase& c : cases) {
+    const v1::ValidateResponse before = Census();
+    grpc::Status s = c.call();
+    EXPECT_EQ(s.error_code(), c.code) << c.name << ": got " << s.error_code() << " '" << s.error_message() << "'";
+    EXPECT_FALSE(s.error_message().empty()) << c.name;
+    const v1::ValidateResponse after = Census();
+    EXPECT_EQ(after.allocated_pages(), before.allocated_pages()) << c.name << " changed state";
+    EXPECT_EQ(after.free_pages(), before.free_pages()) << c.name << " changed state";
+    EXPECT_EQ(after.lease_pages(), before.lease_pages()) << c.name << " changed state";
+    EXPECT_EQ(after.leases(), before.leases()) << c.name << " changed state";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting semantics.
+
+class SmallDaemon : public Daemon {
+ protected:
+  void SetUp() override {
+    daemon_ = std::make_unique<testing::DaemonProcess>(
+        std::vector<std::string>{"--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=3000",
+                                 "--min_lease_ttl_ms=200"},
+        /*tcp=*/true);
+    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+    stub_ = Connect(daemon_->unix_target());
+    tcp_stub_ = Connect("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
+  }
+  // Takes every page the masks can get; returns the order-0 allocations.
+  std::vector<v1::Allocation> FillMachine(uint64_t lease) {
+    std::vector<v1::Allocation> got;
+    for (const char* gfp : {"GFP_KERNEL|__GFP_MEMALLOC", "GFP_DMA|__GFP_MEMALLOC"}) {
+      for (;;) {
+        v1::AllocPagesBulkRequest r;
+        r.set_lease_id(lease);
+        r.set_gfp(gfp);
+        r.set_count(8192);
+        v1::AllocPagesBulkResponse resp;
+        Ctx ctx;
+        if (!stub_->AllocPagesBulk(&ctx, r, &resp).ok()) break;
+        got.insert(got.end(), resp.allocations().begin(), resp.allocations().end());
+      }
+    }
+    return got;
+  }
+};
+
+TEST_F(SmallDaemon, AtomicAndNowaitFailAtOnceWhenMemoryIsGone) {
+  const uint64_t hog = NewLease(stub_.get());
+  const auto pages = FillMachine(hog);
+  ASSERT_GT(pages.size(), 15000u);
+  const uint64_t lease = NewLease(stub_.get());
+  for (const char* gfp : {"GFP_ATOMIC", "GFP_NOWAIT"}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    v1::Allocation a;
+    grpc::Status s = Alloc(lease, gfp, 0, &a);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << gfp;
+    EXPECT_THAT(s.error_message(), HasSubstr("cannot wait"));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500)) << gfp << " waited";
+  }
+}
+
+TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
+  const uint64_t hog = NewLease(stub_.get());
+  const auto pages = FillMachine(hog);
+  const uint64_t lease = NewLease(stub_.get());
+  std::thread freer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    Free(hog, pages[0].pfn(), 0);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  v1::Allocation a;
+  grpc::Status s = Alloc(lease, "GFP_KERNEL|__GFP_MEMALLOC", 0, &a, "", nullptr, 5000);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  freer.join();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(a.pfn(), pages[0].pfn());
+  EXPECT_GE(waited, std::chrono::milliseconds(350));
+}
+
+TEST_F(SmallDaemon, KernelGivesUpWithResourceExhaustedBeforeTheDeadline) {
+  const uint64_t hog = NewLease(stub_.get());
+  FillMachine(hog);
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation a;
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status s = Alloc(lease, "GFP_KERNEL", 0, &a, "", nullptr, 800);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("waited"));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+}
+
+TEST_F(SmallDaemon, NoretryGivesUpAfterOneReclaimPass) {
+  const uint64_t hog = NewLease(stub_.get());
+  FillMachine(hog);
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation a;
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status s = Alloc(lease, "GFP_KERNEL|__GFP_NORETRY", 0, &a, "", nullptr, 5000);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("__GFP_NORETRY"));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+}
+
+TEST_F(SmallDaemon, ExpiringLeaseWakesAWaitingAllocation) {
+  const uint64_t hog = NewLease(stub_.get(), 700);  // not kept alive: expires in 0.7 s
+  FillMachine(hog);
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation a;
+  grpc::Status s = Alloc(lease, "GFP_KERNEL", 0, &a, "", nullptr, 5000);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
+TEST_F(SmallDaemon, ExpiredLeaseGivesItsPagesBackWithinTtlPlusOneSecond) {
+  const uint64_t lease = NewLease(stub_.get(), 1000);
+  v1::AllocPagesBulkRequest r;
+  r.set_lease_id(lease);
+  r.set_gfp("GFP_KERNEL");
+  r.set_count(500);
+  v1::AllocPagesBulkResponse resp;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, r, &resp).ok());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(Census().allocated_pages(), 500u);
+  while (Census().allocated_pages() != 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2000));
+  EXPECT_THAT(daemon_->log(), HasSubstr("event=lease_expired lease=" + std::to_string(lease)));
+}
+
+// A client process that creates a lease, allocates, keeps it alive, and is killed with SIGKILL.
+// Run only as a child of KilledClientsPagesComeBack (see there).
+TEST(ClientProcess, DISABLED_AllocateKeepAliveForever) {
+  const char* target = std::getenv("PHYSMEM_TEST_TARGET");
+  ASSERT_NE(target, nullptr);
+  auto stub = Connect(target);
+  v1::CreateLeaseRequest cr;
+  cr.set_ttl_ms(1000);
+  v1::CreateLeaseResponse lease;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub->CreateLease(&ctx, cr, &lease).ok());
+  }
+  v1::AllocPagesBulkRequest r;
+  r.set_lease_id(lease.lease_id());
+  r.set_gfp("GFP_KERNEL");
+  r.set_count(300);
+  v1::AllocPagesBulkResponse resp;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub->AllocPagesBulk(&ctx, r, &resp).ok());
+  }
+  std::printf("READY %lu\n", static_cast<unsigned long>(lease.lease_id()));
+  std::fflush(stdout);
+  grpc::ClientContext ctx;
+  auto stream = stub->KeepAlive(&ctx);
+  for (;;) {
+    v1::KeepAliveRequest k;
+    k.set_lease_id(lease.lease_id());
+    stream->Write(k);
+    v1::KeepAliveResponse kr;
+    stream->Read(&kr);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+TEST_F(SmallDaemon, KilledClientsPagesComeBackWithinTtlPlusOneSecond) {
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    setenv("PHYSMEM_TEST_TARGET", daemon_->unix_target().c_str(), 1);
+    execl("/proc/self/exe", "client", "--gtest_also_run_disabled_tests",
+          "--gtest_filter=ClientProcess.DISABLED_AllocateKeepAliveForever", nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  FILE* f = fdopen(out[0], "r");
+  char line[256] = {0};
+  bool ready = false;
+  while (fgets(line, sizeof(line), f)) {
+    if (std::strncmp(line, "READY", 5) == 0) {
+      ready = true;
+      break;
+    }
+  }
+  ASSERT_TRUE(ready) << "client process did not start";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // kept alive past its 1 s TTL
+  EXPECT_EQ(Census().allocated_pages(), 300u);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  fclose(f);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (Census().allocated_pages() != 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency, shutdown, the socket.
+
+TEST_F(Daemon, EightClientThreadsForTwentySecondsLeaveEveryPageFree) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ops{0}, unexpected{0};
+  auto worker = [&](int t) {
+    auto stub = Connect(t % 2 ? daemon_->unix_target() : "127.0.0.1:" + std::to_string(daemon_->tcp_port()));
+    const uint64_t lease = NewLease(stub.get());
+    std::mt19937_64 rng(t);
+    std::vector<v1::Allocation> held;
+    const char* masks[] = {"GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER", "GFP_DMA", "GFP_KERNEL|__GFP_ZERO"};
+    while (!stop.load()) {
+      if (held.empty() || (rng() % 100 < 55 && held.size() < 300)) {
+        v1::Allocation a;
+        const uint32_t order = rng() % 8 == 0 ? 4 + rng() % 5 : rng() % 4;
+        grpc::Status s = Alloc(lease, masks[rng() % 5], order, &a, "", stub.get());
+        if (s.ok()) {
+          held.push_back(a);
+        } else if (s.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          ++unexpected;
+        }
+      } else {
+        const size_t k = rng() % held.size();
+        if (!Free(lease, held[k].pfn(), held[k].order(), stub.get()).ok()) ++unexpected;
+        held[k] = held.back();
+        held.pop_back();
+      }
+      ++ops;
+    }
+    v1::RevokeLeaseRequest r;
+    r.set_lease_id(lease);
+    v1::RevokeLeaseResponse resp;
+    Ctx ctx;
+    if (!stub->RevokeLease(&ctx, r, &resp).ok()) ++unexpected;
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) threads.emplace_back(worker, t);
+  std::this_thread::sleep_for(std::chrono::seconds(20));
+  stop = true;
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(unexpected.load(), 0u);
+  EXPECT_GT(ops.load(), 10000u);
+  std::printf("8 clients, 20 s: %lu operations\n", static_cast<unsigned long>(ops.load()));
+  const v1::ValidateResponse c = Census();
+  EXPECT_EQ(c.allocated_pages(), 0u);
+  EXPECT_EQ(c.leases(), 0u);
+  EXPECT_EQ(c.free_pages(), c.total_pages());
+}
+
+TEST_F(Daemon, SigtermDrainsAndExitsZero) {
+  const uint64_t lease = NewLease(stub_.get());
+  v1::Allocation a;
+  ASSERT_TRUE(Alloc(lease, "GFP_KERNEL", 0, &a).ok());
+  daemon_->Kill(SIGTERM);
+  std::optional<int> st = daemon_->WaitExit(std::chrono::seconds(10));
+  ASSERT_TRUE(st.has_value()) << "did not exit";
+  EXPECT_TRUE(WIFEXITED(*st));
+  EXPECT_EQ(WEXITSTATUS(*st), 0);
+  EXPECT_THAT(daemon_->log(), HasSubstr("event=shutting_down"));
+  struct stat sb;
+  EXPECT_NE(stat(daemon_->socket_path().c_str(), &sb), 0) << "socket file left behind";
+}
+
+TEST(DaemonSocket, IsCreatedWithMode0660AndAStaleOneIsReplaced) {
+  testing::DaemonProcess first;
+  ASSERT_TRUE(first.Start()) << first.log();
+  struct stat sb;
+  ASSERT_EQ(stat(first.socket_path().c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0660u);
+  // A second daemon on a live socket refuses to start.
+  first.Kill(SIGKILL);
+  first.WaitExit(std::chrono::seconds(5));
+  ASSERT_EQ(stat(first.socket_path().c_str(), &sb), 0) << "SIGKILL leaves the socket file";
+  // Restart on the same path: the stale socket is replaced.
+  ASSERT_TRUE(first.Start()) << first.log();
+  EXPECT_THAT(first.log(), HasSubstr("event=stale_socket_removed"));
+}
+
+TEST(DaemonFlags, PlaintextTcpNeedsAnExplicitFlag) {
+  testing::DaemonProcess d({"--tcp=127.0.0.1:0"});
+  EXPECT_FALSE(d.Start());
+  EXPECT_THAT(d.log(), HasSubstr("--allow_insecure_tcp"));
+}
+
+}  // namespace
+}  // namespace physmem
