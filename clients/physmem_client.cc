@@ -530,7 +530,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
         "cannot connect to physmemd at %s within %d ms (channel state %s): is the daemon running and serving "
         "there%s?",
         options.target, options.connect_timeout_ms, ChannelStateName(conn->channel->GetState(false)),
-        UnixSocketPath(options.target).empty() ? ", and do the TLS settings match its" : ""));
+        UnixSocketPath(options.target).empty() ? ", and do the TLS options match its listener" : ""));
   }
   conn->stub = v1::PhysMem::NewStub(conn->channel);
   return std::unique_ptr<Client>(new Client(std::move(conn)));

@@ -36,7 +36,7 @@ struct ServerOptions {
   LeaseLimits lease_limits;
   ServiceLimits service_limits;
   int max_message_bytes = 64 << 20;
-  int shutdown_grace_ms = 5000;      // how long in-flight calls get to finish on shutdown
+  int shutdown_grace_ms = 2000;      // how long in-flight calls (and idle connections) get on shutdown
 };
 
 class Server {

@@ -298,7 +298,7 @@ int Main(int argc, char** argv) {
     } else if (a.starts_with("--startup_gib=")) {
       startup_gib = std::strtoull(argv[i] + 14, nullptr, 10);
     } else {
-      Die(absl::StrCat("unknown argument '", a,
+      Die(absl::StrCat("unknown argument '", std::string(a),
                        "'; expected --mode=physmem|physmem_nopcp|malloc_page|malloc_natural|startup "
                        "[--startup_gib=N] and --benchmark_* flags"));
     }
@@ -318,7 +318,7 @@ int Main(int argc, char** argv) {
     benchmark::AddCustomContext("pcp_active", g_pa->pcp_active() ? "true" : "false");
     for (const ZoneStats& z : g_pa->Stats()) {
       if (!z.populated) continue;
-      benchmark::AddCustomContext(absl::StrCat("zone_", zone_name(z.type)),
+      benchmark::AddCustomContext(absl::StrCat("zone_", std::string(zone_name(z.type))),
                                   absl::StrCat("managed ", z.managed_pages, " pcp batch ", z.pcp_batch, " high ",
                                                z.pcp_high));
     }

@@ -357,7 +357,8 @@ TEST_F(Daemon, HealthCheckServesWithoutProtoFiles) {
   grpc::GenericStub generic(ch);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::ByteBuffer req, resp;  // HealthCheckRequest{service: ""} is the empty message
+  grpc::Slice empty("", 0);  // HealthCheckRequest{service: ""} serializes to zero bytes
+  grpc::ByteBuffer req(&empty, 1), resp;
   grpc::Status status;
   std::mutex mu;
   std::condition_variable cv;
@@ -411,6 +412,9 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
     ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &resp).ok());
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(800));  // `expired` is gone now
+  // Take ZONE_DMA's order-10 blocks, so that another one cannot be had.
+  for (v1::Allocation big; Alloc(lease, "GFP_NOWAIT|__GFP_DMA", 10, &big).ok();) {
+  }
 
   auto alloc = [&](uint64_t l, std::string gfp, uint32_t order, std::string key = "") {
     return [=, this] {

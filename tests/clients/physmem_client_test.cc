@@ -1,0 +1,669 @@
+// Tests clients/physmem_client.h against the real physmemd, started as a process per test.
+#include "clients/physmem_client.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon_process.h"
+
+namespace physmem::client {
+namespace {
+
+using ::physmem::testing::DaemonProcess;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+using ::testing::UnorderedElementsAre;
+using Clock = std::chrono::steady_clock;
+
+const std::vector<std::string> kSmallI386 = {"--target=i386", "--mem_mb=64"};
+// 1 GiB on i386: 896 MiB of lowmem, the rest HighMem (reached through kmap()).
+const std::vector<std::string> kI386WithHighmem = {"--target=i386", "--mem_mb=1024"};
+
+ClientOptions OptionsFor(const DaemonProcess& d) {
+  ClientOptions o;
+  o.target = d.unix_target();
+  return o;
+}
+
+std::string Uid() { return "uid:" + std::to_string(::getuid()); }
+
+// Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
+bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+class ClientTest : public ::testing::Test {
+ protected:
+  explicit ClientTest(std::vector<std::string> daemon_args = kSmallI386) : daemon_(std::move(daemon_args)) {}
+
+  void SetUp() override {
+    ASSERT_TRUE(daemon_.Start()) << daemon_.log();
+    client_ = Connect();
+    ASSERT_NE(client_, nullptr);
+    absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+    ASSERT_TRUE(t.ok()) << t.status();
+    target_ = *t;
+  }
+
+  std::unique_ptr<Client> Connect(ClientOptions o) {
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status() << "\n" << daemon_.log();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+  std::unique_ptr<Client> Connect() { return Connect(OptionsFor(daemon_)); }
+
+  std::unique_ptr<Lease> NewLease(LeaseOptions o = {}) {
+    absl::StatusOr<std::unique_ptr<Lease>> lease = client_->CreateLease(o);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    return lease.ok() ? *std::move(lease) : nullptr;
+  }
+
+  // The allocator's census, asked over a separate connection.
+  v1::ValidateResponse Census() {
+    std::unique_ptr<Client> other = Connect();
+    absl::StatusOr<v1::ValidateResponse> v = other->Validate();
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? *v : v1::ValidateResponse();
+  }
+  uint64_t AllocatedPages() { return Census().allocated_pages(); }
+
+  uint64_t page_size() const { return target_.profile().page_size(); }
+  // page_address() of a lowmem pfn: PAGE_OFFSET + (phys - PHYS_OFFSET).
+  uint64_t DirectMapAddress(uint64_t pfn) const {
+    return target_.profile().page_offset() + pfn * page_size() - target_.profile().phys_offset();
+  }
+
+  DaemonProcess daemon_;
+  std::unique_ptr<Client> client_;
+  v1::GetTargetResponse target_;
+};
+
+// ---- Client ----
+
+TEST_F(ClientTest, ConnectReachesTheDaemonOnItsUnixSocket) {
+  EXPECT_EQ(target_.profile().name(), "i386");
+  EXPECT_GT(target_.total_pages(), 0u);
+}
+
+TEST(ClientConnect, FailsWithUnavailableWhenNoSocketExists) {
+  char dir[] = "/tmp/physmem-client-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  ClientOptions o;
+  o.target = std::string("unix://") + dir + "/absent.sock";
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ::rmdir(dir);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("no such socket file"));
+}
+
+TEST(ClientConnect, FailsWithUnavailableWithinItsTimeoutWhenTheDaemonIsDead) {
+  DaemonProcess d(kSmallI386);
+  ASSERT_TRUE(d.Start()) << d.log();
+  d.Kill(SIGKILL);
+  ASSERT_TRUE(d.WaitExit(std::chrono::seconds(5)).has_value());
+  ClientOptions o = OptionsFor(d);  // the socket file is still there; nothing accepts on it
+  o.connect_timeout_ms = 300;
+  const auto start = Clock::now();
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+}
+
+TEST(ClientConnect, RefusesTlsOptionsForAUnixTarget) {
+  ClientOptions o;
+  o.target = "unix:///tmp/whatever.sock";
+  o.tls_ca_file = "/tmp/ca.pem";
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("TCP"));
+}
+
+TEST(ClientConnect, RefusesACertificateWithoutItsKey) {
+  ClientOptions o;
+  o.target = "localhost:1";
+  o.tls_cert_file = "/tmp/cert.pem";
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+}
+
+TEST(ClientConnect, ReportsAnUnreadableCaFileAsNotFound) {
+  ClientOptions o;
+  o.target = "localhost:1";
+  o.tls_ca_file = "/nonexistent/ca.pem";
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kNotFound) << c.status();
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("/nonexistent/ca.pem"));
+}
+
+TEST_F(ClientTest, GetZoneInfoCountsEveryPageFreeOnAnIdleDaemon) {
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  uint64_t free = 0, present = 0;
+  for (const v1::ZoneInfo& z : info->zones()) {
+    free += z.free_pages();
+    present += z.present_pages();
+  }
+  EXPECT_EQ(free, target_.total_pages());
+  EXPECT_EQ(present, target_.total_pages());
+  EXPECT_FALSE(info->buddyinfo().empty());
+}
+
+TEST_F(ClientTest, ValidateCountsThePagesALeaseHolds) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 2);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const v1::ValidateResponse v = Census();
+  EXPECT_EQ(v.allocated_pages(), 4u);
+  EXPECT_EQ(v.lease_pages(), 4u);
+  EXPECT_EQ(v.free_pages() + v.allocated_pages(), v.total_pages());
+  EXPECT_EQ(v.leases(), 1u);
+}
+
+TEST_F(ClientTest, ListLeasesShowsTheCallersLeasesWithTheirNames) {
+  LeaseOptions a, b;
+  a.name = "rx";
+  b.name = "tx";
+  std::unique_ptr<Lease> la = NewLease(a), lb = NewLease(b);
+  absl::StatusOr<v1::ListLeasesResponse> list = client_->ListLeases();
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::set<std::string> names;
+  for (const v1::LeaseInfo& l : list->leases()) {
+    names.insert(l.name());
+    EXPECT_EQ(l.identity(), Uid());
+  }
+  EXPECT_THAT(names, UnorderedElementsAre("rx", "tx"));
+}
+
+TEST_F(ClientTest, CreateLeaseGrantsTheRequestedTtlAndQuota) {
+  LeaseOptions o;
+  o.ttl_ms = 5000;
+  o.page_quota = 64;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  EXPECT_EQ(lease->granted_ttl_ms(), 5000);
+  EXPECT_EQ(lease->page_quota(), 64u);
+  absl::StatusOr<v1::LeaseInfo> info = client_->GetLease(lease->id());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->page_quota(), 64u);
+  EXPECT_GT(info->ttl_ms(), 0);
+  EXPECT_LE(info->ttl_ms(), 5000);
+}
+
+TEST_F(ClientTest, RenewLeaseByIdAnswersTheGrantedTtl) {
+  LeaseOptions o;
+  o.ttl_ms = 4000;
+  o.keepalive = false;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  absl::StatusOr<v1::KeepAliveResponse> r = client_->RenewLease(lease->id());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->ttl_ms(), 4000);
+  absl::StatusOr<v1::KeepAliveResponse> again = lease->Renew();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->lease_id(), lease->id());
+}
+
+TEST_F(ClientTest, RevokeLeaseByIdFreesItsPages) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 3);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  absl::StatusOr<uint64_t> freed = client_->RevokeLease(lease->id());
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 8u);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, AttachLeaseTakesChargeOfAnExistingLease) {
+  std::unique_ptr<Lease> owner = NewLease();
+  absl::StatusOr<std::unique_ptr<Lease>> attached = Connect()->AttachLease(owner->id());
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  absl::StatusOr<PageHandle> p = (*attached)->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<v1::LeaseInfo> info = owner->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->pages_held(), 1u);
+}
+
+TEST_F(ClientTest, AttachedLeaseIsNotRevokedWhenItsObjectIsDestroyed) {
+  std::unique_ptr<Lease> owner = NewLease();
+  {
+    absl::StatusOr<std::unique_ptr<Lease>> attached = client_->AttachLease(owner->id());
+    ASSERT_TRUE(attached.ok()) << attached.status();
+  }
+  EXPECT_TRUE(client_->GetLease(owner->id()).ok());
+}
+
+// ---- Lease: allocation ----
+
+class AllocOrderTest : public ClientTest, public ::testing::WithParamInterface<uint32_t> {};
+
+TEST_P(AllocOrderTest, AllocPagesReturnsAnAlignedBlockOfTheOrder) {
+  const uint32_t order = GetParam();
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", order);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->order(), order);
+  EXPECT_EQ(p->pfn() % (uint64_t{1} << order), 0u);
+  EXPECT_EQ(p->phys_addr(), p->pfn() * page_size());
+  EXPECT_EQ(p->virt_addr(), DirectMapAddress(p->pfn()));
+  EXPECT_EQ(p->zone(), "Normal");  // GFP_KERNEL's highest zone, with room to spare
+  EXPECT_EQ(p->lease_id(), lease->id());
+  EXPECT_EQ(AllocatedPages(), uint64_t{1} << order);
+}
+
+INSTANTIATE_TEST_SUITE_P(Orders, AllocOrderTest, ::testing::Values(0u, 1u, 3u, 6u, 10u));
+
+TEST_F(ClientTest, AllocPagesWithAKeyReplaysTheSameBlock) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> first = lease->AllocPages("GFP_KERNEL", 1, "rx-ring");
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<PageHandle> retry = lease->AllocPages("GFP_KERNEL", 1, "rx-ring");
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->pfn(), first->pfn());
+  EXPECT_TRUE(retry->replayed());
+  EXPECT_FALSE(first->replayed());
+  EXPECT_EQ(first->key(), "rx-ring");
+  retry->Release();  // one block, one free
+  EXPECT_EQ(AllocatedPages(), 2u);
+}
+
+TEST_F(ClientTest, AllocPagesHonoursTheZoneModifier) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL|__GFP_DMA", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->zone(), "DMA");
+}
+
+TEST_F(ClientTest, GetFreePagesReturnsTheDirectMapAddress) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->GetFreePages("GFP_KERNEL", 2);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->order(), 2u);
+  EXPECT_EQ(p->virt_addr(), DirectMapAddress(p->pfn()));
+}
+
+TEST_F(ClientTest, GetZeroedPageReturnsOneOrderZeroPage) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->GetZeroedPage("GFP_KERNEL");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->order(), 0u);
+  EXPECT_NE(p->virt_addr(), 0u);
+  EXPECT_EQ(AllocatedPages(), 1u);
+}
+
+TEST_F(ClientTest, AllocPagesBulkReturnsDistinctOrderZeroPages) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<std::vector<PageHandle>> pages = lease->AllocPagesBulk("GFP_KERNEL", 32);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  ASSERT_THAT(*pages, SizeIs(32));
+  std::set<uint64_t> pfns;
+  for (const PageHandle& p : *pages) {
+    EXPECT_EQ(p.order(), 0u);
+    pfns.insert(p.pfn());
+  }
+  EXPECT_EQ(pfns.size(), 32u);
+  EXPECT_EQ(AllocatedPages(), 32u);
+  pages->clear();
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+// ---- Lease: frees and addresses ----
+
+TEST_F(ClientTest, FreePagesByPfnFreesAReleasedBlock) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 2);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  absl::StatusOr<uint64_t> freed = lease->FreePages(p->pfn(), 2);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 4u);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, FreePagesByKeyFreesTheBlockAllocatedWithIt) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 1, "k");
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  absl::StatusOr<uint64_t> freed = lease->FreePagesByKey("k");
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 2u);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, FreePagesByAddressFreesTheBlockAtThatAddress) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->GetFreePages("GFP_KERNEL", 1);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  absl::StatusOr<uint64_t> freed = lease->FreePagesByAddress(p->virt_addr(), 1);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 2u);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, PageAddressOfALowmemPageIsItsDirectMapAddress) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<uint64_t> addr = lease->PageAddress(p->pfn());
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  EXPECT_EQ(*addr, DirectMapAddress(p->pfn()));
+}
+
+class HighmemClientTest : public ClientTest {
+ protected:
+  HighmemClientTest() : ClientTest(kI386WithHighmem) {}
+};
+
+TEST_F(HighmemClientTest, KmapMapsAHighmemPageIntoThePkmapWindowUntilKunmap) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_HIGHUSER", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->zone(), "HighMem");
+  EXPECT_EQ(p->virt_addr(), 0u);  // no permanent address
+
+  absl::StatusOr<uint64_t> mapped = lease->Kmap(p->pfn());
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  const uint64_t base = target_.profile().pkmap_base();
+  EXPECT_GE(*mapped, base);
+  EXPECT_LT(*mapped, base + uint64_t{target_.profile().pkmap_slots()} * page_size());
+  absl::StatusOr<uint64_t> while_mapped = lease->PageAddress(p->pfn());
+  ASSERT_TRUE(while_mapped.ok()) << while_mapped.status();
+  EXPECT_EQ(*while_mapped, *mapped);
+
+  ASSERT_TRUE(lease->Kunmap(p->pfn()).ok());
+  absl::StatusOr<uint64_t> after = lease->PageAddress(p->pfn());
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(*after, 0u);
+}
+
+TEST_F(ClientTest, InfoReportsHoldingsByZoneAndOrder) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> a = lease->AllocPages("GFP_KERNEL", 2);
+  absl::StatusOr<PageHandle> b = lease->AllocPages("GFP_KERNEL", 2);
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::StatusOr<v1::LeaseInfo> info = lease->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->lease_id(), lease->id());
+  EXPECT_EQ(info->pages_held(), 8u);
+  ASSERT_THAT(info->holdings(), SizeIs(1));
+  EXPECT_EQ(info->holdings(0).zone(), "Normal");
+  EXPECT_EQ(info->holdings(0).order(), 2u);
+  EXPECT_EQ(info->holdings(0).blocks(), 2u);
+}
+
+// ---- Lease: lifetime ----
+
+TEST_F(ClientTest, RevokeFreesEveryPageAndLaterCallsFailFastWithNotFound) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 1);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<uint64_t> freed = lease->Revoke();
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 2u);
+  EXPECT_TRUE(lease->gone());
+  EXPECT_EQ(lease->AllocPages("GFP_KERNEL", 0).status().code(), absl::StatusCode::kNotFound);
+  // The handle's block went with the lease: its Free says so.
+  EXPECT_EQ(p->Free().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, DestroyingALeaseRevokesIt) {
+  uint64_t id = 0;
+  {
+    std::unique_ptr<Lease> lease = NewLease();
+    id = lease->id();
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 3);
+    ASSERT_TRUE(p.ok()) << p.status();
+    p->Release();
+  }
+  std::unique_ptr<Client> other = Connect();
+  absl::StatusOr<v1::ListLeasesResponse> list = other->ListLeases();
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_THAT(list->leases(), SizeIs(0));
+  EXPECT_EQ(other->GetLease(id).status().code(), absl::StatusCode::kNotFound);
+  const v1::ValidateResponse v = Census();
+  EXPECT_EQ(v.allocated_pages(), 0u);
+  EXPECT_EQ(v.leases(), 0u);
+}
+
+TEST_F(ClientTest, KeepAliveHoldsAShortTtlLeaseAcrossThreeSeconds) {
+  LeaseOptions o;
+  o.ttl_ms = 1000;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  absl::StatusOr<v1::LeaseInfo> info = Connect()->GetLease(lease->id());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->pages_held(), 1u);
+  EXPECT_FALSE(lease->gone());
+  EXPECT_GE(lease->renewals(), 3u);  // every ttl/3: about 9 in 3 s
+  EXPECT_TRUE(lease->keepalive_status().ok()) << lease->keepalive_status();
+}
+
+TEST_F(ClientTest, ALeaseWithoutKeepAliveExpiresAfterItsTtl) {
+  LeaseOptions o;
+  o.ttl_ms = 600;
+  o.keepalive = false;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  ASSERT_TRUE(lease->AllocPages("GFP_KERNEL", 0).ok());  // handle dropped: freed at once
+  absl::StatusOr<PageHandle> held = lease->AllocPages("GFP_KERNEL", 2);
+  ASSERT_TRUE(held.ok()) << held.status();
+  held->Release();
+  EXPECT_TRUE(Eventually(std::chrono::milliseconds(1600), [&] { return AllocatedPages() == 0; }));
+  EXPECT_EQ(lease->Info().status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ClientTest, AReleasedLeaseOutlivesItsObjectThenExpiresWithItsPages) {
+  LeaseOptions o;
+  o.ttl_ms = 1000;
+  uint64_t id = 0;
+  {
+    std::unique_ptr<Lease> lease = NewLease(o);
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 2);
+    ASSERT_TRUE(p.ok()) << p.status();
+    p->Release();
+    id = lease->Release();
+  }
+  const auto dropped = Clock::now();
+  std::unique_ptr<Client> other = Connect();
+  ASSERT_TRUE(other->GetLease(id).ok()) << "the lease must survive its object";
+  EXPECT_EQ(AllocatedPages(), 4u);
+  // Its last renewal was at most ttl/3 before the drop: gone, pages back, within TTL + 1 s.
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      dropped + std::chrono::milliseconds(o.ttl_ms + 1000) - Clock::now());
+  EXPECT_TRUE(Eventually(left, [&] { return other->GetLease(id).status().code() == absl::StatusCode::kNotFound; }));
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, KeepAliveNoticesALeaseRevokedElsewhereAndCallsFailFast) {
+  LeaseOptions o;
+  o.ttl_ms = 600;  // renewals every 200 ms
+  std::vector<int64_t> ttls;
+  std::mutex mu;
+  o.on_keepalive = [&](const v1::KeepAliveResponse& r) {
+    std::lock_guard<std::mutex> l(mu);
+    ttls.push_back(r.ttl_ms());
+  };
+  std::unique_ptr<Lease> lease = NewLease(o);
+  ASSERT_TRUE(Connect()->RevokeLease(lease->id()).ok());
+  ASSERT_TRUE(Eventually(std::chrono::milliseconds(1000), [&] { return lease->gone(); }));
+  {
+    std::lock_guard<std::mutex> l(mu);
+    ASSERT_FALSE(ttls.empty());
+    EXPECT_EQ(ttls.back(), 0);
+  }
+  absl::Status s = lease->AllocPages("GFP_KERNEL", 0).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("ttl_ms 0"));  // answered locally
+}
+
+TEST_F(ClientTest, DestroyingALeaseReturnsPromptlyWhenTheDaemonDied) {
+  LeaseOptions o;
+  o.ttl_ms = 600;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  daemon_.Kill(SIGKILL);
+  ASSERT_TRUE(daemon_.WaitExit(std::chrono::seconds(5)).has_value());
+  EXPECT_EQ(lease->AllocPages("GFP_KERNEL", 0).status().code(), absl::StatusCode::kUnavailable);
+  const auto start = Clock::now();
+  lease.reset();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+}
+
+// ---- PageHandle ----
+
+TEST_F(ClientTest, DestroyingAHandleFreesItsBlock) {
+  std::unique_ptr<Lease> lease = NewLease();
+  {
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 3);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(AllocatedPages(), 8u);
+  }
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+TEST_F(ClientTest, AReleasedHandleLeavesItsBlockAllocated) {
+  std::unique_ptr<Lease> lease = NewLease();
+  uint64_t pfn = 0;
+  {
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 1);
+    ASSERT_TRUE(p.ok()) << p.status();
+    p->Release();
+    EXPECT_FALSE(p->owns());
+    pfn = p->pfn();
+  }
+  EXPECT_EQ(AllocatedPages(), 2u);
+  EXPECT_TRUE(lease->FreePages(pfn, 1).ok());
+}
+
+TEST_F(ClientTest, AMovedHandleFreesItsBlockOnce) {
+  std::unique_ptr<Lease> lease = NewLease();
+  {
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 0);
+    ASSERT_TRUE(p.ok()) << p.status();
+    PageHandle moved = *std::move(p);
+    EXPECT_TRUE(moved.owns());
+    std::vector<PageHandle> v;
+    v.push_back(std::move(moved));
+    EXPECT_FALSE(moved.owns());  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  }
+  EXPECT_EQ(AllocatedPages(), 0u);
+  absl::StatusOr<v1::LeaseInfo> info = lease->Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->pages_held(), 0u);
+}
+
+TEST_F(ClientTest, FreeingAHandleTwiceIsFailedPrecondition) {
+  std::unique_ptr<Lease> lease = NewLease();
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_TRUE(p->Free().ok());
+  EXPECT_EQ(p->Free().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(AllocatedPages(), 0u);
+}
+
+// ---- Errors: the server's code and message, unchanged ----
+
+struct ErrorCase {
+  std::string name;
+  std::function<absl::Status(Client&, Lease&)> call;
+  absl::StatusCode code;
+  std::string message_part;
+};
+
+class ClientErrorTest : public ClientTest, public ::testing::WithParamInterface<ErrorCase> {};
+
+TEST_P(ClientErrorTest, CarriesTheServersCodeAndMessage) {
+  LeaseOptions o;
+  o.page_quota = 4;
+  std::unique_ptr<Lease> lease = NewLease(o);
+  const absl::Status s = GetParam().call(*client_, *lease);
+  EXPECT_EQ(s.code(), GetParam().code) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(GetParam().message_part));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Errors, ClientErrorTest,
+    ::testing::Values(
+        ErrorCase{"UnknownGfpName",
+                  [](Client&, Lease& l) { return l.AllocPages("GFP_BOGUS", 0).status(); },
+                  absl::StatusCode::kInvalidArgument, "GFP_BOGUS"},
+        ErrorCase{"ImpossibleZoneCombination",
+                  [](Client&, Lease& l) { return l.AllocPages("GFP_KERNEL|__GFP_DMA|__GFP_DMA32", 0).status(); },
+                  absl::StatusCode::kInvalidArgument, ""},
+        ErrorCase{"OrderAboveMaxPageOrder",
+                  [](Client&, Lease& l) { return l.AllocPages("GFP_KERNEL", 11).status(); },
+                  absl::StatusCode::kInvalidArgument, "MAX_PAGE_ORDER"},
+        ErrorCase{"UnknownLeaseById", [](Client& c, Lease&) { return c.GetLease(987654).status(); },
+                  absl::StatusCode::kNotFound, "987654"},
+        ErrorCase{"AttachToUnknownLease", [](Client& c, Lease&) { return c.AttachLease(987654).status(); },
+                  absl::StatusCode::kNotFound, "987654"},
+        ErrorCase{"TtlBelowTheMinimum",
+                  [](Client& c, Lease&) {
+                    LeaseOptions o;
+                    o.ttl_ms = 1;
+                    return c.CreateLease(o).status();
+                  },
+                  absl::StatusCode::kInvalidArgument, "ttl_ms"},
+        ErrorCase{"QuotaExceeded", [](Client&, Lease& l) { return l.AllocPages("GFP_KERNEL", 3).status(); },
+                  absl::StatusCode::kResourceExhausted, "quota"},
+        ErrorCase{"FreeOfAPageNotAllocated",
+                  [](Client&, Lease& l) {
+                    absl::StatusOr<PageHandle> p = l.AllocPages("GFP_KERNEL", 0);
+                    if (!p.ok()) return p.status();
+                    if (absl::Status s = p->Free(); !s.ok()) return s;
+                    return l.FreePages(p->pfn(), 0).status();
+                  },
+                  absl::StatusCode::kFailedPrecondition, "not allocated"},
+        ErrorCase{"FreeByUnknownKey", [](Client&, Lease& l) { return l.FreePagesByKey("nope").status(); },
+                  absl::StatusCode::kNotFound, "nope"},
+        ErrorCase{"GetFreePagesWithHighmem",
+                  [](Client&, Lease& l) { return l.GetFreePages("GFP_HIGHUSER", 0).status(); },
+                  absl::StatusCode::kFailedPrecondition, "__GFP_HIGHMEM"},
+        ErrorCase{"PfnBeyondTheEndOfRam", [](Client&, Lease& l) { return l.PageAddress(uint64_t{1} << 40).status(); },
+                  absl::StatusCode::kOutOfRange, ""}),
+    [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
+
+TEST_F(ClientTest, ABlockingAllocationGivesUpWithinTheConfiguredDeadline) {
+  ClientOptions o = OptionsFor(daemon_);
+  o.alloc_timeout_ms = 600;
+  std::unique_ptr<Client> c = Connect(o);
+  absl::StatusOr<std::unique_ptr<Lease>> lease = c->CreateLease({});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  // Take every page GFP_KERNEL may have, in bulk (bulk never waits).
+  std::vector<PageHandle> all;
+  for (;;) {
+    absl::StatusOr<std::vector<PageHandle>> more = (*lease)->AllocPagesBulk("GFP_KERNEL", 4096);
+    if (!more.ok()) {
+      ASSERT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted) << more.status();
+      break;
+    }
+    for (PageHandle& p : *more) all.push_back(std::move(p));
+  }
+  const auto start = Clock::now();
+  absl::Status s = (*lease)->AllocPages("GFP_KERNEL", 0).status();
+  const auto waited = Clock::now() - start;
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_GE(waited, std::chrono::milliseconds(300));  // it did wait for memory
+  EXPECT_LT(waited, std::chrono::milliseconds(1500));
+  for (PageHandle& p : all) p.Release();  // the lease's end frees them at once
+}
+
+}  // namespace
+}  // namespace physmem::client
