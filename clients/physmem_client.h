@@ -6,10 +6,12 @@
 // returns absl::Status / absl::StatusOr carrying the server's exact gRPC code and message (or
 // gRPC's own, e.g. UNAVAILABLE or DEADLINE_EXCEEDED, when the call never got an answer).
 //
-//   ASSIGN_OR_RETURN(std::unique_ptr<Client> c, Client::Connect({}));      // the Unix socket
-//   ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease, c->CreateLease({.ttl_ms = 10000, .name = "rx"}));
-//   ASSIGN_OR_RETURN(PageHandle page, lease->AllocPages("GFP_KERNEL", 2));  // 4 pages
-//   ... page.pfn(), page.virt_addr() ...
+//   absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect({});   // the default Unix socket
+//   if (!c.ok()) return c.status();
+//   absl::StatusOr<std::unique_ptr<Lease>> lease = (*c)->CreateLease({.ttl_ms = 10000, .name = "rx"});
+//   if (!lease.ok()) return lease.status();
+//   absl::StatusOr<PageHandle> page = (*lease)->AllocPages("GFP_KERNEL", 2);  // 4 pages
+//   ... page->pfn(), page->virt_addr() ...
 //   // page's destructor frees the block; then lease's destructor stops the keep-alive and
 //   // revokes the lease (which would also have freed anything still held).
 //

@@ -51,6 +51,8 @@ mkdir -p "$RESULTS"
   echo "repetitions=$REPS"
   echo "min_time=$MIN_TIME"
   echo "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+  # The tree has no commit to name yet: a digest of the allocator's sources ties the run to them.
+  echo "allocator_sources_sha256=$(cat "$ROOT"/allocator/*.h "$ROOT"/allocator/*.cc | sha256sum | cut -c1-16)"
 } >"$RESULTS/machine.txt"
 
 # run_bench NAME MODE PRELOAD: one process, raw JSON to $RESULTS/NAME.json.

@@ -15,7 +15,7 @@ PACKAGES=(
   libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev
   prometheus
   python3-grpcio python3-protobuf
-  valgrind util-linux
+  valgrind util-linux openssl
 )
 
 missing=()

@@ -10,7 +10,13 @@
 namespace physmem {
 namespace {
 
+// Finishes a unary call. Refusals are logged (one line each, with the code and the reason) so an
+// operator can see who is being turned away and why; successes are not.
 grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  if (!s.ok()) {
+    LogInfo("refused", {{"code", absl::StatusCodeToString(s.code())}, {"peer", ctx->peer()},
+                        {"reason", std::string(s.message())}});
+  }
   grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
   r->Finish(ToGrpcStatus(s));
   return r;
@@ -327,13 +333,22 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
     return Reply(ctx, absl::ResourceExhaustedError(absl::StrFormat(
                           "no free pages for %s: %s", FormatGfp(*gfp), pa_->ExplainAllocFailure(*gfp, 0))));
   }
-  resp->mutable_allocations()->Reserve(static_cast<int>(got));
+  for (auto* field : {resp->mutable_pfn(), resp->mutable_phys_addr(), resp->mutable_virt_addr(),
+                      resp->mutable_arena_offset()}) {
+    field->Reserve(static_cast<int>(got));
+  }
+  resp->mutable_zone()->Reserve(static_cast<int>(got));
   l.blocks.reserve(l.blocks.size() + got);
+  const unsigned shift = pa_->target().page_shift;
   for (unsigned i = 0; i < got; ++i) {
     const uint64_t pfn = pa_->page_to_pfn(pages[i]);
-    LeaseBlock& b = l.blocks[pfn];
-    b = LeaseBlock{0, pa_->page_zonenum(pages[i]), ""};
-    FillAllocation(pfn, b, resp->add_allocations());
+    const ZoneType zone = pa_->page_zonenum(pages[i]);
+    l.blocks.try_emplace(pfn, LeaseBlock{0, zone, ""});
+    resp->add_pfn(pfn);
+    resp->add_zone(static_cast<v1::Zone>(zone + 1));  // proto zones start at 1 (0 = unspecified)
+    resp->add_phys_addr(pfn << shift);
+    resp->add_virt_addr(pa_->page_address(pages[i]));
+    resp->add_arena_offset(pa_->arena_offset(pages[i]));
   }
   l.pages_held += got;
   return Reply(ctx, absl::OkStatus());
@@ -343,19 +358,22 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
 
 absl::Status PhysMemService::FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed) {
   std::lock_guard<std::mutex> l(lease.mu);
+  return FreeInLeaseLocked(lease, req.pfn(), req.order(), req.key(), pages_freed);
+}
+
+absl::Status PhysMemService::FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
+                                               uint64_t* pages_freed) {
   if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
-  uint64_t pfn = req.pfn();
-  unsigned order = req.order();
-  if (!req.key().empty()) {
-    auto it = lease.keys.find(req.key());
+  if (!key.empty()) {
+    auto it = lease.keys.find(key);
     if (it == lease.keys.end()) {
-      return absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", req.key(), lease.id));
+      return absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", key, lease.id));
     }
     pfn = it->second;
     const unsigned key_order = lease.blocks.at(pfn).order;
     if (order != 0 && order != key_order) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("key '%s' names an order-%d block, not order %d", req.key(), key_order, order));
+          absl::StrFormat("key '%s' names an order-%d block, not order %d", key, key_order, order));
     }
     order = key_order;
   }
@@ -406,19 +424,35 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
                                                         v1::FreePagesBulkResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
   if (!lease.ok()) return Reply(ctx, lease.status());
-  if (req->blocks_size() == 0 || static_cast<uint32_t>(req->blocks_size()) > limits_.max_bulk_pages) {
-    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("%d blocks is outside [1, %d] (--max_bulk_pages)",
-                                                                 req->blocks_size(), limits_.max_bulk_pages)));
+  const int n = req->pfn_size();
+  if (n == 0 || static_cast<uint32_t>(n) > limits_.max_bulk_pages) {
+    return Reply(ctx, absl::InvalidArgumentError(
+                          absl::StrFormat("%d blocks is outside [1, %d] (--max_bulk_pages)", n, limits_.max_bulk_pages)));
+  }
+  if (req->order_size() != 0 && req->order_size() != n) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat(
+                          "%d orders for %d pfns: give one order per pfn, or none for order 0", req->order_size(), n)));
   }
   uint64_t freed = 0;
-  for (const v1::FreePagesRequest& b : req->blocks()) {
-    absl::Status s = FreeInLease(**lease, b, &freed);
-    v1::FreeResult* r = resp->add_results();
-    r->set_pfn(b.pfn());
-    r->set_code(static_cast<int>(s.code()));
-    r->set_message(std::string(s.message()));
+  uint32_t blocks = 0;
+  {
+    Lease& l = **lease;
+    std::lock_guard<std::mutex> guard(l.mu);
+    for (int i = 0; i < n; ++i) {
+      const unsigned order = req->order_size() ? req->order(i) : 0;
+      absl::Status s = FreeInLeaseLocked(l, req->pfn(i), order, "", &freed);
+      if (s.ok()) {
+        ++blocks;
+        continue;
+      }
+      v1::FreeResult* r = resp->add_refused();
+      r->set_pfn(req->pfn(i));
+      r->set_code(static_cast<int>(s.code()));
+      r->set_message(std::string(s.message()));
+    }
   }
   resp->set_pages_freed(freed);
+  resp->set_blocks_freed(blocks);
   if (freed != 0) waiters_->Kick();
   return Reply(ctx, absl::OkStatus());
 }

@@ -85,6 +85,9 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // One attempt; nullopt means "no memory now" (the caller may wait), else the final status.
   std::optional<absl::Status> TryAllocate(const AllocCall& call, v1::Allocation* out);
   absl::Status FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed);
+  // The same with lease.mu held (bulk frees take it once for all blocks).
+  absl::Status FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
+                                 uint64_t* pages_freed);
   void FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const;
   void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
 

@@ -111,6 +111,9 @@ absl::Status Server::Start() {
                       {"zones", absl::StrJoin(zones, ",")},
                       {"arena", std::string(ArenaBackingName(pa_->arena().backing()))},
                       {"arena_refusals", absl::StrJoin(pa_->arena().refusals(), "; ")},
+                      {"metadata_bytes", pa_->mem_map().metadata_bytes()},
+                      {"metadata_pct", absl::StrFormat("%.2f", 100.0 * pa_->mem_map().metadata_bytes() /
+                                                                   pa_->arena().size())},
                       {"pcp", pa_->pcp_active() ? "rseq" : "off"},
                       {"unix", options_.unix_socket},
                       {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)}});

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <set>
 #include <string>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
@@ -92,6 +95,87 @@ class ClientTest : public ::testing::Test {
   std::unique_ptr<Client> client_;
   v1::GetTargetResponse target_;
 };
+
+// ---- TLS ----
+
+// A CA, a server certificate for 127.0.0.1 and a client certificate (CN=test-client), made with
+// the openssl command in a temporary directory.
+class TlsFiles {
+ public:
+  TlsFiles() {
+    char tmpl[] = "/tmp/physmem-tls-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    const std::string script = absl::StrFormat(
+        "cd %s && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem "
+        "-days 2 -subj /CN=physmem-test-ca && "
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext && "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr "
+        "-subj /CN=localhost && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 "
+        "-extfile server.ext && "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout client.key -out client.csr "
+        "-subj /CN=test-client && "
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2",
+        dir_);
+    ok_ = std::system((script + " > openssl.log 2>&1").c_str()) == 0;
+  }
+  ~TlsFiles() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  bool ok() const { return ok_; }
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+bool HaveOpenssl() { return std::system("command -v openssl > /dev/null 2>&1") == 0; }
+
+class MutualTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveOpenssl()) GTEST_SKIP() << "needs the openssl command to make certificates";
+    ASSERT_TRUE(tls_.ok()) << "openssl failed; see " << tls_.path("openssl.log");
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::vector<std::string>{"--target=i386", "--mem_mb=64", "--tls_cert=" + tls_.path("server.pem"),
+                                 "--tls_key=" + tls_.path("server.key"), "--tls_client_ca=" + tls_.path("ca.pem")},
+        /*tcp=*/true);
+    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+  }
+
+  ClientOptions TcpOptions() const {
+    ClientOptions o;
+    o.target = absl::StrFormat("127.0.0.1:%d", daemon_->tcp_port());
+    o.tls_ca_file = tls_.path("ca.pem");
+    return o;
+  }
+
+  TlsFiles tls_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+TEST_F(MutualTlsTest, IdentifiesTheCallerByItsCertificateSubject) {
+  ClientOptions o = TcpOptions();
+  o.tls_cert_file = tls_.path("client.pem");
+  o.tls_key_file = tls_.path("client.key");
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status() << "\n" << daemon_->log();
+  absl::StatusOr<std::unique_ptr<Lease>> lease = (*c)->CreateLease({});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  absl::StatusOr<v1::LeaseInfo> info = (*lease)->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->identity(), "x509:CN=test-client");
+}
+
+TEST_F(MutualTlsTest, ConnectWithoutAClientCertificateIsUnavailable) {
+  ClientOptions o = TcpOptions();
+  o.connect_timeout_ms = 500;
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+}
 
 // ---- Client ----
 

@@ -153,16 +153,16 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
   {
     v1::FreePagesBulkRequest r;
     r.set_lease_id(lease);
-    for (const v1::Allocation* x : {&h, &d, &z}) {
-      v1::FreePagesRequest* b = r.add_blocks();
-      b->set_pfn(x->pfn());
-      b->set_order(0);
-    }
+    for (const v1::Allocation* x : {&h, &d, &z}) r.add_pfn(x->pfn());
+    r.add_pfn(h.pfn());  // twice: the second is refused, the others still freed
     v1::FreePagesBulkResponse resp;
     Ctx ctx;
     ASSERT_TRUE(stub_->FreePagesBulk(&ctx, r, &resp).ok());
     EXPECT_EQ(resp.pages_freed(), 3u);
-    for (const v1::FreeResult& fr : resp.results()) EXPECT_EQ(fr.code(), 0) << fr.message();
+    EXPECT_EQ(resp.blocks_freed(), 3u);
+    ASSERT_EQ(resp.refused_size(), 1);
+    EXPECT_EQ(resp.refused(0).pfn(), h.pfn());
+    EXPECT_EQ(resp.refused(0).code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
   }
   EXPECT_EQ(Census().allocated_pages(), 0u);
 }
@@ -176,15 +176,19 @@ TEST_F(Daemon, BulkAllocationReportsEveryPage) {
   v1::AllocPagesBulkResponse resp;
   Ctx ctx;
   ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
-  EXPECT_EQ(resp.allocations_size(), 1000);
+  EXPECT_EQ(resp.pfn_size(), 1000);
   EXPECT_EQ(resp.requested(), 1000u);
-  std::set<uint64_t> pfns;
-  for (const v1::Allocation& a : resp.allocations()) {
-    pfns.insert(a.pfn());
-    EXPECT_EQ(a.order(), 0u);
-    EXPECT_FALSE(a.zone().empty());
-  }
+  ASSERT_EQ(resp.zone_size(), 1000);
+  ASSERT_EQ(resp.phys_addr_size(), 1000);
+  ASSERT_EQ(resp.virt_addr_size(), 1000);
+  ASSERT_EQ(resp.arena_offset_size(), 1000);
+  std::set<uint64_t> pfns(resp.pfn().begin(), resp.pfn().end());
   EXPECT_EQ(pfns.size(), 1000u);
+  for (int i = 0; i < 1000; ++i) {
+    EXPECT_EQ(resp.zone(i), v1::ZONE_NORMAL);
+    EXPECT_EQ(resp.phys_addr(i), resp.pfn(i) << 12);
+    EXPECT_EQ(resp.virt_addr(i), 0xC0000000u + resp.phys_addr(i));
+  }
   EXPECT_EQ(Census().allocated_pages(), 1000u);
 }
 
@@ -197,7 +201,7 @@ TEST_F(Daemon, BulkAllocationStopsAtTheLeaseQuota) {
   v1::AllocPagesBulkResponse resp;
   Ctx ctx;
   ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
-  EXPECT_EQ(resp.allocations_size(), 100);  // partial success, reported
+  EXPECT_EQ(resp.pfn_size(), 100);  // partial success, reported
   EXPECT_EQ(Census().allocated_pages(), 100u);
 }
 
@@ -582,6 +586,34 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       {"address in a hole", C::OUT_OF_RANGE, free_addr(lowmem_virt + 0xa0000, 0)},
       {"kmap window address", C::INVALID_ARGUMENT, free_addr(0xff800000, 0)},
       {"bulk of 0", C::INVALID_ARGUMENT, bulk(0)},
+      {"bulk free of nothing", C::INVALID_ARGUMENT,
+       [&, this] {
+         v1::FreePagesBulkRequest r;
+         r.set_lease_id(lease);
+         v1::FreePagesBulkResponse resp;
+         Ctx ctx;
+         return stub_->FreePagesBulk(&ctx, r, &resp);
+       }},
+      {"bulk free with a wrong number of orders", C::INVALID_ARGUMENT,
+       [&, this] {
+         v1::FreePagesBulkRequest r;
+         r.set_lease_id(lease);
+         r.add_pfn(a3.pfn());
+         r.add_pfn(h.pfn());
+         r.add_order(3);
+         v1::FreePagesBulkResponse resp;
+         Ctx ctx;
+         return stub_->FreePagesBulk(&ctx, r, &resp);
+       }},
+      {"bulk free on a foreign lease", C::PERMISSION_DENIED,
+       [&, this] {
+         v1::FreePagesBulkRequest r;
+         r.set_lease_id(foreign);
+         r.add_pfn(foreign_page.pfn());
+         v1::FreePagesBulkResponse resp;
+         Ctx ctx;
+         return stub_->FreePagesBulk(&ctx, r, &resp);
+       }},
       {"oversized bulk", C::INVALID_ARGUMENT, bulk(65537)},
       {"kmap of a free page", C::FAILED_PRECONDITION, kmap(lease, freed.pfn())},
       {"kmap of another lease's page", C::PERMISSION_DENIED, kmap(lease, mine_other.pfn())},
@@ -629,9 +661,9 @@ class SmallDaemon : public Daemon {
     stub_ = Connect(daemon_->unix_target());
     tcp_stub_ = Connect("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
   }
-  // Takes every page the masks can get; returns the order-0 allocations.
-  std::vector<v1::Allocation> FillMachine(uint64_t lease) {
-    std::vector<v1::Allocation> got;
+  // Takes every page the masks can get; returns their pfns.
+  std::vector<uint64_t> FillMachine(uint64_t lease) {
+    std::vector<uint64_t> got;
     for (const char* gfp : {"GFP_KERNEL|__GFP_MEMALLOC", "GFP_DMA|__GFP_MEMALLOC"}) {
       for (;;) {
         v1::AllocPagesBulkRequest r;
@@ -641,7 +673,7 @@ class SmallDaemon : public Daemon {
         v1::AllocPagesBulkResponse resp;
         Ctx ctx;
         if (!stub_->AllocPagesBulk(&ctx, r, &resp).ok()) break;
-        got.insert(got.end(), resp.allocations().begin(), resp.allocations().end());
+        got.insert(got.end(), resp.pfn().begin(), resp.pfn().end());
       }
     }
     return got;
@@ -669,7 +701,7 @@ TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
   const uint64_t lease = NewLease(stub_.get());
   std::thread freer([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
-    Free(hog, pages[0].pfn(), 0);
+    Free(hog, pages[0], 0);
   });
   const auto t0 = std::chrono::steady_clock::now();
   v1::Allocation a;
@@ -677,7 +709,7 @@ TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
   const auto waited = std::chrono::steady_clock::now() - t0;
   freer.join();
   ASSERT_TRUE(s.ok()) << s.error_message();
-  EXPECT_EQ(a.pfn(), pages[0].pfn());
+  EXPECT_EQ(a.pfn(), pages[0]);
   EXPECT_GE(waited, std::chrono::milliseconds(350));
 }
 

@@ -1,0 +1,623 @@
+// Tests the physmemctl binary (clients/physmemctl.cc) as a process against the real physmemd:
+// each subcommand's output and exit status, usage errors (2) and refusals (1).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "clients/physmem_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/daemon_process.h"
+
+namespace physmem::client {
+namespace {
+
+using ::physmem::testing::DaemonProcess;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::MatchesRegex;
+using ::testing::StartsWith;
+using Clock = std::chrono::steady_clock;
+
+const std::vector<std::string> kSmallI386 = {"--target=i386", "--mem_mb=64"};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();
+  return lines;
+}
+
+uint64_t Number(const std::string& text) {
+  uint64_t v = 0;
+  const bool ok = text.rfind("0x", 0) == 0 ? absl::SimpleHexAtoi(text.substr(2), &v) : absl::SimpleAtoi(text, &v);
+  EXPECT_TRUE(ok) << "not a number: " << text;
+  return v;
+}
+
+struct CtlResult {
+  int exit_code = -1;  // the exit status, or -signal
+  std::string out, err;
+};
+
+// One physmemctl process, its stdout and stderr captured in files.
+class CtlProcess {
+ public:
+  // `uid`: run as that user (needs root), e.g. to be another identity.
+  CtlProcess(std::vector<std::string> args, std::optional<uid_t> uid = std::nullopt) {
+    char tmpl[] = "/tmp/physmemctl-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int out = ::open((dir_ + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = ::open((dir_ + "/err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(out, STDOUT_FILENO);
+      ::dup2(err, STDERR_FILENO);
+      if (uid && (::setgid(*uid) != 0 || ::setuid(*uid) != 0)) ::_exit(126);
+      std::vector<char*> argv = {const_cast<char*>(PHYSMEMCTL_BINARY)};
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+  ~CtlProcess() {
+    if (pid_ > 0 && !result_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  void Signal(int sig) { ::kill(pid_, sig); }
+
+  // The result once it exits, or nullopt after `timeout`.
+  std::optional<CtlResult> Wait(std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (!result_) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        CtlResult res;
+        res.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        res.out = ReadAll(dir_ + "/out");
+        res.err = ReadAll(dir_ + "/err");
+        result_ = res;
+        break;
+      }
+      if (Clock::now() >= deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return result_;
+  }
+
+  std::string out_so_far() const { return ReadAll(dir_ + "/out"); }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  std::optional<CtlResult> result_;
+};
+
+bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+class CtlTest : public ::testing::Test {
+ protected:
+  explicit CtlTest(std::vector<std::string> daemon_args = kSmallI386) : daemon_(std::move(daemon_args)) {}
+
+  void SetUp() override {
+    ASSERT_TRUE(daemon_.Start()) << daemon_.log();
+    ClientOptions o;
+    o.target = daemon_.unix_target();
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+
+  // physmemctl --target=<the daemon> args...
+  std::vector<std::string> Args(const std::vector<std::string>& args) const {
+    std::vector<std::string> all = {"--target=" + daemon_.unix_target()};
+    all.insert(all.end(), args.begin(), args.end());
+    return all;
+  }
+  CtlResult Run(const std::vector<std::string>& args) {
+    CtlProcess p(Args(args));
+    std::optional<CtlResult> r = p.Wait(std::chrono::seconds(30));
+    EXPECT_TRUE(r.has_value()) << "physmemctl did not exit";
+    return r.value_or(CtlResult());
+  }
+
+  // A lease that outlives its object (so that the CLI can use it), revoked at the end.
+  uint64_t NewLeaseId(LeaseOptions o = {}) {
+    o.keepalive = false;
+    absl::StatusOr<std::unique_ptr<Lease>> lease = client_->CreateLease(o);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    if (!lease.ok()) return 0;
+    const uint64_t id = (*lease)->Release();
+    return id;
+  }
+  std::unique_ptr<Lease> AttachTo(uint64_t id) {
+    absl::StatusOr<std::unique_ptr<Lease>> lease = client_->AttachLease(id);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    return lease.ok() ? *std::move(lease) : nullptr;
+  }
+
+  DaemonProcess daemon_;
+  std::unique_ptr<Client> client_;
+};
+
+// ---- lease ----
+
+TEST_F(CtlTest, LeaseCreatePrintsTheNewLeasesId) {
+  const CtlResult r = Run({"lease", "create", "--ttl_ms=60000", "--quota=0x40", "--name=nic-rx"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_THAT(r.out, MatchesRegex("[0-9]+\n"));
+  absl::StatusOr<v1::LeaseInfo> info = client_->GetLease(Number(Lines(r.out)[0]));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->name(), "nic-rx");
+  EXPECT_EQ(info->page_quota(), 0x40u);
+  EXPECT_EQ(info->granted_ttl_ms(), 60000);
+}
+
+TEST_F(CtlTest, ALeaseCreatedByTheCliLivesForItsTtlThenExpires) {
+  const CtlResult r = Run({"lease", "create", "--ttl_ms=600"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto created = Clock::now();
+  const uint64_t id = Number(Lines(r.out)[0]);
+  EXPECT_TRUE(client_->GetLease(id).ok()) << "the lease must outlive the process";
+  EXPECT_TRUE(Eventually(std::chrono::milliseconds(1600), [&] {
+    return client_->GetLease(id).status().code() == absl::StatusCode::kNotFound;
+  }));
+  EXPECT_GE(Clock::now() - created, std::chrono::milliseconds(400));
+}
+
+TEST_F(CtlTest, LeaseKeepAliveRenewsForTheDuration) {
+  LeaseOptions o;
+  o.ttl_ms = 600;
+  const uint64_t id = NewLeaseId(o);
+  const CtlResult r = Run({"lease", "keepalive", std::to_string(id), "--duration_ms=1500"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  EXPECT_GE(lines.size(), 3u);  // one every 200 ms
+  for (const std::string& line : lines) EXPECT_EQ(line, absl::StrFormat("lease=%d ttl_ms=600", id));
+  // 1.5 s after its creation, a 600 ms lease is alive only because it was renewed.
+  EXPECT_TRUE(client_->GetLease(id).ok());
+}
+
+TEST_F(CtlTest, LeaseKeepAliveStopsCleanlyOnSigterm) {
+  LeaseOptions o;
+  o.ttl_ms = 600;
+  const uint64_t id = NewLeaseId(o);
+  CtlProcess p(Args({"lease", "keepalive", std::to_string(id)}));
+  ASSERT_TRUE(Eventually(std::chrono::seconds(5), [&] { return !p.out_so_far().empty(); }));
+  p.Signal(SIGTERM);
+  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(5));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_THAT(r->err, IsEmpty());
+}
+
+TEST_F(CtlTest, LeaseKeepAliveFailsWithNotFoundWhenTheLeaseIsRevoked) {
+  LeaseOptions o;
+  o.ttl_ms = 600;
+  const uint64_t id = NewLeaseId(o);
+  CtlProcess p(Args({"lease", "keepalive", std::to_string(id)}));
+  ASSERT_TRUE(Eventually(std::chrono::seconds(5), [&] { return !p.out_so_far().empty(); }));
+  ASSERT_TRUE(client_->RevokeLease(id).ok());
+  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(3));
+  ASSERT_TRUE(r.has_value()) << "keepalive went on after its lease was revoked";
+  EXPECT_EQ(r->exit_code, 1);
+  EXPECT_THAT(r->err, StartsWith("physmemctl: NOT_FOUND: "));
+  EXPECT_THAT(r->out, HasSubstr(absl::StrFormat("lease=%d ttl_ms=0\n", id)));
+}
+
+TEST_F(CtlTest, LeaseRevokePrintsThePagesItFreed) {
+  const uint64_t id = NewLeaseId();
+  std::unique_ptr<Lease> lease = AttachTo(id);
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 2);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  const CtlResult r = Run({"lease", "revoke", std::to_string(id)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrFormat("lease=%d pages_freed=4\n", id));
+  EXPECT_EQ(client_->GetLease(id).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CtlTest, LeaseGetPrintsTheLeaseAndItsHoldings) {
+  LeaseOptions o;
+  o.name = "blk";
+  const uint64_t id = NewLeaseId(o);
+  std::unique_ptr<Lease> lease = AttachTo(id);
+  for (uint32_t order : {0u, 0u, 2u}) {
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", order);
+    ASSERT_TRUE(p.ok()) << p.status();
+    p->Release();
+  }
+  const CtlResult r = Run({"lease", "get", std::to_string(id)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  EXPECT_THAT(lines[0], MatchesRegex(absl::StrFormat(
+                            "lease=%d name=blk identity=uid:%d ttl_ms=[0-9]+ granted_ttl_ms=%d page_quota=[0-9]+ "
+                            "pages_held=6",
+                            id, ::getuid(), o.ttl_ms)));
+  EXPECT_EQ(lines[1], "holding zone=Normal order=0 blocks=2");
+  EXPECT_EQ(lines[2], "holding zone=Normal order=2 blocks=1");
+}
+
+TEST_F(CtlTest, LeaseListPrintsOneLinePerLease) {
+  const uint64_t a = NewLeaseId(), b = NewLeaseId();
+  const CtlResult r = Run({"lease", "list"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_THAT(lines[0], StartsWith(absl::StrFormat("lease=%d ", a)));
+  EXPECT_THAT(lines[1], StartsWith(absl::StrFormat("lease=%d ", b)));
+}
+
+TEST_F(CtlTest, LeaseListPrintsNothingWithoutLeases) {
+  const CtlResult r = Run({"lease", "list"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, IsEmpty());
+}
+
+// ---- alloc / free / addresses ----
+
+struct AllocCase {
+  std::string name;
+  std::vector<std::string> flags;
+  uint32_t order;
+};
+
+class CtlAllocTest : public CtlTest, public ::testing::WithParamInterface<AllocCase> {};
+
+TEST_P(CtlAllocTest, PrintsTheBlockWhichStaysInTheLease) {
+  const uint64_t id = NewLeaseId();
+  std::vector<std::string> args = {"alloc", std::to_string(id)};
+  args.insert(args.end(), GetParam().flags.begin(), GetParam().flags.end());
+  const CtlResult r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::smatch m;
+  static const std::regex kLine(
+      "pfn=(0x[0-9a-f]+) order=([0-9]+) zone=(\\S+) phys=(0x[0-9a-f]+) virt=(0x[0-9a-f]+) "
+      "arena_offset=(0x[0-9a-f]+|0)( key=\\S+)?\n");
+  ASSERT_TRUE(std::regex_match(r.out, m, kLine)) << r.out;
+  const uint64_t pfn = Number(m[1]);
+  EXPECT_EQ(Number(m[2]), GetParam().order);
+  EXPECT_EQ(pfn % (uint64_t{1} << GetParam().order), 0u);
+  absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(Number(m[4]), pfn * t->profile().page_size());
+  absl::StatusOr<v1::LeaseInfo> info = client_->GetLease(id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->pages_held(), uint64_t{1} << GetParam().order);
+  // It is the lease's block: freeing it by pfn works.
+  absl::StatusOr<uint64_t> freed = AttachTo(id)->FreePages(pfn, GetParam().order);
+  EXPECT_TRUE(freed.ok()) << freed.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Forms, CtlAllocTest,
+    ::testing::Values(AllocCase{"PfnFormByDefault", {"--order=2"}, 2},
+                      AllocCase{"HexOrder", {"--order=0x3", "--gfp=0xcc0"}, 3},
+                      AllocCase{"WithKey", {"--order=1", "--key=rx"}, 1},
+                      AllocCase{"AddressForm", {"--form=address", "--order=1"}, 1},
+                      AllocCase{"ZeroedForm", {"--form=zeroed"}, 0}),
+    [](const ::testing::TestParamInfo<AllocCase>& info) { return info.param.name; });
+
+TEST_F(CtlTest, AllocAcceptsTheLeaseIdInHex) {
+  const uint64_t id = NewLeaseId();
+  const CtlResult r = Run({"alloc", absl::StrFormat("%#x", id)});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("pfn=0x"));
+}
+
+struct FreeCase {
+  std::string name;
+  std::vector<std::string> flags;  // {pfn} and {virt} stand for the block's
+};
+
+class CtlFreeTest : public CtlTest, public ::testing::WithParamInterface<FreeCase> {};
+
+TEST_P(CtlFreeTest, FreesTheBlockAndPrintsThePagesFreed) {
+  const uint64_t id = NewLeaseId();
+  std::unique_ptr<Lease> lease = AttachTo(id);
+  absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 2, "k");
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  std::vector<std::string> args = {"free", std::to_string(id)};
+  for (const std::string& f : GetParam().flags) {
+    args.push_back(absl::StrReplaceAll(
+        f, {{"{pfn}", absl::StrFormat("%#x", p->pfn())}, {"{virt}", absl::StrFormat("%#x", p->virt_addr())}}));
+  }
+  const CtlResult r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "pages_freed=4\n");
+  absl::StatusOr<v1::ValidateResponse> v = client_->Validate();
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->allocated_pages(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Selectors, CtlFreeTest,
+                         ::testing::Values(FreeCase{"ByPfn", {"--pfn={pfn}", "--order=2"}},
+                                           FreeCase{"ByKey", {"--key=k"}},
+                                           FreeCase{"ByAddress", {"--addr={virt}", "--order=2"}}),
+                         [](const ::testing::TestParamInfo<FreeCase>& info) { return info.param.name; });
+
+TEST_F(CtlTest, AddressPrintsTheDirectMapAddressOfALowmemPage) {
+  const uint64_t id = NewLeaseId();
+  absl::StatusOr<PageHandle> p = AttachTo(id)->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  const CtlResult r = Run({"address", std::to_string(id), std::to_string(p->pfn())});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrFormat("pfn=%#x virt=%#x\n", p->pfn(), p->virt_addr()));
+}
+
+class CtlHighmemTest : public CtlTest {
+ protected:
+  CtlHighmemTest() : CtlTest({"--target=i386", "--mem_mb=1024"}) {}
+};
+
+TEST_F(CtlHighmemTest, KmapMapsAHighmemPageAndKunmapUnmapsIt) {
+  const uint64_t id = NewLeaseId();
+  absl::StatusOr<PageHandle> p = AttachTo(id)->AllocPages("GFP_HIGHUSER", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->zone(), "HighMem");
+  p->Release();
+  const std::string pfn = absl::StrFormat("%#x", p->pfn());
+
+  const CtlResult mapped = Run({"kmap", std::to_string(id), pfn});
+  ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_match(mapped.out, m, std::regex("pfn=" + pfn + " virt=(0x[0-9a-f]+)\n"))) << mapped.out;
+  absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+  ASSERT_TRUE(t.ok());
+  EXPECT_GE(Number(m[1]), t->profile().pkmap_base());
+  EXPECT_EQ(Run({"address", std::to_string(id), pfn}).out, mapped.out);
+
+  const CtlResult unmapped = Run({"kunmap", std::to_string(id), pfn});
+  ASSERT_EQ(unmapped.exit_code, 0) << unmapped.err;
+  EXPECT_EQ(unmapped.out, "pfn=" + pfn + " unmapped\n");
+  EXPECT_EQ(Run({"address", std::to_string(id), pfn}).out, "pfn=" + pfn + " virt=0\n");
+}
+
+// ---- machine ----
+
+TEST_F(CtlTest, BuddyinfoIsTheKernelFormatAndAddsUpToTheBuddyFreePages) {
+  // Leave pages on the per-CPU lists, so that buddy free != free.
+  {
+    std::unique_ptr<Lease> lease = AttachTo(NewLeaseId());
+    absl::StatusOr<std::vector<PageHandle>> pages = lease->AllocPagesBulk("GFP_KERNEL", 64);
+    ASSERT_TRUE(pages.ok()) << pages.status();
+  }
+  const CtlResult r = Run({"buddyinfo"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+  ASSERT_TRUE(t.ok());
+  const uint32_t nr_page_orders = t->profile().max_page_order() + 1;
+  ASSERT_EQ(nr_page_orders, 11u);  // the i386 profile: MAX_PAGE_ORDER 10
+
+  ASSERT_FALSE(r.out.empty());
+  ASSERT_EQ(r.out.back(), '\n');
+  const std::regex kLine(absl::StrFormat("^Node (\\d+), zone +(\\S+)( +\\d+){%d} $", nr_page_orders));
+  std::vector<const v1::ZoneInfo*> populated;
+  for (const v1::ZoneInfo& z : info->zones()) {
+    if (z.populated()) populated.push_back(&z);
+  }
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), populated.size()) << r.out;
+  uint64_t pcp_total = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(lines[i], m, kLine)) << "'" << lines[i] << "'";
+    EXPECT_EQ(m[1], "0");
+    const v1::ZoneInfo& z = *populated[i];
+    EXPECT_EQ(m[2], z.zone());
+    // "Node 0, zone %8s " then "%6lu " per order.
+    EXPECT_EQ(lines[i].substr(0, 22), absl::StrFormat("Node 0, zone %8s ", z.zone()));
+    std::vector<std::string> counts = absl::StrSplit(lines[i].substr(22), ' ', absl::SkipEmpty());
+    ASSERT_EQ(counts.size(), nr_page_orders);
+    uint64_t pages = 0;
+    for (uint32_t o = 0; o < nr_page_orders; ++o) {
+      EXPECT_EQ(lines[i].substr(22 + 7 * o, 7), absl::StrFormat("%6d ", Number(counts[o])));
+      EXPECT_EQ(Number(counts[o]), z.nr_free(static_cast<int>(o)));
+      pages += Number(counts[o]) << o;
+    }
+    uint64_t pcp = 0;
+    for (const v1::PerCpuPageset& s : z.pagesets()) pcp += s.count();
+    pcp_total += pcp;
+    EXPECT_EQ(pages, z.free_pages() - pcp) << z.zone();
+    EXPECT_EQ(pages, z.buddy_free_pages()) << z.zone();
+  }
+  EXPECT_GT(pcp_total, 0u) << "the check above did not involve per-CPU pages";
+}
+
+TEST_F(CtlTest, ZoneinfoPrintsEveryZoneWithItsFreePagesAndWatermarks) {
+  const CtlResult r = Run({"zoneinfo"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  for (const v1::ZoneInfo& z : info->zones()) {
+    const std::string block = absl::StrFormat(
+        "Node 0, zone %8s\n  pages free     %d\n        min      %d\n        low      %d\n        high     %d\n",
+        z.zone(), z.free_pages(), z.min(), z.low(), z.high());
+    EXPECT_THAT(r.out, HasSubstr(block));
+  }
+  EXPECT_THAT(r.out, HasSubstr("  pagesets\n    cpu: 0\n"));
+}
+
+TEST_F(CtlTest, TargetPrintsTheProfileTheMemoryMapAndTheArena) {
+  const CtlResult r = Run({"target"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT(r.out, StartsWith("name=i386\n"));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("\npage_size=%d\n", t->profile().page_size())));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("\npage_offset=%#x\n", t->profile().page_offset())));
+  EXPECT_THAT(r.out, HasSubstr("\nzone=DMA end=0x1000000\n"));
+  EXPECT_THAT(r.out, HasSubstr("\nzone=HighMem end=unbounded\n"));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("\narena_backing=%s\n", t->arena_backing())));
+  EXPECT_THAT(r.out, HasSubstr(absl::StrFormat("\ntotal_pages=%d\n", t->total_pages())));
+  ASSERT_FALSE(t->memory_map().empty());
+  EXPECT_THAT(r.out, ::testing::EndsWith("\nmemory_map:\n" + t->memory_map()));
+}
+
+TEST_F(CtlTest, ValidatePrintsTheCensus) {
+  absl::StatusOr<PageHandle> p = AttachTo(NewLeaseId())->AllocPages("GFP_KERNEL", 3);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  const CtlResult r = Run({"validate"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::ValidateResponse> v = client_->Validate();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(r.out, absl::StrFormat("total_pages=%d free_pages=%d allocated_pages=8 leases=1 lease_pages=8\n",
+                                   v->total_pages(), v->total_pages() - 8));
+}
+
+// ---- exit codes ----
+
+class CtlUsageTest : public CtlTest, public ::testing::WithParamInterface<std::vector<std::string>> {};
+
+TEST_P(CtlUsageTest, ExitsTwoAndSaysWhatWasWrong) {
+  const CtlResult r = Run(GetParam());
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_THAT(r.out, IsEmpty());
+  EXPECT_THAT(r.err, StartsWith("physmemctl: "));
+  EXPECT_THAT(r.err, HasSubstr("--help"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Usage, CtlUsageTest,
+    ::testing::Values(std::vector<std::string>{}, std::vector<std::string>{"frob"},
+                      std::vector<std::string>{"lease"}, std::vector<std::string>{"lease", "frob"},
+                      std::vector<std::string>{"lease", "create"},
+                      std::vector<std::string>{"lease", "create", "--ttl_ms=ten"},
+                      std::vector<std::string>{"lease", "create", "--ttl_ms=-5"},
+                      std::vector<std::string>{"lease", "get"}, std::vector<std::string>{"lease", "get", "1", "2"},
+                      std::vector<std::string>{"lease", "list", "--gfp=GFP_KERNEL"},
+                      std::vector<std::string>{"lease", "keepalive", "1", "--duration_ms=soon"},
+                      std::vector<std::string>{"alloc"}, std::vector<std::string>{"alloc", "x1"},
+                      std::vector<std::string>{"alloc", "1", "--form=huge"},
+                      std::vector<std::string>{"alloc", "1", "--order=-1"},
+                      std::vector<std::string>{"alloc", "1", "--order=0x"},
+                      std::vector<std::string>{"alloc", "1", "--form=zeroed", "--order=1"},
+                      std::vector<std::string>{"alloc", "1", "--order"}, std::vector<std::string>{"free", "1"},
+                      std::vector<std::string>{"free", "1", "--pfn=1", "--key=k"},
+                      std::vector<std::string>{"free", "1", "--key=k", "--order=1"},
+                      std::vector<std::string>{"address", "1"}, std::vector<std::string>{"kmap", "1", "2", "3"},
+                      std::vector<std::string>{"--bogus", "lease", "list"},
+                      std::vector<std::string>{"--timeout_ms=soon", "lease", "list"}));
+
+struct ServerErrorCase {
+  std::string name;
+  std::vector<std::string> args;  // {lease} stands for a fresh lease's id
+  std::string code;
+};
+
+class CtlServerErrorTest : public CtlTest, public ::testing::WithParamInterface<ServerErrorCase> {};
+
+TEST_P(CtlServerErrorTest, ExitsOneWithTheCodeAndMessage) {
+  const std::string lease = std::to_string(NewLeaseId());
+  std::vector<std::string> args;
+  for (const std::string& a : GetParam().args) args.push_back(absl::StrReplaceAll(a, {{"{lease}", lease}}));
+  const CtlResult r = Run(args);
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_THAT(r.out, IsEmpty());
+  EXPECT_THAT(r.err, MatchesRegex("physmemctl: " + GetParam().code + ": [^\n]+\n"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Refusals, CtlServerErrorTest,
+    ::testing::Values(
+        ServerErrorCase{"UnknownGfp", {"alloc", "{lease}", "--gfp=GFP_BOGUS"}, "INVALID_ARGUMENT"},
+        ServerErrorCase{"OrderTooLarge", {"alloc", "{lease}", "--order=11"}, "INVALID_ARGUMENT"},
+        ServerErrorCase{"TtlTooShort", {"lease", "create", "--ttl_ms=1"}, "INVALID_ARGUMENT"},
+        ServerErrorCase{"UnknownLease", {"lease", "get", "987654"}, "NOT_FOUND"},
+        ServerErrorCase{"RevokeUnknownLease", {"lease", "revoke", "987654"}, "NOT_FOUND"},
+        ServerErrorCase{"AllocInUnknownLease", {"alloc", "987654"}, "NOT_FOUND"},
+        ServerErrorCase{"UnknownKey", {"free", "{lease}", "--key=nope"}, "NOT_FOUND"},
+        ServerErrorCase{"DoubleFree", {"free", "{lease}", "--pfn=1", "--order=0"}, "FAILED_PRECONDITION"},
+        ServerErrorCase{"HighmemAddressForm", {"alloc", "{lease}", "--form=address", "--gfp=GFP_HIGHUSER"},
+                        "FAILED_PRECONDITION"},
+        ServerErrorCase{"PfnBeyondRam", {"address", "{lease}", "0x10000000"}, "OUT_OF_RANGE"}),
+    [](const ::testing::TestParamInfo<ServerErrorCase>& info) { return info.param.name; });
+
+TEST(CtlNoDaemon, ExitsOneWithUnavailable) {
+  char dir[] = "/tmp/physmemctl-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  CtlProcess p({std::string("--target=unix://") + dir + "/absent.sock", "lease", "list"});
+  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  ::rmdir(dir);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->exit_code, 1);
+  EXPECT_THAT(r->err, StartsWith("physmemctl: UNAVAILABLE: "));
+}
+
+TEST(CtlHelp, PrintsEveryCommandAndExitsZero) {
+  CtlProcess p({"--help"});
+  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->exit_code, 0);
+  for (const char* cmd : {"lease create", "lease keepalive", "lease revoke", "lease get", "lease list", "alloc",
+                          "free", "address", "kmap", "kunmap", "zoneinfo", "buddyinfo", "target", "validate"}) {
+    EXPECT_THAT(r->out, HasSubstr(cmd));
+  }
+  EXPECT_THAT(r->err, IsEmpty());
+}
+
+class CtlOtherUserTest : public CtlTest {
+ protected:
+  CtlOtherUserTest() : CtlTest({"--target=i386", "--mem_mb=64", "--unix_socket_mode=0666"}) {}
+};
+
+TEST_F(CtlOtherUserTest, AnotherUsersLeaseIsPermissionDenied) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to run physmemctl as another user";
+  const uint64_t id = NewLeaseId();
+  // Let the other user reach the socket in the daemon's private directory.
+  const std::string dir = std::filesystem::path(daemon_.socket_path()).parent_path();
+  ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
+  constexpr uid_t kNobody = 65534;
+  CtlProcess p(Args({"lease", "get", std::to_string(id)}), kNobody);
+  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->exit_code, 1) << r->err;
+  EXPECT_THAT(r->err, StartsWith("physmemctl: PERMISSION_DENIED: "));
+}
+
+}  // namespace
+}  // namespace physmem::client
