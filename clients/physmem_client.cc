@@ -155,6 +155,17 @@ absl::Status CheckUnixSocket(const std::string& target, const std::string& path)
   return absl::OkStatus();
 }
 
+// The zone names of Allocation.zone, for the enum in packed bulk replies.
+std::string ZoneName(int zone) {
+  switch (zone) {
+    case v1::ZONE_DMA: return "DMA";
+    case v1::ZONE_DMA32: return "DMA32";
+    case v1::ZONE_NORMAL: return "Normal";
+    case v1::ZONE_HIGHMEM: return "HighMem";
+    default: return absl::StrFormat("zone-%d", zone);
+  }
+}
+
 const char* ChannelStateName(grpc_connectivity_state s) {
   switch (s) {
     case GRPC_CHANNEL_IDLE: return "IDLE";
@@ -390,10 +401,54 @@ absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string&
         return c.stub->AllocPagesBulk(ctx, req, resp);
       });
   if (!r.ok()) return r.status();
+  // The reply is parallel packed arrays, entry i of each describing page i.
+  const int n = r->pfn_size();
+  if (r->zone_size() != n || r->phys_addr_size() != n || r->virt_addr_size() != n || r->arena_offset_size() != n) {
+    return absl::InternalError(absl::StrFormat(
+        "malformed AllocPagesBulk reply: %d pfns but %d zones, %d phys_addrs, %d virt_addrs, %d arena_offsets "
+        "(expected one of each per page)",
+        n, r->zone_size(), r->phys_addr_size(), r->virt_addr_size(), r->arena_offset_size()));
+  }
   std::vector<PageHandle> pages;
-  pages.reserve(r->allocations_size());
-  for (v1::Allocation& a : *r->mutable_allocations()) pages.push_back(PageHandle(core_, std::move(a)));
+  pages.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    v1::Allocation a;
+    a.set_pfn(r->pfn(i));
+    a.set_order(0);
+    a.set_zone(ZoneName(r->zone(i)));
+    a.set_phys_addr(r->phys_addr(i));
+    a.set_virt_addr(r->virt_addr(i));
+    a.set_arena_offset(r->arena_offset(i));
+    pages.push_back(PageHandle(core_, std::move(a)));
+  }
   return pages;
+}
+
+absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreePagesBulk(std::vector<PageHandle>& pages) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::FreePagesBulkRequest req;
+  req.set_lease_id(core_->id);
+  for (const PageHandle& p : pages) {
+    if (!p.owns()) continue;
+    if (p.core_ != core_) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "pfn %#x belongs to lease %d, not to lease %d: free it through its own lease", p.pfn(), p.lease_id(),
+          core_->id));
+    }
+    req.add_pfn(p.pfn());
+    req.add_order(p.order());
+  }
+  if (req.pfn_size() == 0) return v1::FreePagesBulkResponse();
+  Connection& c = *core_->conn;
+  absl::StatusOr<v1::FreePagesBulkResponse> r = Call<v1::FreePagesBulkResponse>(
+      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::FreePagesBulkResponse* resp) {
+        return c.stub->FreePagesBulk(ctx, req, resp);
+      });
+  if (!r.ok()) return r.status();
+  // Freed or refused, no handle owns its block any more (a refused free changed nothing, and a
+  // retry would be refused the same way).
+  for (PageHandle& p : pages) p.released_ = true;
+  return r;
 }
 
 absl::StatusOr<uint64_t> Lease::FreePages(uint64_t pfn, uint32_t order) {

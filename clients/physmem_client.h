@@ -58,8 +58,9 @@ struct ClientOptions {
   std::string tls_ca_file, tls_cert_file, tls_key_file;
   // How long Connect() waits for the channel to become ready.
   int64_t connect_timeout_ms = 2000;
-  // Deadline of each call that may wait for memory (AllocPages, GetFreePages, GetZeroedPage).
-  // The daemon waits at most min(this, its --max_alloc_wait_ms) and answers RESOURCE_EXHAUSTED.
+  // Deadline of each allocating call: AllocPages, GetFreePages and GetZeroedPage may wait for
+  // memory (the daemon waits at most min(this, its --max_alloc_wait_ms), then answers
+  // RESOURCE_EXHAUSTED); the bulk calls carry thousands of pages.
   int64_t alloc_timeout_ms = 10000;
   // Deadline of every other call.
   int64_t call_timeout_ms = 2000;
@@ -164,6 +165,12 @@ class Lease {
   absl::StatusOr<PageHandle> GetZeroedPage(const std::string& gfp, const std::string& key = "");
   // alloc_pages_bulk(gfp, count): up to `count` order-0 pages, without waiting; may be fewer.
   absl::StatusOr<std::vector<PageHandle>> AllocPagesBulk(const std::string& gfp, uint32_t count);
+
+  // Frees the blocks of all the handles that own one, in one call (FreePagesBulk); every handle
+  // owns nothing afterwards. The reply counts what was freed and lists the refused blocks with
+  // their codes (each refusal changed nothing). INVALID_ARGUMENT, before any call, for a handle
+  // of another lease.
+  absl::StatusOr<v1::FreePagesBulkResponse> FreePagesBulk(std::vector<PageHandle>& pages);
 
   // Frees by pfn and order, by allocation key, or by direct-map address (free_pages(addr, order));
   // each returns the pages freed. For blocks not held by a PageHandle (released, or allocated by

@@ -3,8 +3,9 @@
 #   1. the normal build with warnings as errors, every test;
 #   2. the allocator tests again with rseq disabled (GLIBC_TUNABLES=glibc.pthread.rseq=0), which
 #      turns the per-CPU lists off: the locked fallback must be just as correct;
-#   3. the allocator tests under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   4. the allocator tests under ThreadSanitizer.
+#   3. the allocator and server tests under AddressSanitizer + UndefinedBehaviorSanitizer (the
+#      daemon processes the server tests start are the sanitized build too);
+#   4. the same under ThreadSanitizer.
 # Installs the Debian packages it needs first (scripts/install-deps.sh; root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +28,10 @@ GLIBC_TUNABLES=glibc.pthread.rseq=0 ctest --test-dir build --output-on-failure -
 echo "== ASan + UBSan"
 configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHYSMEM_SANITIZE=address -DPHYSMEM_BUILD_BENCH=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j2 -L allocator --timeout 1800
+  ctest --test-dir build-asan --output-on-failure -j2 -L 'allocator|server' --timeout 1800
 
 echo "== TSan"
 configure_and_build build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHYSMEM_SANITIZE=thread -DPHYSMEM_BUILD_BENCH=OFF
 # TSan's shadow memory needs a fixed address-space layout: run without ASLR (setarch -R).
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
-  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L allocator --timeout 1800
+  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L 'allocator|server' --timeout 1800

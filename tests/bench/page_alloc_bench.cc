@@ -14,11 +14,14 @@
 // Sizes are those of page orders: 4096 << order bytes. Nothing inside a block is touched: we time
 // the allocator's bookkeeping, not page faults. To keep first-touch faults of the malloc heaps out
 // of the timings, every benchmark runs its workload once, untimed, before its timed loop, and
-// records the minor faults per pair that remain (minflt_per_pair).
+// records the minor faults per pair that remain (minflt_per_pair). A control workload without any
+// allocation (control_spin) runs at 1, 2 and 4 threads in every process, to show how much
+// parallelism the machine granted at the time.
 //
 // Who runs it: scripts/bench.sh, one process per (mode, LD_PRELOAD), which turns the JSON into the
-// table in docs/benchmarks.md. Thread-safety: the order-0 benchmark runs on several threads that
-// share the one PageAllocator (whose methods are all thread-safe); everything else is one thread.
+// table in docs/benchmarks.md. Thread-safety: the order-0 and control benchmarks run on several
+// threads that share the one PageAllocator (whose methods are all thread-safe); everything else is
+// one thread.
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -105,11 +108,14 @@ long ThreadMinorFaults() {
   return ru.ru_minflt;
 }
 
-// Reports pairs done by this thread: items_per_second (summed over threads, per second of wall
-// time because every benchmark uses real time) and the minor faults per pair that the warm-up
-// did not prevent.
-void ReportPairs(benchmark::State& state, int64_t pairs, long faults) {
+// Reports the pairs this thread did: items_per_second (summed over threads, per second of wall
+// time because every benchmark uses real time), pairs_per_iteration (to turn the per-iteration
+// CPU time into CPU time per pair) and the minor faults per pair that the warm-up did not prevent.
+void ReportPairs(benchmark::State& state, int64_t pairs_per_iteration, long faults) {
+  const int64_t pairs = state.iterations() * pairs_per_iteration;
   state.SetItemsProcessed(pairs);
+  state.counters["pairs_per_iteration"] =
+      benchmark::Counter(static_cast<double>(pairs_per_iteration), benchmark::Counter::kAvgThreads);
   state.counters["minflt_per_pair"] =
       benchmark::Counter(pairs > 0 ? static_cast<double>(faults) / static_cast<double>(pairs) : 0.0,
                          benchmark::Counter::kAvgThreads);
@@ -129,7 +135,7 @@ void BM_Pair(benchmark::State& state) {
     benchmark::DoNotOptimize(p);
     B::Free(p, order);
   }
-  ReportPairs(state, state.iterations(), ThreadMinorFaults() - faults0);
+  ReportPairs(state, 1, ThreadMinorFaults() - faults0);
 }
 
 // Allocate n order-0 pages, then free them all in allocation order. Time per pair = time / n.
@@ -146,7 +152,7 @@ void BM_Batch(benchmark::State& state) {
   pass();  // warm-up, untimed: brings the largest working set of this benchmark in
   const long faults0 = ThreadMinorFaults();
   for (auto _ : state) pass();
-  ReportPairs(state, state.iterations() * n, ThreadMinorFaults() - faults0);
+  ReportPairs(state, n, ThreadMinorFaults() - faults0);
 }
 
 // The same with alloc_pages_bulk() for the allocation half (physmem only: malloc has no bulk call).
@@ -162,7 +168,7 @@ void BM_BatchBulk(benchmark::State& state) {
   pass();
   const long faults0 = ThreadMinorFaults();
   for (auto _ : state) pass();
-  ReportPairs(state, state.iterations() * n, ThreadMinorFaults() - faults0);
+  ReportPairs(state, n, ThreadMinorFaults() - faults0);
 }
 
 // Steady state: a pool of n live blocks of random orders 0..3; each step frees a random live
@@ -209,11 +215,25 @@ void BM_Steady(benchmark::State& state) {
   }
   const long faults = ThreadMinorFaults() - faults0;
   for (Live& l : pool) B::Free(l.p, l.order);
-  ReportPairs(state, state.iterations(), faults);
+  ReportPairs(state, 1, faults);
+}
+
+// Control: no allocation, only a chain of dependent multiply-adds per iteration (~50 ns). On two
+// idle cores its 2-thread throughput is 2x its 1-thread throughput; whatever it gets is the
+// scaling the machine itself allowed while the allocators were measured (other processes share
+// the cores).
+void BM_ControlSpin(benchmark::State& state) {
+  uint64_t x = static_cast<uint64_t>(state.thread_index()) + 1;
+  for (auto _ : state) {
+    for (int i = 0; i < 32; ++i) x = x * 6364136223846793005ull + 1442695040888963407ull;
+    benchmark::DoNotOptimize(x);
+  }
+  state.SetItemsProcessed(state.iterations());
 }
 
 template <class B>
 void RegisterAll(bool physmem) {
+  benchmark::RegisterBenchmark("control_spin", BM_ControlSpin)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("order0_pair", BM_Pair<B>)->Arg(0)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("order_pair", BM_Pair<B>)->DenseRange(1, kMaxOrder)->UseRealTime();
   for (int n : kBatchSizes) benchmark::RegisterBenchmark("batch", BM_Batch<B>)->Arg(n)->UseRealTime();

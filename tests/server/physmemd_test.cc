@@ -384,6 +384,134 @@ TEST_F(Daemon, HealthCheckServesWithoutProtoFiles) {
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // HealthCheckResponse{status: SERVING}
 }
 
+TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
+  PhysMem::Stub* t = tcp_stub_.get();
+  const uint64_t lease = NewLease(t);
+  auto ok = [](const grpc::Status& s, const char* what) { EXPECT_TRUE(s.ok()) << what << ": " << s.error_message(); };
+  v1::Allocation a, h, g, z;
+  ok(Alloc(lease, "GFP_KERNEL", 1, &a, "", t), "AllocPages");
+  ok(Alloc(lease, "GFP_HIGHUSER", 0, &h, "", t), "AllocPages highmem");
+  v1::AllocPagesRequest req;
+  req.set_lease_id(lease);
+  req.set_gfp("GFP_KERNEL");
+  {
+    Ctx c;
+    ok(t->GetFreePages(&c, req, &g), "GetFreePages");
+  }
+  {
+    Ctx c;
+    ok(t->GetZeroedPage(&c, req, &z), "GetZeroedPage");
+  }
+  v1::AllocPagesBulkRequest br;
+  br.set_lease_id(lease);
+  br.set_gfp("GFP_KERNEL");
+  br.set_count(16);
+  v1::AllocPagesBulkResponse bulk;
+  {
+    Ctx c;
+    ok(t->AllocPagesBulk(&c, br, &bulk), "AllocPagesBulk");
+  }
+  v1::KmapRequest k;
+  k.set_lease_id(lease);
+  k.set_pfn(h.pfn());
+  {
+    Ctx c;
+    v1::KmapResponse r;
+    ok(t->Kmap(&c, k, &r), "Kmap");
+  }
+  {
+    Ctx c;
+    v1::PageAddressRequest r;
+    r.set_lease_id(lease);
+    r.set_pfn(h.pfn());
+    v1::PageAddressResponse resp;
+    ok(t->PageAddress(&c, r, &resp), "PageAddress");
+    EXPECT_NE(resp.virt_addr(), 0u);
+  }
+  {
+    Ctx c;
+    v1::KunmapResponse r;
+    ok(t->Kunmap(&c, k, &r), "Kunmap");
+  }
+  {
+    Ctx c;
+    v1::GetLeaseRequest r;
+    r.set_lease_id(lease);
+    v1::LeaseInfo info;
+    ok(t->GetLease(&c, r, &info), "GetLease");
+    EXPECT_EQ(info.pages_held(), 2u + 1 + 1 + 1 + 16);
+    EXPECT_EQ(info.identity(), "tcp:127.0.0.1");
+  }
+  {
+    Ctx c;
+    v1::ListLeasesResponse r;
+    ok(t->ListLeases(&c, v1::ListLeasesRequest(), &r), "ListLeases");
+    EXPECT_EQ(r.leases_size(), 1);
+  }
+  {
+    Ctx c;
+    v1::KeepAliveRequest r;
+    r.set_lease_id(lease);
+    v1::KeepAliveResponse resp;
+    ok(t->RenewLease(&c, r, &resp), "RenewLease");
+  }
+  {
+    grpc::ClientContext c;
+    auto stream = t->KeepAlive(&c);
+    v1::KeepAliveRequest r;
+    r.set_lease_id(lease);
+    v1::KeepAliveResponse resp;
+    EXPECT_TRUE(stream->Write(r) && stream->Read(&resp));
+    EXPECT_EQ(resp.ttl_ms(), 60000);
+    stream->WritesDone();
+    ok(stream->Finish(), "KeepAlive");
+  }
+  ok(Free(lease, a.pfn(), 1, t), "FreePages");
+  {
+    Ctx c;
+    v1::FreePagesByAddressRequest r;
+    r.set_lease_id(lease);
+    r.set_addr(g.virt_addr());
+    v1::FreePagesResponse resp;
+    ok(t->FreePagesByAddress(&c, r, &resp), "FreePagesByAddress");
+  }
+  {
+    Ctx c;
+    v1::FreePagesBulkRequest r;
+    r.set_lease_id(lease);
+    for (uint64_t pfn : bulk.pfn()) r.add_pfn(pfn);
+    v1::FreePagesBulkResponse resp;
+    ok(t->FreePagesBulk(&c, r, &resp), "FreePagesBulk");
+    EXPECT_EQ(resp.blocks_freed(), 16u);
+  }
+  for (auto* rpc : {+[](PhysMem::Stub* s) {
+                      Ctx c;
+                      v1::GetZoneInfoResponse r;
+                      return s->GetZoneInfo(&c, v1::GetZoneInfoRequest(), &r);
+                    },
+                    +[](PhysMem::Stub* s) {
+                      Ctx c;
+                      v1::GetTargetResponse r;
+                      return s->GetTarget(&c, v1::GetTargetRequest(), &r);
+                    },
+                    +[](PhysMem::Stub* s) {
+                      Ctx c;
+                      v1::NopResponse r;
+                      return s->Nop(&c, v1::NopRequest(), &r);
+                    }}) {
+    ok(rpc(t), "introspection");
+  }
+  {
+    Ctx c;
+    v1::RevokeLeaseRequest r;
+    r.set_lease_id(lease);
+    v1::RevokeLeaseResponse resp;
+    ok(t->RevokeLease(&c, r, &resp), "RevokeLease");
+    EXPECT_EQ(resp.pages_freed(), 2u);  // the highmem page and the zeroed page were still held
+  }
+  EXPECT_EQ(Census().allocated_pages(), 0u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The bad-input matrix.
 
