@@ -289,16 +289,17 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
     }
     free_word = zn->FreeState(order);
     // The CAS is what makes a double free harmless: of two racing frees, one finds the state
-    // already changed and is refused.
-    if (page->state.compare_exchange_weak(word, free_word, std::memory_order_acq_rel)) break;
+    // already changed and is refused. seq_cst for the kmap() pairing below (on x86 every locked
+    // RMW is seq_cst anyway: it costs nothing more).
+    if (page->state.compare_exchange_weak(word, free_word, std::memory_order_seq_cst)) break;
   }
   if (zt == ZONE_HIGHMEM) {
-    // Pairs with kmap(): it raises mapcount, fences, then checks the state; we changed the state,
-    // fence, then check mapcount. Of two racing calls at least one sees the other (Dekker).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Pairs with kmap(): it raises mapcount, then reads the state; we changed the state, then read
+    // mapcount, all four seq_cst. In their single total order one of the two writes comes first,
+    // so at least one of two racing calls sees the other (Dekker) and backs out.
     uint32_t mapped = 0;
     for (uint32_t i = 0; i < (1u << order); ++i) {
-      mapped += mem_map_->page(idx + i).mapcount.load(std::memory_order_relaxed) != 0;
+      mapped += mem_map_->page(idx + i).mapcount.load(std::memory_order_seq_cst) != 0;
     }
     if (mapped != 0) {
       page->state.store(word, std::memory_order_release);  // un-claim: the block stays allocated
@@ -320,13 +321,14 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
 std::optional<uint32_t> PageAllocator::FindAllocatedHead(uint32_t idx) const {
   const Segment& seg = mem_map_->segment_of_index(idx);
   const uint64_t pfn = seg.pfn_of(idx);
+  // seq_cst loads: kmap() relies on them being ordered after its mapcount increment.
   const Page& p = mem_map_->page(idx);
-  const PageState s = p.Load();
+  const PageState s = p.Load(std::memory_order_seq_cst);
   if (s.flags & PG_tail) return idx - p.head_offset;
   for (unsigned o = 0; o < target_.nr_page_orders(); ++o) {
     const uint64_t head_pfn = pfn & ~((uint64_t{1} << o) - 1);
     if (!seg.contains_pfn(head_pfn)) break;
-    const PageState hs = mem_map_->page(seg.index_of(head_pfn)).Load();
+    const PageState hs = mem_map_->page(seg.index_of(head_pfn)).Load(std::memory_order_seq_cst);
     if (IsAllocated(hs) && pfn < head_pfn + (uint64_t{1} << hs.order)) return seg.index_of(head_pfn);
   }
   return std::nullopt;
@@ -432,8 +434,7 @@ absl::StatusOr<uint64_t> PageAllocator::kmap(Page* page, uint32_t owner) {
     if (absl::Status s = check_owner(); !s.ok()) return s;
     return page_address(page);  // lowmem: kmap() is page_address()
   }
-  page->mapcount.fetch_add(1, std::memory_order_seq_cst);
-  std::atomic_thread_fence(std::memory_order_seq_cst);  // see FreeBlock()
+  page->mapcount.fetch_add(1, std::memory_order_seq_cst);  // then a seq_cst read of the state: see FreeBlock()
   if (absl::Status s = check_owner(); !s.ok()) {
     page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
     return s;

@@ -71,7 +71,8 @@ struct ClientOptions {
 absl::Status ToAbslStatus(const grpc::Status& status);
 
 // Called on the keep-alive thread with every renewal's answer; ttl_ms == 0 means the lease no
-// longer exists (the keep-alive then stops).
+// longer exists (the keep-alive then stops). It may call the Lease's methods, Revoke() included,
+// but must not destroy the Lease (whose destructor waits for this thread).
 using KeepAliveCallback = std::function<void(const v1::KeepAliveResponse&)>;
 
 struct LeaseOptions {

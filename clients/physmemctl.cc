@@ -10,13 +10,14 @@
 #include <signal.h>
 #include <time.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 #include <limits>
-#include <algorithm>
-#include <cstddef>
 #include <set>
 #include <string>
 #include <vector>
@@ -95,8 +96,11 @@ Numbers are decimal or 0x hex. Exit status: 0 ok; 1 the call failed
 ("physmemctl: CODE: message" on stderr); 2 usage error.
 )";
 
+constexpr const char* kGlobalFlags[] = {"target", "timeout_ms", "tls_ca", "tls_cert", "tls_key"};
 
-const std::set<std::string> kGlobalFlags = {"target", "timeout_ms", "tls_ca", "tls_cert", "tls_key"};
+bool IsGlobalFlag(const std::string& name) {
+  return std::find(std::begin(kGlobalFlags), std::end(kGlobalFlags), name) != std::end(kGlobalFlags);
+}
 
 // Usage errors travel as a status with this payload, so that the exit code can tell them from the
 // daemon's INVALID_ARGUMENT (which is exit 1, like every refusal by the daemon).
@@ -559,7 +563,7 @@ absl::StatusOr<const Command*> FindCommand(const std::vector<std::string>& words
 absl::Status Dispatch(const Command& cmd, const std::vector<std::string>& words, const std::set<std::string>& given) {
   const std::string name = absl::StrJoin(cmd.words, " ");
   for (const std::string& f : given) {
-    if (!kGlobalFlags.count(f) && !cmd.flags.count(f)) {
+    if (!IsGlobalFlag(f) && !cmd.flags.count(f)) {
       return UsageError(absl::StrFormat("option --%s does not apply to '%s'", f, name));
     }
   }

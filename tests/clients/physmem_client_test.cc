@@ -20,11 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/string_view.h"
-#include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
@@ -156,22 +152,9 @@ class MutualTlsTest : public ::testing::Test {
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
   }
 
-  // The port from the daemon's "event=started ... tcp=<port>" log line. (Not
-  // DaemonProcess::tcp_port(): its std::regex trips GCC 12's -Wmaybe-uninitialized, a false
-  // positive, in sanitizer builds.)
-  std::string TcpPort() const {
-    for (absl::string_view line : absl::StrSplit(daemon_->log(), '\n')) {
-      if (!absl::StrContains(line, "event=started ")) continue;
-      for (absl::string_view field : absl::StrSplit(line, ' ')) {
-        if (absl::ConsumePrefix(&field, "tcp=")) return std::string(field);
-      }
-    }
-    return "";
-  }
-
   ClientOptions TcpOptions() const {
     ClientOptions o;
-    o.target = "127.0.0.1:" + TcpPort();
+    o.target = absl::StrFormat("127.0.0.1:%d", daemon_->tcp_port());
     o.tls_ca_file = tls_.path("ca.pem");
     return o;
   }
