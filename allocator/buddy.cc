@@ -23,8 +23,8 @@ void Buddy::FreeAllRam() {
   for (const Segment& seg : segments_) {
     uint64_t pfn = seg.start_pfn;
     while (pfn < seg.end_pfn) {
-      // The largest order at which pfn is aligned and the block still fits in the segment.
-      unsigned order = pfn == 0 ? max_order : std::min<unsigned>(std::countr_zero(pfn), max_order);
+      // The largest order at which pfn is aligned (countr_zero(0) = 64) and the block still fits.
+      unsigned order = std::min<unsigned>(std::countr_zero(pfn), max_order);
       while (pfn + (uint64_t{1} << order) > seg.end_pfn) --order;
       const uint32_t idx = seg.index_of(pfn);
       mem_map_.page(idx).state.store(PageState::Buddy(order), std::memory_order_relaxed);

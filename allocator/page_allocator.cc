@@ -181,10 +181,10 @@ absl::StatusOr<Page*> PageAllocator::AllocPages(gfp_t gfp, unsigned order, uint3
   if (absl::Status s = ValidateAllocArgs(gfp, order); !s.ok()) return s;
   if (Page* p = alloc_pages(gfp, order, owner)) return p;
   return absl::ResourceExhaustedError(
-      absl::StrFormat("no free order-%u block for %s: %s", order, FormatGfp(gfp), ExplainAllocFailure(gfp, order)));
+      absl::StrFormat("no free order-%u block for %s: %s", order, FormatGfp(gfp), ExplainAllocFailure(gfp)));
 }
 
-std::string PageAllocator::ExplainAllocFailure(gfp_t gfp, unsigned order) const {
+std::string PageAllocator::ExplainAllocFailure(gfp_t gfp) const {
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   if (highest < 0) return "invalid zone modifiers";
   std::vector<std::string> tried;
@@ -200,7 +200,6 @@ std::string PageAllocator::ExplainAllocFailure(gfp_t gfp, unsigned order) const 
                                     zone_name(zn->type()), st.free_pages, largest, st.watermarks.min,
                                     st.lowmem_reserve[highest]));
   }
-  (void)order;
   return absl::StrCat("zones tried: ", absl::StrJoin(tried, ", "));
 }
 

@@ -104,9 +104,9 @@ class PageAllocator {
   // INVALID_ARGUMENT for a bad order or gfp mask; RESOURCE_EXHAUSTED (message names the zones
   // tried) when no zone could serve the request.
   absl::StatusOr<Page*> AllocPages(gfp_t gfp, unsigned order, uint32_t owner);
-  // Why an allocation of (gfp, order) finds nothing now: each zone of its zonelist with its free
-  // pages, min watermark and lowmem_reserve. For error messages.
-  std::string ExplainAllocFailure(gfp_t gfp, unsigned order) const;
+  // Why an allocation with `gfp` finds nothing now: each zone of its zonelist with its free pages,
+  // largest free order, min watermark and lowmem_reserve. For error messages.
+  std::string ExplainAllocFailure(gfp_t gfp) const;
   absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner);
   absl::StatusOr<Page*> PfnToPage(uint64_t pfn) const;  // OUT_OF_RANGE for holes / beyond RAM
   absl::StatusOr<Page*> VirtToPage(uint64_t addr) const;

@@ -255,7 +255,7 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
 
   auto explain = [this, call] {
     return absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
-                           pa_->ExplainAllocFailure(call->gfp, call->order));
+                           pa_->ExplainAllocFailure(call->gfp));
   };
   if (!gfpflags_allow_blocking(call->gfp)) {
     return Reply(ctx, absl::ResourceExhaustedError(explain() + " (the mask cannot wait)"));
@@ -331,7 +331,7 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
   const unsigned got = pa_->alloc_pages_bulk(*gfp, want, pages.data(), l.owner());
   if (got == 0) {
     return Reply(ctx, absl::ResourceExhaustedError(absl::StrFormat(
-                          "no free pages for %s: %s", FormatGfp(*gfp), pa_->ExplainAllocFailure(*gfp, 0))));
+                          "no free pages for %s: %s", FormatGfp(*gfp), pa_->ExplainAllocFailure(*gfp))));
   }
   for (auto* field : {resp->mutable_pfn(), resp->mutable_phys_addr(), resp->mutable_virt_addr(),
                       resp->mutable_arena_offset()}) {

@@ -14,15 +14,16 @@
 // Sizes are those of page orders: 4096 << order bytes. Nothing inside a block is touched: we time
 // the allocator's bookkeeping, not page faults. To keep first-touch faults of the malloc heaps out
 // of the timings, every benchmark runs its workload once, untimed, before its timed loop, and
-// records the minor faults per pair that remain (minflt_per_pair). A control workload without any
-// allocation (control_spin) runs at 1, 2 and 4 threads in every process, to show how much
-// parallelism the machine granted at the time.
+// records the minor faults per pair that remain (minflt_per_pair). Two control workloads without any
+// allocation (control_spin, control_alu) run at 1, 2 and 4 threads in every process, to show how
+// much parallelism the machine granted at the time.
 //
 // Who runs it: scripts/bench.sh, one process per (mode, LD_PRELOAD), which turns the JSON into the
 // table in docs/benchmarks.md. Thread-safety: the order-0 and control benchmarks run on several
 // threads that share the one PageAllocator (whose methods are all thread-safe); everything else is
 // one thread.
 #include <dlfcn.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -121,13 +122,48 @@ void ReportPairs(benchmark::State& state, int64_t pairs_per_iteration, long faul
                          benchmark::Counter::kAvgThreads);
 }
 
+// In a multi-threaded run, pins thread i to the i-th allowed CPU (modulo their number) for its
+// lifetime, then restores the thread's CPU mask (thread 0 is the main thread, which runs the next
+// benchmark too). Why: left alone, the scheduler kept two benchmark threads on one CPU for a whole
+// repetition in about a third of the repetitions here (seen with sched_getcpu() samples), for the
+// no-allocation control as much as for any allocator; the 2-thread numbers then measured that
+// placement, not the allocators. With 4 threads, two share each CPU by construction.
+class ScopedPinThread {
+ public:
+  explicit ScopedPinThread(const benchmark::State& state) {
+    if (state.threads() <= 1 || sched_getaffinity(0, sizeof(old_), &old_) != 0) return;
+    const int n = CPU_COUNT(&old_);
+    if (n <= 0) return;
+    int want = state.thread_index() % n;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &old_) || want-- != 0) continue;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      pinned_ = sched_setaffinity(0, sizeof(one), &one) == 0;  // 0: the calling thread
+      break;
+    }
+  }
+  ~ScopedPinThread() {
+    if (pinned_) sched_setaffinity(0, sizeof(old_), &old_);
+  }
+  ScopedPinThread(const ScopedPinThread&) = delete;
+  ScopedPinThread& operator=(const ScopedPinThread&) = delete;
+
+ private:
+  cpu_set_t old_{};
+  bool pinned_ = false;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Workloads.
 
-// One alloc+free pair of `order` per iteration; on several threads, each does its own pairs.
+// One alloc+free pair of `order` per iteration; on several threads, each does its own pairs, each
+// thread pinned to a CPU (ScopedPinThread).
 template <class B>
 void BM_Pair(benchmark::State& state) {
   const unsigned order = static_cast<unsigned>(state.range(0));
+  ScopedPinThread pin(state);
   B::Free(B::Alloc(order), order);  // warm-up, untimed
   const long faults0 = ThreadMinorFaults();
   for (auto _ : state) {
@@ -223,6 +259,7 @@ void BM_Steady(benchmark::State& state) {
 // scaling the machine itself allowed while the allocators were measured (other processes share
 // the cores).
 void BM_ControlSpin(benchmark::State& state) {
+  ScopedPinThread pin(state);
   uint64_t x = static_cast<uint64_t>(state.thread_index()) + 1;
   for (auto _ : state) {
     for (int i = 0; i < 32; ++i) x = x * 6364136223846793005ull + 1442695040888963407ull;
@@ -231,9 +268,36 @@ void BM_ControlSpin(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// Second control, bound by instruction throughput instead of latency: eight independent chains
+// of adds and xors plus an L1 load and store per step. Two threads on two CPUs that share one
+// physical core (SMT siblings on the host) compete for its execution units here, while the
+// latency-bound control_spin hardly notices; the pair of controls tells the two cases apart.
+void BM_ControlAlu(benchmark::State& state) {
+  ScopedPinThread pin(state);
+  alignas(64) uint64_t buf[512] = {};
+  uint64_t a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 0;
+  for (auto _ : state) {
+    for (int k = 0; k < 32; ++k, ++i) {
+      a += buf[i & 511];
+      b ^= a;
+      c += b;
+      d ^= c;
+      e += i;
+      f ^= e;
+      g += f;
+      h ^= g;
+      buf[(i * 7) & 511] = h;
+      asm volatile("" : "+r"(a), "+r"(b), "+r"(c), "+r"(d), "+r"(e), "+r"(f), "+r"(g), "+r"(h));
+    }
+  }
+  benchmark::DoNotOptimize(buf);
+  state.SetItemsProcessed(state.iterations());
+}
+
 template <class B>
 void RegisterAll(bool physmem) {
   benchmark::RegisterBenchmark("control_spin", BM_ControlSpin)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
+  benchmark::RegisterBenchmark("control_alu", BM_ControlAlu)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("order0_pair", BM_Pair<B>)->Arg(0)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("order_pair", BM_Pair<B>)->DenseRange(1, kMaxOrder)->UseRealTime();
   for (int n : kBatchSizes) benchmark::RegisterBenchmark("batch", BM_Batch<B>)->Arg(n)->UseRealTime();

@@ -1,10 +1,5 @@
 // Tests clients/physmem_client.h against the real physmemd, started as a process per test.
 
-// tests/daemon_process.h uses std::regex; in sanitizer builds GCC 12 reports a false
-// -Wmaybe-uninitialized inside libstdc++'s regex automaton (a std::function moved right after
-// it is built), which -Werror would turn into a build failure. Not a problem in this file.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include "clients/physmem_client.h"
 
 #include <signal.h>
@@ -41,6 +36,7 @@ const std::vector<std::string> kI386WithHighmem = {"--target=i386", "--mem_mb=10
 ClientOptions OptionsFor(const DaemonProcess& d) {
   ClientOptions o;
   o.target = d.unix_target();
+  o.connect_timeout_ms = o.call_timeout_ms = 20000;  // sanitized daemons on a busy machine are slow
   return o;
 }
 
@@ -156,6 +152,7 @@ class MutualTlsTest : public ::testing::Test {
     ClientOptions o;
     o.target = absl::StrFormat("127.0.0.1:%d", daemon_->tcp_port());
     o.tls_ca_file = tls_.path("ca.pem");
+    o.connect_timeout_ms = o.call_timeout_ms = 20000;
     return o;
   }
 
