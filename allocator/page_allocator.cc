@@ -84,6 +84,11 @@ absl::Status PageAllocator::Init() {
     if (zones_[z]) zones_[z]->SetWatermarks(wmarks[z], reserve[z]);
   }
 
+  for (int h = 0; h < MAX_NR_ZONES; ++h) {
+    for (int z = h; z >= 0 && first_zone_[h] == nullptr; --z) {
+      if (zones_[z] && zones_[z]->populated()) first_zone_[h] = zones_[z].get();
+    }
+  }
   for (unsigned bits = 0; bits < 16; ++bits) {
     gfp_zone_table_[bits] = ValidateGfp(bits).ok() ? gfp_zone(bits, target_.zone_configured) : -1;
   }
@@ -157,6 +162,18 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
   if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   if (highest < 0) [[unlikely]] return nullptr;
+  // The fast path: the zonelist's first zone passes the LOW watermark and the current CPU's list
+  // has a block. Nothing but two atomic loads, one restartable sequence and one store.
+  if (pcp_allowed_order(order) && !(gfp & (__GFP_ZERO | __GFP_COMP))) [[likely]] {
+    Zone* zn = first_zone_[highest];
+    uint32_t idx;
+    if (zn != nullptr && zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, &idx))
+        [[likely]] {
+      Page& head = mem_map_->page(idx);
+      head.state.store(PageState::Allocated(order, owner, false), std::memory_order_release);
+      return &head;
+    }
+  }
   ZoneType got;
   // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does.
   if (std::optional<uint32_t> idx = GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got))

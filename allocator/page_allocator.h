@@ -154,6 +154,8 @@ class PageAllocator {
   std::array<std::unique_ptr<Zone>, MAX_NR_ZONES> zones_;
   std::array<uint32_t, MAX_NR_ZONES> zone_index_end_{};  // zones occupy consecutive index ranges
   std::array<int8_t, 16> gfp_zone_table_{};               // gfp_zone() per zone-modifier bits; -1 = bad
+  // The first populated zone of each zonelist (by highest zone): where the fast path looks.
+  std::array<Zone*, MAX_NR_ZONES> first_zone_{};
   std::unique_ptr<PkmapWindow> pkmap_;
   uint64_t lowmem_end_pfn_ = 0;
 };

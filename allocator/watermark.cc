@@ -61,8 +61,8 @@ std::array<std::array<uint64_t, MAX_NR_ZONES>, MAX_NR_ZONES> SetupLowmemReserve(
   return reserve;
 }
 
-bool ZoneWatermarkOk(uint64_t free_pages, std::span<const uint64_t> nr_free, unsigned order, uint64_t mark,
-                     uint64_t reserve, unsigned alloc_flags) {
+bool ZoneWatermarkOk(uint64_t free_pages, uint32_t nonempty_orders, unsigned order, uint64_t mark, uint64_t reserve,
+                     unsigned alloc_flags) {
   if (alloc_flags & ALLOC_NO_WATERMARKS) return true;
   // Pages that cannot serve this order anyway: the request needs a whole block.
   const int64_t free = static_cast<int64_t>(free_pages) - ((int64_t{1} << order) - 1);
@@ -75,11 +75,15 @@ bool ZoneWatermarkOk(uint64_t free_pages, std::span<const uint64_t> nr_free, uns
     if (alloc_flags & ALLOC_OOM) min -= min / 2;
   }
   if (free <= min + static_cast<int64_t>(reserve)) return false;
-  if (order == 0) return true;
-  for (unsigned o = order; o < nr_free.size(); ++o) {
-    if (nr_free[o] != 0) return true;
-  }
-  return false;
+  // Order 0 needs only the count; a larger order needs a free block of at least that order.
+  return order == 0 || (nonempty_orders >> order) != 0;
+}
+
+bool ZoneWatermarkOk(uint64_t free_pages, std::span<const uint64_t> nr_free, unsigned order, uint64_t mark,
+                     uint64_t reserve, unsigned alloc_flags) {
+  uint32_t mask = 0;
+  for (unsigned o = 0; o < nr_free.size() && o < 32; ++o) mask |= (nr_free[o] != 0 ? 1u : 0u) << o;
+  return ZoneWatermarkOk(free_pages, mask, order, mark, reserve, alloc_flags);
 }
 
 }  // namespace physmem

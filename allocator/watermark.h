@@ -54,6 +54,10 @@ std::array<std::array<uint64_t, MAX_NR_ZONES>, MAX_NR_ZONES> SetupLowmemReserve(
 // further quarter, so GFP_ATOMIC may go down to 37.5% of it; ALLOC_OOM halves it once more.
 bool ZoneWatermarkOk(uint64_t free_pages, std::span<const uint64_t> nr_free, unsigned order, uint64_t mark,
                      uint64_t reserve, unsigned alloc_flags);
+// The same, with the free lists summarized as a bitmask: bit o set when nr_free[o] != 0. Zones
+// publish this mask so the check reads one word instead of every order's count.
+bool ZoneWatermarkOk(uint64_t free_pages, uint32_t nonempty_orders, unsigned order, uint64_t mark, uint64_t reserve,
+                     unsigned alloc_flags);
 
 }  // namespace physmem
 

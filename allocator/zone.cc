@@ -19,6 +19,7 @@ Zone::Zone(const MemMap& mem_map, ZoneConfig config)
   const uint32_t batch = config_.pcp_batch ? config_.pcp_batch : ZoneBatchsize(present_pages_, config_.page_shift);
   pcp_ = std::make_unique<PerCpuPages>(config_.nr_cpus, batch, config_.pcp_high ? config_.pcp_high : 4 * batch,
                                        config_.pcp_enabled && populated());
+  pcp_enabled_ = pcp_->enabled();
 }
 
 void Zone::SetWatermarks(const Watermarks& w, const std::array<uint64_t, MAX_NR_ZONES>& lowmem_reserve) {
@@ -29,22 +30,20 @@ void Zone::SetWatermarks(const Watermarks& w, const std::array<uint64_t, MAX_NR_
   const uint32_t batch = pcp_->batch();
   const uint32_t high = config_.pcp_high ? config_.pcp_high : ZoneHighsize(w.low, batch, config_.nr_cpus);
   pcp_ = std::make_unique<PerCpuPages>(config_.nr_cpus, batch, high, config_.pcp_enabled && populated());
+  pcp_enabled_ = pcp_->enabled();
 }
 
 void Zone::PublishLocked() {
   free_pages_.store(buddy_.free_pages(), std::memory_order_relaxed);
-  for (unsigned o = 0; o < config_.nr_orders; ++o) nr_free_[o].store(buddy_.nr_free(o), std::memory_order_relaxed);
+  uint32_t mask = 0;
+  for (unsigned o = 0; o < config_.nr_orders; ++o) mask |= (buddy_.nr_free(o) != 0 ? 1u : 0u) << o;
+  nonempty_orders_.store(mask, std::memory_order_relaxed);
 }
 
 bool Zone::WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned alloc_flags) const {
-  std::array<uint64_t, kMaxNrOrders> nr_free{};
-  const uint64_t free = free_pages_.load(std::memory_order_relaxed);
-  // Order 0 needs only the page count; skip reading the per-order mirrors on the hot path.
-  if (order > 0) {
-    for (unsigned o = 0; o < config_.nr_orders; ++o) nr_free[o] = nr_free_[o].load(std::memory_order_relaxed);
-  }
-  return ZoneWatermarkOk(free, std::span<const uint64_t>(nr_free.data(), config_.nr_orders), order, mark,
-                         lowmem_reserve_[highest], alloc_flags);
+  return ZoneWatermarkOk(free_pages_.load(std::memory_order_relaxed),
+                         nonempty_orders_.load(std::memory_order_relaxed), order, mark, lowmem_reserve_[highest],
+                         alloc_flags);
 }
 
 std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order) {
@@ -64,7 +63,7 @@ void Zone::FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order) {
 }
 
 std::optional<uint32_t> Zone::Rmqueue(unsigned order) {
-  if (pcp_allowed_order(order) && pcp_->enabled()) {
+  if (pcp_allowed_order(order) && pcp_enabled_) {
     uint32_t idx;
     if (pcp_->Pop(order, &idx)) [[likely]] return idx;
     return RefillAndTake(order);
@@ -102,9 +101,8 @@ void Zone::DrainBatch(unsigned order) {
   FreeBlocksToBuddy(out, n, order);
 }
 
-void Zone::FreeBlock(uint32_t idx, unsigned order) {
-  if (pcp_allowed_order(order) && pcp_->enabled()) {
-    if (pcp_->Push(order, idx)) [[likely]] return;
+void Zone::FreeBlockSlow(uint32_t idx, unsigned order) {
+  if (pcp_allowed_order(order) && pcp_enabled_) {
     // free_frozen_page_commit(): the list is at high; return a batch from its cold end first.
     DrainBatch(order);
     if (pcp_->Push(order, idx)) return;
@@ -113,7 +111,7 @@ void Zone::FreeBlock(uint32_t idx, unsigned order) {
 }
 
 uint64_t Zone::DrainAllPcp() {
-  if (!pcp_->enabled()) return 0;
+  if (!pcp_enabled_) return 0;
   uint64_t pages = 0;
   uint32_t out[1024];
   for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {

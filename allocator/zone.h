@@ -9,7 +9,7 @@
 //                 thread holds at most one zone lock at a time; no other lock is taken under it.
 //   pcp_          lock-free per-CPU rings (per_cpu_pages.h): the alloc/free fast path for orders
 //                 0..3 takes no lock at all.
-//   free_pages_, nr_free_  atomic mirrors of the buddy's counts, published under lock_ after
+//   free_pages_, nonempty_orders_  atomic mirrors of the buddy's counts, published under lock_ after
 //                 every change and read without it by the watermark check (the kernel reads
 //                 NR_FREE_PAGES and free_area[].nr_free locklessly the same way).
 //   Watermarks and lowmem_reserve are set once before the zone is used, then read-only.
@@ -70,17 +70,30 @@ class Zone {
   // `highest` (that selects the lowmem_reserve entry).
   bool WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned alloc_flags) const;
 
+  // The allocation fast path's watermark check: order <= 3, ALLOC_WMARK_LOW, no reserve
+  // discounts. Reads two atomics; no copying.
+  bool FastWatermarkOk(unsigned order, ZoneType highest) const {
+    const uint64_t free = free_pages_.load(std::memory_order_relaxed);
+    return free > wmark_.low + lowmem_reserve_[highest] + ((uint64_t{1} << order) - 1) &&
+           (order == 0 || (nonempty_orders_.load(std::memory_order_relaxed) >> order) != 0);
+  }
+  // A block from the current CPU's list, or false (empty, or the lists are off): no lock.
+  bool PcpPop(unsigned order, uint32_t* idx) { return pcp_enabled_ && pcp_->Pop(order, idx); }
+
   // rmqueue(): a free block of `order`, or nullopt. Orders 0..3 come from the current CPU's list
   // (refilled from the buddy in one lock hold when empty); larger orders from the buddy.
   // The returned block belongs to the caller, who overwrites its head state (left PG_pcp or 0).
   std::optional<uint32_t> Rmqueue(unsigned order);
   // Takes back a block the caller has claimed by moving its head state to FreeState(order):
   // onto the current CPU's list, draining a batch to the buddy first when the list is at high.
-  void FreeBlock(uint32_t idx, unsigned order);
+  void FreeBlock(uint32_t idx, unsigned order) {
+    if (pcp_allowed_order(order) && pcp_enabled_ && pcp_->Push(order, idx)) [[likely]] return;
+    FreeBlockSlow(idx, order);
+  }
   // The head state a block must carry when handed to FreeBlock(): PagePcp for orders the per-CPU
   // lists take (so the block never looks allocated, nor mergeable, while on a list), else 0.
   uint64_t FreeState(unsigned order) const {
-    return pcp_allowed_order(order) && pcp_->enabled() ? PageState::Pcp(order) : 0;
+    return pcp_allowed_order(order) && pcp_enabled_ ? PageState::Pcp(order) : 0;
   }
   // The buddy-only path (pcp bypassed), used for non-pcp orders and as the fallback.
   std::optional<uint32_t> RmqueueBuddy(unsigned order);
@@ -96,6 +109,7 @@ class Zone {
 
  private:
   void PublishLocked();  // copies buddy counts into the lock-free mirrors
+  void FreeBlockSlow(uint32_t idx, unsigned order);
   std::optional<uint32_t> RefillAndTake(unsigned order);
   void DrainBatch(unsigned order);
   void FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order);
@@ -109,8 +123,9 @@ class Zone {
   mutable std::mutex lock_;
   Buddy buddy_;  // guarded by lock_
   std::atomic<uint64_t> free_pages_{0};
-  std::array<std::atomic<uint64_t>, kMaxNrOrders> nr_free_{};
+  std::atomic<uint32_t> nonempty_orders_{0};  // bit o: free_area[o] has a block
   std::unique_ptr<PerCpuPages> pcp_;
+  bool pcp_enabled_ = false;  // pcp_->enabled(), cached: read on every fast-path call
 };
 
 }  // namespace physmem

@@ -124,10 +124,10 @@ void ReportPairs(benchmark::State& state, int64_t pairs_per_iteration, long faul
 
 // In a multi-threaded run, pins thread i to the i-th allowed CPU (modulo their number) for its
 // lifetime, then restores the thread's CPU mask (thread 0 is the main thread, which runs the next
-// benchmark too). Why: left alone, the scheduler kept two benchmark threads on one CPU for a whole
-// repetition in about a third of the repetitions here (seen with sched_getcpu() samples), for the
-// no-allocation control as much as for any allocator; the 2-thread numbers then measured that
-// placement, not the allocators. With 4 threads, two share each CPU by construction.
+// benchmark too). Why: left alone, the scheduler often kept two benchmark threads on one CPU for
+// most of a repetition (sched_getcpu() samples: 8 of 12 repetitions of the no-allocation control,
+// 1 of 12 of physmem), and the 2-thread numbers then measured that placement, not the allocators.
+// With 4 threads, two share each CPU by construction.
 class ScopedPinThread {
  public:
   explicit ScopedPinThread(const benchmark::State& state) {
