@@ -4,6 +4,8 @@
 #include "absl/strings/str_format.h"
 #include "server/log.h"
 
+#include <random>
+
 namespace physmem {
 namespace {
 
@@ -13,8 +15,19 @@ SteadyClock::rep DeadlineIn(int64_t ms) {
 
 }  // namespace
 
+namespace {
+
+uint64_t NewBootNonce() {
+  std::random_device rd;
+  uint64_t n = 0;
+  while (n == 0) n = rd() & 0x7fffffffu;  // 31 bits: ids stay positive as int64 too
+  return n << 32;
+}
+
+}  // namespace
+
 LeaseTable::LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed)
-    : pa_(pa), limits_(limits), on_pages_freed_(std::move(on_pages_freed)) {}
+    : pa_(pa), limits_(limits), on_pages_freed_(std::move(on_pages_freed)), boot_nonce_(NewBootNonce()) {}
 
 LeaseTable::~LeaseTable() { StopReaper(); }
 
@@ -41,10 +54,11 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
     return absl::ResourceExhaustedError(absl::StrFormat(
         "identity %s already holds %d leases, the limit (--max_leases_per_identity)", identity, count));
   }
-  // Ids double as 32-bit allocator owner ids: skip 0 and ids still in use after a wrap.
-  uint32_t id = next_id_;
-  while (id == 0 || leases_.contains(id)) ++id;
-  next_id_ = id + 1;
+  // The low 32 bits double as allocator owner ids: skip 0 and numbers still in use after a wrap.
+  uint32_t n = next_id_;
+  while (n == 0 || leases_.contains(boot_nonce_ | n)) ++n;
+  next_id_ = n + 1;
+  const uint64_t id = boot_nonce_ | n;
   auto lease = std::make_shared<Lease>(id, identity, name, ttl_ms, quota);
   lease->deadline.store(DeadlineIn(ttl_ms));
   leases_[id] = lease;
@@ -60,7 +74,8 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(uint64_t id, const std::
     auto it = leases_.find(id);
     if (it != leases_.end()) lease = it->second;
   }
-  if (lease == nullptr) {
+  // An expired lease the reaper has not collected yet (it runs every 20 ms) is already gone.
+  if (lease == nullptr || lease->expired()) {
     return absl::NotFoundError(absl::StrFormat("lease %d not found (never created, expired, or revoked)", id));
   }
   if (lease->identity != identity) {
@@ -74,7 +89,7 @@ absl::StatusOr<int64_t> LeaseTable::Renew(uint64_t id, const std::string& identi
   if (!lease.ok()) return lease.status();
   // A lease the reaper has already claimed stays dead: renewal cannot resurrect it.
   std::lock_guard<std::mutex> l((*lease)->mu);
-  if ((*lease)->dead) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
+  if ((*lease)->dead || (*lease)->expired()) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
   (*lease)->deadline.store(DeadlineIn((*lease)->granted_ttl_ms));
   return (*lease)->granted_ttl_ms;
 }

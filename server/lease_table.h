@@ -51,7 +51,9 @@ class Lease {
   Lease(uint64_t id, std::string identity, std::string name, int64_t ttl_ms, uint64_t quota)
       : id(id), identity(std::move(identity)), name(std::move(name)), granted_ttl_ms(ttl_ms), page_quota(quota) {}
 
+  // The allocator's 32-bit owner id: the low half of the lease id (the high half is the boot nonce).
   uint32_t owner() const { return static_cast<uint32_t>(id); }
+  bool expired() const { return deadline.load() <= SteadyClock::now().time_since_epoch().count(); }
 
   const uint64_t id;
   const std::string identity;
@@ -121,6 +123,9 @@ class LeaseTable {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
   absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_
   uint32_t next_id_ = 1;                                            // guarded by mu_
+  // Random per daemon start, the high 32 bits of every lease id: a client that outlived a daemon
+  // restart cannot renew or use a new lease that happens to reuse its old number.
+  const uint64_t boot_nonce_;
 
   std::mutex reaper_mu_;
   std::condition_variable reaper_cv_;

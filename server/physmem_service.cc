@@ -196,7 +196,9 @@ grpc::ServerUnaryReactor* PhysMemService::ListLeases(grpc::CallbackServerContext
 std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v1::Allocation* out) {
   Lease& lease = *call.lease;
   std::lock_guard<std::mutex> l(lease.mu);
-  if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  if (lease.dead || lease.expired()) {
+    return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  }
   if (!call.key.empty()) {
     if (auto it = lease.keys.find(call.key); it != lease.keys.end()) {
       const LeaseBlock& b = lease.blocks.at(it->second);
@@ -502,7 +504,10 @@ grpc::ServerUnaryReactor* PhysMemService::Kunmap(grpc::CallbackServerContext* ct
 
 grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContext* ctx,
                                                       const v1::GetZoneInfoRequest*, v1::GetZoneInfoResponse* resp) {
+  // One snapshot for both the structured zones and the buddyinfo text, so they agree.
+  std::string buddyinfo;
   for (const ZoneStats& z : pa_->Stats()) {
+    if (z.populated) buddyinfo += FormatBuddyinfoLine(z) + "\n";
     v1::ZoneInfo* zi = resp->add_zones();
     zi->set_zone(std::string(zone_name(z.type)));
     zi->set_populated(z.populated);
@@ -532,7 +537,7 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
       ps->set_drains(c.drains);
     }
   }
-  resp->set_buddyinfo(pa_->Buddyinfo());
+  resp->set_buddyinfo(buddyinfo);
   return Reply(ctx, absl::OkStatus());
 }
 

@@ -1045,6 +1045,34 @@ TEST(DaemonSocket, IsCreatedWithMode0660AndAStaleOneIsReplaced) {
   EXPECT_THAT(first.log(), HasSubstr("event=stale_socket_removed"));
 }
 
+TEST(DaemonRestart, LeaseIdsAreNeverReusedAcrossRestarts) {
+  // A client that outlived a restart must not renew (or free into) a new lease that reuses its
+  // old number: ids carry a per-boot nonce.
+  testing::DaemonProcess d({"--mem_mb=64"});
+  auto lease_of = [&] {
+    auto stub = Connect(d.unix_target());
+    v1::CreateLeaseRequest r;
+    r.set_ttl_ms(60000);
+    v1::CreateLeaseResponse resp;
+    Ctx ctx;
+    EXPECT_TRUE(stub->CreateLease(&ctx, r, &resp).ok());
+    return resp.lease_id();
+  };
+  ASSERT_TRUE(d.Start()) << d.log();
+  const uint64_t before = lease_of();
+  d.Stop();
+  ASSERT_TRUE(d.Start()) << d.log();
+  const uint64_t after = lease_of();
+  EXPECT_NE(before, after);
+  EXPECT_EQ(before & 0xffffffffu, after & 0xffffffffu) << "same counter, different boot";
+  auto stub = Connect(d.unix_target());
+  v1::KeepAliveRequest r;
+  r.set_lease_id(before);
+  v1::KeepAliveResponse resp;
+  Ctx ctx;
+  EXPECT_EQ(stub->RenewLease(&ctx, r, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST(DaemonFlags, PlaintextTcpNeedsAnExplicitFlag) {
   testing::DaemonProcess d({"--tcp=127.0.0.1:0"});
   EXPECT_FALSE(d.Start());
