@@ -10,6 +10,7 @@
 //   ./build-bench/rpc_bench [--seconds=5] [--threads=4] [--bulk=4096]
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -168,28 +169,41 @@ int Main(int argc, char** argv) {
   std::printf("rpc_bench: %d client threads, %.1f s per workload, %d CPUs, arena %s\n", cfg.threads, cfg.seconds,
               static_cast<int>(std::thread::hardware_concurrency()),
               std::string(ArenaBackingName((*server)->allocator().arena().backing())).c_str());
-  const Result nop = Run(cfg, target, NopPair);
-  const Result af = Run(cfg, target, AllocFreePair);
-  const Result nop2 = Run(cfg, target, NopPair);  // again, to see the noise
+  // Interleaved rounds, medians reported: this machine's noise drifts over seconds, and
+  // alternating the workloads spreads the drift over both sides of the ratio.
+  constexpr int kRounds = 3;
+  std::vector<double> nop, af, bulk;
+  uint64_t errors = 0;
   const uint32_t n = cfg.bulk;
-  const Result bulk = Run(cfg, target, [n](PhysMem::Stub* s, uint64_t l) {
-    // Each thread's own lease and page count, replaced as BulkAlloc revokes it.
-    thread_local uint64_t lease = 0, held = 0;
-    if (lease == 0) lease = l;
-    return BulkAlloc(s, &lease, &held, n);
-  });
-  const double nop_best = std::max(nop.pairs_per_s, nop2.pairs_per_s);
-
-  std::printf("\n| workload | pairs/s | µs per pair | vs Nop+Nop |\n|---|---|---|---|\n");
-  std::printf("| Nop + Nop (run 1) | %.0f | %.1f | 1.00 |\n", nop.pairs_per_s, 1e6 / nop.pairs_per_s);
-  std::printf("| Nop + Nop (run 2) | %.0f | %.1f | %.2f |\n", nop2.pairs_per_s, 1e6 / nop2.pairs_per_s,
-              nop.pairs_per_s / nop2.pairs_per_s);
-  std::printf("| AllocPages + FreePages (order 0) | %.0f | %.1f | %.2f (+%.1f%%) |\n", af.pairs_per_s,
-              1e6 / af.pairs_per_s, nop_best / af.pairs_per_s, 100.0 * (nop_best / af.pairs_per_s - 1));
-  std::printf("| AllocPagesBulk(%u) | %.0f calls/s | %.1f per call | %.2f M pages/s |\n", n,
-              bulk.pairs_per_s, 1e6 / bulk.pairs_per_s, bulk.units_per_s / 1e6);
-  std::printf("\nerrors: nop %lu, alloc_free %lu, bulk %lu\n", static_cast<unsigned long>(nop.errors + nop2.errors),
-              static_cast<unsigned long>(af.errors), static_cast<unsigned long>(bulk.errors));
+  for (int r = 0; r < kRounds; ++r) {
+    const Result a = Run(cfg, target, NopPair);
+    const Result b = Run(cfg, target, AllocFreePair);
+    const Result c = Run(cfg, target, [n](PhysMem::Stub* s, uint64_t l) {
+      // Each thread's own lease and page count, replaced as BulkAlloc revokes it.
+      thread_local uint64_t lease = 0, held = 0;
+      if (lease == 0) lease = l;
+      return BulkAlloc(s, &lease, &held, n);
+    });
+    nop.push_back(a.pairs_per_s);
+    af.push_back(b.pairs_per_s);
+    bulk.push_back(c.units_per_s);
+    errors += a.errors + b.errors + c.errors;
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  auto spread = [](const std::vector<double>& v) {
+    return 100.0 * (*std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end()) - 1);
+  };
+  const double nop_m = median(nop), af_m = median(af), bulk_m = median(bulk);
+  std::printf("\nmedian of %d interleaved rounds (spread = max/min - 1 over the rounds)\n\n", kRounds);
+  std::printf("| workload | rate | µs per pair | vs Nop + Nop | spread |\n|---|---|---|---|---|\n");
+  std::printf("| Nop + Nop | %.0f pairs/s | %.1f | 1.00 | %.0f%% |\n", nop_m, 1e6 / nop_m, spread(nop));
+  std::printf("| AllocPages + FreePages (order 0) | %.0f pairs/s | %.1f | %.2f (%+.1f%% per call) | %.0f%% |\n", af_m,
+              1e6 / af_m, nop_m / af_m, 100.0 * (nop_m / af_m - 1), spread(af));
+  std::printf("| AllocPagesBulk(%u) | %.2f M pages/s | | | %.0f%% |\n", n, bulk_m / 1e6, spread(bulk));
+  std::printf("\nerrors: %lu\n", static_cast<unsigned long>(errors));
   (*server)->Shutdown();
   std::filesystem::remove_all(dir);
   return 0;
