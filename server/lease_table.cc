@@ -67,15 +67,20 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
   return lease;
 }
 
-absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(uint64_t id, const std::string& identity) const {
+absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(uint64_t id, const std::string& identity) {
   std::shared_ptr<Lease> lease;
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = leases_.find(id);
     if (it != leases_.end()) lease = it->second;
   }
-  // An expired lease the reaper has not collected yet (it runs every 20 ms) is already gone.
-  if (lease == nullptr || lease->expired()) {
+  // An expired lease the reaper has not collected yet (it runs every 20 ms) is gone: collect it
+  // now, so that its pages are back before anyone hears it is gone.
+  if (lease != nullptr && lease->expired()) {
+    ExpireDue();
+    lease = nullptr;
+  }
+  if (lease == nullptr) {
     return absl::NotFoundError(absl::StrFormat("lease %d not found (never created, expired, or revoked)", id));
   }
   if (lease->identity != identity) {

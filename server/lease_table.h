@@ -89,7 +89,9 @@ class LeaseTable {
                                                 const std::string& name);
   // NOT_FOUND if the lease does not exist (never did, expired, revoked); PERMISSION_DENIED if it
   // belongs to another identity.
-  absl::StatusOr<std::shared_ptr<Lease>> Find(uint64_t id, const std::string& identity) const;
+  // A lease whose TTL has passed is reclaimed here if the reaper has not got to it yet, so that
+  // "not found" always means its pages are already back.
+  absl::StatusOr<std::shared_ptr<Lease>> Find(uint64_t id, const std::string& identity);
   // Renews for the lease's full TTL; returns it in ms.
   absl::StatusOr<int64_t> Renew(uint64_t id, const std::string& identity);
   // Ends the lease now; returns the pages freed.

@@ -42,15 +42,7 @@ ClientOptions OptionsFor(const DaemonProcess& d) {
 
 std::string Uid() { return "uid:" + std::to_string(::getuid()); }
 
-// Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
-bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return done();
-}
+using physmem::testing::Eventually;
 
 class ClientTest : public ::testing::Test {
  protected:

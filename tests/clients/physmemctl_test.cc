@@ -145,14 +145,7 @@ std::optional<std::vector<std::string>> FullMatch(const std::string& pattern, co
   return groups;
 }
 
-bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return done();
-}
+using physmem::testing::Eventually;
 
 class CtlTest : public ::testing::Test {
  protected:
