@@ -515,6 +515,10 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
 // ---------------------------------------------------------------------------------------------
 // The bad-input matrix.
 
+// The response type of a unary stub method, for the bad-input matrix's generic caller.
+template <typename Req, typename Resp>
+std::type_identity<Resp*> ResponseOf(grpc::Status (PhysMem::Stub::*)(grpc::ClientContext*, const Req&, Resp*));
+
 struct BadCase {
   std::string name;
   grpc::StatusCode code;
@@ -627,44 +631,28 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       return stub_->PageAddress(&ctx, r, &resp);
     };
   };
+  // One unary call with a prepared request, made when the case runs.
+  auto rpc = [this](auto method, auto req) -> std::function<grpc::Status()> {
+    return [this, method, req] {
+      typename std::remove_pointer_t<typename decltype(ResponseOf(method))::type> resp;
+      Ctx ctx;
+      return (stub_.get()->*method)(&ctx, req, &resp);
+    };
+  };
   auto create = [&](int64_t ttl, uint64_t quota, std::string name) {
-    return [=, this] {
-      v1::CreateLeaseRequest r;
-      r.set_ttl_ms(ttl);
-      r.set_page_quota(quota);
-      r.set_name(name);
-      v1::CreateLeaseResponse resp;
-      Ctx ctx;
-      return stub_->CreateLease(&ctx, r, &resp);
-    };
+    v1::CreateLeaseRequest r;
+    r.set_ttl_ms(ttl);
+    r.set_page_quota(quota);
+    r.set_name(name);
+    return rpc(&PhysMem::Stub::CreateLease, r);
   };
-  auto renew = [&](uint64_t l) {
-    return [=, this] {
-      v1::KeepAliveRequest r;
-      r.set_lease_id(l);
-      v1::KeepAliveResponse resp;
-      Ctx ctx;
-      return stub_->RenewLease(&ctx, r, &resp);
-    };
+  auto with_lease = [](auto req, uint64_t l) {
+    req.set_lease_id(l);
+    return req;
   };
-  auto revoke = [&](uint64_t l) {
-    return [=, this] {
-      v1::RevokeLeaseRequest r;
-      r.set_lease_id(l);
-      v1::RevokeLeaseResponse resp;
-      Ctx ctx;
-      return stub_->RevokeLease(&ctx, r, &resp);
-    };
-  };
-  auto get = [&](uint64_t l) {
-    return [=, this] {
-      v1::GetLeaseRequest r;
-      r.set_lease_id(l);
-      v1::LeaseInfo resp;
-      Ctx ctx;
-      return stub_->GetLease(&ctx, r, &resp);
-    };
-  };
+  auto renew = [&](uint64_t l) { return rpc(&PhysMem::Stub::RenewLease, with_lease(v1::KeepAliveRequest(), l)); };
+  auto revoke = [&](uint64_t l) { return rpc(&PhysMem::Stub::RevokeLease, with_lease(v1::RevokeLeaseRequest(), l)); };
+  auto get = [&](uint64_t l) { return rpc(&PhysMem::Stub::GetLease, with_lease(v1::GetLeaseRequest(), l)); };
   using C = grpc::StatusCode;
   const uint64_t lowmem_virt = 0xC0000000u;
   const std::vector<BadCase> cases = {
