@@ -875,9 +875,7 @@ TEST_F(SmallDaemon, ExpiredLeaseGivesItsPagesBackWithinTtlPlusOneSecond) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(Census().allocated_pages(), 500u);
-  while (Census().allocated_pages() != 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  testing::Eventually(std::chrono::seconds(3), [&] { return Census().allocated_pages() == 0; });
   EXPECT_EQ(Census().allocated_pages(), 0u);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2000));
   EXPECT_THAT(daemon_->log(), HasSubstr("event=lease_expired lease=" + std::to_string(lease)));
@@ -947,9 +945,7 @@ TEST_F(SmallDaemon, KilledClientsPagesComeBackWithinTtlPlusOneSecond) {
   waitpid(child, nullptr, 0);
   fclose(f);
   const auto t0 = std::chrono::steady_clock::now();
-  while (Census().allocated_pages() != 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  testing::Eventually(std::chrono::seconds(3), [&] { return Census().allocated_pages() == 0; });
   EXPECT_EQ(Census().allocated_pages(), 0u);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2000));
 }
