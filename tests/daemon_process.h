@@ -57,8 +57,9 @@ class DaemonProcess {
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
 
-  // Starts the daemon and waits (up to 20 s) until it accepts connections. False on failure; the
-  // reason is in log().
+  // Starts the daemon and waits (up to 20 s) until it accepts connections and has logged its
+  // "started" line (which carries the TCP port, written after the Unix socket already accepts).
+  // False on failure; the reason is in log().
   bool Start() {
     std::vector<std::string> argv = {PHYSMEMD_BINARY, "--unix_socket=" + socket_, "--arena=ordinary"};
     if (tcp_) {
@@ -81,7 +82,7 @@ class DaemonProcess {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
       if (!Running()) return false;
-      if (Connectable() && (!tcp_ || tcp_port() != 0)) return true;
+      if (Connectable() && Started()) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
@@ -127,6 +128,8 @@ class DaemonProcess {
   std::string unix_target() const { return "unix://" + socket_; }
   pid_t pid() const { return pid_; }
   std::optional<int> exit_status() const { return exit_status_; }
+
+  bool Started() const { return log().find("event=started") != std::string::npos; }
 
   // The TCP port from the daemon's "started" log line (tcp=<port>), or 0.
   int tcp_port() const {
