@@ -19,19 +19,21 @@ const Segment& Buddy::segment_of(uint32_t idx) const {
 }
 
 void Buddy::FreeAllRam() {
+  for (const Segment& seg : segments_) FreeRange(seg, seg.start_pfn, seg.end_pfn);
+}
+
+void Buddy::FreeRange(const Segment& seg, uint64_t start_pfn, uint64_t end_pfn) {
   const unsigned max_order = nr_orders_ - 1;
-  for (const Segment& seg : segments_) {
-    uint64_t pfn = seg.start_pfn;
-    while (pfn < seg.end_pfn) {
-      // The largest order at which pfn is aligned (countr_zero(0) = 64) and the block still fits.
-      unsigned order = std::min<unsigned>(std::countr_zero(pfn), max_order);
-      while (pfn + (uint64_t{1} << order) > seg.end_pfn) --order;
-      const uint32_t idx = seg.index_of(pfn);
-      mem_map_.page(idx).state.store(PageState::Buddy(order), std::memory_order_relaxed);
-      AddToFreeList(idx, order, /*to_tail=*/true);
-      free_pages_ += uint64_t{1} << order;
-      pfn += uint64_t{1} << order;
-    }
+  uint64_t pfn = start_pfn;
+  while (pfn < end_pfn) {
+    // The largest order at which pfn is aligned (countr_zero(0) = 64) and the block still fits.
+    unsigned order = std::min<unsigned>(std::countr_zero(pfn), max_order);
+    while (pfn + (uint64_t{1} << order) > end_pfn) --order;
+    const uint32_t idx = seg.index_of(pfn);
+    mem_map_.page(idx).state.store(PageState::Buddy(order), std::memory_order_relaxed);
+    AddToFreeList(idx, order, /*to_tail=*/true);
+    free_pages_ += uint64_t{1} << order;
+    pfn += uint64_t{1} << order;
   }
 }
 

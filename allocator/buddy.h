@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "allocator/mem_map.h"
@@ -36,6 +37,13 @@ class Buddy {
   // Puts all of the zone's RAM on the free lists as maximal aligned blocks (the kernel's
   // memblock hand-over: __free_pages_core() with FPI_TO_TAIL). Writes only block heads.
   void FreeAllRam();
+
+  // Crash recovery (allocator/restore.cc): empties the free lists, then frees, as maximal aligned
+  // blocks, every page of the zone outside `allocated` (page index and order of each allocated
+  // block, ascending, non-overlapping, each inside one segment). One pass over the zone: the
+  // greedy split of each free gap is already the fully merged buddy state, because a block the
+  // greedy walk stops short of merging always borders an allocated page or a segment end.
+  void RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& allocated);
 
   // __rmqueue_smallest(): the first block of the smallest order >= `order` that is free, split
   // down to `order`. Returns the head's page index, or nullopt if no block is large enough.
@@ -67,6 +75,8 @@ class Buddy {
   };
 
   void AddToFreeList(uint32_t idx, unsigned order, bool to_tail);
+  // Frees [start_pfn, end_pfn) of `seg` as maximal aligned blocks, appended in pfn order.
+  void FreeRange(const Segment& seg, uint64_t start_pfn, uint64_t end_pfn);
   void DelFromFreeList(uint32_t idx, unsigned order);
   // buddy_merge_likely(): is the next-order buddy of the block at `pfn` free, so that this block
   // will probably merge soon and should stay cold at the tail?

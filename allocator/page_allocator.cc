@@ -271,6 +271,11 @@ absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t ow
 }
 
 absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner) {
+  return FreePfn(pfn, order, owner, nullptr);
+}
+
+absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner,
+                                    const std::function<absl::Status()>& commit) {
   if (order >= target_.nr_page_orders()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order));
@@ -282,7 +287,7 @@ absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner
         "pfn %#x is not aligned to order %u (an order-%u block starts at a multiple of %u)", pfn, order, order,
         1u << order));
   }
-  return FreeBlock(*page, order, owner);
+  return FreeBlock(*page, order, owner, commit ? &commit : nullptr);
 }
 
 absl::Status PageAllocator::free_pages(uint64_t addr, unsigned order, uint32_t owner) {
@@ -292,7 +297,8 @@ absl::Status PageAllocator::free_pages(uint64_t addr, unsigned order, uint32_t o
   return FreePfn(page_to_pfn(*page), order, owner);
 }
 
-absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner) {
+absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner,
+                                      const std::function<absl::Status()>* commit) {
   const uint32_t idx = mem_map_->index_of(page);
   const ZoneType zt = ZoneOfIndex(idx);
   Zone* zn = zone(zt);
@@ -321,6 +327,12 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
       page->state.store(word, std::memory_order_release);  // un-claim: the block stays allocated
       return absl::FailedPreconditionError(absl::StrFormat(
           "block at pfn %#x still has %u kmap()ed page(s); kunmap them before freeing", page_to_pfn(page), mapped));
+    }
+  }
+  if (commit != nullptr) {
+    if (absl::Status s = (*commit)(); !s.ok()) {
+      page->state.store(word, std::memory_order_release);  // un-claim, as above
+      return s;
     }
   }
   if (PageState::Unpack(word).flags & PG_head) {

@@ -29,6 +29,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,6 +59,14 @@ struct PageAllocatorOptions {
   uint32_t pcp_batch = 0;   // 0: zone_batchsize()
   uint32_t pcp_high = 0;    // 0: zone_highsize()
   int nr_cpus = 0;          // 0: the machine's possible CPUs
+};
+
+// One allocated block to restore after a crash (RestoreAllocated()).
+struct RestoredBlock {
+  uint64_t pfn = 0;
+  unsigned order = 0;
+  uint32_t owner = kNoOwner;
+  bool compound = false;  // allocated with __GFP_COMP: tails carry PG_tail
 };
 
 // What Validate() counted, for tests that check the books balance.
@@ -108,10 +117,23 @@ class PageAllocator {
   // largest free order, min watermark and lowmem_reserve. For error messages.
   std::string ExplainAllocFailure(gfp_t gfp) const;
   absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner);
+  // The same, calling `commit` once the free is certain (every check passed, the block claimed)
+  // and before the block can be handed out again. If commit fails the block stays allocated and
+  // its status is returned. The server's journal records the free there (server/journal.h).
+  absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner, const std::function<absl::Status()>& commit);
   absl::StatusOr<Page*> PfnToPage(uint64_t pfn) const;  // OUT_OF_RANGE for holes / beyond RAM
   absl::StatusOr<Page*> VirtToPage(uint64_t addr) const;
   // The allocated block that contains pfn (its head), whoever owns it; nullptr if pfn is free.
   Page* AllocatedBlockContaining(uint64_t pfn) const;
+
+  // ---- Crash recovery (allocator/restore.cc). ----
+  // On an allocator that has handed out nothing yet, marks `blocks` allocated to their owners and
+  // rebuilds every zone's buddy lists from the rest in one pass (no allocation-by-allocation
+  // replay). Every block must be a valid, aligned block of RAM inside one zone, owned (owner !=
+  // 0), and no two may overlap; otherwise DATA_LOSS names the first bad block and nothing
+  // changes. FAILED_PRECONDITION if anything is allocated or on a per-CPU list already.
+  // `blocks` is sorted in place. Not thread-safe: call before serving.
+  absl::Status RestoreAllocated(std::vector<RestoredBlock>& blocks);
 
   // ---- Translation. ----
   uint64_t page_to_pfn(const Page* page) const { return mem_map_->index_to_pfn(mem_map_->index_of(page)); }
@@ -143,7 +165,8 @@ class PageAllocator {
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;
-  absl::Status FreeBlock(Page* page, unsigned order, uint32_t owner);
+  absl::Status FreeBlock(Page* page, unsigned order, uint32_t owner,
+                         const std::function<absl::Status()>* commit = nullptr);
   absl::Status DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
   std::optional<uint32_t> FindAllocatedHead(uint32_t idx) const;
 

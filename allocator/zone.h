@@ -99,6 +99,11 @@ class Zone {
   std::optional<uint32_t> RmqueueBuddy(unsigned order);
   void FreeToBuddy(uint32_t idx, unsigned order);
 
+  // Crash recovery (allocator/restore.cc): on a zone that has served nothing yet, rebuilds the
+  // buddy lists around `allocated` (page index, order; ascending). The caller writes the
+  // allocated blocks' head states.
+  void RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& allocated);
+
   // drain_all_pages(zone): returns every CPU's listed blocks to the buddy. Returns pages moved.
   uint64_t DrainAllPcp();
 

@@ -61,6 +61,8 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
   const uint64_t id = boot_nonce_ | n;
   auto lease = std::make_shared<Lease>(id, identity, name, ttl_ms, quota);
   lease->deadline.store(DeadlineIn(ttl_ms));
+  // Journaled before the lease can be found (or listed), so its allocations come after it.
+  if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline.load());
   leases_[id] = lease;
   ++count;
   counters_.created.fetch_add(1, std::memory_order_relaxed);
@@ -96,6 +98,7 @@ absl::StatusOr<int64_t> LeaseTable::Renew(uint64_t id, const std::string& identi
   std::lock_guard<std::mutex> l((*lease)->mu);
   if ((*lease)->dead || (*lease)->expired()) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
   (*lease)->deadline.store(DeadlineIn((*lease)->granted_ttl_ms));
+  if (journal_) journal_->LeaseRenewed(id, (*lease)->deadline.load());
   return (*lease)->granted_ttl_ms;
 }
 
@@ -124,6 +127,8 @@ absl::StatusOr<uint64_t> LeaseTable::Revoke(uint64_t id, const std::string& iden
 
 uint64_t LeaseTable::End(const std::shared_ptr<Lease>& lease) {
   std::lock_guard<std::mutex> l(lease->mu);
+  // Journaled before any page is freed: once a page can go to another lease, replay knows it left.
+  if (journal_ && !lease->dead) journal_->LeaseEnded(lease->id);
   lease->dead = true;
   uint64_t pages = 0;
   for (const auto& [pfn, block] : lease->blocks) {

@@ -25,6 +25,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "allocator/page_allocator.h"
+#include "server/journal.h"
 
 namespace physmem {
 
@@ -107,6 +108,15 @@ class LeaseTable {
   void StartReaper();
   void StopReaper();
 
+  // Crash recovery (server/recovery.cc). set_journal: every later change is journaled before
+  // it is acknowledged (see server/journal.h). Restore: before serving, adopts recovered leases
+  // and the id space they came from.
+  void set_journal(Journal* journal) { journal_ = journal; }
+  Journal* journal() const { return journal_; }
+  void Restore(uint64_t boot_nonce, uint32_t next_id, std::vector<std::shared_ptr<Lease>> leases);
+  uint64_t boot_nonce() const;
+  uint32_t next_id() const;
+
   static int64_t RemainingMs(const Lease& l);
   const LeaseLimits& limits() const { return limits_; }
   const LeaseCounters& counters() const { return counters_; }
@@ -127,7 +137,8 @@ class LeaseTable {
   uint32_t next_id_ = 1;                                            // guarded by mu_
   // Random per daemon start, the high 32 bits of every lease id: a client that outlived a daemon
   // restart cannot renew or use a new lease that happens to reuse its old number.
-  const uint64_t boot_nonce_;
+  uint64_t boot_nonce_;  // guarded by mu_ (set at construction, or by Restore before serving)
+  Journal* journal_ = nullptr;  // null: no journal (anonymous arena, --journal=off)
 
   std::mutex reaper_mu_;
   std::condition_variable reaper_cv_;

@@ -33,6 +33,11 @@ ABSL_FLAG(uint64_t, max_lease_pages, 0, "most pages one lease may hold (0: all o
 ABSL_FLAG(uint32_t, max_leases_per_identity, 1024, "most leases one identity may hold at once");
 ABSL_FLAG(uint32_t, max_bulk_pages, 65536, "most pages in one AllocPagesBulk, blocks in one FreePagesBulk");
 ABSL_FLAG(int64_t, max_alloc_wait_ms, 10000, "longest wait for memory by a blocking mask (GFP_KERNEL)");
+ABSL_FLAG(std::string, journal, "auto",
+          "crash recovery journal: auto (on with --arena_path), on, off (docs/recovery.md)");
+ABSL_FLAG(std::string, journal_path, "", "journal file prefix (default: <arena_path>.journal)");
+ABSL_FLAG(uint64_t, journal_compact_bytes, 32ull << 20, "compact the journal when its live segment passes this");
+ABSL_FLAG(std::string, journal_test_crash_point, "", "tests only: SIGKILL the daemon at this compaction step");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
 
 namespace physmem {
@@ -71,6 +76,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.service_limits.max_bulk_pages = absl::GetFlag(FLAGS_max_bulk_pages);
   o.service_limits.max_alloc_wait_ms = absl::GetFlag(FLAGS_max_alloc_wait_ms);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.journal = absl::GetFlag(FLAGS_journal);
+  o.journal_path = absl::GetFlag(FLAGS_journal_path);
+  o.journal_compact_bytes = absl::GetFlag(FLAGS_journal_compact_bytes);
+  o.journal_test_crash_point = absl::GetFlag(FLAGS_journal_test_crash_point);
   return o;
 }
 

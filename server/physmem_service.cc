@@ -220,6 +220,10 @@ std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v
   Page* page = pa_->alloc_pages(call.gfp, call.order, lease.owner());
   if (page == nullptr) return std::nullopt;
   const uint64_t pfn = pa_->page_to_pfn(page);
+  if (Journal* j = leases_->journal()) {  // before the reply: see server/journal.cc
+    const JournalEntry e{pfn, static_cast<uint8_t>(call.order), (page->Load().flags & PG_head) != 0, call.key};
+    j->Allocated(lease.id, {&e, 1});
+  }
   LeaseBlock& b = lease.blocks[pfn];
   b = LeaseBlock{call.order, pa_->page_zonenum(page), call.key};
   if (!call.key.empty()) lease.keys[call.key] = pfn;
@@ -340,6 +344,11 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
     field->Reserve(static_cast<int>(got));
   }
   resp->mutable_zone()->Reserve(static_cast<int>(got));
+  if (Journal* j = leases_->journal()) {
+    std::vector<JournalEntry> entries(got);
+    for (unsigned i = 0; i < got; ++i) entries[i].pfn = pa_->page_to_pfn(pages[i]);
+    j->Allocated(l.id, entries);
+  }
   l.blocks.reserve(l.blocks.size() + got);
   const unsigned shift = pa_->target().page_shift;
   for (unsigned i = 0; i < got; ++i) {
@@ -381,7 +390,14 @@ absl::Status PhysMemService::FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsig
   }
   // The allocator checks everything (range, alignment, allocated, order, owner) and changes
   // nothing when it refuses; the lease's book follows only a successful free.
-  if (absl::Status s = pa_->FreePfn(pfn, order, lease.owner()); !s.ok()) return HideOtherOwner(s, pfn);
+  // With a journal, the free is recorded once it is certain and before the block can be reused.
+  Journal* j = leases_->journal();
+  absl::Status s = j == nullptr ? pa_->FreePfn(pfn, order, lease.owner())
+                                : pa_->FreePfn(pfn, order, lease.owner(), [j, &lease, pfn] {
+                                    j->Freed(lease.id, pfn);
+                                    return absl::OkStatus();
+                                  });
+  if (!s.ok()) return HideOtherOwner(s, pfn);
   auto it = lease.blocks.find(pfn);
   if (it != lease.blocks.end()) {
     if (!it->second.key.empty()) lease.keys.erase(it->second.key);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "server/log.h"
+#include "server/recovery.h"
 
 namespace physmem {
 namespace {
@@ -68,11 +69,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(ServerOptions opti
 }
 
 absl::Status Server::Start() {
-  absl::StatusOr<std::unique_ptr<PageAllocator>> pa = PageAllocator::Create(options_.allocator);
-  if (!pa.ok()) return pa.status();
-  pa_ = *std::move(pa);
-  waiters_ = std::make_unique<AllocWaiters>();
-  leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  if (absl::Status s = StartJournal(); !s.ok()) return s;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits);
 
@@ -117,6 +114,62 @@ absl::Status Server::Start() {
                       {"pcp", pa_->pcp_active() ? "rseq" : "off"},
                       {"unix", options_.unix_socket},
                       {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)}});
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartJournal() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string& arena_path = options_.allocator.arena_path;
+  if (options_.journal != "auto" && options_.journal != "on" && options_.journal != "off") {
+    return absl::InvalidArgumentError(absl::StrFormat("--journal=%s: expected auto, on or off", options_.journal));
+  }
+  if (options_.journal == "on" && arena_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--journal=on needs a file-backed arena (--arena_path on /dev/shm or hugetlbfs): an anonymous arena's "
+        "contents die with the process, so there would be nothing to recover into");
+  }
+  const bool on = options_.journal != "off" && !arena_path.empty();
+  JournalState state;
+  if (on) {
+    JournalOptions jo;
+    jo.path = options_.journal_path.empty() ? DefaultJournalPath(arena_path) : options_.journal_path;
+    jo.compact_bytes = options_.journal_compact_bytes;
+    jo.target_fingerprint = TargetFingerprint(options_.allocator.target);
+    jo.crash_point = options_.journal_test_crash_point;
+    absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(std::move(jo), &state);
+    if (!j.ok()) return j.status();
+    journal_ = *std::move(j);
+  }
+  const auto t_read = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<PageAllocator>> pa = PageAllocator::Create(options_.allocator);
+  if (!pa.ok()) return pa.status();
+  pa_ = *std::move(pa);
+  waiters_ = std::make_unique<AllocWaiters>();
+  leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  if (!on) return absl::OkStatus();
+  absl::StatusOr<RecoveryReport> report = RestoreFromJournal(state, pa_.get(), leases_.get());
+  if (!report.ok()) return report.status();
+  leases_->set_journal(journal_.get());
+  if (absl::Status s = journal_->Start(leases_->boot_nonce(), leases_->next_id()); !s.ok()) return s;
+  for (uint64_t id : report->expired) {
+    journal_->LeaseEnded(id);
+    LogInfo("lease_expired", {{"lease", id}, {"while", "daemon down"}});
+  }
+  const auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  const auto t_end = std::chrono::steady_clock::now();
+  LogInfo("recovered", {{"leases", report->leases},
+                        {"blocks", report->blocks},
+                        {"pages", report->pages},
+                        {"expired", report->expired.size()},
+                        {"records", state.records},
+                        {"journal_bytes", state.bytes},
+                        {"segments", state.segments},
+                        {"snapshot", state.from_snapshot ? "yes" : "no"},
+                        {"skipped_slots", state.skipped_slots},
+                        {"anomalies", state.anomalies},
+                        {"read_ms", absl::StrFormat("%.1f", ms(t_read - t0))},
+                        {"ms", absl::StrFormat("%.1f", ms(t_end - t0))},
+                        {"journal", journal_->path()}});
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include "allocator/page_allocator.h"
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
+#include "server/journal.h"
 #include "server/lease_table.h"
 #include "server/physmem_service.h"
 #include "server/unix_listener.h"
@@ -37,6 +38,11 @@ struct ServerOptions {
   ServiceLimits service_limits;
   int max_message_bytes = 64 << 20;
   int shutdown_grace_ms = 2000;      // how long in-flight calls (and idle connections) get on shutdown
+  // Crash recovery (server/journal.h, docs/recovery.md): "auto" = on with a file-backed arena.
+  std::string journal = "auto";      // auto, on, off
+  std::string journal_path;          // "" = DefaultJournalPath(arena_path)
+  uint64_t journal_compact_bytes = 32ull << 20;
+  std::string journal_test_crash_point;  // tests only: SIGKILL at a compaction step
 };
 
 class Server {
@@ -58,6 +64,9 @@ class Server {
   absl::Status Start();
 
   ServerOptions options_;
+  absl::Status StartJournal();  // recovery, before serving
+
+  std::unique_ptr<Journal> journal_;  // outlives the lease table, which appends to it
   std::unique_ptr<PageAllocator> pa_;
   PeerRegistry peers_;
   std::unique_ptr<AllocWaiters> waiters_;
