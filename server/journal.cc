@@ -490,6 +490,7 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Recover(JournalOptions options
       state->last_gen = sb->covers_gen;
     }
   }
+  const uint64_t snapshot_bytes = state->bytes;
   for (auto it = segments.begin(); it != segments.end();) {
     const auto& [gen, path] = *it;
     if (gen <= j->snapshot_gen_) {  // folded into the snapshot; left by a crash before the unlink
@@ -524,6 +525,8 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Recover(JournalOptions options
     ++it;
   }
   j->live_gen_ = state->last_gen;
+  // Segments past the threshold already: compact soon after Start().
+  j->compact_wanted_.store(state->bytes - snapshot_bytes > j->options_.compact_bytes);
   return j;
 }
 

@@ -423,7 +423,9 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     if (armed) {  // a quiet restart, armed to die at the next compaction step
       daemon->Kill(SIGKILL);
       daemon->WaitExit(std::chrono::seconds(10));
-      ASSERT_TRUE(start(true)) << daemon->log();
+      // It may even die during start-up, if its recovered journal is due for compaction at once.
+      const bool started = start(true);
+      ASSERT_TRUE(started || daemon->log().find("event=journal_test_crash") != std::string::npos) << daemon->log();
     }
   }
   uint64_t acked = 0, freed = 0, replayed = 0;
