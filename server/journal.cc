@@ -535,7 +535,7 @@ absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
   absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, 0);
   if (!seg.ok()) return seg.status();
   {
-    std::unique_lock<std::shared_mutex> l(switch_mu_);
+    absl::MutexLock l(&switch_mu_);
     live_ = *std::move(seg);
     live_gen_ = live_->gen;
   }
@@ -548,8 +548,7 @@ absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
 }
 
 uint64_t Journal::live_bytes() const {
-  auto* self = const_cast<Journal*>(this);
-  std::shared_lock<std::shared_mutex> l(self->switch_mu_);
+  absl::ReaderMutexLock l(&switch_mu_);
   return live_ ? std::min(live_->sb()->tail.load(std::memory_order_relaxed), live_->capacity) : 0;
 }
 
@@ -557,21 +556,24 @@ void Journal::Append(uint8_t type, const std::string& payload) {
   const uint32_t nslots = SlotsFor(payload.size());
   const uint64_t bytes = uint64_t{nslots} * kSlot;
   for (;;) {
-    std::shared_lock<std::shared_mutex> l(switch_mu_);
-    Segment* s = live_.get();
-    const uint64_t off = s->sb()->tail.fetch_add(bytes, std::memory_order_relaxed);
-    if (off + bytes <= s->capacity) {
-      WriteRecord(s->slots() + off, nslots, s->gen << 32 | off / kSlot, type, payload);
-      if (off + bytes > options_.compact_bytes && !compact_wanted_.exchange(true)) wake_cv_.notify_one();
-      return;
+    const Segment* full;
+    {
+      absl::ReaderMutexLock l(&switch_mu_);
+      Segment* s = live_.get();
+      const uint64_t off = s->sb()->tail.fetch_add(bytes, std::memory_order_relaxed);
+      if (off + bytes <= s->capacity) {
+        WriteRecord(s->slots() + off, nslots, s->gen << 32 | off / kSlot, type, payload);
+        if (off + bytes > options_.compact_bytes && !compact_wanted_.exchange(true)) wake_cv_.notify_one();
+        return;
+      }
+      full = s;
     }
-    l.unlock();
-    SwitchSegment(s, bytes);
+    SwitchSegment(full, bytes);
   }
 }
 
 void Journal::SwitchSegment(const Segment* full, uint64_t min_capacity) {
-  std::unique_lock<std::shared_mutex> l(switch_mu_);
+  absl::MutexLock l(&switch_mu_);
   if (live_.get() != full) return;  // another thread switched already
   absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, min_capacity);
   if (!seg.ok()) FailStop(seg.status());
@@ -640,12 +642,12 @@ absl::Status Journal::Compact(std::string_view stop_at) {
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t sealed;
   {
-    std::shared_lock<std::shared_mutex> l(switch_mu_);
+    absl::ReaderMutexLock l(&switch_mu_);
     if (live_ == nullptr) return absl::FailedPreconditionError("journal not started");
   }
   // 1. Seal the live segment: appends go to a new one from now on.
   {
-    std::unique_lock<std::shared_mutex> l(switch_mu_);
+    absl::MutexLock l(&switch_mu_);
     sealed = live_gen_;
     absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, 0);
     if (!seg.ok()) return seg.status();

@@ -46,7 +46,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,6 +53,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace physmem {
 
@@ -149,9 +149,11 @@ class Journal {
 
   const JournalOptions options_;
 
-  std::shared_mutex switch_mu_;          // shared: appenders; exclusive: switching segments
-  std::unique_ptr<Segment> live_;        // guarded by switch_mu_
-  uint64_t live_gen_ = 0;                // guarded by switch_mu_
+  // Shared: appenders; exclusive: switching segments. absl::Mutex because a waiting writer holds
+  // off new readers, so a stream of appends cannot starve a switch.
+  mutable absl::Mutex switch_mu_;
+  std::unique_ptr<Segment> live_ ABSL_GUARDED_BY(switch_mu_);
+  uint64_t live_gen_ ABSL_GUARDED_BY(switch_mu_) = 0;
   std::mutex compact_mu_;                // one compaction at a time
   uint64_t snapshot_gen_ = 0;            // guarded by compact_mu_: segments <= it are folded in
 

@@ -93,6 +93,33 @@ TEST_P(RestoreTest, RefusesAnAllocatorThatAlreadyHandedPagesOut) {
   EXPECT_EQ(pa->RestoreAllocated(none).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// The journal's hook in FreePfn: it runs once the free is certain, not for a refused free; and
+// if it fails, the block stays allocated to its owner.
+TEST_P(RestoreTest, FreeCommitHookRunsOnlyForCertainFreesAndCanUndoThem) {
+  auto pa = *PageAllocator::Create(SmallOptions(GetParam()));
+  Page* p = pa->alloc_pages(GFP_KERNEL, 2, 5);
+  ASSERT_NE(p, nullptr);
+  const uint64_t pfn = pa->page_to_pfn(p);
+  int calls = 0;
+  auto ok = [&] {
+    ++calls;
+    return absl::OkStatus();
+  };
+  EXPECT_EQ(pa->FreePfn(pfn, 2, 6, ok).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(pa->FreePfn(pfn, 1, 5, ok).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(pa->FreePfn(pfn, 2, 5, [&] { return absl::UnavailableError("journal down"); }).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(pa->page_count(p), 1);
+  EXPECT_EQ(p->Load().owner, 5u);
+  EXPECT_TRUE(pa->Validate().ok());
+  EXPECT_TRUE(pa->FreePfn(pfn, 2, 5, ok).ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(pa->FreePfn(pfn, 2, 5, ok).code(), absl::StatusCode::kFailedPrecondition);  // double free
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(pa->Validate().ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Targets, RestoreTest, ::testing::Values(SmallX86(), SmallI386()),
                          [](const auto& info) { return info.index == 0 ? "x86" : "i386"; });
 
