@@ -327,6 +327,11 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     }
   };
   cleanup();
+  // Also when an assertion ends the test early (the daemon dies with the test: PDEATHSIG).
+  struct AtExit {
+    std::function<void()> f;
+    ~AtExit() { f(); }
+  } at_exit{cleanup};
   auto daemon = std::make_unique<DaemonProcess>(args);
   ASSERT_TRUE(daemon->Start()) << daemon->log();
   World world(arena);
@@ -470,7 +475,6 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     stub = Connect(*daemon);
   }
   daemon.reset();
-  cleanup();
 }
 
 }  // namespace
