@@ -535,7 +535,7 @@ absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
   absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, 0);
   if (!seg.ok()) return seg.status();
   {
-    absl::MutexLock l(&switch_mu_);
+    std::lock_guard<SwitchLock> l(switch_mu_);
     live_ = *std::move(seg);
     live_gen_ = live_->gen;
   }
@@ -548,7 +548,7 @@ absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
 }
 
 uint64_t Journal::live_bytes() const {
-  absl::ReaderMutexLock l(&switch_mu_);
+  std::shared_lock<SwitchLock> l(switch_mu_);
   return live_ ? std::min(live_->sb()->tail.load(std::memory_order_relaxed), live_->capacity) : 0;
 }
 
@@ -558,7 +558,7 @@ void Journal::Append(uint8_t type, const std::string& payload) {
   for (;;) {
     const Segment* full;
     {
-      absl::ReaderMutexLock l(&switch_mu_);
+      std::shared_lock<SwitchLock> l(switch_mu_);
       Segment* s = live_.get();
       const uint64_t off = s->sb()->tail.fetch_add(bytes, std::memory_order_relaxed);
       if (off + bytes <= s->capacity) {
@@ -573,7 +573,7 @@ void Journal::Append(uint8_t type, const std::string& payload) {
 }
 
 void Journal::SwitchSegment(const Segment* full, uint64_t min_capacity) {
-  absl::MutexLock l(&switch_mu_);
+  std::lock_guard<SwitchLock> l(switch_mu_);
   if (live_.get() != full) return;  // another thread switched already
   absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, min_capacity);
   if (!seg.ok()) FailStop(seg.status());
@@ -642,12 +642,12 @@ absl::Status Journal::Compact(std::string_view stop_at) {
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t sealed;
   {
-    absl::ReaderMutexLock l(&switch_mu_);
+    std::shared_lock<SwitchLock> l(switch_mu_);
     if (live_ == nullptr) return absl::FailedPreconditionError("journal not started");
   }
   // 1. Seal the live segment: appends go to a new one from now on.
   {
-    absl::MutexLock l(&switch_mu_);
+    std::lock_guard<SwitchLock> l(switch_mu_);
     sealed = live_gen_;
     absl::StatusOr<std::unique_ptr<Segment>> seg = CreateSegment(live_gen_ + 1, 0);
     if (!seg.ok()) return seg.status();

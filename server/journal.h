@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,7 +54,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 
 namespace physmem {
 
@@ -149,11 +149,33 @@ class Journal {
 
   const JournalOptions options_;
 
-  // Shared: appenders; exclusive: switching segments. absl::Mutex because a waiting writer holds
-  // off new readers, so a stream of appends cannot starve a switch.
-  mutable absl::Mutex switch_mu_;
-  std::unique_ptr<Segment> live_ ABSL_GUARDED_BY(switch_mu_);
-  uint64_t live_gen_ ABSL_GUARDED_BY(switch_mu_) = 0;
+  // Shared: appenders; exclusive: switching segments. A waiting switch holds off new appenders,
+  // so a stream of appends cannot starve it. std::shared_mutex rather than absl::Mutex: TSan
+  // sees the former, not Debian's uninstrumented Abseil.
+  class SwitchLock {
+   public:
+    void lock() {
+      pending_.fetch_add(1, std::memory_order_acq_rel);
+      mu_.lock();
+    }
+    void unlock() {
+      mu_.unlock();
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+    // glibc's rwlock prefers readers: new appenders wait while a switch is pending.
+    void lock_shared() {
+      while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+      mu_.lock_shared();
+    }
+    void unlock_shared() { mu_.unlock_shared(); }
+
+   private:
+    std::shared_mutex mu_;
+    std::atomic<int> pending_{0};
+  };
+  mutable SwitchLock switch_mu_;
+  std::unique_ptr<Segment> live_;  // guarded by switch_mu_
+  uint64_t live_gen_ = 0;          // guarded by switch_mu_
   std::mutex compact_mu_;                // one compaction at a time
   uint64_t snapshot_gen_ = 0;            // guarded by compact_mu_: segments <= it are folded in
 
