@@ -73,6 +73,13 @@ absl::Status Server::Start() {
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
   leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  identity_limits_ = std::make_unique<IdentityLimits>(*pa_, options_.identity_limits);
+  leases_->set_identity_limits(identity_limits_.get());
+  if (options_.service_limits.max_page_io_bytes + (64 << 10) > static_cast<uint64_t>(options_.max_message_bytes)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--max_page_io_bytes %d must stay 64 KiB below --max_message_bytes %d (room for the rest of the message)",
+        options_.service_limits.max_page_io_bytes, options_.max_message_bytes));
+  }
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits);
 
