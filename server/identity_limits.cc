@@ -83,6 +83,13 @@ std::shared_ptr<IdentityUsage> IdentityLimits::For(const std::string& identity) 
   return u;
 }
 
+uint64_t IdentityLimits::TotalPages() {
+  std::lock_guard<std::mutex> l(mu_);
+  uint64_t n = 0;
+  for (const auto& [id, u] : by_identity_) n += u->pages.load(std::memory_order_relaxed);
+  return n;
+}
+
 uint32_t IdentityLimits::AllowedZones(const IdentityUsage& u, uint64_t pages) const {
   uint32_t mask = 0;
   for (int z = 0; z < MAX_NR_ZONES; ++z) {

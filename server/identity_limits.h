@@ -87,6 +87,9 @@ class IdentityLimits {
   // The zones of gfp's zonelist (gfp_zone() and every populated zone below it).
   uint32_t ZonelistZones(gfp_t gfp) const;
 
+  // Σ pages over every identity's counter, for Validate (must equal the pages leases hold).
+  uint64_t TotalPages();
+
   uint64_t zone_cap(ZoneType z) const { return zone_cap_[z]; }
   uint64_t max_pages() const { return options_.max_pages; }
 

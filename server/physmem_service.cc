@@ -730,6 +730,7 @@ grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* 
   resp->set_allocated_pages(c->allocated_pages);
   resp->set_leases(all.size());
   resp->set_lease_pages(lease_pages);
+  if (IdentityLimits* il = leases_->identity_limits()) resp->set_identity_pages(il->TotalPages());
   return Reply(ctx, absl::OkStatus());
 }
 

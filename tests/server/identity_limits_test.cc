@@ -111,6 +111,7 @@ class Limits : public ::testing::Test {
     EXPECT_EQ(after.allocated_pages(), before.allocated_pages());
     EXPECT_EQ(after.free_pages(), before.free_pages());
     EXPECT_EQ(after.lease_pages(), after.allocated_pages());
+    EXPECT_EQ(after.identity_pages(), after.lease_pages());
   }
 
   std::unique_ptr<testing::DaemonProcess> daemon_;
@@ -155,6 +156,31 @@ TEST_F(Limits, PageLimitCountsEveryLeaseOfTheIdentity) {
   ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, r, &resp).ok());
   EXPECT_EQ(resp.pfn_size(), 64) << "bulk fills exactly up to the identity's limit";
   EXPECT_EQ(Held(), 100u);
+  EXPECT_EQ(Census().identity_pages(), 100u);
+}
+
+TEST_F(Limits, AnExpiredLeaseGivesItsPagesBackToTheIdentity) {
+  Start({"--identity_max_pages=16", "--identity_dma_pages=4"});
+  v1::CreateLeaseRequest r;
+  r.set_ttl_ms(500);
+  v1::CreateLeaseResponse short_lived;
+  {
+    Ctx ctx;
+    ASSERT_TRUE(stub_->CreateLease(&ctx, r, &short_lived).ok());
+  }
+  ASSERT_TRUE(Alloc(short_lived.lease_id(), "GFP_DMA", 2).ok());     // 4 DMA pages
+  ASSERT_TRUE(Alloc(short_lived.lease_id(), "GFP_KERNEL", 3).ok());  // 8 more
+  const uint64_t l = NewLease();
+  EXPECT_EQ(Alloc(l, "GFP_KERNEL", 3).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(Alloc(l, "GFP_DMA", 0).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(Census().identity_pages(), 12u);
+  // Once the reaper has ended it, the identity's counters are back to zero.
+  EXPECT_TRUE(testing::Eventually(std::chrono::milliseconds(3000), [&] { return Census().identity_pages() == 0; }));
+  EXPECT_TRUE(Alloc(l, "GFP_KERNEL", 3).ok());
+  EXPECT_TRUE(Alloc(l, "GFP_DMA", 2).ok());
+  const v1::ValidateResponse v = Census();
+  EXPECT_EQ(v.identity_pages(), 12u);
+  EXPECT_EQ(v.lease_pages(), 12u);
 }
 
 TEST_F(Limits, DmaCapStopsExplicitGfpDma) {
@@ -241,6 +267,7 @@ TEST_F(Limits, ConcurrentCallsOfOneIdentityNeverOvershoot) {
   const v1::ValidateResponse v = Census();
   EXPECT_EQ(v.lease_pages(), v.allocated_pages());
   EXPECT_EQ(v.allocated_pages(), 600u);
+  EXPECT_EQ(v.identity_pages(), 600u);
 }
 
 TEST(LimitFlags, BadZoneShareIsRefusedAtStart) {
