@@ -69,10 +69,17 @@ IdentityLimits::IdentityLimits(const PageAllocator& pa, IdentityLimitsOptions op
   for (const ZoneStats& z : pa_.Stats()) {
     uint64_t cap = z.managed_pages * options_.zone_share_percent[z.type] / 100;
     if (z.type == ZONE_DMA) {
-      const uint64_t dma = options_.dma_pages < 0 ? z.managed_pages / 8 : static_cast<uint64_t>(options_.dma_pages);
+      // Automatic: an eighth of an ISA-sized ZONE_DMA (x86's 16 MiB). Where ZONE_DMA is most of
+      // RAM (arm64: up to 4 GiB; rpi4: 1 GiB) it is not scarce, and only the zone share applies.
+      const bool isa_sized = (z.present_pages << pa_.target().page_shift) <= (uint64_t{16} << 20);
+      const uint64_t automatic = isa_sized ? z.managed_pages / 8 : z.managed_pages;
+      const uint64_t dma = options_.dma_pages < 0 ? automatic : static_cast<uint64_t>(options_.dma_pages);
       cap = std::min(cap, dma);
     }
-    zone_cap_[z.type] = cap;
+    // A cap of the whole zone is no limit: then lack of memory, not a limit, is what stops the
+    // caller (it may wait for frees, and the reply says "no memory", not "limit").
+    zone_cap_[z.type] = cap >= z.managed_pages ? kNoCap : cap;
+    if (z.managed_pages != 0) populated_ |= 1u << z.type;
   }
 }
 
@@ -100,7 +107,9 @@ uint32_t IdentityLimits::AllowedZones(const IdentityUsage& u, uint64_t pages) co
 
 uint32_t IdentityLimits::ZonelistZones(gfp_t gfp) const {
   const ZoneType highest = gfp_zone(gfp, pa_.target().zone_configured);
-  return (2u << highest) - 1;
+  // Only zones with pages: an empty zone (arm64's DMA32, i386's HighMem on a small machine) is
+  // not a zone the limits keep the caller out of.
+  return ((2u << highest) - 1) & populated_;
 }
 
 absl::Status IdentityLimits::ChargeTotal(IdentityUsage& u, uint64_t pages) const {
@@ -135,7 +144,7 @@ std::string IdentityLimits::ExplainZoneRefusal(const IdentityUsage& u, gfp_t gfp
   std::vector<std::string> parts;
   const uint32_t zones = ZonelistZones(gfp);
   for (int z = MAX_NR_ZONES - 1; z >= 0; --z) {
-    if (!(zones & (1u << z)) || zone_cap_[z] == 0) continue;
+    if (!(zones & (1u << z)) || zone_cap_[z] == kNoCap) continue;
     const ZoneType zt = static_cast<ZoneType>(z);
     parts.push_back(absl::StrFormat("%s %d of %d (%s)", zone_name(zt), u.zone_pages[z].load(), zone_cap_[z],
                                     ZoneCapFlag(zt)));

@@ -44,7 +44,8 @@ struct IdentityLimitsOptions {
   uint64_t max_pages = 0;  // --identity_max_pages; 0 = no limit
   // --identity_zone_share_percent, per zone (1..100); 100 = no limit beyond the zone's size.
   std::array<uint32_t, MAX_NR_ZONES> zone_share_percent = {100, 100, 100, 100};
-  // --identity_dma_pages; -1 = automatic: an eighth of ZONE_DMA's managed pages.
+  // --identity_dma_pages; -1 = automatic: an eighth of ZONE_DMA's managed pages where ZONE_DMA is
+  // ISA-sized (at most 16 MiB, x86), no cap beyond the zone share where it is most of RAM (arm64).
   int64_t dma_pages = -1;
 };
 
@@ -84,12 +85,13 @@ class IdentityLimits {
   // Why a request limited to the zones of `gfp`'s zonelist found no zone with room: the message
   // names each zone's cap and the flag that sets it.
   std::string ExplainZoneRefusal(const IdentityUsage& u, gfp_t gfp, uint64_t pages) const;
-  // The zones of gfp's zonelist (gfp_zone() and every populated zone below it).
+  // The populated zones of gfp's zonelist (gfp_zone() and every zone below it that has pages).
   uint32_t ZonelistZones(gfp_t gfp) const;
 
   // Σ pages over every identity's counter, for Validate (must equal the pages leases hold).
   uint64_t TotalPages();
 
+  static constexpr uint64_t kNoCap = UINT64_MAX / 2;  // a zone the identity may fill (no overflow in sums)
   uint64_t zone_cap(ZoneType z) const { return zone_cap_[z]; }
   uint64_t max_pages() const { return options_.max_pages; }
 
@@ -98,7 +100,8 @@ class IdentityLimits {
 
   const PageAllocator& pa_;
   const IdentityLimitsOptions options_;
-  std::array<uint64_t, MAX_NR_ZONES> zone_cap_{};  // pages; 0 for an unpopulated zone
+  std::array<uint64_t, MAX_NR_ZONES> zone_cap_{};  // pages; kNoCap: no limit below the zone's size
+  uint32_t populated_ = 0;                         // bit z: zone z has pages
 
   std::mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<IdentityUsage>> by_identity_;  // guarded by mu_

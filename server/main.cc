@@ -38,7 +38,8 @@ ABSL_FLAG(uint64_t, identity_max_pages, 0, "most pages one identity may hold acr
 ABSL_FLAG(std::string, identity_zone_share_percent, "100",
           "most of each zone one identity may hold, percent: '50' (every zone) or 'Normal:50,DMA32:25'");
 ABSL_FLAG(int64_t, identity_dma_pages, -1,
-          "most ZONE_DMA pages one identity may hold, by GFP_DMA or fallback (-1: an eighth of ZONE_DMA)");
+          "most ZONE_DMA pages one identity may hold, by GFP_DMA or fallback (-1: an eighth of a 16 MiB "
+          "ISA ZONE_DMA; no cap where ZONE_DMA is larger, as on arm64)");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
 
 namespace physmem {

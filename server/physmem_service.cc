@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
 #include "server/status_util.h"
@@ -216,13 +217,10 @@ std::optional<absl::StatusOr<Page*>> PhysMemService::AllocCharged(Lease& lease, 
     }
     Page* page = pa_->alloc_pages(gfp, order, lease.owner(), allowed);
     if (page == nullptr) {
+      // No memory in the zones the identity may still use: like a lack of memory anywhere, the
+      // caller may wait for frees there (the timeout message names the limits that narrowed it).
       il->UnchargeTotal(u, n);
-      if (allowed == zonelist) return std::nullopt;  // plain lack of memory: the caller may wait
-      // The zones the limits leave open are full: waiting for other identities' frees would not
-      // lift the limit, so say which one binds.
-      return absl::ResourceExhaustedError(absl::StrFormat("%s; the zones left to it have no free order-%d block: %s",
-                                                          il->ExplainZoneRefusal(u, gfp, n), order,
-                                                          pa_->ExplainAllocFailure(gfp)));
+      return std::nullopt;
     }
     if (il->ChargeZone(u, pa_->page_zonenum(page), n).ok()) return page;
     if (absl::Status s = pa_->FreePfn(pa_->page_to_pfn(page), order, lease.owner()); !s.ok()) {
@@ -351,8 +349,18 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
   if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
 
   auto explain = [this, call] {
-    return absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
-                           pa_->ExplainAllocFailure(call->gfp));
+    std::string why = absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
+                                      pa_->ExplainAllocFailure(call->gfp));
+    // Say so when the identity's limits took zones out of the zonelist.
+    IdentityLimits* il = leases_->identity_limits();
+    const uint64_t n = uint64_t{1} << call->order;
+    if (il != nullptr && call->lease->usage != nullptr) {
+      const uint32_t zonelist = il->ZonelistZones(call->gfp);
+      if ((il->AllowedZones(*call->lease->usage, n) & zonelist) != zonelist) {
+        absl::StrAppend(&why, "; ", il->ExplainZoneRefusal(*call->lease->usage, call->gfp, n));
+      }
+    }
+    return why;
   };
   if (!gfpflags_allow_blocking(call->gfp)) {
     return Reply(ctx, absl::ResourceExhaustedError(explain() + " (the mask cannot wait)"));
