@@ -125,10 +125,10 @@ absl::Status PageAllocator::ValidateAllocArgs(gfp_t gfp, unsigned order) const {
 }
 
 std::optional<uint32_t> PageAllocator::GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
-                                                           ZoneType* got_zone) {
+                                                           ZoneType* got_zone, uint32_t allowed_zones) {
   for (int z = highest; z >= 0; --z) {
     Zone* zn = zone(static_cast<ZoneType>(z));
-    if (zn == nullptr || !zn->populated()) continue;
+    if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
     const uint64_t mark = zn->watermarks()[static_cast<WatermarkLevel>(alloc_flags & ALLOC_WMARK_MASK)];
     if (!zn->WatermarkOk(order, mark, highest, alloc_flags)) continue;
     if (std::optional<uint32_t> idx = zn->Rmqueue(order)) {
@@ -158,7 +158,7 @@ Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32
   return &head;
 }
 
-Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
+Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   if (highest < 0) [[unlikely]] return nullptr;
@@ -167,8 +167,8 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
   if (pcp_allowed_order(order) && !(gfp & (__GFP_ZERO | __GFP_COMP))) [[likely]] {
     Zone* zn = first_zone_[highest];
     uint32_t idx;
-    if (zn != nullptr && zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, &idx))
-        [[likely]] {
+    if (zn != nullptr && (allowed_zones & (1u << zn->type())) &&
+        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, &idx)) [[likely]] {
       Page& head = mem_map_->page(idx);
       head.state.store(PageState::Allocated(order, owner, false), std::memory_order_release);
       return &head;
@@ -176,20 +176,21 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
   }
   ZoneType got;
   // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does.
-  if (std::optional<uint32_t> idx = GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got))
+  if (std::optional<uint32_t> idx =
+          GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got, allowed_zones))
       [[likely]] {
     return PrepNewPage(*idx, order, gfp, owner);
   }
-  return AllocSlow(gfp, order, owner, static_cast<ZoneType>(highest));
+  return AllocSlow(gfp, order, owner, static_cast<ZoneType>(highest), allowed_zones);
 }
 
-Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest) {
+Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones) {
   const unsigned alloc_flags = gfp_to_alloc_flags(gfp, order);
   ZoneType got;
-  std::optional<uint32_t> idx = GetPageFromFreelist(order, alloc_flags, highest, &got);
+  std::optional<uint32_t> idx = GetPageFromFreelist(order, alloc_flags, highest, &got, allowed_zones);
   // The kernel drains every CPU's lists before it gives up (after direct reclaim fails): pages
   // parked there count as free but cannot be merged or handed to another CPU.
-  if (!idx && drain_all_pages() != 0) idx = GetPageFromFreelist(order, alloc_flags, highest, &got);
+  if (!idx && drain_all_pages() != 0) idx = GetPageFromFreelist(order, alloc_flags, highest, &got, allowed_zones);
   if (!idx) return nullptr;
   return PrepNewPage(*idx, order, gfp, owner);
 }
@@ -225,7 +226,8 @@ uint64_t PageAllocator::__get_free_pages(gfp_t gfp, unsigned order, uint32_t own
   return page ? page_address(page) : 0;
 }
 
-unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner) {
+unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner,
+                                         uint32_t allowed_zones) {
   unsigned populated = 0;
   for (unsigned i = 0; i < nr; ++i) populated += page_array[i] != nullptr;
   if (populated == nr || (gfp & ~kGfpKnownMask) != 0) return populated;
@@ -236,7 +238,7 @@ unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_arr
   Zone* bulk_zone = nullptr;
   for (int z = highest; z >= 0 && bulk_zone == nullptr; --z) {
     Zone* zn = zone(static_cast<ZoneType>(z));
-    if (zn == nullptr || !zn->populated()) continue;
+    if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
     if (zn->WatermarkOk(0, zn->watermarks().low + (nr - populated), static_cast<ZoneType>(highest), ALLOC_WMARK_LOW)) {
       bulk_zone = zn;
     }
@@ -253,7 +255,7 @@ unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_arr
   }
   for (; i < nr; ++i) {
     if (page_array[i] != nullptr) continue;
-    page_array[i] = alloc_pages(gfp | __GFP_NOWARN, 0, owner);
+    page_array[i] = alloc_pages(gfp | __GFP_NOWARN, 0, owner, allowed_zones);
     if (page_array[i] == nullptr) break;
     ++populated;
   }

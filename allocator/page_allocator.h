@@ -80,11 +80,16 @@ struct PageCensus {
 
 class PageAllocator {
  public:
+  static constexpr uint32_t kAllZones = (1u << MAX_NR_ZONES) - 1;
+
   static absl::StatusOr<std::unique_ptr<PageAllocator>> Create(PageAllocatorOptions options);
   ~PageAllocator();
 
   // ---- The kernel's interface (include/linux/gfp.h). Failure is a null value. ----
-  Page* alloc_pages(gfp_t gfp, unsigned order, uint32_t owner = kNoOwner);
+  // `allowed_zones` (bit z = ZoneType z) removes zones from the zonelist, as a cpuset removes
+  // nodes in get_page_from_freelist() (__cpuset_zone_allowed): the server uses it to keep a
+  // client out of zones where it reached its per-identity share. Default: every zone.
+  Page* alloc_pages(gfp_t gfp, unsigned order, uint32_t owner = kNoOwner, uint32_t allowed_zones = kAllZones);
   Page* alloc_page(gfp_t gfp, uint32_t owner = kNoOwner) { return alloc_pages(gfp, 0, owner); }
   // Address forms: a direct-map (lowmem) address, or 0. __GFP_HIGHMEM is stripped, as the
   // kernel's __get_free_pages() does, because a highmem page has no permanent address.
@@ -100,7 +105,8 @@ class PageAllocator {
   absl::Status free_page(uint64_t addr, uint32_t owner = kNoOwner) { return free_pages(addr, 0, owner); }
   // alloc_pages_bulk(): order-0 pages into the null slots of page_array[0..nr); returns how many
   // slots are populated afterwards, counting those that already were. May return fewer than nr.
-  unsigned alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner = kNoOwner);
+  unsigned alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner = kNoOwner,
+                            uint32_t allowed_zones = kAllZones);
   // Emulated kernel virtual address: PAGE_OFFSET + (phys - PHYS_OFFSET) for lowmem; for highmem
   // the kmap() address if mapped, else 0 (null).
   uint64_t page_address(const Page* page) const;
@@ -161,8 +167,8 @@ class PageAllocator {
   Zone* zone(ZoneType z) const { return zones_[z].get(); }
   // get_page_from_freelist(): the first zone from `highest` down that passes the watermark.
   std::optional<uint32_t> GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
-                                              ZoneType* got_zone);
-  Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest);
+                                              ZoneType* got_zone, uint32_t allowed_zones = kAllZones);
+  Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;
   absl::Status FreeBlock(Page* page, unsigned order, uint32_t owner,

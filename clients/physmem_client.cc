@@ -507,6 +507,36 @@ absl::StatusOr<uint64_t> Lease::Kmap(uint64_t pfn) {
   return r->virt_addr();
 }
 
+absl::StatusOr<std::string> Lease::ReadPages(uint64_t pfn, uint64_t offset, uint64_t length) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::ReadPagesRequest req;
+  req.set_lease_id(core_->id);
+  req.set_pfn(pfn);
+  req.set_offset(offset);
+  req.set_length(length);
+  Connection& c = *core_->conn;
+  absl::StatusOr<v1::ReadPagesResponse> r = Call<v1::ReadPagesResponse>(
+      c.options.call_timeout_ms,
+      [&](grpc::ClientContext* ctx, v1::ReadPagesResponse* resp) { return c.stub->ReadPages(ctx, req, resp); });
+  if (!r.ok()) return r.status();
+  return std::move(*r->mutable_data());
+}
+
+absl::Status Lease::WritePages(uint64_t pfn, uint64_t offset, const std::string& data) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::WritePagesRequest req;
+  req.set_lease_id(core_->id);
+  req.set_pfn(pfn);
+  req.set_offset(offset);
+  req.set_data(data);
+  Connection& c = *core_->conn;
+  return Call<v1::WritePagesResponse>(c.options.call_timeout_ms,
+                                      [&](grpc::ClientContext* ctx, v1::WritePagesResponse* resp) {
+                                        return c.stub->WritePages(ctx, req, resp);
+                                      })
+      .status();
+}
+
 absl::Status Lease::Kunmap(uint64_t pfn) {
   if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
   v1::KmapRequest req;

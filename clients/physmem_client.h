@@ -183,6 +183,12 @@ class Lease {
   absl::StatusOr<uint64_t> PageAddress(uint64_t pfn);  // page_address(): 0 for unmapped highmem
   absl::StatusOr<uint64_t> Kmap(uint64_t pfn);         // the page's kmap() virtual address
   absl::Status Kunmap(uint64_t pfn);
+  // Page contents over RPC (ReadPages / WritePages): `length` bytes (or `data`) at `offset` bytes
+  // from the start of page `pfn`, all inside one block this lease holds; at most the daemon's
+  // --max_page_io_bytes per call. For a zero-copy view of a local file-backed arena, see
+  // clients/arena_mapping.h.
+  absl::StatusOr<std::string> ReadPages(uint64_t pfn, uint64_t offset, uint64_t length);
+  absl::Status WritePages(uint64_t pfn, uint64_t offset, const std::string& data);
 
   absl::StatusOr<v1::LeaseInfo> Info();            // GetLease
   absl::StatusOr<v1::KeepAliveResponse> Renew();   // one unary renewal (RenewLease)

@@ -53,6 +53,11 @@ ABSL_FLAG(std::string, key, "", "alloc: idempotency key; free: free the block al
 ABSL_FLAG(std::string, form, "pfn", "alloc: pfn (alloc_pages), address (__get_free_pages) or zeroed (get_zeroed_page)");
 ABSL_FLAG(std::string, pfn, "", "free: the block's first pfn");
 ABSL_FLAG(std::string, addr, "", "free: the block's direct-map kernel virtual address");
+ABSL_FLAG(std::string, offset, "", "read, write: bytes from the start of page PFN (default 0)");
+ABSL_FLAG(std::string, length, "", "read: bytes to read (default one page's worth, 4096)");
+ABSL_FLAG(std::string, out, "", "read: write the raw bytes to this file instead of hex to stdout");
+ABSL_FLAG(std::string, hex, "", "write: the bytes to write, as hex (48656c6c6f)");
+ABSL_FLAG(std::string, in, "", "write: write this file's bytes");
 
 namespace physmem::ctl {
 namespace {
@@ -81,6 +86,8 @@ Pages (the block stays allocated, in the lease, after physmemctl exits):
   address LEASE PFN                                page_address()
   kmap LEASE PFN                                   kmap(): map a (highmem) page
   kunmap LEASE PFN
+  read LEASE PFN [--offset=N] [--length=N] [--out=FILE]   page contents (hex, or raw to FILE)
+  write LEASE PFN [--offset=N] (--hex=HEX | --in=FILE)    write page contents
 Machine:
   zoneinfo                                         /proc/zoneinfo's main lines
   buddyinfo                                        /proc/buddyinfo, exactly
@@ -483,6 +490,68 @@ absl::Status PfnCommand(const Invocation& inv, PfnOp op) {
   return absl::OkStatus();
 }
 
+// read LEASE PFN: ReadPages, printed as hex (or written raw to --out).
+absl::Status ReadCommand(const Invocation& inv) {
+  absl::StatusOr<uint64_t> id = ParseNumber(inv.args[0], "lease id");
+  if (!id.ok()) return id.status();
+  absl::StatusOr<uint64_t> pfn = ParseNumber(inv.args[1], "pfn");
+  if (!pfn.ok()) return pfn.status();
+  absl::StatusOr<uint64_t> offset =
+      NumericFlag(absl::GetFlag(FLAGS_offset), "offset", 0, std::numeric_limits<uint64_t>::max());
+  if (!offset.ok()) return offset.status();
+  absl::StatusOr<uint64_t> length =
+      NumericFlag(absl::GetFlag(FLAGS_length), "length", 4096, std::numeric_limits<uint64_t>::max());
+  if (!length.ok()) return length.status();
+  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(*id);
+  if (!lease.ok()) return lease.status();
+  absl::StatusOr<std::string> data = (*lease)->ReadPages(*pfn, *offset, *length);
+  if (!data.ok()) return data.status();
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) {
+    absl::PrintF("%s\n", absl::BytesToHexString(*data));
+    return absl::OkStatus();
+  }
+  std::FILE* f = std::fopen(out.c_str(), "wb");
+  if (f == nullptr || std::fwrite(data->data(), 1, data->size(), f) != data->size()) {
+    if (f != nullptr) std::fclose(f);
+    return absl::UnavailableError(absl::StrFormat("cannot write %s", out));
+  }
+  std::fclose(f);
+  absl::PrintF("bytes_read=%d\n", data->size());
+  return absl::OkStatus();
+}
+
+// write LEASE PFN: WritePages from --hex or --in.
+absl::Status WriteCommand(const Invocation& inv) {
+  absl::StatusOr<uint64_t> id = ParseNumber(inv.args[0], "lease id");
+  if (!id.ok()) return id.status();
+  absl::StatusOr<uint64_t> pfn = ParseNumber(inv.args[1], "pfn");
+  if (!pfn.ok()) return pfn.status();
+  absl::StatusOr<uint64_t> offset =
+      NumericFlag(absl::GetFlag(FLAGS_offset), "offset", 0, std::numeric_limits<uint64_t>::max());
+  if (!offset.ok()) return offset.status();
+  const std::string hex = absl::GetFlag(FLAGS_hex), in = absl::GetFlag(FLAGS_in);
+  if (hex.empty() == in.empty()) return UsageError("write needs exactly one of --hex=HEX or --in=FILE");
+  std::string data;
+  if (!hex.empty()) {
+    if (hex.size() % 2 != 0 || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
+      return UsageError(absl::StrFormat("--hex '%s' is not an even number of hex digits", hex));
+    }
+    data = absl::HexStringToBytes(hex);
+  } else {
+    std::FILE* f = std::fopen(in.c_str(), "rb");
+    if (f == nullptr) return UsageError(absl::StrFormat("cannot open %s", in));
+    char buf[65536];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) data.append(buf, n);
+    std::fclose(f);
+  }
+  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(*id);
+  if (!lease.ok()) return lease.status();
+  if (absl::Status s = (*lease)->WritePages(*pfn, *offset, data); !s.ok()) return s;
+  absl::PrintF("bytes_written=%d\n", data.size());
+  return absl::OkStatus();
+}
+
 absl::Status ZoneinfoCommand(const Invocation& inv, bool buddyinfo) {
   absl::StatusOr<std::unique_ptr<Client>> c = inv.Connect();
   if (!c.ok()) return c.status();
@@ -536,6 +605,10 @@ const std::vector<Command>& Commands() {
        [](const Invocation& inv) { return PfnCommand(inv, PfnOp::kKmap); }},
       {{"kunmap"}, {"LEASE", "PFN"}, {}, "kunmap LEASE PFN",
        [](const Invocation& inv) { return PfnCommand(inv, PfnOp::kKunmap); }},
+      {{"read"}, {"LEASE", "PFN"}, {"offset", "length", "out"},
+       "read LEASE PFN [--offset=N] [--length=N] [--out=FILE]", ReadCommand},
+      {{"write"}, {"LEASE", "PFN"}, {"offset", "hex", "in"}, "write LEASE PFN [--offset=N] (--hex=HEX | --in=FILE)",
+       WriteCommand},
       {{"zoneinfo"}, {}, {}, "zoneinfo", [](const Invocation& inv) { return ZoneinfoCommand(inv, false); }},
       {{"buddyinfo"}, {}, {}, "buddyinfo", [](const Invocation& inv) { return ZoneinfoCommand(inv, true); }},
       {{"target"}, {}, {}, "target", TargetCommand},

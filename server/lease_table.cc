@@ -61,6 +61,7 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
   const uint64_t id = boot_nonce_ | n;
   auto lease = std::make_shared<Lease>(id, identity, name, ttl_ms, quota);
   lease->deadline.store(DeadlineIn(ttl_ms));
+  if (identity_limits_ != nullptr) lease->usage = identity_limits_->For(identity);
   // Journaled before the lease can be found (or listed), so its allocations come after it.
   if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline.load());
   leases_[id] = lease;
@@ -140,6 +141,7 @@ uint64_t LeaseTable::End(const std::shared_ptr<Lease>& lease) {
       continue;
     }
     pages += uint64_t{1} << block.order;
+    if (lease->usage != nullptr) identity_limits_->Uncharge(*lease->usage, block.zone, uint64_t{1} << block.order);
   }
   lease->blocks.clear();
   lease->keys.clear();

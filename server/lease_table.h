@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "allocator/page_allocator.h"
 #include "server/journal.h"
+#include "server/identity_limits.h"
 
 namespace physmem {
 
@@ -63,6 +64,8 @@ class Lease {
   const uint64_t page_quota;
 
   std::atomic<SteadyClock::rep> deadline{0};  // expiry, steady_clock ticks
+  // The identity's page counters (server/identity_limits.h); null if the table has no limits.
+  std::shared_ptr<IdentityUsage> usage;
 
   std::mutex mu;
   // Guarded by mu:
@@ -116,6 +119,10 @@ class LeaseTable {
   void Restore(uint64_t boot_nonce, uint32_t next_id, std::vector<std::shared_ptr<Lease>> leases);
   uint64_t boot_nonce() const;
   uint32_t next_id() const;
+  // Per-identity limits: every lease created afterwards charges its identity's counters, and
+  // ending a lease uncharges them. Call before serving.
+  void set_identity_limits(IdentityLimits* limits) { identity_limits_ = limits; }
+  IdentityLimits* identity_limits() const { return identity_limits_; }
 
   static int64_t RemainingMs(const Lease& l);
   const LeaseLimits& limits() const { return limits_; }
@@ -130,6 +137,7 @@ class LeaseTable {
   const LeaseLimits limits_;
   const std::function<void()> on_pages_freed_;
   LeaseCounters counters_;
+  IdentityLimits* identity_limits_ = nullptr;
 
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_

@@ -38,6 +38,13 @@ ABSL_FLAG(std::string, journal, "auto",
 ABSL_FLAG(std::string, journal_path, "", "journal file prefix (default: <arena_path>.journal)");
 ABSL_FLAG(uint64_t, journal_compact_bytes, 32ull << 20, "compact the journal when its live segment passes this");
 ABSL_FLAG(std::string, journal_test_crash_point, "", "tests only: SIGKILL the daemon at this compaction step");
+ABSL_FLAG(uint64_t, max_page_io_bytes, 4 << 20, "most bytes one ReadPages or WritePages call moves");
+ABSL_FLAG(uint64_t, identity_max_pages, 0, "most pages one identity may hold across its leases (0: no limit)");
+ABSL_FLAG(std::string, identity_zone_share_percent, "100",
+          "most of each zone one identity may hold, percent: '50' (every zone) or 'Normal:50,DMA32:25'");
+ABSL_FLAG(int64_t, identity_dma_pages, -1,
+          "most ZONE_DMA pages one identity may hold, by GFP_DMA or fallback (-1: an eighth of a 16 MiB "
+          "ISA ZONE_DMA; no cap where ZONE_DMA is larger, as on arm64)");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
 
 namespace physmem {
@@ -75,6 +82,13 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.lease_limits.max_leases_per_identity = absl::GetFlag(FLAGS_max_leases_per_identity);
   o.service_limits.max_bulk_pages = absl::GetFlag(FLAGS_max_bulk_pages);
   o.service_limits.max_alloc_wait_ms = absl::GetFlag(FLAGS_max_alloc_wait_ms);
+  o.service_limits.max_page_io_bytes = absl::GetFlag(FLAGS_max_page_io_bytes);
+  o.identity_limits.max_pages = absl::GetFlag(FLAGS_identity_max_pages);
+  absl::StatusOr<std::array<uint32_t, MAX_NR_ZONES>> share =
+      ParseZoneSharePercent(absl::GetFlag(FLAGS_identity_zone_share_percent));
+  if (!share.ok()) return share.status();
+  o.identity_limits.zone_share_percent = *share;
+  o.identity_limits.dma_pages = absl::GetFlag(FLAGS_identity_dma_pages);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.journal = absl::GetFlag(FLAGS_journal);
   o.journal_path = absl::GetFlag(FLAGS_journal_path);

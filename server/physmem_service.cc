@@ -1,8 +1,10 @@
 #include "server/physmem_service.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
 #include "server/status_util.h"
@@ -193,6 +195,95 @@ grpc::ServerUnaryReactor* PhysMemService::ListLeases(grpc::CallbackServerContext
 
 // ---- Allocation ----
 
+std::optional<absl::StatusOr<Page*>> PhysMemService::AllocCharged(Lease& lease, gfp_t gfp, unsigned order) {
+  IdentityLimits* il = leases_->identity_limits();
+  if (lease.usage == nullptr || il == nullptr) {
+    Page* page = pa_->alloc_pages(gfp, order, lease.owner());
+    if (page == nullptr) return std::nullopt;
+    return page;
+  }
+  IdentityUsage& u = *lease.usage;
+  const uint64_t n = uint64_t{1} << order;
+  if (absl::Status s = il->ChargeTotal(u, n); !s.ok()) return s;
+  const uint32_t zonelist = il->ZonelistZones(gfp);
+  // A concurrent call of the same identity (another of its leases) may take the room in the
+  // zone we landed in between AllowedZones() and ChargeZone(): then the block goes back and we
+  // look again, with that zone now out of the mask. A few rounds settle it.
+  for (int round = 0; round < 8; ++round) {
+    const uint32_t allowed = il->AllowedZones(u, n) & zonelist;
+    if (allowed == 0) {
+      il->UnchargeTotal(u, n);
+      return absl::ResourceExhaustedError(il->ExplainZoneRefusal(u, gfp, n));
+    }
+    Page* page = pa_->alloc_pages(gfp, order, lease.owner(), allowed);
+    if (page == nullptr) {
+      // No memory in the zones the identity may still use: like a lack of memory anywhere, the
+      // caller may wait for frees there (the timeout message names the limits that narrowed it).
+      il->UnchargeTotal(u, n);
+      return std::nullopt;
+    }
+    if (il->ChargeZone(u, pa_->page_zonenum(page), n).ok()) return page;
+    if (absl::Status s = pa_->FreePfn(pa_->page_to_pfn(page), order, lease.owner()); !s.ok()) {
+      LogError("identity_limit_undo_failed", {{"lease", lease.id}, {"error", s.ToString()}});
+    }
+  }
+  il->UnchargeTotal(u, n);
+  return absl::ResourceExhaustedError(il->ExplainZoneRefusal(u, gfp, n) + " (concurrent allocations took the room)");
+}
+
+unsigned PhysMemService::AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages,
+                                          std::string* why_short) {
+  IdentityLimits* il = leases_->identity_limits();
+  if (lease.usage == nullptr || il == nullptr) return pa_->alloc_pages_bulk(gfp, want, pages, lease.owner());
+  IdentityUsage& u = *lease.usage;
+  const uint32_t zonelist = il->ZonelistZones(gfp);
+  unsigned got = 0;
+  // In chunks no larger than the smallest room left in any zone the chunk may use, so that no
+  // page of a chunk can break a zone cap (a concurrent call of the identity may still take
+  // room: such a page goes back).
+  while (got < want) {
+    const uint32_t allowed = il->AllowedZones(u, 1) & zonelist;
+    if (allowed == 0) {
+      *why_short = il->ExplainZoneRefusal(u, gfp, 1);
+      break;
+    }
+    uint64_t chunk = want - got;
+    for (int z = 0; z < MAX_NR_ZONES; ++z) {
+      if (!(allowed & (1u << z))) continue;
+      const uint64_t held = u.zone_pages[z].load(std::memory_order_relaxed);
+      const uint64_t cap = il->zone_cap(static_cast<ZoneType>(z));
+      chunk = std::min(chunk, cap > held ? cap - held : 0);
+    }
+    if (il->max_pages() != 0) {
+      const uint64_t held = u.pages.load(std::memory_order_relaxed);
+      chunk = std::min(chunk, il->max_pages() > held ? il->max_pages() - held : 0);
+    }
+    if (chunk == 0) chunk = 1;  // let ChargeTotal name the limit
+    if (absl::Status s = il->ChargeTotal(u, chunk); !s.ok()) {
+      *why_short = std::string(s.message());
+      break;
+    }
+    const unsigned n = pa_->alloc_pages_bulk(gfp, static_cast<unsigned>(chunk), pages + got, lease.owner(), allowed);
+    unsigned kept = 0;
+    for (unsigned i = 0; i < n; ++i) {
+      Page*& p = pages[got + i];
+      if (il->ChargeZone(u, pa_->page_zonenum(p), 1).ok()) {
+        pages[got + kept++] = p;
+        continue;
+      }
+      (void)pa_->FreePfn(pa_->page_to_pfn(p), 0, lease.owner());
+    }
+    for (unsigned i = kept; i < n; ++i) pages[got + i] = nullptr;
+    il->UnchargeTotal(u, chunk - kept);
+    got += kept;
+    if (n < chunk) {
+      if (allowed != zonelist) *why_short = il->ExplainZoneRefusal(u, gfp, 1) + "; the zones left to it are full";
+      break;
+    }
+  }
+  return got;
+}
+
 std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v1::Allocation* out) {
   Lease& lease = *call.lease;
   std::lock_guard<std::mutex> l(lease.mu);
@@ -217,8 +308,10 @@ std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v
         "lease %d page quota: it holds %d of its %d pages and asked for %d more", lease.id, lease.pages_held,
         lease.page_quota, n));
   }
-  Page* page = pa_->alloc_pages(call.gfp, call.order, lease.owner());
-  if (page == nullptr) return std::nullopt;
+  std::optional<absl::StatusOr<Page*>> got = AllocCharged(lease, call.gfp, call.order);
+  if (!got) return std::nullopt;
+  if (!got->ok()) return got->status();
+  Page* page = **got;
   const uint64_t pfn = pa_->page_to_pfn(page);
   if (Journal* j = leases_->journal()) {  // before the reply: see server/journal.cc
     const JournalEntry e{pfn, static_cast<uint8_t>(call.order), (page->Load().flags & PG_head) != 0, call.key};
@@ -260,8 +353,18 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
   if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
 
   auto explain = [this, call] {
-    return absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
-                           pa_->ExplainAllocFailure(call->gfp));
+    std::string why = absl::StrFormat("no free order-%d block for %s: %s", call->order, FormatGfp(call->gfp),
+                                      pa_->ExplainAllocFailure(call->gfp));
+    // Say so when the identity's limits took zones out of the zonelist.
+    IdentityLimits* il = leases_->identity_limits();
+    const uint64_t n = uint64_t{1} << call->order;
+    if (il != nullptr && call->lease->usage != nullptr) {
+      const uint32_t zonelist = il->ZonelistZones(call->gfp);
+      if ((il->AllowedZones(*call->lease->usage, n) & zonelist) != zonelist) {
+        absl::StrAppend(&why, "; ", il->ExplainZoneRefusal(*call->lease->usage, call->gfp, n));
+      }
+    }
+    return why;
   };
   if (!gfpflags_allow_blocking(call->gfp)) {
     return Reply(ctx, absl::ResourceExhaustedError(explain() + " (the mask cannot wait)"));
@@ -334,8 +437,10 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
   }
   const unsigned want = static_cast<unsigned>(std::min<uint64_t>(req->count(), room));
   std::vector<Page*> pages(want, nullptr);
-  const unsigned got = pa_->alloc_pages_bulk(*gfp, want, pages.data(), l.owner());
+  std::string why_short;
+  const unsigned got = AllocBulkCharged(l, *gfp, want, pages.data(), &why_short);
   if (got == 0) {
+    if (!why_short.empty()) return Reply(ctx, absl::ResourceExhaustedError(why_short));
     return Reply(ctx, absl::ResourceExhaustedError(absl::StrFormat(
                           "no free pages for %s: %s", FormatGfp(*gfp), pa_->ExplainAllocFailure(*gfp))));
   }
@@ -400,6 +505,9 @@ absl::Status PhysMemService::FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsig
   if (!s.ok()) return HideOtherOwner(s, pfn);
   auto it = lease.blocks.find(pfn);
   if (it != lease.blocks.end()) {
+    if (lease.usage != nullptr) {
+      leases_->identity_limits()->Uncharge(*lease.usage, it->second.zone, uint64_t{1} << order);
+    }
     if (!it->second.key.empty()) lease.keys.erase(it->second.key);
     lease.blocks.erase(it);
   }
@@ -516,6 +624,64 @@ grpc::ServerUnaryReactor* PhysMemService::Kunmap(grpc::CallbackServerContext* ct
   return Reply(ctx, HideOtherOwner(pa_->kunmap(*page, (*lease)->owner()), req->pfn()));
 }
 
+// ---- Page contents ----
+
+absl::StatusOr<std::byte*> PhysMemService::LeaseBytesLocked(Lease& lease, uint64_t pfn, uint64_t offset,
+                                                            uint64_t length) const {
+  if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  if (length == 0 || length > limits_.max_page_io_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("length %d is outside [1, %d] (--max_page_io_bytes)", length,
+                                                      limits_.max_page_io_bytes));
+  }
+  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
+  if (!page.ok()) return page.status();
+  Page* head = pa_->AllocatedBlockContaining(pfn);
+  if (head == nullptr) return absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", pfn));
+  // The lease's book, not the page's owner field, decides: with lease.mu held the book cannot
+  // change, so a block found in it stays ours until we let go.
+  const uint64_t head_pfn = pa_->page_to_pfn(head);
+  auto it = lease.blocks.find(head_pfn);
+  if (it == lease.blocks.end() || head->Load().owner != lease.owner()) {
+    return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
+  }
+  const unsigned shift = pa_->target().page_shift;
+  const uint64_t block_bytes = uint64_t{1} << (it->second.order + shift);
+  const uint64_t start = ((pfn - head_pfn) << shift) + offset;  // from the block's first byte
+  if (offset > block_bytes || start > block_bytes || length > block_bytes - start) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "bytes [%d, %d) from pfn %#x run past the end of its order-%d block (pfns %#x..%#x, %d bytes)", offset,
+        offset + length, pfn, it->second.order, head_pfn, head_pfn + (uint64_t{1} << it->second.order) - 1,
+        block_bytes));
+  }
+  // A block never spans a hole, so its pages are consecutive in the arena too.
+  return pa_->page_host_address(head) + start;
+}
+
+grpc::ServerUnaryReactor* PhysMemService::ReadPages(grpc::CallbackServerContext* ctx,
+                                                    const v1::ReadPagesRequest* req, v1::ReadPagesResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  Lease& l = **lease;
+  std::lock_guard<std::mutex> guard(l.mu);  // frees take it too: the block stays ours while we copy
+  absl::StatusOr<std::byte*> src = LeaseBytesLocked(l, req->pfn(), req->offset(), req->length());
+  if (!src.ok()) return Reply(ctx, src.status());
+  resp->mutable_data()->assign(reinterpret_cast<const char*>(*src), req->length());
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::WritePages(grpc::CallbackServerContext* ctx,
+                                                     const v1::WritePagesRequest* req, v1::WritePagesResponse* resp) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
+  if (!lease.ok()) return Reply(ctx, lease.status());
+  Lease& l = **lease;
+  std::lock_guard<std::mutex> guard(l.mu);
+  absl::StatusOr<std::byte*> dst = LeaseBytesLocked(l, req->pfn(), req->offset(), req->data().size());
+  if (!dst.ok()) return Reply(ctx, dst.status());
+  std::memcpy(*dst, req->data().data(), req->data().size());
+  resp->set_bytes_written(req->data().size());
+  return Reply(ctx, absl::OkStatus());
+}
+
 // ---- Introspection ----
 
 grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContext* ctx,
@@ -588,6 +754,7 @@ grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* 
   resp->set_allocated_pages(c->allocated_pages);
   resp->set_leases(all.size());
   resp->set_lease_pages(lease_pages);
+  if (IdentityLimits* il = leases_->identity_limits()) resp->set_identity_pages(il->TotalPages());
   return Reply(ctx, absl::OkStatus());
 }
 

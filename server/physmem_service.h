@@ -22,6 +22,7 @@ namespace physmem {
 struct ServiceLimits {
   uint32_t max_bulk_pages = 65536;   // AllocPagesBulk count and FreePagesBulk blocks per call
   int64_t max_alloc_wait_ms = 10000;  // longest wait for memory (GFP_KERNEL), deadline permitting
+  uint64_t max_page_io_bytes = 4 << 20;  // ReadPages length / WritePages data per call
 };
 
 class PhysMemService final : public v1::PhysMem::CallbackService {
@@ -63,6 +64,10 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
                                  v1::KmapResponse* resp) override;
   grpc::ServerUnaryReactor* Kunmap(grpc::CallbackServerContext* ctx, const v1::KmapRequest* req,
                                    v1::KunmapResponse* resp) override;
+  grpc::ServerUnaryReactor* ReadPages(grpc::CallbackServerContext* ctx, const v1::ReadPagesRequest* req,
+                                      v1::ReadPagesResponse* resp) override;
+  grpc::ServerUnaryReactor* WritePages(grpc::CallbackServerContext* ctx, const v1::WritePagesRequest* req,
+                                       v1::WritePagesResponse* resp) override;
   grpc::ServerUnaryReactor* GetZoneInfo(grpc::CallbackServerContext* ctx, const v1::GetZoneInfoRequest* req,
                                         v1::GetZoneInfoResponse* resp) override;
   grpc::ServerUnaryReactor* GetTarget(grpc::CallbackServerContext* ctx, const v1::GetTargetRequest* req,
@@ -88,6 +93,15 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // The same with lease.mu held (bulk frees take it once for all blocks).
   absl::Status FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
                                  uint64_t* pages_freed);
+  // The host bytes [offset, offset + length) from the start of page `pfn`, which must lie in one
+  // block of `lease`; lease.mu held, so the block cannot be freed (and handed to someone else)
+  // while the caller copies.
+  absl::StatusOr<std::byte*> LeaseBytesLocked(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length) const;
+  // Books an allocation of 2^order pages against the lease's identity and allocates it: the
+  // allocator only sees zones where the identity has room. nullopt = no memory (may wait).
+  std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order);
+  // AllocPagesBulk's fill under the identity's limits; `why_short` says why it stopped early.
+  unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short);
   void FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const;
   void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
 

@@ -36,11 +36,14 @@ absl::StatusOr<RecoveryReport> RestoreFromJournal(JournalState& state, PageAlloc
   for (JournalLease* jl : live) {
     auto lease = std::make_shared<Lease>(jl->id, jl->identity, jl->name, jl->ttl_ms, jl->quota);
     lease->deadline.store(jl->deadline_ns);
+    IdentityLimits* limits = leases->identity_limits();
+    if (limits != nullptr) lease->usage = limits->For(jl->identity);
     lease->blocks.reserve(jl->blocks.size());
     for (auto& [pfn, b] : jl->blocks) {
       const ZoneType zone = pa->page_zonenum(*pa->PfnToPage(pfn));
       if (!b.key.empty()) lease->keys.emplace(b.key, pfn);
       lease->pages_held += uint64_t{1} << b.order;
+      if (lease->usage != nullptr) limits->ChargeRecovered(*lease->usage, zone, uint64_t{1} << b.order);
       lease->blocks.emplace(pfn, LeaseBlock{b.order, zone, std::move(b.key)});
     }
     report.blocks += lease->blocks.size();

@@ -69,6 +69,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(ServerOptions opti
 }
 
 absl::Status Server::Start() {
+  if (options_.service_limits.max_page_io_bytes + (64 << 10) > static_cast<uint64_t>(options_.max_message_bytes)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--max_page_io_bytes %d must stay 64 KiB below --max_message_bytes %d (room for the rest of the message)",
+        options_.service_limits.max_page_io_bytes, options_.max_message_bytes));
+  }
   if (absl::Status s = StartJournal(); !s.ok()) return s;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits);
@@ -146,6 +151,8 @@ absl::Status Server::StartJournal() {
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
   leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  identity_limits_ = std::make_unique<IdentityLimits>(*pa_, options_.identity_limits);
+  leases_->set_identity_limits(identity_limits_.get());
   if (!on) return absl::OkStatus();
   absl::StatusOr<RecoveryReport> report = RestoreFromJournal(state, pa_.get(), leases_.get());
   if (!report.ok()) return report.status();

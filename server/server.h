@@ -19,6 +19,7 @@
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
 #include "server/journal.h"
+#include "server/identity_limits.h"
 #include "server/lease_table.h"
 #include "server/physmem_service.h"
 #include "server/unix_listener.h"
@@ -35,6 +36,7 @@ struct ServerOptions {
   std::string tls_key_file;
   std::string tls_client_ca_file;    // set: mutual TLS, clients must present a cert signed by it
   LeaseLimits lease_limits;
+  IdentityLimitsOptions identity_limits;
   ServiceLimits service_limits;
   int max_message_bytes = 64 << 20;
   int shutdown_grace_ms = 2000;      // how long in-flight calls (and idle connections) get on shutdown
@@ -70,6 +72,7 @@ class Server {
   std::unique_ptr<PageAllocator> pa_;
   PeerRegistry peers_;
   std::unique_ptr<AllocWaiters> waiters_;
+  std::unique_ptr<IdentityLimits> identity_limits_;
   std::unique_ptr<LeaseTable> leases_;
   std::unique_ptr<PhysMemService> service_;
   std::unique_ptr<grpc::Server> grpc_;

@@ -106,6 +106,33 @@ TEST_F(PageAllocatorTest, GfpKernelPrefersNormalThenFallsBackDownward) {
   ExpectValid();
 }
 
+class AllowedZones : public PageAllocatorTest, public ::testing::WithParamInterface<bool> {};
+INSTANTIATE_TEST_SUITE_P(PerCpuListsOnAndOff, AllowedZones, ::testing::Bool());
+
+// allowed_zones drops zones from the zonelist (as a cpuset does), for the fast path, the slow
+// path and bulk alike; the remaining zones keep their order.
+TEST_P(AllowedZones, AllocationsStayInTheAllowedZones) {
+  const bool pcp = GetParam();
+  BootX86(pcp);
+  const uint32_t no_normal = PageAllocator::kAllZones & ~(1u << ZONE_NORMAL);
+  Page* p = pa_->alloc_pages(GFP_KERNEL, 0, kAlice, no_normal);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(pa_->page_zonenum(p), ZONE_DMA32) << "NORMAL skipped, DMA32 next";
+  ASSERT_TRUE(pa_->__free_pages(p, 0, kAlice).ok());
+  std::vector<Page*> got;
+  while (Page* q = pa_->alloc_pages(GFP_KERNEL, 0, kAlice, 1u << ZONE_DMA)) got.push_back(q);
+  ASSERT_FALSE(got.empty());
+  for (Page* q : got) EXPECT_EQ(pa_->page_zonenum(q), ZONE_DMA);
+  FreeAll(got, 0, kAlice);
+  std::vector<Page*> bulk(64, nullptr);
+  ASSERT_EQ(pa_->alloc_pages_bulk(GFP_KERNEL, 64, bulk.data(), kAlice, 1u << ZONE_DMA32), 64u);
+  for (Page* q : bulk) EXPECT_EQ(pa_->page_zonenum(q), ZONE_DMA32);
+  FreeAll(bulk, 0, kAlice);
+  EXPECT_EQ(pa_->alloc_pages(GFP_DMA, 0, kAlice, no_normal & ~(1u << ZONE_DMA)), nullptr)
+      << "GFP_DMA's only zone is not allowed";
+  ExpectValid();
+}
+
 TEST_F(PageAllocatorTest, GfpDmaUsesOnlyZoneDmaAndGfpDma32NeverNormal) {
   BootX86();
   std::vector<Page*> dma = Exhaust(GFP_KERNEL | __GFP_DMA, 0);

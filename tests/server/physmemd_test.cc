@@ -770,8 +770,9 @@ class SmallDaemon : public Daemon {
  protected:
   void SetUp() override {
     daemon_ = std::make_unique<testing::DaemonProcess>(
+        // These tests drain the whole machine as one client: no per-identity ZONE_DMA cap.
         std::vector<std::string>{"--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=3000",
-                                 "--min_lease_ttl_ms=200"},
+                                 "--min_lease_ttl_ms=200", "--identity_dma_pages=4096"},
         /*tcp=*/true);
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
     stub_ = Connect(daemon_->unix_target());

@@ -46,7 +46,9 @@ class RecoveryTime : public ::testing::Test {
   }
   std::vector<std::string> Args(const std::string& compact = "1073741824") {
     return {"--arena_path=" + arena_, "--mem_mb=1024", "--min_free_kbytes=128", "--journal_compact_bytes=" + compact,
-            "--max_alloc_wait_ms=0"};
+            "--max_alloc_wait_ms=0",
+            // One identity fills all of RAM here, ZONE_DMA included (its default cap is 1/8).
+            "--identity_dma_pages=4096"};
   }
   // Restarts after kill -9 and returns the recovered line's fields of interest.
   std::string KillAndRecover(std::unique_ptr<DaemonProcess>& d, const std::vector<std::string>& args,

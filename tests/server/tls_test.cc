@@ -153,6 +153,53 @@ TEST_F(MutualTls, AnotherCertificateIsAnotherIdentity) {
   }
 }
 
+// Page contents follow the certificate too: client-b can neither read nor write client-a's page,
+// through client-a's lease or through a lease of its own, and client-a's bytes stay as written.
+TEST_F(MutualTls, AnotherCertificateCannotReadOrWriteThePages) {
+  auto a = Client("client-a");
+  auto b = Client("client-b");
+  uint64_t lease_a = 0, lease_b = 0;
+  ASSERT_TRUE(CreateLease(a.get(), &lease_a).ok());
+  ASSERT_TRUE(CreateLease(b.get(), &lease_b).ok());
+  v1::Allocation page;
+  {
+    grpc::ClientContext ctx;
+    v1::AllocPagesRequest r;
+    r.set_lease_id(lease_a);
+    r.set_gfp("GFP_KERNEL");
+    ASSERT_TRUE(a->AllocPages(&ctx, r, &page).ok());
+  }
+  auto write = [&](v1::PhysMem::Stub* s, uint64_t lease, const std::string& data) {
+    grpc::ClientContext ctx;
+    v1::WritePagesRequest w;
+    w.set_lease_id(lease);
+    w.set_pfn(page.pfn());
+    w.set_data(data);
+    v1::WritePagesResponse out;
+    return s->WritePages(&ctx, w, &out);
+  };
+  auto read = [&](v1::PhysMem::Stub* s, uint64_t lease, std::string* data) {
+    grpc::ClientContext ctx;
+    v1::ReadPagesRequest r;
+    r.set_lease_id(lease);
+    r.set_pfn(page.pfn());
+    r.set_length(5);
+    v1::ReadPagesResponse out;
+    grpc::Status st = s->ReadPages(&ctx, r, &out);
+    *data = out.data();
+    return st;
+  };
+  ASSERT_TRUE(write(a.get(), lease_a, "alice").ok());
+  std::string got;
+  for (uint64_t lease : {lease_a, lease_b}) {
+    EXPECT_EQ(read(b.get(), lease, &got).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(got, "");
+    EXPECT_EQ(write(b.get(), lease, "bobby").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  }
+  ASSERT_TRUE(read(a.get(), lease_a, &got).ok());
+  EXPECT_EQ(got, "alice");
+}
+
 TEST_F(MutualTls, NoCertificateOrAForeignCaGetsNoConnection) {
   for (const char* who : {"", "client-rogue"}) {
     auto c = Client(who);

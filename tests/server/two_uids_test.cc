@@ -1,0 +1,470 @@
+// Two real identities over the Unix socket: the test runs as root (uid 0, identity "uid:0") and
+// starts a second client as uid 65534 (nobody), which the daemon names "uid:65534" from the
+// socket's peer credentials. The second client is this very test binary, re-executed after
+// setgid/setuid with PHYSMEM_PEER set: a static initializer sees the variable, runs the peer's
+// script with real gRPC calls, prints one line per call and exits before gtest's main runs.
+//
+// Proves: uid 65534 cannot see, renew, keep alive, revoke, allocate in, free, read, write, kmap,
+// kunmap or page_address uid 0's lease or pages (PERMISSION_DENIED each, and the census taken
+// right after each call unchanged); and the per-identity limits stop one identity while the other
+// still allocates its full share.
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "physmem/v1/physmem.grpc.pb.h"
+#include "tests/daemon_process.h"
+
+namespace physmem {
+namespace {
+
+using ::testing::HasSubstr;
+using v1::PhysMem;
+
+constexpr uid_t kNobody = 65534;
+
+std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
+  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return PhysMem::NewStub(ch);
+}
+
+struct Ctx {
+  Ctx() { c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10)); }
+  grpc::ClientContext c;
+  grpc::ClientContext* operator&() { return &c; }
+};
+
+std::string CodeName(grpc::StatusCode c) {
+  return std::string(absl::StatusCodeToString(static_cast<absl::StatusCode>(c)));
+}
+
+// ---- The peer (runs as uid 65534, in a child process) ----
+
+// "name CODE allocated free lease_pages": the call's code and the census right after it.
+void Report(PhysMem::Stub* s, const std::string& name, const grpc::Status& st, const std::string& extra = "") {
+  v1::ValidateResponse v;
+  Ctx ctx;
+  s->Validate(&ctx, v1::ValidateRequest(), &v);
+  std::printf("%s %s %llu %llu %llu %s\n", name.c_str(), CodeName(st.error_code()).c_str(),
+              static_cast<unsigned long long>(v.allocated_pages()), static_cast<unsigned long long>(v.free_pages()),
+              static_cast<unsigned long long>(v.lease_pages()), extra.c_str());
+}
+
+uint64_t OwnLease(PhysMem::Stub* s) {
+  v1::CreateLeaseRequest r;
+  r.set_ttl_ms(60000);
+  v1::CreateLeaseResponse resp;
+  Ctx ctx;
+  s->CreateLease(&ctx, r, &resp);
+  return resp.lease_id();
+}
+
+// Every use of the victim's lease `lease` and its page `pfn` (a highmem page, so kmap applies).
+void PeerAttack(PhysMem::Stub* s, uint64_t lease, uint64_t pfn) {
+  {
+    v1::ListLeasesResponse out;
+    Ctx ctx;
+    grpc::Status st = s->ListLeases(&ctx, v1::ListLeasesRequest(), &out);
+    Report(s, "list", st, absl::StrFormat("seen=%d", out.leases_size()));
+  }
+  auto each_lease = [&](uint64_t l, const std::string& tag) {
+    {
+      v1::GetLeaseRequest r;
+      r.set_lease_id(l);
+      v1::LeaseInfo out;
+      Ctx ctx;
+      Report(s, tag + "get", s->GetLease(&ctx, r, &out));
+    }
+    {
+      v1::AllocPagesRequest r;
+      r.set_lease_id(l);
+      r.set_gfp("GFP_KERNEL");
+      v1::Allocation out;
+      Ctx ctx;
+      Report(s, tag + "alloc", s->AllocPages(&ctx, r, &out));
+    }
+    {
+      v1::AllocPagesBulkRequest r;
+      r.set_lease_id(l);
+      r.set_gfp("GFP_KERNEL");
+      r.set_count(4);
+      v1::AllocPagesBulkResponse out;
+      Ctx ctx;
+      Report(s, tag + "alloc_bulk", s->AllocPagesBulk(&ctx, r, &out));
+    }
+    {
+      v1::FreePagesRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      v1::FreePagesResponse out;
+      Ctx ctx;
+      Report(s, tag + "free", s->FreePages(&ctx, r, &out));
+    }
+    {
+      v1::FreePagesBulkRequest r;
+      r.set_lease_id(l);
+      r.add_pfn(pfn);
+      v1::FreePagesBulkResponse out;
+      Ctx ctx;
+      grpc::Status st = s->FreePagesBulk(&ctx, r, &out);
+      // Bulk frees report refusals per block: fold the block's code into the line.
+      if (st.ok() && out.refused_size() == 1) {
+        st = grpc::Status(static_cast<grpc::StatusCode>(out.refused(0).code()), out.refused(0).message());
+      }
+      Report(s, tag + "free_bulk", st);
+    }
+    {
+      v1::ReadPagesRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      r.set_length(64);
+      v1::ReadPagesResponse out;
+      Ctx ctx;
+      grpc::Status st = s->ReadPages(&ctx, r, &out);
+      Report(s, tag + "read", st, absl::StrFormat("bytes=%d", out.data().size()));
+    }
+    {
+      v1::WritePagesRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      r.set_data("stolen");
+      v1::WritePagesResponse out;
+      Ctx ctx;
+      Report(s, tag + "write", s->WritePages(&ctx, r, &out));
+    }
+    {
+      v1::KmapRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      v1::KmapResponse out;
+      Ctx ctx;
+      Report(s, tag + "kmap", s->Kmap(&ctx, r, &out));
+    }
+    {
+      v1::KmapRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      v1::KunmapResponse out;
+      Ctx ctx;
+      Report(s, tag + "kunmap", s->Kunmap(&ctx, r, &out));
+    }
+    {
+      v1::PageAddressRequest r;
+      r.set_lease_id(l);
+      r.set_pfn(pfn);
+      v1::PageAddressResponse out;
+      Ctx ctx;
+      Report(s, tag + "address", s->PageAddress(&ctx, r, &out));
+    }
+  };
+  each_lease(lease, "");
+  {
+    v1::KeepAliveRequest r;
+    r.set_lease_id(lease);
+    v1::KeepAliveResponse out;
+    Ctx ctx;
+    Report(s, "renew", s->RenewLease(&ctx, r, &out));
+  }
+  {
+    Ctx ctx;
+    auto stream = s->KeepAlive(&ctx);
+    v1::KeepAliveRequest r;
+    r.set_lease_id(lease);
+    stream->Write(r);
+    stream->WritesDone();
+    v1::KeepAliveResponse out;
+    while (stream->Read(&out)) {
+    }
+    Report(s, "keepalive", stream->Finish());
+  }
+  {
+    v1::RevokeLeaseRequest r;
+    r.set_lease_id(lease);
+    v1::RevokeLeaseResponse out;
+    Ctx ctx;
+    Report(s, "revoke", s->RevokeLease(&ctx, r, &out));
+  }
+  // Its own, real lease, aimed at the victim's page: the block-ownership check must stop it.
+  each_lease(OwnLease(s), "own_");
+}
+
+// Allocates with each "gfp:order" step until refused (at most 5000 calls a step):
+// "alloc:<gfp> OK-or-CODE ... got=<n> msg=<refusal>".
+void PeerAlloc(PhysMem::Stub* s, const std::vector<std::string>& steps) {
+  const uint64_t lease = OwnLease(s);
+  for (const std::string& step : steps) {
+    int got = 0;
+    grpc::Status st;
+    for (; got < 5000; ++got) {
+      v1::AllocPagesRequest r;
+      r.set_lease_id(lease);
+      r.set_gfp(step);
+      v1::Allocation out;
+      Ctx ctx;
+      st = s->AllocPages(&ctx, r, &out);
+      if (!st.ok()) break;
+    }
+    std::string msg = st.error_message();
+    for (char& c : msg) c = c == ' ' ? '_' : c;
+    Report(s, "alloc:" + step, st, absl::StrFormat("got=%d msg=%s", got, msg));
+  }
+}
+
+int RunPeer() {
+  const char* socket = std::getenv("PHYSMEM_PEER_SOCKET");
+  const char* script = std::getenv("PHYSMEM_PEER");
+  auto stub = Connect(std::string("unix://") + socket);
+  std::vector<std::string> words = absl::StrSplit(script, ' ', absl::SkipEmpty());
+  if (words.size() == 3 && words[0] == "attack") {
+    PeerAttack(stub.get(), std::stoull(words[1]), std::stoull(words[2]));
+  } else if (!words.empty() && words[0] == "alloc") {
+    PeerAlloc(stub.get(), std::vector<std::string>(words.begin() + 1, words.end()));
+  } else {
+    std::printf("bad peer script '%s'\n", script);
+    return 2;
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+// The peer runs here, before main(), in the re-executed child.
+[[maybe_unused]] const bool kPeerRan = [] {
+  if (std::getenv("PHYSMEM_PEER") == nullptr) return false;
+  std::_Exit(RunPeer());
+}();
+
+// ---- The test side (root) ----
+
+struct PeerLine {
+  std::string code;
+  uint64_t allocated = 0, free = 0, lease_pages = 0;
+  std::string extra;
+};
+
+// Runs the peer script as uid 65534; its lines by name.
+std::map<std::string, PeerLine> RunAsNobody(const std::string& socket, const std::string& script, std::string* raw) {
+  std::string self(4096, '\0');
+  self.resize(::readlink("/proc/self/exe", self.data(), self.size()));
+  std::vector<std::string> env_s = {"PHYSMEM_PEER=" + script, "PHYSMEM_PEER_SOCKET=" + socket};
+  std::vector<char*> envp;
+  for (std::string& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  char* argv[] = {self.data(), nullptr};
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close(fds[0]);
+    if (::setgroups(0, nullptr) != 0 || ::setgid(kNobody) != 0 || ::setuid(kNobody) != 0) ::_exit(126);
+    ::execve(self.c_str(), argv, envp.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "peer status " << status << "\n" << out;
+  *raw = out;
+  std::map<std::string, PeerLine> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream l(line);
+    std::string name;
+    PeerLine p;
+    l >> name >> p.code >> p.allocated >> p.free >> p.lease_pages;
+    std::getline(l, p.extra);
+    lines[name] = p;
+  }
+  return lines;
+}
+
+class TwoUids : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> flags) {
+    if (::getuid() != 0) GTEST_SKIP() << "needs root to run a client as uid 65534";
+    flags.insert(flags.begin(), {"--target=i386", "--mem_mb=64", "--unix_socket_mode=0666",
+                                 "--max_alloc_wait_ms=200"});
+    daemon_ = std::make_unique<testing::DaemonProcess>(flags);
+    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+    // Let uid 65534 reach the socket in the daemon's private temporary directory.
+    const std::string dir = std::filesystem::path(daemon_->socket_path()).parent_path();
+    ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
+    stub_ = Connect(daemon_->unix_target());
+  }
+  void TearDown() override {
+    if (HasFailure() && daemon_) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
+  }
+  uint64_t NewLease() {
+    v1::CreateLeaseRequest r;
+    r.set_ttl_ms(60000);
+    v1::CreateLeaseResponse resp;
+    Ctx ctx;
+    EXPECT_TRUE(stub_->CreateLease(&ctx, r, &resp).ok());
+    return resp.lease_id();
+  }
+  grpc::Status Alloc(uint64_t lease, const std::string& gfp, v1::Allocation* out) {
+    v1::AllocPagesRequest r;
+    r.set_lease_id(lease);
+    r.set_gfp(gfp);
+    Ctx ctx;
+    return stub_->AllocPages(&ctx, r, out);
+  }
+  v1::ValidateResponse Census() {
+    v1::ValidateResponse v;
+    Ctx ctx;
+    EXPECT_TRUE(stub_->Validate(&ctx, v1::ValidateRequest(), &v).ok());
+    return v;
+  }
+
+  std::unique_ptr<testing::DaemonProcess> daemon_;
+  std::unique_ptr<PhysMem::Stub> stub_;
+};
+
+TEST_F(TwoUids, AnotherUidCanNeitherSeeNorTouchALeaseOrItsPages) {
+  Start({"--mem_mb=1024"});  // (the later flag wins) enough RAM for i386 to have HighMem
+  const uint64_t lease = NewLease();
+  v1::Allocation page;
+  ASSERT_TRUE(Alloc(lease, "GFP_HIGHUSER", &page).ok());
+  ASSERT_EQ(page.zone(), "HighMem");
+  const std::string secret(4096, 's');
+  {
+    v1::WritePagesRequest w;
+    w.set_lease_id(lease);
+    w.set_pfn(page.pfn());
+    w.set_data(secret);
+    v1::WritePagesResponse out;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->WritePages(&ctx, w, &out).ok());
+  }
+  v1::LeaseInfo before_info;
+  {
+    v1::GetLeaseRequest g;
+    g.set_lease_id(lease);
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetLease(&ctx, g, &before_info).ok());
+    EXPECT_EQ(before_info.identity(), "uid:0");
+  }
+  const v1::ValidateResponse before = Census();
+
+  std::string raw;
+  std::map<std::string, PeerLine> got =
+      RunAsNobody(daemon_->socket_path(), absl::StrFormat("attack %d %d", lease, page.pfn()), &raw);
+  SCOPED_TRACE(raw);
+  ASSERT_TRUE(got.count("list"));
+  EXPECT_EQ(got["list"].code, "OK");
+  EXPECT_THAT(got["list"].extra, HasSubstr("seen=0"));
+  // The peer's own lease allocated pages of its own (own_alloc, own_alloc_bulk) before its
+  // refused calls on our page: those are measured against the census after its own allocations.
+  ASSERT_TRUE(got.count("own_alloc_bulk"));
+  const PeerLine own_base = got["own_alloc_bulk"];
+  EXPECT_EQ(own_base.allocated, before.allocated_pages() + 5);
+  const std::vector<std::string> denied = {"get",       "alloc",    "alloc_bulk", "free",       "free_bulk",
+                                           "read",      "write",    "kmap",       "kunmap",     "address",
+                                           "renew",     "keepalive", "revoke",    "own_free",   "own_free_bulk",
+                                           "own_read",  "own_write", "own_kmap",  "own_kunmap", "own_address"};
+  for (const std::string& name : denied) {
+    ASSERT_TRUE(got.count(name)) << name;
+    const PeerLine& p = got[name];
+    EXPECT_EQ(p.code, "PERMISSION_DENIED") << name;
+    // The census taken right after the call: nothing moved.
+    const bool own = name.rfind("own_", 0) == 0;
+    EXPECT_EQ(p.allocated, own ? own_base.allocated : before.allocated_pages()) << name;
+    EXPECT_EQ(p.free, own ? own_base.free : before.free_pages()) << name;
+    EXPECT_EQ(p.lease_pages, own ? own_base.lease_pages : before.lease_pages()) << name;
+  }
+  EXPECT_THAT(got["read"].extra, HasSubstr("bytes=0"));
+  EXPECT_THAT(got["own_read"].extra, HasSubstr("bytes=0"));
+  // The peer's own lease works for itself (it can allocate), which proves it was a real client.
+  EXPECT_EQ(got["own_get"].code, "OK");
+  EXPECT_EQ(got["own_alloc"].code, "OK");
+
+  // uid 0's lease, page and bytes are as they were; its TTL was not extended by the renewals.
+  v1::LeaseInfo after_info;
+  {
+    v1::GetLeaseRequest g;
+    g.set_lease_id(lease);
+    Ctx ctx;
+    ASSERT_TRUE(stub_->GetLease(&ctx, g, &after_info).ok());
+  }
+  EXPECT_EQ(after_info.pages_held(), before_info.pages_held());
+  EXPECT_LE(after_info.ttl_ms(), before_info.ttl_ms());
+  {
+    v1::ReadPagesRequest r;
+    r.set_lease_id(lease);
+    r.set_pfn(page.pfn());
+    r.set_length(4096);
+    v1::ReadPagesResponse out;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->ReadPages(&ctx, r, &out).ok());
+    EXPECT_EQ(out.data(), secret);
+  }
+  // And uid 0 does not see the peer's lease either.
+  v1::ListLeasesResponse mine;
+  Ctx ctx;
+  ASSERT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &mine).ok());
+  ASSERT_EQ(mine.leases_size(), 1);
+  EXPECT_EQ(mine.leases(0).lease_id(), lease);
+}
+
+// uid 0 exhausts its own allowance; uid 65534 still gets all of its own, and each refusal names
+// the identity and the limit.
+TEST_F(TwoUids, PageLimitStopsOneIdentityNotTheOther) {
+  Start({"--identity_max_pages=64"});
+  const uint64_t lease = NewLease();
+  v1::Allocation a;
+  int n = 0;
+  grpc::Status s;
+  while ((s = Alloc(lease, "GFP_KERNEL", &a)).ok()) ++n;
+  EXPECT_EQ(n, 64);
+  EXPECT_THAT(s.error_message(), HasSubstr("identity uid:0 holds 64 of its 64 pages limit (--identity_max_pages)"));
+  std::string raw;
+  std::map<std::string, PeerLine> got = RunAsNobody(daemon_->socket_path(), "alloc GFP_KERNEL", &raw);
+  SCOPED_TRACE(raw);
+  ASSERT_TRUE(got.count("alloc:GFP_KERNEL"));
+  EXPECT_THAT(got["alloc:GFP_KERNEL"].extra, HasSubstr("got=64 "));
+  EXPECT_THAT(got["alloc:GFP_KERNEL"].extra, HasSubstr("identity_uid:65534_holds_64_of_its_64_pages_limit"));
+  const v1::ValidateResponse v = Census();
+  EXPECT_EQ(v.allocated_pages(), 128u);
+  EXPECT_EQ(v.lease_pages(), 128u);
+}
+
+TEST_F(TwoUids, ZoneShareAndDmaCapStopOneIdentityNotTheOther) {
+  Start({"--identity_zone_share_percent=Normal:2", "--identity_dma_pages=8"});
+  const uint64_t lease = NewLease();
+  v1::Allocation a;
+  std::map<std::string, int> zones;
+  grpc::Status s;
+  while ((s = Alloc(lease, "GFP_KERNEL", &a)).ok()) ++zones[a.zone()];
+  EXPECT_THAT(s.error_message(), HasSubstr("--identity_zone_share_percent"));
+  EXPECT_EQ(zones["DMA"], 8) << "fallback into DMA stops at the DMA cap";
+  EXPECT_EQ(Alloc(lease, "GFP_DMA", &a).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  std::string raw;
+  std::map<std::string, PeerLine> got = RunAsNobody(daemon_->socket_path(), "alloc GFP_DMA GFP_KERNEL", &raw);
+  SCOPED_TRACE(raw);
+  EXPECT_THAT(got["alloc:GFP_DMA"].extra, HasSubstr("got=8 "));
+  EXPECT_THAT(got["alloc:GFP_DMA"].extra, HasSubstr("--identity_dma_pages"));
+  EXPECT_THAT(got["alloc:GFP_KERNEL"].extra, HasSubstr(absl::StrFormat("got=%d ", zones["Normal"])));
+  EXPECT_THAT(got["alloc:GFP_KERNEL"].extra, HasSubstr("identity_uid:65534"));
+}
+
+}  // namespace
+}  // namespace physmem
