@@ -73,6 +73,8 @@ absl::Status Server::Start() {
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
   leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  metrics_ = std::make_unique<Metrics>(pa_.get(), leases_.get(), options_.metrics);
+  if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits);
 
@@ -116,7 +118,9 @@ absl::Status Server::Start() {
                                                                    pa_->arena().size())},
                       {"pcp", pa_->pcp_active() ? "rseq" : "off"},
                       {"unix", options_.unix_socket},
-                      {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)}});
+                      {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)},
+                      {"metrics", options_.metrics.listen.empty() ? std::string("off")
+                                                                  : std::to_string(metrics_->port())}});
   return absl::OkStatus();
 }
 
