@@ -103,7 +103,8 @@ def main():
         sock = os.path.join(d, "physmemd.sock")
         target = "--target=unix://" + sock
         log = open(os.path.join(d, "log"), "w")
-        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64"],
+        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64",
+                                   "--metrics_listen=127.0.0.1:0"],
                                   stdout=log, stderr=log)
         try:
             for _ in range(200):
