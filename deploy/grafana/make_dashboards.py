@@ -4,13 +4,14 @@ below: editing this file and re-running it keeps ids, grid positions and variabl
 consistent, which hand-edited dashboard JSON rarely stays. tests/deploy/deploy_files_test.py
 checks that the committed JSON is what this script writes.
 
-    /usr/bin/python3 deploy/grafana/make_dashboards.py
+    /usr/bin/python3 deploy/grafana/make_dashboards.py [OUTPUT_DIR]   # default: deploy/grafana/dashboards
 
 Every query selects job=~"$job", instance=~"$instance" (and zone=~"$zone" where the metric has a
 zone), so the variables filter every panel. Metric names: docs/metrics.md.
 """
 import json
 import os
+import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job", instance=~"$instance"'
@@ -244,7 +245,7 @@ def buddy():
 
 
 def main():
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards")
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboards")
     for name, d in [("physmemd-overview.json", overview()), ("physmemd-buddy.json", buddy())]:
         with open(os.path.join(out, name), "w") as f:
             json.dump(d, f, indent=2, sort_keys=False)
