@@ -299,6 +299,8 @@ Metrics::Metrics(const PageAllocator* pa, const LeaseTable* leases, MetricsOptio
   wait_seconds_ = &wait_seconds.Add(
       {}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                                                   5, 10, 30, 60});
+  rpc_ = std::make_unique<RpcMetrics>(*registry_, std::vector<std::string>{"physmem.v1.PhysMem",
+                                                                           "grpc.reflection.v1alpha.ServerReflection"});
 }
 
 Metrics::~Metrics() = default;
