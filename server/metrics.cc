@@ -83,6 +83,7 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
   std::vector<MetricFamily> Collect() const override {
     std::vector<MetricFamily> out;
     CollectZones(out);
+    CollectVmEvents(out);
     CollectLeases(out);
     CollectArenaAndProcess(out);
     return out;
@@ -151,6 +152,48 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
                     &refills, &drains, &remote}) {
       out.push_back(std::move(*f));
     }
+  }
+
+  // (zone, order, gfp_class) series exist once non-zero: 3 zones x 11 orders x 8 classes would be
+  // 264 mostly-zero series per family. Per-zone counters always exist.
+  void CollectVmEvents(std::vector<MetricFamily>& out) const {
+    const VmEventCounts c = pa_->VmEvents();
+    auto alloc = Family("physmem_alloc_total", "Successful allocations (blocks) by serving zone, order and gfp class",
+                        MetricType::Counter);
+    auto alloc_pages = Family("physmem_alloc_pages_total", "Pages allocated (vmstat pgalloc_<zone>)",
+                              MetricType::Counter);
+    auto fail = Family("physmem_alloc_failures_total", "Failed allocations by preferred zone, order and gfp class",
+                       MetricType::Counter);
+    auto fallback = Family("physmem_alloc_fallbacks_total",
+                           "Allocations served by zone, lower than the preferred zone", MetricType::Counter);
+    auto free = Family("physmem_free_total", "Blocks freed", MetricType::Counter);
+    auto free_pages = Family("physmem_free_pages_total", "Pages freed (vmstat pgfree)", MetricType::Counter);
+    auto zeroed = Family("physmem_pages_zeroed_total", "Pages zeroed for __GFP_ZERO / GetZeroedPage",
+                         MetricType::Counter);
+    const Target& t = pa_->target();
+    for (int zi = 0; zi < MAX_NR_ZONES; ++zi) {
+      if (!t.zone_configured[zi]) continue;
+      const auto z = static_cast<ZoneType>(zi);
+      const std::string zn = Z(z);
+      for (unsigned o = 0; o < c.nr_orders; ++o) {
+        for (int cls = 0; cls < kNrGfpClasses; ++cls) {
+          const std::vector<ClientMetric::Label> labels = {
+              {"zone", zn}, {"order", std::to_string(o)}, {"gfp_class", std::string(kGfpClassNames[cls])}};
+          if (const uint64_t n = c.allocs(z, o, cls)) Add(alloc, labels, static_cast<double>(n));
+          if (const uint64_t n = c.failures(z, o, cls)) Add(fail, labels, static_cast<double>(n));
+        }
+      }
+      for (int p = zi + 1; p < MAX_NR_ZONES; ++p) {
+        if (const uint64_t n = c.fallback[zi][p]) {
+          Add(fallback, {{"zone", zn}, {"preferred_zone", Z(static_cast<ZoneType>(p))}}, static_cast<double>(n));
+        }
+      }
+      Add(alloc_pages, {{"zone", zn}}, static_cast<double>(c.alloc_pages(z)));
+      Add(free, {{"zone", zn}}, static_cast<double>(c.free_blocks(z)));
+      Add(free_pages, {{"zone", zn}}, static_cast<double>(c.free_pages(z)));
+    }
+    Add(zeroed, {}, static_cast<double>(c.pages_zeroed));
+    for (auto* f : {&alloc, &alloc_pages, &fail, &fallback, &free, &free_pages, &zeroed}) out.push_back(std::move(*f));
   }
 
   void CollectLeases(std::vector<MetricFamily>& out) const {
@@ -256,6 +299,8 @@ Metrics::Metrics(const PageAllocator* pa, const LeaseTable* leases, MetricsOptio
   wait_seconds_ = &wait_seconds.Add(
       {}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                                                   5, 10, 30, 60});
+  rpc_ = std::make_unique<RpcMetrics>(*registry_, std::vector<std::string>{"physmem.v1.PhysMem",
+                                                                           "grpc.reflection.v1alpha.ServerReflection"});
 }
 
 Metrics::~Metrics() = default;

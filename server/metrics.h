@@ -11,7 +11,7 @@
 // Both are served by prometheus-cpp's pull Exposer (civetweb) on --metrics_listen.
 //
 // Who uses it: Server builds one Metrics, hands it to PhysMemService (FreeRefused, AllocWait*)
-// and to the RPC interceptor (registry()). Thread-safety: every method may be called from any
+// and installs the RPC interceptor (rpc()). Thread-safety: every method may be called from any
 // thread; scrapes run on the exposer's threads concurrently with everything else.
 #ifndef PHYSMEM_SERVER_METRICS_H_
 #define PHYSMEM_SERVER_METRICS_H_
@@ -31,6 +31,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/lease_table.h"
+#include "server/rpc_metrics.h"
 
 namespace physmem {
 
@@ -72,8 +73,9 @@ class Metrics {
   void FreeRefused(FreeRefusal reason) { free_refused_[static_cast<int>(reason)]->Increment(); }
   void AllocWaitDone(WaitOutcome outcome, std::chrono::steady_clock::duration waited);
 
-  // For other metric sources (the RPC interceptor) to add families that the exporter serves.
-  prometheus::Registry& registry() { return *registry_; }
+  // grpc_server_* (server/rpc_metrics.h): Server installs rpc().InterceptorFactory() when enabled().
+  RpcMetrics& rpc() { return *rpc_; }
+  bool enabled() const { return !options_.listen.empty(); }
 
   // Exposed for tests and for physmemctl-like tools: the text exposition of everything.
   std::string Serialize() const;
@@ -87,6 +89,7 @@ class Metrics {
   std::array<prometheus::Counter*, static_cast<int>(FreeRefusal::kCount)> free_refused_{};
   std::array<prometheus::Counter*, static_cast<int>(WaitOutcome::kCount)> waits_{};
   prometheus::Histogram* wait_seconds_ = nullptr;
+  std::unique_ptr<RpcMetrics> rpc_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };
