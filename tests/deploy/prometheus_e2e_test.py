@@ -335,7 +335,7 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
     c.check(t_start - 5 <= vec("process_start_time_seconds")[()] <= now, "start time plausible")
     started = vec('sum(grpc_server_started_total{grpc_service="physmem.v1.PhysMem"})').get((), 0)
     handled = vec('sum(grpc_server_handled_total{grpc_service="physmem.v1.PhysMem"})').get((), 0)
-    c.check(1000 < handled <= started, "gRPC calls counted (handled <= started)", "%s %s" % (handled, started))
+    c.check(100 < handled <= started, "gRPC calls counted (handled <= started)", "%s %s" % (handled, started))
     c.check(vec('sum(grpc_server_handled_total{grpc_code="RESOURCE_EXHAUSTED"})').get((), 0) >= failures,
             "RESOURCE_EXHAUSTED replies counted by code name")
     c.check(vec('sum(grpc_server_handling_seconds_count{grpc_method="AllocPages"})').get((), 0) > 0,
