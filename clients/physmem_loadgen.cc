@@ -34,6 +34,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,7 +52,7 @@ ABSL_FLAG(std::string, scenario, "alloc-free", "alloc-free, burst, lease-churn o
 ABSL_FLAG(int32_t, concurrency, 4, "worker threads, each with its own lease (ghz's -c)");
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
           "how long to run (e.g. 10s); with neither --duration nor --total: 10s (ghz's -z)");
-ABSL_FLAG(uint64_t, total, 0, "stop starting work after this many calls (ghz's -n); 0: no limit");
+ABSL_FLAG(uint64_t, total, 0, "at most this many calls, frees included (ghz's -n); 0: no limit");
 ABSL_FLAG(std::string, orders, "0", "block orders to allocate, comma separated, chosen at random (0,1,3)");
 ABSL_FLAG(std::string, gfp, "GFP_KERNEL", "GFP mask of every allocation (GFP_KERNEL|__GFP_DMA32)");
 ABSL_FLAG(int32_t, burst, 64, "burst: blocks held before freeing them all; mixed: bulk page count");
@@ -123,20 +124,28 @@ struct Config {
   int64_t lease_ttl_ms = 10000;
 };
 
-// Decides when to stop: after the duration, or once `total` calls have started.
+// Decides when to stop: after the duration, or before --total would be exceeded. Work reserves
+// its calls before it starts, the frees that undo it included, so a run never leaves blocks
+// behind to stay within --total, and count <= total (equal unless a call that was reserved did
+// not happen, e.g. the free of a failed allocation, or the last iteration did not fit).
 class StopCondition {
  public:
   StopCondition(absl::Duration duration, uint64_t total)
       : deadline_(duration > absl::ZeroDuration() ? Clock::now() + absl::ToChronoNanoseconds(duration)
                                                   : Clock::time_point::max()),
         total_(total) {}
-  // True while new work may start; counts one call each time it says yes.
-  bool TakeCall() {
+  // Reserves `n` calls: false once the duration has passed or fewer than `n` of --total remain.
+  bool Take(uint64_t n) {
     if (Clock::now() >= deadline_) {
       timed_out_ = true;
       return false;
     }
-    return total_ == 0 || started_.fetch_add(1) < total_;
+    if (total_ == 0) return true;
+    uint64_t started = started_.load();
+    do {
+      if (started + n > total_) return false;
+    } while (!started_.compare_exchange_weak(started, started + n));
+    return true;
   }
   bool timed_out() const { return timed_out_; }
 
@@ -159,16 +168,11 @@ class Worker {
         client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = "loadgen"});
     if (!lease.ok()) return lease.status();
     lease_ = *std::move(lease);
-    while (stop_.TakeCall()) {
-      if (config_.scenario == "alloc-free") {
-        AllocFree();
-      } else if (config_.scenario == "burst") {
-        Burst();
-      } else if (config_.scenario == "lease-churn") {
-        LeaseChurn();
-      } else {
-        Mixed();
-      }
+    // Each iteration returns false when it could not start (the run is over).
+    while (config_.scenario == "alloc-free" ? AllocFree()
+           : config_.scenario == "burst"    ? Burst()
+           : config_.scenario == "lease-churn" ? LeaseChurn()
+                                              : Mixed()) {
     }
     // The worker's lease ends with it (its destructor revokes it): anything still held is freed.
     return absl::OkStatus();
@@ -204,47 +208,56 @@ class Worker {
   }
 
   // AllocPages, then FreePages of the pfn it returned.
-  void AllocFree() {
+  bool AllocFree() {
+    if (!stop_.Take(2)) return false;
     absl::StatusOr<PageHandle> page = Timed([&] { return lease_->AllocPages(config_.gfp, PickOrder()); });
     if (page.ok()) Record([&] { return page->Free(); });
+    return true;
   }
 
   // --burst AllocPages back to back, holding every block, then FreePages of each.
-  void Burst() {
+  bool Burst() {
     std::vector<PageHandle> held;
-    for (int i = 0; i < config_.burst && (i == 0 || stop_.TakeCall()); ++i) {
+    int i = 0;
+    for (; i < config_.burst && stop_.Take(2); ++i) {  // the allocation and its free
       absl::StatusOr<PageHandle> page = Timed([&] { return lease_->AllocPages(config_.gfp, PickOrder()); });
       if (page.ok()) held.push_back(*std::move(page));
     }
     for (PageHandle& page : held) Record([&] { return page.Free(); });
+    return i > 0;
   }
 
   // CreateLease, --allocs_per_lease AllocPages under it, RevokeLease (which frees them).
-  void LeaseChurn() {
+  bool LeaseChurn() {
+    if (!stop_.Take(2)) return false;  // CreateLease and RevokeLease
     absl::StatusOr<std::unique_ptr<Lease>> lease = Timed(
         [&] { return client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = "loadgen-churn", .keepalive = false}); });
-    if (!lease.ok()) return;
-    for (int i = 0; i < config_.allocs_per_lease && stop_.TakeCall(); ++i) {
+    if (!lease.ok()) return true;
+    for (int i = 0; i < config_.allocs_per_lease && stop_.Take(1); ++i) {
       absl::StatusOr<PageHandle> page = Timed([&] { return (*lease)->AllocPages(config_.gfp, PickOrder()); });
       if (page.ok()) page->Release();  // the revoke frees it
     }
     Record([&] { return (*lease)->Revoke(); });
+    return true;
   }
 
   // Mostly alloc+free; some bulk allocations freed in one call, zone reads and lease churn.
-  void Mixed() {
+  bool Mixed() {
     const int pick = std::uniform_int_distribution<int>(0, 99)(rng_);
-    if (pick < 60) {
-      AllocFree();
-    } else if (pick < 80) {
+    if (pick < 60) return AllocFree();
+    if (pick < 80) {
+      if (!stop_.Take(2)) return false;
       absl::StatusOr<std::vector<PageHandle>> pages =
           Timed([&] { return lease_->AllocPagesBulk(config_.gfp, static_cast<uint32_t>(config_.burst)); });
       if (pages.ok()) Record([&] { return lease_->FreePagesBulk(*pages); });
-    } else if (pick < 90) {
-      Record([&] { return client_.GetZoneInfo(); });
-    } else {
-      LeaseChurn();
+      return true;
     }
+    if (pick < 90) {
+      if (!stop_.Take(1)) return false;
+      Record([&] { return client_.GetZoneInfo(); });
+      return true;
+    }
+    return LeaseChurn();
   }
 
   Client& client_;
@@ -395,7 +408,14 @@ std::string JsonNumber(double v) {
   return s;
 }
 
-std::string Rfc3339(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%E9S%Ez", t, absl::LocalTimeZone()); }
+// Go's time formats: the report date is time.RFC3339 (whole seconds), a detail's timestamp is a
+// time.Time, which encoding/json writes as RFC3339Nano (trailing zeros trimmed); both write "Z"
+// for UTC.
+std::string GoTime(absl::Time t, bool nanos) {
+  std::string s = absl::FormatTime(nanos ? "%Y-%m-%dT%H:%M:%E*S%Ez" : "%Y-%m-%dT%H:%M:%S%Ez", t, absl::LocalTimeZone());
+  if (absl::EndsWith(s, "+00:00")) s.replace(s.size() - 6, 6, "Z");
+  return s;
+}
 
 // A tiny JSON writer: objects and arrays, indented (ghz's "pretty") or compact ("json").
 class JsonWriter {
@@ -439,7 +459,7 @@ class JsonWriter {
 std::string ToJson(const Report& r, bool pretty) {
   JsonWriter w(pretty);
   w.Open('{');
-  w.Field("date", JsonString(Rfc3339(r.date)));
+  w.Field("date", JsonString(GoTime(r.date, false)));
   if (!r.name.empty()) w.Field("name", JsonString(r.name));
   w.Field("endReason", JsonString(r.end_reason));
   w.Key("options");
@@ -505,7 +525,7 @@ std::string ToJson(const Report& r, bool pretty) {
     for (const CallResult& c : r.details) {
       w.Item();
       w.Open('{');
-      w.Field("timestamp", JsonString(Rfc3339(c.timestamp)));
+      w.Field("timestamp", JsonString(GoTime(c.timestamp, true)));
       w.Field("latency", absl::StrCat(c.latency_ns));
       w.Field("error", JsonString(c.error));
       w.Field("status", JsonString(GoCodeName(c.code)));

@@ -3,7 +3,7 @@
 fields, types and units of ghz's runner/reporter.go) whose numbers agree with each other, and the
 daemon must have every page free and no lease left afterwards.
 
-Runs: the mixed scenario for 3 s (every call shape), and a burst of order-8 GFP_NOWAIT blocks
+Runs: alloc-free with --total=200 (exactly 200 calls), the mixed scenario for 3 s (every call shape), and a burst of order-8 GFP_NOWAIT blocks
 that a 64 MiB target cannot hold, so the report must carry ResourceExhausted errors too.
 
 Usage: loadgen_test.py PHYSMEMD PHYSMEMCTL PHYSMEM_LOADGEN   (run by ctest)
@@ -51,7 +51,7 @@ def check_report(r, want_duration_s, failures, name):
         if not err.startswith("rpc error: code = "):
             fail("error %r is not in grpc-go's format" % err)
     # Durations are integer nanoseconds: the run lasted about want_duration_s.
-    if not (0.9 * want_duration_s * 1e9 <= total <= (want_duration_s + 5) * 1e9):
+    if want_duration_s and not (0.9 * want_duration_s * 1e9 <= total <= (want_duration_s + 5) * 1e9):
         fail("total %d ns for a %g s run" % (total, want_duration_s))
     if abs(r["rps"] - count / (total / 1e9)) > 0.01 * r["rps"]:
         fail("rps %g but count/total = %g" % (r["rps"], count / (total / 1e9)))
@@ -112,6 +112,7 @@ def main():
                     break
                 time.sleep(0.05)
             runs = [
+                ("total-200", None, ["--scenario=alloc-free", "--concurrency=2", "--total=200"], False),
                 ("mixed", 3.0, ["--scenario=mixed", "--concurrency=4", "--duration=3s", "--orders=0,1,2,3"], False),
                 ("burst-exhausts", 1.0, ["--scenario=burst", "--concurrency=2", "--duration=1s", "--orders=8",
                                          "--burst=64", "--gfp=GFP_NOWAIT"], True),
@@ -139,6 +140,10 @@ def main():
                 if v.returncode != 0 or fields.get("allocated_pages") != "0" or fields.get("leases") != "0" or \
                         fields.get("free_pages") != fields.get("total_pages"):
                     failures.append("%s: after the run: %s %s" % (name, v.stdout.strip(), v.stderr.strip()))
+                if name.startswith("total-") and (report.get("count") != 200 or report.get("endReason") != "normal"):
+                    failures.append("%s: count %s endReason %s, want 200 normal" % (name, report.get("count"), report.get("endReason")))
+                if seconds and report.get("endReason") != "timeout":
+                    failures.append("%s: a --duration run ends with endReason timeout, not %s" % (name, report.get("endReason")))
                 if len(failures) == before:
                     passed += 1
                     print("ok %s: count=%d rps=%.0f codes=%s" % (name, report["count"], report["rps"], codes))
