@@ -1,11 +1,10 @@
 #include "allocator/vm_event.h"
 
 #include <algorithm>
+#include <mutex>
 #include <new>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
 
 namespace physmem {
 namespace {
@@ -37,9 +36,11 @@ struct VmEventCounters::Registry {
 
   const size_t nr_counters;
   std::atomic<bool> allocator_gone{false};
-  absl::Mutex mu;
-  absl::flat_hash_set<const CounterArray*> live ABSL_GUARDED_BY(mu);  // blocks of running threads
-  std::vector<uint64_t> exited_sum ABSL_GUARDED_BY(mu);  // what exited threads counted
+  // std::mutex, not absl::Mutex: Debian's Abseil is not built with TSan, which then cannot see
+  // absl::Mutex's ordering and reports the fold at thread exit as racing with a snapshot.
+  std::mutex mu;
+  absl::flat_hash_set<const CounterArray*> live;  // guarded by mu: blocks of running threads
+  std::vector<uint64_t> exited_sum;               // guarded by mu: what exited threads counted
   // Counts made by a thread after its blocks were folded (from another thread_local's destructor):
   // several threads may write here, so a concurrent increment can be lost. Never the normal path.
   CounterArray late;
@@ -57,7 +58,7 @@ struct Block {
 // Folds a block into its registry's accumulator and unlinks it; after this the block may be freed.
 void Retire(Block& b) {
   VmEventCounters::Registry& r = *b.registry;
-  absl::MutexLock l(&r.mu);
+  std::lock_guard<std::mutex> l(r.mu);
   for (size_t i = 0; i < b.counters.n; ++i) r.exited_sum[i] += b.counters.c[i].load(std::memory_order_relaxed);
   r.live.erase(&b.counters);
 }
@@ -105,7 +106,7 @@ std::atomic<uint64_t>* VmEventCounters::ThisThreadSlow() {
     });
     auto b = std::make_unique<Block>(registry_, id_);
     {
-      absl::MutexLock l(&registry_->mu);
+      std::lock_guard<std::mutex> l(registry_->mu);
       registry_->live.insert(&b->counters);
     }
     mine = b.get();
@@ -125,7 +126,7 @@ ThreadBlocks::~ThreadBlocks() {
 VmEventCounts VmEventCounters::Snapshot() const {
   std::vector<uint64_t> sum;
   {
-    absl::MutexLock l(&registry_->mu);
+    std::lock_guard<std::mutex> l(registry_->mu);
     sum = registry_->exited_sum;
     for (const CounterArray* a : registry_->live) {
       for (size_t i = 0; i < nr_counters_; ++i) sum[i] += a->c[i].load(std::memory_order_relaxed);
