@@ -347,7 +347,7 @@ def main():
             check(all(e["port"] in [p["name"] for p in hl["spec"]["ports"]] for e in sm["spec"]["endpoints"]),
                   "the ServiceMonitor scrapes a named port of the Service")
         client = k8s.get(("Pod", "physmemd-client-example"))
-        if client:
+        if check(client is not None, "deploy/kubernetes/examples has the client pod"):
             cvol = [v for v in client["spec"]["volumes"] if "hostPath" in v][0]
             check(cvol["hostPath"]["path"] == os.path.dirname(socket_path), "the client example mounts the socket directory")
             check(run_group in client["spec"]["securityContext"].get("supplementalGroups", []),
