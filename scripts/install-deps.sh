@@ -14,7 +14,7 @@ PACKAGES=(
   libbenchmark-dev
   libjemalloc-dev libgoogle-perftools-dev libmimalloc-dev
   prometheus
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf python3-yaml jq systemd
   valgrind util-linux openssl
 )
 

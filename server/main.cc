@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, identity_zone_share_percent, "100",
 ABSL_FLAG(int64_t, identity_dma_pages, -1,
           "most ZONE_DMA pages one identity may hold, by GFP_DMA or fallback (-1: an eighth of a 16 MiB "
           "ISA ZONE_DMA; no cap where ZONE_DMA is larger, as on arm64)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "serve Prometheus metrics on host:port at /metrics (port 0 picks a free one; '' = off)");
+ABSL_FLAG(uint32_t, metrics_max_lease_names, 50,
+          "most lease names with their own physmem_lease_held_pages series; the rest sum under (other)");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
 
 namespace physmem {
@@ -94,6 +98,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.journal_path = absl::GetFlag(FLAGS_journal_path);
   o.journal_compact_bytes = absl::GetFlag(FLAGS_journal_compact_bytes);
   o.journal_test_crash_point = absl::GetFlag(FLAGS_journal_test_crash_point);
+  o.metrics.listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.metrics.max_lease_names = absl::GetFlag(FLAGS_metrics_max_lease_names);
   return o;
 }
 

@@ -21,6 +21,7 @@
 #include "server/journal.h"
 #include "server/identity_limits.h"
 #include "server/lease_table.h"
+#include "server/metrics.h"
 #include "server/physmem_service.h"
 #include "server/unix_listener.h"
 
@@ -45,6 +46,7 @@ struct ServerOptions {
   std::string journal_path;          // "" = DefaultJournalPath(arena_path)
   uint64_t journal_compact_bytes = 32ull << 20;
   std::string journal_test_crash_point;  // tests only: SIGKILL at a compaction step
+  MetricsOptions metrics;            // Prometheus exporter (listen "" = off)
 };
 
 class Server {
@@ -58,6 +60,7 @@ class Server {
   void Shutdown();
 
   int tcp_port() const { return tcp_port_; }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   PageAllocator& allocator() { return *pa_; }
   LeaseTable& leases() { return *leases_; }
 
@@ -74,6 +77,9 @@ class Server {
   std::unique_ptr<AllocWaiters> waiters_;
   std::unique_ptr<IdentityLimits> identity_limits_;
   std::unique_ptr<LeaseTable> leases_;
+  // After the allocator and the lease table (its collector reads them), before the service and the
+  // gRPC server (they count into it): destroyed in the opposite order.
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<PhysMemService> service_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<UnixListener> unix_;

@@ -34,7 +34,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         sock = os.path.join(d, "physmemd.sock")
         log = open(os.path.join(d, "log"), "w")
-        daemon = subprocess.Popen([binary, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64"],
+        daemon = subprocess.Popen([binary, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64",
+                                   "--metrics_listen=127.0.0.1:0"],
                                   stdout=log, stderr=log)
         try:
             for _ in range(200):

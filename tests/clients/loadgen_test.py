@@ -1,0 +1,166 @@
+#!/usr/bin/python3
+"""physmem_loadgen against the real daemon: each run's JSON report must be a ghz report (the
+fields, types and units of ghz's runner/reporter.go) whose numbers agree with each other, and the
+daemon must have every page free and no lease left afterwards.
+
+Runs: alloc-free with --total=200 (exactly 200 calls), the mixed scenario for 3 s (every call shape), and a burst of order-8 GFP_NOWAIT blocks
+that a 64 MiB target cannot hold, so the report must carry ResourceExhausted errors too.
+
+Usage: loadgen_test.py PHYSMEMD PHYSMEMCTL PHYSMEM_LOADGEN   (run by ctest)
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+PERCENTAGES = [10, 25, 50, 75, 90, 95, 99]
+
+
+def check_report(r, want_duration_s, failures, name):
+    def fail(msg):
+        failures.append("%s: %s" % (name, msg))
+
+    for key, typ in [("date", str), ("endReason", str), ("options", dict), ("count", int), ("total", int),
+                     ("average", int), ("fastest", int), ("slowest", int), ("rps", (int, float)),
+                     ("errorDistribution", dict), ("statusCodeDistribution", dict),
+                     ("latencyDistribution", list), ("histogram", list), ("details", list)]:
+        if key not in r:
+            fail("missing field %s" % key)
+            return
+        if not isinstance(r[key], typ) or isinstance(r[key], bool):
+            fail("%s has type %s" % (key, type(r[key]).__name__))
+            return
+    if not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$", r["date"]):
+        fail("date %r is not RFC 3339" % r["date"])
+    count, total = r["count"], r["total"]
+    if count <= 0:
+        fail("no calls")
+        return
+    if sum(r["statusCodeDistribution"].values()) != count:
+        fail("status codes sum to %d, count is %d" % (sum(r["statusCodeDistribution"].values()), count))
+    ok = r["statusCodeDistribution"].get("OK", 0)
+    if sum(r["errorDistribution"].values()) != count - ok:
+        fail("errors sum to %d, %d calls were not OK" % (sum(r["errorDistribution"].values()), count - ok))
+    for code in r["statusCodeDistribution"]:
+        if not re.match(r"^[A-Z][A-Za-z]+$", code):
+            fail("status %r is not a grpc-go code name" % code)
+    for err in r["errorDistribution"]:
+        if not err.startswith("rpc error: code = "):
+            fail("error %r is not in grpc-go's format" % err)
+    # Durations are integer nanoseconds: the run lasted about want_duration_s.
+    if want_duration_s and not (0.9 * want_duration_s * 1e9 <= total <= (want_duration_s + 5) * 1e9):
+        fail("total %d ns for a %g s run" % (total, want_duration_s))
+    if abs(r["rps"] - count / (total / 1e9)) > 0.01 * r["rps"]:
+        fail("rps %g but count/total = %g" % (r["rps"], count / (total / 1e9)))
+    if not (0 < r["fastest"] <= r["slowest"]):
+        fail("fastest %d, slowest %d" % (r["fastest"], r["slowest"]))
+    if ok == count and not (r["fastest"] <= r["average"] <= r["slowest"]):
+        fail("average %d outside [fastest %d, slowest %d]" % (r["average"], r["fastest"], r["slowest"]))
+    pct = [p["percentage"] for p in r["latencyDistribution"]]
+    lat = [p["latency"] for p in r["latencyDistribution"]]
+    if pct != PERCENTAGES:
+        fail("percentages %s" % pct)
+    if lat != sorted(lat) or not all(r["fastest"] <= l <= r["slowest"] for l in lat):
+        fail("percentile latencies %s not monotone within [fastest, slowest]" % lat)
+    h = r["histogram"]
+    if len(h) != 11:
+        fail("histogram has %d buckets, ghz writes 11" % len(h))
+    else:
+        marks = [b["mark"] for b in h]
+        if marks != sorted(marks):
+            fail("histogram marks not ascending")
+        # Marks are seconds (float); fastest/slowest are ns.
+        if abs(marks[0] - r["fastest"] / 1e9) > 1e-6 or abs(marks[-1] - r["slowest"] / 1e9) > 1e-6:
+            fail("histogram marks %g..%g s, fastest/slowest %d..%d ns" % (marks[0], marks[-1], r["fastest"], r["slowest"]))
+        if sum(b["count"] for b in h) != ok:
+            fail("histogram counts sum to %d, %d OK calls" % (sum(b["count"] for b in h), ok))
+        if abs(sum(b["frequency"] for b in h) - 1.0) > 1e-6:
+            fail("histogram frequencies sum to %g" % sum(b["frequency"] for b in h))
+    d = r["details"]
+    if len(d) != count:
+        fail("%d details for %d calls" % (len(d), count))
+    else:
+        by_status = {}
+        for item in d:
+            by_status[item["status"]] = by_status.get(item["status"], 0) + 1
+            if (item["status"] == "OK") != (item["error"] == ""):
+                fail("detail %s" % item)
+                break
+        if by_status != r["statusCodeDistribution"]:
+            fail("details by status %s, distribution %s" % (by_status, r["statusCodeDistribution"]))
+    for key in ("host", "call", "concurrency"):
+        if key not in r["options"]:
+            fail("options lacks %s" % key)
+
+
+def main():
+    physmemd, physmemctl, loadgen = sys.argv[1:4]
+    failures, passed = [], 0
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "physmemd.sock")
+        target = "--target=unix://" + sock
+        log = open(os.path.join(d, "log"), "w")
+        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64",
+                                   "--metrics_listen=127.0.0.1:0"],
+                                  stdout=log, stderr=log)
+        try:
+            for _ in range(200):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.05)
+            runs = [
+                ("total-200", None, ["--scenario=alloc-free", "--concurrency=2", "--total=200"], False),
+                ("mixed", 3.0, ["--scenario=mixed", "--concurrency=4", "--duration=3s", "--orders=0,1,2,3"], False),
+                ("burst-exhausts", 1.0, ["--scenario=burst", "--concurrency=2", "--duration=1s", "--orders=8",
+                                         "--burst=64", "--gfp=GFP_NOWAIT"], True),
+            ]
+            for name, seconds, args, want_errors in runs:
+                out = os.path.join(d, name + ".json")
+                p = subprocess.run([loadgen, target, "--format=json", "--output=" + out] + args,
+                                   capture_output=True, text=True, timeout=60)
+                if p.returncode != 0:
+                    failures.append("%s: exit %d: %s" % (name, p.returncode, p.stderr))
+                    continue
+                if "Summary:" not in p.stderr or "Requests/sec:" not in p.stderr:
+                    failures.append("%s: no human summary on stderr" % name)
+                report = json.load(open(out))
+                before = len(failures)
+                check_report(report, seconds, failures, name)
+                codes = report.get("statusCodeDistribution", {})
+                if want_errors and "ResourceExhausted" not in codes:
+                    failures.append("%s: expected ResourceExhausted in %s" % (name, codes))
+                if not want_errors and set(codes) != {"OK"}:
+                    failures.append("%s: expected only OK, got %s (%s)" % (name, codes, report.get("errorDistribution")))
+                # Every page is free again and no lease is left.
+                v = subprocess.run([physmemctl, target, "validate"], capture_output=True, text=True, timeout=10)
+                fields = dict(kv.split("=", 1) for kv in v.stdout.split())
+                if v.returncode != 0 or fields.get("allocated_pages") != "0" or fields.get("leases") != "0" or \
+                        fields.get("free_pages") != fields.get("total_pages"):
+                    failures.append("%s: after the run: %s %s" % (name, v.stdout.strip(), v.stderr.strip()))
+                if name.startswith("total-") and (report.get("count") != 200 or report.get("endReason") != "normal"):
+                    failures.append("%s: count %s endReason %s, want 200 normal" % (name, report.get("count"), report.get("endReason")))
+                if seconds and report.get("endReason") != "timeout":
+                    failures.append("%s: a --duration run ends with endReason timeout, not %s" % (name, report.get("endReason")))
+                if len(failures) == before:
+                    passed += 1
+                    print("ok %s: count=%d rps=%.0f codes=%s" % (name, report["count"], report["rps"], codes))
+            # A usage error is exit 2 and says what was wrong.
+            p = subprocess.run([loadgen, target, "--scenario=nope"], capture_output=True, text=True, timeout=10)
+            if p.returncode != 2 or "--scenario" not in p.stderr:
+                failures.append("bad --scenario: exit %d, %r" % (p.returncode, p.stderr))
+            else:
+                passed += 1
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+    for f in failures:
+        print("FAIL:", f)
+    print("%d passed, %d failed" % (passed, len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

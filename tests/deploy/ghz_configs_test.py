@@ -1,0 +1,292 @@
+#!/usr/bin/python3
+"""Every ghz config in deploy/ghz, checked against the real daemon the way ghz would run it
+(ghz itself is not a Debian package, so it cannot run here):
+
+  1. the lease id goes in with the exact jq command deploy/ghz/README.md gives (and the host is
+     rewritten to the test's socket, or to the TCP address, as the README does for TCP);
+  2. `call` is resolved through the daemon's server reflection, as ghz does without --proto;
+  3. ghz's template actions in `data` ({{.RequestNumber}}, {{.WorkerID}}, ...) are rendered per
+     request, array data is used round-robin by request number (ghz's worker.go);
+  4. the JSON becomes the request message with protobuf's json_format, and the request is sent;
+     every call must be OK, and after each alloc run's free run the lease holds nothing.
+
+Done over the Unix socket and over loopback TCP (--allow_insecure_tcp).
+
+Usage: ghz_configs_test.py SOURCE_DIR PHYSMEMD PHYSMEMCTL   (run by ctest)
+"""
+import datetime
+import glob
+import json
+import os
+import random
+import re
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+
+# The alloc runs and the runs that undo them; every config in deploy/ghz must appear here.
+PLAN = [
+    ("alloc_pages.json", "free_pages.json"),
+    ("mixed_alloc.json", "mixed_free.json"),
+    ("alloc_pages_bulk.json", "revoke"),
+    ("get_zone_info.json", None),
+]
+REQUESTS_PER_RUN = 12  # a few rounds of every array element
+JQ_WITH_LEASE = 'walk(if type == "object" and has("lease_id") then .lease_id = $lease else . end)'
+GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
+
+
+# ---- protobuf wire format, just enough for the reflection messages ----
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def read_varint(buf, i):
+    shift = n = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def fields(buf):
+    i = 0
+    while i < len(buf):
+        key, i = read_varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = read_varint(buf, i)
+        elif wt == 2:
+            ln, i = read_varint(buf, i)
+            v, i = buf[i:i + ln], i + ln
+        elif wt == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif wt == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError("wire type %d" % wt)
+        yield num, v
+
+
+def reflect_pool(channel, symbol):
+    """A DescriptorPool with the file that defines `symbol` and its dependencies, from reflection."""
+    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                 request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    req = varint(4 << 3 | 2) + varint(len(symbol)) + symbol.encode()  # file_containing_symbol = 4
+    files = []
+    for reply in call(iter([req]), timeout=10):
+        for num, v in fields(reply):
+            if num == 7:
+                raise RuntimeError("reflection error for %s: %r" % (symbol, v))
+            if num == 4:  # file_descriptor_response { repeated bytes file_descriptor_proto = 1; }
+                files += [descriptor_pb2.FileDescriptorProto.FromString(b) for n, b in fields(v) if n == 1]
+    pool, added = descriptor_pool.DescriptorPool(), set()
+    while len(added) < len(files):
+        progress = False
+        for f in files:
+            if f.name not in added and all(d in added for d in f.dependency):
+                pool.Add(f)
+                added.add(f.name)
+                progress = True
+        if not progress:
+            raise RuntimeError("reflection did not return the dependencies of %s" % [f.name for f in files])
+    return pool
+
+
+def resolve(channel, call):
+    """ghz's call syntax, package.Service.Method or package.Service/Method -> (path, Req, Resp)."""
+    m = re.match(r"^([\w.]+)[./](\w+)$", call)
+    service, method = m.group(1), m.group(2)
+    pool = reflect_pool(channel, service)
+    md = pool.FindServiceByName(service).methods_by_name[method]
+    factory = message_factory.MessageFactory(pool)
+    return ("/%s/%s" % (service, method), factory.GetPrototype(md.input_type),
+            factory.GetPrototype(md.output_type), md)
+
+
+# ---- ghz's call template data (runner/call_template_data.go) ----
+def render(text, md, worker_id, req_num):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ns = time.time_ns()
+    data = {
+        "WorkerID": worker_id, "RequestNumber": str(req_num),
+        "FullyQualifiedName": md.full_name, "MethodName": md.name,
+        "ServiceName": md.containing_service.full_name, "InputName": md.input_type.name,
+        "OutputName": md.output_type.name, "IsClientStreaming": "false", "IsServerStreaming": "false",
+        "Timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "TimestampUnix": str(ns // 10**9),
+        "TimestampUnixMilli": str(ns // 10**6), "TimestampUnixNano": str(ns), "UUID": str(uuid.uuid4()),
+    }
+
+    def action(m):
+        a = m.group(1).strip()
+        if a.startswith(".") and a[1:] in data:
+            return data[a[1:]]
+        if a == "newUUID":
+            return str(uuid.uuid4())
+        r = re.match(r"^randomString (\d+)$", a)
+        if r:
+            return "".join(random.choice(string.ascii_letters + string.digits) for _ in range(int(r.group(1)) or 8))
+        r = re.match(r"^randomInt (\d+) (\d+)$", a)
+        if r:
+            return str(random.randrange(int(r.group(1)), int(r.group(2))))
+        raise ValueError("template action {{%s}} is not one ghz provides" % a)
+
+    return re.sub(r"\{\{(.*?)\}\}", action, text)
+
+
+def jq(args, path_or_json):
+    p = subprocess.run(["jq"] + args, input=path_or_json, capture_output=True, text=True, timeout=10)
+    if p.returncode:
+        raise RuntimeError("jq %s: %s" % (args, p.stderr))
+    return p.stdout
+
+
+def main():
+    source, physmemd, physmemctl = sys.argv[1:4]
+    failures, passed = [], 0
+
+    def check(ok, what):
+        nonlocal passed
+        if ok:
+            passed += 1
+        else:
+            failures.append(what)
+            print("FAIL:", what, flush=True)
+
+    ghz_dir = os.path.join(source, "deploy/ghz")
+    shipped = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ghz_dir, "*.json")))
+    planned = sorted([a for a, _ in PLAN] + [b for _, b in PLAN if b and b.endswith(".json")])
+    check(shipped == planned, "every shipped config is in the test's plan: %s vs %s" % (shipped, planned))
+    default_socket = re.search(r'ABSL_FLAG\(std::string, unix_socket, "([^"]+)"',
+                               open(os.path.join(source, "server/main.cc")).read()).group(1)
+    configs = {}
+    for name in shipped:
+        text = open(os.path.join(ghz_dir, name)).read()
+        cfg = json.loads(text)
+        configs[name] = text
+        for key in ("call", "host", "insecure", "concurrency", "data"):
+            check(key in cfg, "%s has %s" % (name, key))
+        check(("total" in cfg) != ("duration" in cfg), "%s has exactly one of total and duration" % name)
+        for key in ("duration", "timeout"):
+            if key in cfg:
+                check(bool(GO_DURATION.match(cfg[key])), "%s: %s %r is a Go duration" % (name, key, cfg[key]))
+        check(cfg.get("host") == "unix://" + default_socket,
+              "%s dials the daemon's default socket unix://%s" % (name, default_socket))
+        check(isinstance(cfg["data"], (dict, list)) and cfg["data"] != [], "%s: data is an object or a non-empty array" % name)
+
+    with tempfile.TemporaryDirectory() as d:
+        sock = os.path.join(d, "physmemd.sock")
+        log_path = os.path.join(d, "physmemd.log")
+        log = open(log_path, "w")
+        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=512",
+                                   "--tcp=127.0.0.1:0", "--allow_insecure_tcp", "--metrics_listen="],
+                                  stdout=log, stderr=log)
+        try:
+            for _ in range(400):
+                m = re.search(r"event=started .*tcp=(\d+)", open(log_path).read())
+                if m:
+                    break
+                time.sleep(0.05)
+            tcp_port = int(m.group(1))
+            for transport, host, ctl_target in [("unix", "unix://" + sock, "unix://" + sock),
+                                                 ("tcp", "127.0.0.1:%d" % tcp_port, "127.0.0.1:%d" % tcp_port)]:
+                ctl = [physmemctl, "--target=" + ctl_target]
+                lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz"], capture_output=True,
+                                       text=True, timeout=10).stdout.strip()
+                channel = grpc.insecure_channel(host)
+                grpc.channel_ready_future(channel).result(timeout=10)
+                for run, undo in PLAN:
+                    for name in [run] + ([undo] if undo and undo.endswith(".json") else []):
+                        # The README's commands: the lease with jq, and the host rewritten with jq.
+                        text = jq(["--arg", "lease", lease, JQ_WITH_LEASE], configs[name])
+                        text = jq(['.host = "%s"' % host], text)
+                        cfg = json.loads(text)
+                        path, req_cls, resp_cls, md = resolve(channel, cfg["call"])
+                        stub = channel.unary_unary(path, request_serializer=req_cls.SerializeToString,
+                                                   response_deserializer=resp_cls.FromString)
+                        items = cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]]
+                        n = min(cfg.get("total", REQUESTS_PER_RUN), REQUESTS_PER_RUN)
+                        ok = 0
+                        for req_num in range(n):
+                            item = items[req_num % len(items)]  # ghz: inputs[reqNum % len]
+                            rendered = render(json.dumps(item), md, "g0c%d" % (req_num % 4), req_num)
+                            req = json_format.Parse(rendered, req_cls())
+                            try:
+                                reply = stub(req, timeout=10)
+                            except grpc.RpcError as e:
+                                check(False, "%s %s request %d: %s %s" % (transport, name, req_num, e.code(), e.details()))
+                                break
+                            if md.name == "AllocPages":
+                                check(reply.key == "%s%d" % (item["key"][0], req_num) and not reply.replayed
+                                      and reply.order == item["order"],
+                                      "%s %s: reply %s" % (transport, name, json_format.MessageToJson(reply)))
+                            if md.name == "FreePages":
+                                check(reply.pages_freed >= 1, "%s %s frees pages" % (transport, name))
+                            if md.name == "AllocPagesBulk":
+                                check(len(reply.pfn) == item["count"], "%s %s: %d pages" % (transport, name, len(reply.pfn)))
+                            if md.name == "GetZoneInfo":
+                                check("Normal" in reply.buddyinfo, "%s %s: buddyinfo" % (transport, name))
+                            ok += 1
+                        check(ok == n, "%s %s: %d of %d requests OK" % (transport, name, ok, n))
+                        print("%s %s: %d requests via %s OK" % (transport, name, ok, cfg["call"]), flush=True)
+                    if undo == "revoke":
+                        subprocess.run(ctl + ["lease", "revoke", lease], capture_output=True, timeout=10)
+                        lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz"],
+                                               capture_output=True, text=True, timeout=10).stdout.strip()
+                    elif undo:
+                        got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=10)
+                        check("pages_held=0" in got.stdout, "%s: after %s and %s the lease holds nothing: %s" %
+                              (transport, run, undo, got.stdout.strip()))
+                channel.close()
+            # The flag-only commands of the README: their -d data, with $LEASE as the shell expands it.
+            ctl = [physmemctl, "--target=unix://" + sock]
+            lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz-cli"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            readme = open(os.path.join(ghz_dir, "README.md")).read().replace("\\\n", " ")
+            commands = re.findall(r"ghz --insecure --call=(\S+) .*?-d (\"(?:[^\"\\]|\\.)*\"|'[^']*')", readme)
+            check(len(commands) >= 3, "README has flag-only ghz commands: %d" % len(commands))
+            channel = grpc.insecure_channel("unix://" + sock)
+            for call, quoted in commands:
+                data = quoted[1:-1]
+                if quoted[0] == '"':
+                    data = data.replace('\\"', '"').replace("$LEASE", lease)
+                path, req_cls, resp_cls, md = resolve(channel, call)
+                stub = channel.unary_unary(path, request_serializer=req_cls.SerializeToString,
+                                           response_deserializer=resp_cls.FromString)
+                try:
+                    for req_num in range(3):
+                        stub(json_format.Parse(render(data, md, "g0c0", req_num), req_cls()), timeout=10)
+                    check(True, "README command " + call)
+                except grpc.RpcError as e:
+                    check(False, "README command %s -d %s: %s %s" % (call, data, e.code(), e.details()))
+            got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=10)
+            check("pages_held=0" in got.stdout, "README commands: alloc then free leave nothing: " + got.stdout)
+            channel.close()
+            v = subprocess.run([physmemctl, "--target=unix://" + sock, "validate"], capture_output=True, text=True,
+                               timeout=10)
+            check(v.returncode == 0, "validate after the runs: " + v.stdout + v.stderr)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+    print("%d passed, %d failed" % (passed, len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
