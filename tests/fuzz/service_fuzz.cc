@@ -28,6 +28,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -121,8 +122,12 @@ class Runner {
         Fail(what + ": " + std::to_string(st.error_code()) + " " + st.error_message());
       }
       if (!st.ok() && st.error_message().empty()) Fail(what + ": refusal without a message");
+      // The client's own deadline passing says nothing of the server's outcome (it may still be
+      // finishing the call): let it finish, then check the books, but not that nothing changed.
+      const bool outcome_unknown = st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+      if (outcome_unknown) std::this_thread::sleep_for(std::chrono::milliseconds(200));
       const Census after = Check(what);
-      if (!st.ok() && (after.allocated != before.allocated || after.leases != before.leases)) {
+      if (!st.ok() && !outcome_unknown && (after.allocated != before.allocated || after.leases != before.leases)) {
         Fail(what + ": refused with '" + st.error_message() + "' but changed the census");
       }
       before = after;
@@ -160,7 +165,9 @@ class Runner {
 
   grpc::Status Do(const fuzz::FuzzCall& c) {
     grpc::ClientContext ctx;
-    const uint32_t ms = c.deadline_ms() == 0 ? 200 : 20 + c.deadline_ms() % 1000;
+    // At least 100 ms: waiting allocations end within 5 ms (max_alloc_wait_ms), so only a
+    // badly overloaded machine makes the client's deadline pass first.
+    const uint32_t ms = c.deadline_ms() == 0 ? 200 : 100 + c.deadline_ms() % 1000;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
     v1::PhysMem::Stub& s = *inst_.stub;
     const Held* b = Block(c);
