@@ -125,12 +125,19 @@ class Runner {
       // The client's own deadline passing says nothing of the server's outcome (it may still be
       // finishing the call): let it finish, then check the books, but not that nothing changed.
       const bool outcome_unknown = st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-      if (outcome_unknown) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (outcome_unknown) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        ++unknown_outcomes_;
+      }
       const Census after = Check(what);
       if (!st.ok() && !outcome_unknown && (after.allocated != before.allocated || after.leases != before.leases)) {
         Fail(what + ": refused with '" + st.error_message() + "' but changed the census");
       }
       before = after;
+    }
+    // A CreateLease whose outcome is unknown may have made a lease this program never heard of.
+    if (unknown_outcomes_ > 0) {
+      for (const std::shared_ptr<Lease>& lease : inst_.server->leases().All()) leases_.push_back(lease->id);
     }
     for (uint64_t id : leases_) {
       grpc::ClientContext ctx;
@@ -322,6 +329,7 @@ class Runner {
   }
 
   Instance& inst_;
+  int unknown_outcomes_ = 0;  // calls that ended with the client's DEADLINE_EXCEEDED
   std::vector<uint64_t> leases_;
   std::vector<Held> held_;
 };
