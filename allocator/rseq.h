@@ -76,13 +76,18 @@ inline struct rseq* RseqArea() {
 //                                   it jumps to the C label given (usually: retry).
 // The kernel clears rseq_cs when it aborts; after a commit it stays armed and is ignored once the
 // instruction pointer is outside [start_ip, start_ip + post_commit_offset).
+// Both side sections carry the "?" flag: they join the section group (COMDAT) of the function
+// that contains the asm. Without it, an inline function emitted out of line in two objects (as
+// clang does under ASan/libFuzzer instrumentation) keeps descriptors whose code the linker
+// discarded with the duplicate COMDAT copy, and the link fails ("referenced in section
+// `__rseq_cs' ... defined in discarded section").
 // clang-format off
 #define PHYSMEM_RSEQ_STR_(x) #x
 #define PHYSMEM_RSEQ_STR(x) PHYSMEM_RSEQ_STR_(x)
 static_assert(RSEQ_SIG == 0x53053053, "x86 rseq signature");
 
 #define PHYSMEM_RSEQ_DESCRIPTOR        \
-  ".pushsection __rseq_cs, \"aw\"\n\t" \
+  ".pushsection __rseq_cs, \"aw?\"\n\t" \
   ".balign 32\n\t"                     \
   "3:\n\t"                             \
   ".long 0, 0\n\t"                     \
@@ -90,7 +95,7 @@ static_assert(RSEQ_SIG == 0x53053053, "x86 rseq signature");
   ".popsection\n\t"
 
 #define PHYSMEM_RSEQ_ABORT(restart_label)     \
-  ".pushsection __rseq_failure, \"ax\"\n\t"   \
+  ".pushsection __rseq_failure, \"ax?\"\n\t"  \
   ".byte 0x0f, 0xb9, 0x3d\n\t"                \
   ".long " PHYSMEM_RSEQ_STR(RSEQ_SIG) "\n\t"  \
   "4:\n\t"                                    \

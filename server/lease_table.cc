@@ -133,6 +133,7 @@ uint64_t LeaseTable::End(const std::shared_ptr<Lease>& lease) {
   lease->dead = true;
   uint64_t pages = 0;
   for (const auto& [pfn, block] : lease->blocks) {
+    if (block.zone == ZONE_HIGHMEM) DropKmaps(pfn, block.order, lease->owner());
     absl::Status s = pa_->FreePfn(pfn, block.order, lease->owner());
     if (!s.ok()) {
       // The lease's book and the allocator disagree: a bug. Leave the block where it is (leaked,
@@ -147,6 +148,17 @@ uint64_t LeaseTable::End(const std::shared_ptr<Lease>& lease) {
   lease->keys.clear();
   lease->pages_held = 0;
   return pages;
+}
+
+void LeaseTable::DropKmaps(uint64_t pfn, uint32_t order, uint32_t owner) {
+  for (uint64_t p = pfn; p < pfn + (uint64_t{1} << order); ++p) {
+    absl::StatusOr<Page*> page = pa_->PfnToPage(p);
+    if (!page.ok()) return;
+    // Each kunmap drops one kmap(); one that fails (a racing Kunmap RPC got there first) does not.
+    while ((*page)->mapcount.load(std::memory_order_seq_cst) > 0) {
+      if (!pa_->kunmap(*page, owner).ok()) break;
+    }
+  }
 }
 
 std::vector<std::shared_ptr<Lease>> LeaseTable::List(const std::string& identity) const {

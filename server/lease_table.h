@@ -131,6 +131,10 @@ class LeaseTable {
 
  private:
   uint64_t End(const std::shared_ptr<Lease>& lease);  // frees its pages; call after removing it
+  // A lease's kmap()s end with it, as its pages do: End drops them before freeing a HIGHMEM block,
+  // or the free would be refused ("still kmap()ed") and the block leaked with its window slots.
+  // The service's Kmap runs under lease->mu and checks `dead`, so none can slip in after this.
+  void DropKmaps(uint64_t pfn, uint32_t order, uint32_t owner);
   void ReaperLoop();
 
   PageAllocator* const pa_;

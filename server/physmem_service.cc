@@ -664,7 +664,14 @@ grpc::ServerUnaryReactor* PhysMemService::Kmap(grpc::CallbackServerContext* ctx,
   if (!lease.ok()) return Reply(ctx, lease.status());
   absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
   if (!page.ok()) return Reply(ctx, page.status());
-  absl::StatusOr<uint64_t> v = pa_->kmap(*page, (*lease)->owner());
+  // Under the lease's lock, so that a lease being ended (which drops its kmaps, then frees its
+  // blocks, under the same lock) cannot gain a mapping that would keep a block from being freed.
+  absl::StatusOr<uint64_t> v;
+  {
+    std::lock_guard<std::mutex> l((*lease)->mu);
+    v = (*lease)->dead ? absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", (*lease)->id))
+                       : pa_->kmap(*page, (*lease)->owner());
+  }
   if (!v.ok()) return Reply(ctx, HideOtherOwner(v.status(), req->pfn()));
   resp->set_virt_addr(*v);
   return Reply(ctx, absl::OkStatus());
