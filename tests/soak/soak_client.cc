@@ -21,8 +21,9 @@
 //   - with --ledger: every held block's [acquired, released] interval goes to a ledger file that
 //     physmem_soak_ledger_check checks across all clients (tests/soak/ledger.h).
 //
-// Leases are kept alive by one keep-alive thread per process over one KeepAlive stream; the
-// workers never block for longer than --max_wait_ms, far less than the shortest TTL.
+// Leases are kept alive by one keep-alive thread per process over one KeepAlive stream, so a
+// worker parked in a waiting allocation never lets its leases lapse. The driver runs the daemon
+// with --max_alloc_wait_ms=2000: a key retry after a missed deadline (10 s) always gets an answer.
 //
 // Thread-safety: each worker owns its leases and counts; the keep-alive registry is locked.
 #include <fcntl.h>
@@ -335,7 +336,7 @@ class Worker {
     l.ttl_ms = std::array<int64_t, 3>{2000, 3000, 5000}[rng_() % 3];
     v1::CreateLeaseRequest req;
     req.set_ttl_ms(l.ttl_ms);
-    if (Pct(20)) req.set_page_quota(64 << (rng_() % 5));  // 64..1024: quota refusals happen
+    if (Pct(10)) req.set_page_quota(256 << (rng_() % 5));  // 256..4096: quota refusals happen
     req.set_name(absl::StrFormat("soak-%d", client_));
     v1::CreateLeaseResponse resp;
     grpc::ClientContext ctx;
@@ -494,6 +495,8 @@ class Worker {
       req.set_key(key);
       v1::Allocation a;
       grpc::ClientContext ctx;
+      // A retry's deadline is longer than the daemon's --max_alloc_wait_ms, so it gets a definite
+      // answer.
       const int64_t wait_ms = m.can_wait ? 100 + static_cast<int64_t>(rng_() % max_wait_ms_) : kCallMs;
       Deadline(&ctx, attempt == 0 ? wait_ms : kCallMs);
       grpc::Status s;
