@@ -265,16 +265,6 @@ constexpr std::array<ZoneType, 16> kGfpZoneTable = {
     ZONE_DMA,    // 0xf bad
 };
 
-// Bits that do not change what kind of request it is, for gfp_class().
-constexpr gfp_t kClassIgnoredBits = __GFP_ZERO | __GFP_NOWARN | __GFP_COMP | __GFP_NORETRY |
-                                    __GFP_RETRY_MAYFAIL | __GFP_NOFAIL | __GFP_ACCOUNT |
-                                    __GFP_MOVABLE | __GFP_RECLAIMABLE;
-
-constexpr GfpName kGfpClasses[] = {
-    {GFP_ATOMIC, "GFP_ATOMIC"}, {GFP_NOWAIT, "GFP_NOWAIT"},     {GFP_KERNEL, "GFP_KERNEL"},
-    {GFP_USER, "GFP_USER"},     {GFP_HIGHUSER, "GFP_HIGHUSER"},
-};
-
 }  // namespace
 
 absl::StatusOr<gfp_t> ParseGfp(std::string_view text) {
@@ -378,14 +368,6 @@ unsigned gfp_to_alloc_flags(gfp_t gfp, unsigned order) {
   return alloc_flags;
 }
 
-std::string_view gfp_class(gfp_t gfp) {
-  if (gfp & __GFP_DMA) return "GFP_DMA";
-  if (gfp & __GFP_DMA32) return "GFP_DMA32";
-  const gfp_t base = gfp & ~kClassIgnoredBits;
-  for (const GfpName& cls : kGfpClasses) {
-    if ((cls.mask & ~kClassIgnoredBits) == base) return cls.name;
-  }
-  return "other";
-}
+std::string_view gfp_class(gfp_t gfp) { return kGfpClassNames[gfp_class_index(gfp)]; }
 
 }  // namespace physmem

@@ -166,6 +166,27 @@ unsigned gfp_to_alloc_flags(gfp_t gfp, unsigned order);
 // GFP_HIGHUSER_MOVABLE is "GFP_HIGHUSER", and GFP_NOFS is "other".
 std::string_view gfp_class(gfp_t gfp);
 
+// gfp_class() as a dense index, for counter arrays (allocator/vm_event.h): the classes in the order
+// of kGfpClassNames, "other" last.
+inline constexpr int kNrGfpClasses = 8;
+inline constexpr std::array<std::string_view, kNrGfpClasses> kGfpClassNames = {
+    "GFP_ATOMIC", "GFP_NOWAIT", "GFP_KERNEL", "GFP_USER", "GFP_HIGHUSER", "GFP_DMA", "GFP_DMA32", "other"};
+inline constexpr gfp_t kGfpClassIgnoredBits = __GFP_ZERO | __GFP_NOWARN | __GFP_COMP | __GFP_NORETRY |
+                                              __GFP_RETRY_MAYFAIL | __GFP_NOFAIL | __GFP_ACCOUNT |
+                                              __GFP_MOVABLE | __GFP_RECLAIMABLE;
+constexpr int gfp_class_index(gfp_t gfp) {
+  if (gfp & __GFP_DMA) return 5;
+  if (gfp & __GFP_DMA32) return 6;
+  switch (gfp & ~kGfpClassIgnoredBits) {
+    case GFP_ATOMIC & ~kGfpClassIgnoredBits: return 0;
+    case GFP_NOWAIT & ~kGfpClassIgnoredBits: return 1;
+    case GFP_KERNEL & ~kGfpClassIgnoredBits: return 2;
+    case GFP_USER & ~kGfpClassIgnoredBits: return 3;
+    case GFP_HIGHUSER & ~kGfpClassIgnoredBits: return 4;
+    default: return 7;
+  }
+}
+
 }  // namespace physmem
 
 #endif  // PHYSMEM_ALLOCATOR_GFP_H_

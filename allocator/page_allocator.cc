@@ -16,7 +16,7 @@ bool IsAllocated(const PageState& s) { return s.refcount != 0; }
 }  // namespace
 
 PageAllocator::PageAllocator(PageAllocatorOptions options)
-    : options_(std::move(options)), target_(options_.target) {}
+    : options_(std::move(options)), target_(options_.target), vm_events_(target_.nr_page_orders()) {}
 
 PageAllocator::~PageAllocator() = default;
 
@@ -152,6 +152,7 @@ Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32
   }
   if (gfp & __GFP_ZERO) {
     std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
+    vm_events_.CountZeroed(uint64_t{1} << order);
   }
   // Release: the block's contents and tails are ready before anyone can see it allocated.
   head.state.store(PageState::Allocated(order, owner, compound), std::memory_order_release);
@@ -171,6 +172,7 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
         [[likely]] {
       Page& head = mem_map_->page(idx);
       head.state.store(PageState::Allocated(order, owner, false), std::memory_order_release);
+      vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
       return &head;
     }
   }
@@ -178,6 +180,7 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner) {
   // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does.
   if (std::optional<uint32_t> idx = GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got))
       [[likely]] {
+    vm_events_.CountAlloc(got, static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
     return PrepNewPage(*idx, order, gfp, owner);
   }
   return AllocSlow(gfp, order, owner, static_cast<ZoneType>(highest));
@@ -190,7 +193,11 @@ Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneTy
   // The kernel drains every CPU's lists before it gives up (after direct reclaim fails): pages
   // parked there count as free but cannot be merged or handed to another CPU.
   if (!idx && drain_all_pages() != 0) idx = GetPageFromFreelist(order, alloc_flags, highest, &got);
-  if (!idx) return nullptr;
+  if (!idx) {
+    vm_events_.CountAllocFail(highest, order, gfp_class_index(gfp));
+    return nullptr;
+  }
+  vm_events_.CountAlloc(got, highest, order, gfp_class_index(gfp));
   return PrepNewPage(*idx, order, gfp, owner);
 }
 
@@ -247,6 +254,7 @@ unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_arr
       if (page_array[i] != nullptr) continue;
       std::optional<uint32_t> idx = bulk_zone->Rmqueue(0);
       if (!idx) break;
+      vm_events_.CountAlloc(bulk_zone->type(), static_cast<ZoneType>(highest), 0, gfp_class_index(gfp));
       page_array[i] = PrepNewPage(*idx, 0, gfp, owner);
       ++populated;
     }
@@ -331,6 +339,7 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
     }
   }
   zn->FreeBlock(idx, order);
+  vm_events_.CountFree(zt, order);
   return absl::OkStatus();
 }
 

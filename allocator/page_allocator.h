@@ -42,6 +42,7 @@
 #include "allocator/mem_map.h"
 #include "allocator/stats.h"
 #include "allocator/target.h"
+#include "allocator/vm_event.h"
 #include "allocator/watermark.h"
 #include "allocator/zone.h"
 
@@ -128,6 +129,9 @@ class PageAllocator {
   bool pcp_active() const;  // per-CPU lists on (requested, and rseq usable in this process)
   std::vector<ZoneStats> Stats() const;  // configured zones, lowest first
   std::string Buddyinfo() const;         // /proc/buddyinfo text, populated zones only
+  // Event counters summed over all threads (allocator/vm_event.h): allocations, failures,
+  // fallbacks, frees, zeroed pages. Counts of calls still running may or may not be in it.
+  VmEventCounts VmEvents() const { return vm_events_.Snapshot(); }
   // Every page free on exactly one list or inside exactly one allocated block; counts agree.
   absl::StatusOr<PageCensus> Validate() const;
 
@@ -149,6 +153,7 @@ class PageAllocator {
 
   PageAllocatorOptions options_;
   Target target_;
+  VmEventCounters vm_events_;  // per-thread blocks: counting takes no lock and shares no line
   std::unique_ptr<Arena> arena_;
   std::unique_ptr<MemMap> mem_map_;
   std::array<std::unique_ptr<Zone>, MAX_NR_ZONES> zones_;

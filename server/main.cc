@@ -33,6 +33,10 @@ ABSL_FLAG(uint64_t, max_lease_pages, 0, "most pages one lease may hold (0: all o
 ABSL_FLAG(uint32_t, max_leases_per_identity, 1024, "most leases one identity may hold at once");
 ABSL_FLAG(uint32_t, max_bulk_pages, 65536, "most pages in one AllocPagesBulk, blocks in one FreePagesBulk");
 ABSL_FLAG(int64_t, max_alloc_wait_ms, 10000, "longest wait for memory by a blocking mask (GFP_KERNEL)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "serve Prometheus metrics on host:port at /metrics (port 0 picks a free one; '' = off)");
+ABSL_FLAG(uint32_t, metrics_max_lease_names, 50,
+          "most lease names with their own physmem_lease_held_pages series; the rest sum under (other)");
 ABSL_FLAG(int32_t, max_message_bytes, 64 << 20, "largest gRPC request or reply");
 
 namespace physmem {
@@ -71,6 +75,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.service_limits.max_bulk_pages = absl::GetFlag(FLAGS_max_bulk_pages);
   o.service_limits.max_alloc_wait_ms = absl::GetFlag(FLAGS_max_alloc_wait_ms);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.metrics.listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.metrics.max_lease_names = absl::GetFlag(FLAGS_metrics_max_lease_names);
   return o;
 }
 

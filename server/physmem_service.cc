@@ -280,13 +280,21 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   AllocWaiters::Waiter w;
-  w.attempt = [this, call, resp, reactor] {
+  // physmem_alloc_waits_total: satisfied when a retry allocates, timed_out / cancelled when the
+  // queue gives up. A retry that fails for good (the lease ended) and shutdown are not counted.
+  w.attempt = [this, call, resp, reactor, now] {
     std::optional<absl::Status> done = TryAllocate(*call, resp);
     if (!done) return false;
+    if (done->ok()) metrics_->AllocWaitDone(WaitOutcome::kSatisfied, std::chrono::steady_clock::now() - now);
     reactor->Finish(ToGrpcStatus(*done));
     return true;
   };
-  w.finish = [reactor](const grpc::Status& s) { reactor->Finish(s); };
+  w.finish = [this, reactor, now](const grpc::Status& s) {
+    const auto waited = std::chrono::steady_clock::now() - now;
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) metrics_->AllocWaitDone(WaitOutcome::kTimedOut, waited);
+    if (s.error_code() == grpc::StatusCode::CANCELLED) metrics_->AllocWaitDone(WaitOutcome::kCancelled, waited);
+    reactor->Finish(s);
+  };
   w.cancelled = [ctx] { return ctx->IsCancelled(); };
   w.deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
   w.timeout_message = explain() + absl::StrFormat(" (waited %d ms for memory to be freed)",
@@ -363,25 +371,61 @@ absl::Status PhysMemService::FreeInLease(Lease& lease, const v1::FreePagesReques
   return FreeInLeaseLocked(lease, req.pfn(), req.order(), req.key(), pages_freed);
 }
 
+absl::Status PhysMemService::RefuseFree(absl::Status s, uint64_t pfn, unsigned order) const {
+  FreeRefusal reason = FreeRefusal::kBadRequest;  // NOT_FOUND (lease, key) and anything unforeseen
+  switch (s.code()) {
+    case absl::StatusCode::kPermissionDenied:
+      reason = FreeRefusal::kWrongOwner;
+      break;
+    case absl::StatusCode::kOutOfRange:
+      reason = FreeRefusal::kOutOfRange;
+      break;
+    case absl::StatusCode::kFailedPrecondition:  // double free, a tail, inside another block
+      reason = FreeRefusal::kNotAllocated;
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      // The allocator's INVALID_ARGUMENTs for a pfn: order above MAX_PAGE_ORDER, pfn not aligned to
+      // the order, or (the only one left) the block has another order. Told apart from the request.
+      if (order > pa_->target().max_page_order) {
+        reason = FreeRefusal::kBadRequest;
+      } else if (pfn % (uint64_t{1} << order) != 0) {
+        reason = FreeRefusal::kMisaligned;
+      } else {
+        reason = FreeRefusal::kWrongOrder;
+      }
+      break;
+    default:
+      break;
+  }
+  metrics_->FreeRefused(reason);
+  return s;
+}
+
 absl::Status PhysMemService::FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
                                                uint64_t* pages_freed) {
-  if (lease.dead) return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
+  if (lease.dead) {
+    return RefuseFree(absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id)), pfn, order);
+  }
   if (!key.empty()) {
     auto it = lease.keys.find(key);
     if (it == lease.keys.end()) {
-      return absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", key, lease.id));
+      return RefuseFree(absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", key, lease.id)),
+                        pfn, order);
     }
     pfn = it->second;
     const unsigned key_order = lease.blocks.at(pfn).order;
     if (order != 0 && order != key_order) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("key '%s' names an order-%d block, not order %d", key, key_order, order));
+      return RefuseFree(absl::InvalidArgumentError(absl::StrFormat("key '%s' names an order-%d block, not order %d",
+                                                                   key, key_order, order)),
+                        pfn, order);
     }
     order = key_order;
   }
   // The allocator checks everything (range, alignment, allocated, order, owner) and changes
   // nothing when it refuses; the lease's book follows only a successful free.
-  if (absl::Status s = pa_->FreePfn(pfn, order, lease.owner()); !s.ok()) return HideOtherOwner(s, pfn);
+  if (absl::Status s = pa_->FreePfn(pfn, order, lease.owner()); !s.ok()) {
+    return RefuseFree(HideOtherOwner(s, pfn), pfn, order);
+  }
   auto it = lease.blocks.find(pfn);
   if (it != lease.blocks.end()) {
     if (!it->second.key.empty()) lease.keys.erase(it->second.key);
@@ -395,7 +439,7 @@ absl::Status PhysMemService::FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsig
 grpc::ServerUnaryReactor* PhysMemService::FreePages(grpc::CallbackServerContext* ctx, const v1::FreePagesRequest* req,
                                                     v1::FreePagesResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
-  if (!lease.ok()) return Reply(ctx, lease.status());
+  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
   uint64_t freed = 0;
   absl::Status s = FreeInLease(**lease, *req, &freed);
   if (s.ok()) waiters_->Kick();
@@ -407,10 +451,23 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesByAddress(grpc::CallbackServe
                                                              const v1::FreePagesByAddressRequest* req,
                                                              v1::FreePagesResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
-  if (!lease.ok()) return Reply(ctx, lease.status());
+  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
   if (req->addr() == 0) return Reply(ctx, absl::OkStatus());  // free_pages(0, order) is a no-op
   absl::StatusOr<Page*> page = pa_->VirtToPage(req->addr());
-  if (!page.ok()) return Reply(ctx, page.status());
+  if (!page.ok()) {
+    // VirtToPage(): an unaligned address, else one outside the direct map (below PAGE_OFFSET,
+    // beyond lowmem, in a hole: OUT_OF_RANGE), else a kmap() window address (a bad request).
+    FreeRefusal reason = FreeRefusal::kOutOfRange;
+    if (req->addr() % pa_->target().page_size != 0) {
+      reason = FreeRefusal::kMisaligned;
+    } else if (const Target& t = pa_->target();
+               t.has_highmem() && req->addr() >= t.pkmap_base &&
+               req->addr() - t.pkmap_base < uint64_t{t.pkmap_slots} * t.page_size) {
+      reason = FreeRefusal::kBadRequest;
+    }
+    metrics_->FreeRefused(reason);
+    return Reply(ctx, page.status());
+  }
   v1::FreePagesRequest by_pfn;
   by_pfn.set_pfn(pa_->page_to_pfn(*page));
   by_pfn.set_order(req->order());
@@ -425,15 +482,15 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
                                                         const v1::FreePagesBulkRequest* req,
                                                         v1::FreePagesBulkResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
-  if (!lease.ok()) return Reply(ctx, lease.status());
+  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
   const int n = req->pfn_size();
   if (n == 0 || static_cast<uint32_t>(n) > limits_.max_bulk_pages) {
-    return Reply(ctx, absl::InvalidArgumentError(
-                          absl::StrFormat("%d blocks is outside [1, %d] (--max_bulk_pages)", n, limits_.max_bulk_pages)));
+    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+                          "%d blocks is outside [1, %d] (--max_bulk_pages)", n, limits_.max_bulk_pages))));
   }
   if (req->order_size() != 0 && req->order_size() != n) {
-    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat(
-                          "%d orders for %d pfns: give one order per pfn, or none for order 0", req->order_size(), n)));
+    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+                          "%d orders for %d pfns: give one order per pfn, or none for order 0", req->order_size(), n))));
   }
   uint64_t freed = 0;
   uint32_t blocks = 0;

@@ -16,6 +16,7 @@
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
 #include "server/lease_table.h"
+#include "server/metrics.h"
 
 namespace physmem {
 
@@ -26,9 +27,10 @@ struct ServiceLimits {
 
 class PhysMemService final : public v1::PhysMem::CallbackService {
  public:
+  // `metrics` counts refused frees and allocation waits; it must outlive the service.
   PhysMemService(PageAllocator* pa, LeaseTable* leases, AllocWaiters* waiters, const PeerRegistry* peers,
-                 ServiceLimits limits)
-      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits) {}
+                 ServiceLimits limits, Metrics* metrics)
+      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* CreateLease(grpc::CallbackServerContext* ctx, const v1::CreateLeaseRequest* req,
                                         v1::CreateLeaseResponse* resp) override;
@@ -88,6 +90,14 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // The same with lease.mu held (bulk frees take it once for all blocks).
   absl::Status FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
                                  uint64_t* pages_freed);
+  // Counts a refused free under its physmem_free_refused_total reason and returns `s`. `pfn` and
+  // `order` are what the allocator was asked to free.
+  absl::Status RefuseFree(absl::Status s, uint64_t pfn, unsigned order) const;
+  // A free call refused as a whole (no such lease, malformed request): reason bad_request.
+  absl::Status RefuseFreeRequest(absl::Status s) const {
+    metrics_->FreeRefused(FreeRefusal::kBadRequest);
+    return s;
+  }
   void FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const;
   void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
 
@@ -96,6 +106,7 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   AllocWaiters* const waiters_;
   const PeerRegistry* const peers_;
   const ServiceLimits limits_;
+  Metrics* const metrics_;
 };
 
 // gfp from a request: exactly one of `gfp` (string) and `gfp_mask` (number); validated.

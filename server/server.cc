@@ -73,8 +73,10 @@ absl::Status Server::Start() {
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
   leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  metrics_ = std::make_unique<Metrics>(pa_.get(), leases_.get(), options_.metrics);
+  if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
-                                              options_.service_limits);
+                                              options_.service_limits, metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -82,6 +84,11 @@ absl::Status Server::Start() {
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
+  if (metrics_->enabled()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(metrics_->rpc().InterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   if (!options_.tcp_listen.empty()) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = TcpCredentials(options_);
     if (!creds.ok()) return creds.status();
@@ -116,7 +123,9 @@ absl::Status Server::Start() {
                                                                    pa_->arena().size())},
                       {"pcp", pa_->pcp_active() ? "rseq" : "off"},
                       {"unix", options_.unix_socket},
-                      {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)}});
+                      {"tcp", options_.tcp_listen.empty() ? std::string("off") : std::to_string(tcp_port_)},
+                      {"metrics", options_.metrics.listen.empty() ? std::string("off")
+                                                                  : std::to_string(metrics_->port())}});
   return absl::OkStatus();
 }
 

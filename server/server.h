@@ -19,6 +19,7 @@
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
 #include "server/lease_table.h"
+#include "server/metrics.h"
 #include "server/physmem_service.h"
 #include "server/unix_listener.h"
 
@@ -37,6 +38,7 @@ struct ServerOptions {
   ServiceLimits service_limits;
   int max_message_bytes = 64 << 20;
   int shutdown_grace_ms = 2000;      // how long in-flight calls (and idle connections) get on shutdown
+  MetricsOptions metrics;            // Prometheus exporter (listen "" = off)
 };
 
 class Server {
@@ -50,6 +52,7 @@ class Server {
   void Shutdown();
 
   int tcp_port() const { return tcp_port_; }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   PageAllocator& allocator() { return *pa_; }
   LeaseTable& leases() { return *leases_; }
 
@@ -62,6 +65,9 @@ class Server {
   PeerRegistry peers_;
   std::unique_ptr<AllocWaiters> waiters_;
   std::unique_ptr<LeaseTable> leases_;
+  // After the allocator and the lease table (its collector reads them), before the service and the
+  // gRPC server (they count into it): destroyed in the opposite order.
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<PhysMemService> service_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<UnixListener> unix_;

@@ -61,7 +61,10 @@ class DaemonProcess {
   // "started" line (which carries the TCP port, written after the Unix socket already accepts).
   // False on failure; the reason is in log().
   bool Start() {
-    std::vector<std::string> argv = {PHYSMEMD_BINARY, "--unix_socket=" + socket_, "--arena=ordinary"};
+    // Metrics on a free port (the default 9464 would collide between daemons); a test's own
+    // --metrics_listen comes later and wins.
+    std::vector<std::string> argv = {PHYSMEMD_BINARY, "--unix_socket=" + socket_, "--arena=ordinary",
+                                     "--metrics_listen=127.0.0.1:0"};
     if (tcp_) {
       argv.push_back("--tcp=127.0.0.1:0");
       argv.push_back("--allow_insecure_tcp");
@@ -134,6 +137,15 @@ class DaemonProcess {
   // The TCP port from the daemon's "started" log line (tcp=<port>), or 0.
   int tcp_port() const {
     static const std::regex kPort(R"(event=started .* tcp=(\d+))");
+    std::smatch m;
+    const std::string text = log();
+    if (std::regex_search(text, m, kPort)) return std::stoi(m[1]);
+    return 0;
+  }
+
+  // The Prometheus exporter's port from the "started" log line (metrics=<port>), or 0 (off).
+  int metrics_port() const {
+    static const std::regex kPort(R"(event=started .* metrics=(\d+))");
     std::smatch m;
     const std::string text = log();
     if (std::regex_search(text, m, kPort)) return std::stoi(m[1]);

@@ -1,0 +1,99 @@
+// The daemon's Prometheus metrics (docs/metrics.md is the contract: names, labels, meanings).
+//
+// Two kinds of metric live here:
+//   * Snapshot metrics — zones, buddyinfo, per-CPU lists, allocator event counters, leases, arena,
+//     process — are built AT SCRAPE TIME by SnapshotCollector from PageAllocator::Stats(),
+//     PageAllocator::VmEvents() and the lease table. Nothing updates them in the background and
+//     the allocator's fast path never touches Prometheus.
+//   * Service events that happen off the allocator's fast path (refused frees, allocation waits,
+//     and the RPC metrics of server/rpc_metrics.h) are prometheus-cpp counters and histograms in
+//     one Registry, incremented where they happen.
+// Both are served by prometheus-cpp's pull Exposer (civetweb) on --metrics_listen.
+//
+// Who uses it: Server builds one Metrics, hands it to PhysMemService (FreeRefused, AllocWait*)
+// and installs the RPC interceptor (rpc()). Thread-safety: every method may be called from any
+// thread; scrapes run on the exposer's threads concurrently with everything else.
+#ifndef PHYSMEM_SERVER_METRICS_H_
+#define PHYSMEM_SERVER_METRICS_H_
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "allocator/page_allocator.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/lease_table.h"
+#include "server/rpc_metrics.h"
+
+namespace physmem {
+
+struct MetricsOptions {
+  // host:port; port 0 picks a free one; "" = no exporter. Off here (in-process servers in tests
+  // must not fight over a port); physmemd's --metrics_listen defaults to 127.0.0.1:9464.
+  std::string listen;
+  size_t max_lease_names = 50;            // physmem_lease_held_pages series before "(other)"
+};
+
+// physmem_free_refused_total{reason}: why a free was refused (docs/metrics.md).
+enum class FreeRefusal : int {
+  kNotAllocated = 0,  // double free, a tail, or a page inside another block
+  kWrongOwner,        // another lease's block
+  kWrongOrder,        // the block was allocated with another order
+  kMisaligned,        // pfn not aligned to the order, address not page aligned
+  kOutOfRange,        // pfn in a hole / beyond RAM, address outside the direct map
+  kBadRequest,        // anything else wrong with the request (bad order, no such lease, ...)
+  kCount
+};
+std::string_view FreeRefusalName(FreeRefusal r);
+
+// physmem_alloc_waits_total{outcome}.
+enum class WaitOutcome : int { kSatisfied = 0, kTimedOut, kCancelled, kCount };
+std::string_view WaitOutcomeName(WaitOutcome o);
+
+class Metrics {
+ public:
+  // Never fails: the exporter is started separately by StartExposer().
+  Metrics(const PageAllocator* pa, const LeaseTable* leases, MetricsOptions options);
+  ~Metrics();
+
+  // Starts serving /metrics on options.listen (nothing if it is empty). UNAVAILABLE if the
+  // address cannot be bound (civetweb's message included).
+  absl::Status StartExposer();
+  // The port the exporter listens on (the real one when options.listen asked for port 0); 0 if off.
+  int port() const { return port_; }
+
+  void FreeRefused(FreeRefusal reason) { free_refused_[static_cast<int>(reason)]->Increment(); }
+  void AllocWaitDone(WaitOutcome outcome, std::chrono::steady_clock::duration waited);
+
+  // grpc_server_* (server/rpc_metrics.h): Server installs rpc().InterceptorFactory() when enabled().
+  RpcMetrics& rpc() { return *rpc_; }
+  bool enabled() const { return !options_.listen.empty(); }
+
+  // Exposed for tests and for physmemctl-like tools: the text exposition of everything.
+  std::string Serialize() const;
+
+ private:
+  class SnapshotCollector;
+
+  const MetricsOptions options_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<SnapshotCollector> snapshot_;
+  std::array<prometheus::Counter*, static_cast<int>(FreeRefusal::kCount)> free_refused_{};
+  std::array<prometheus::Counter*, static_cast<int>(WaitOutcome::kCount)> waits_{};
+  prometheus::Histogram* wait_seconds_ = nullptr;
+  std::unique_ptr<RpcMetrics> rpc_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_SERVER_METRICS_H_
