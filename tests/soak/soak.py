@@ -242,6 +242,7 @@ def check_metrics(before, after, reports):
       leases_created/revoked/expired_total == leases created / revoked / abandoned to expire
       leases_active (end) == 0; zone_free_pages == zone_managed_pages in every zone
       grpc_server_started_total{method} == calls the clients started, for each method they use
+      grpc_server_handled_total{method} summed over codes == the same (each call answered once)
       grpc_server_handled_total{method, code} == replies with that code the clients saw — except
                                        that a waiting call whose answer crossed the client's deadline
                                        was counted by the client as DEADLINE_EXCEEDED: then the
@@ -287,6 +288,9 @@ def check_metrics(before, after, reports):
     for method in CLIENT_METHODS:
         eq("grpc_server_started_total{grpc_method=%s}" % method,
            delta("grpc_server_started_total", grpc_service=svc, grpc_method=method), calls.get(method, 0))
+        if method != "KeepAlive":  # every call finished: the daemon answered each exactly once
+            eq("grpc_server_handled_total{grpc_method=%s} summed over codes" % method,
+               delta("grpc_server_handled_total", grpc_service=svc, grpc_method=method), calls.get(method, 0))
         missed = codes.get(method + ".DEADLINE_EXCEEDED", 0)
         server_codes = {l["grpc_code"] for n, l, _ in after
                         if n == "grpc_server_handled_total" and l.get("grpc_method") == method}
