@@ -1,8 +1,9 @@
-// The arena filled to exhaustion on every zone of a target that has several (x86_64, 64 MiB:
-// DMA 3999 pages, DMA32 4096, Normal 8289), against the real daemon: the kernel's rules must hold
-// at the edge, where they matter.
+// The arena filled to exhaustion on every zone of targets that have several (x86_64, 64 MiB:
+// DMA 3999 pages, DMA32 4096, Normal 8289; i386, 1 GiB: DMA, Normal, HighMem), against the real
+// daemon: the kernel's rules must hold at the edge, where they matter.
 //
-// For each preferred zone (GFP_KERNEL|__GFP_DMA, GFP_KERNEL|__GFP_DMA32, GFP_KERNEL):
+// For each preferred zone (GFP_KERNEL|__GFP_DMA, GFP_KERNEL|__GFP_DMA32, GFP_KERNEL on x86_64;
+// GFP_KERNEL|__GFP_HIGHMEM on i386):
 //   - GFP_KERNEL takes pages down to the MIN watermark and no further; the zones above the
 //     preferred one are untouched (GFP_DMA exhaustion takes no Normal page); the zones it falls
 //     back to keep MIN + lowmem_reserve[preferred] (zoneinfo "protection");
@@ -13,7 +14,10 @@
 //     little before the deadline, so the caller does not see its own DEADLINE_EXCEEDED);
 //   - a waiting GFP_KERNEL is released when another lease frees pages of its zone;
 //   - when the pressure ends, every page is free.
+#include <map>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -27,17 +31,28 @@ using ::testing::HasSubstr;
 using testing::Deadline;
 using v1::PhysMem;
 
+struct ZoneCase;
+void PrintTo(const ZoneCase& z, std::ostream* os);
+
 struct ZoneCase {
+  const char* target;    // --target
+  const char* mem_mb;    // --mem_mb
+  std::vector<std::string> zones;  // the target's zones, lowest first
   const char* zone;      // preferred zone
-  int index;             // its index in zoneinfo's protection array
+  int index;             // its index in zones
+  int kernel_index;      // the kernel's zone number (DMA 0, DMA32 1, Normal 2, HighMem 3): its
+                         // index in zoneinfo's protection array, which has all four
   const char* modifier;  // zone modifier added to every mask
 };
+
+void PrintTo(const ZoneCase& z, std::ostream* os) { *os << z.target << " preferring " << z.zone; }
 
 const char* ZoneOf(int proto_zone) {
   switch (proto_zone) {
     case v1::ZONE_DMA: return "DMA";
     case v1::ZONE_DMA32: return "DMA32";
     case v1::ZONE_NORMAL: return "Normal";
+    case v1::ZONE_HIGHMEM: return "HighMem";
     default: return "?";
   }
 }
@@ -46,7 +61,8 @@ class Exhaustion : public ::testing::TestWithParam<ZoneCase> {
  protected:
   void SetUp() override {
     daemon_ = std::make_unique<testing::DaemonProcess>(
-        std::vector<std::string>{"--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=10000"});
+        std::vector<std::string>{std::string("--target=") + GetParam().target,
+                                 std::string("--mem_mb=") + GetParam().mem_mb, "--max_alloc_wait_ms=10000"});
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
     stub_ = testing::OwnStub(daemon_->unix_target());
     hog_ = testing::CreateLease(stub_.get(), 120000);
@@ -101,8 +117,8 @@ class Exhaustion : public ::testing::TestWithParam<ZoneCase> {
 TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
   const ZoneCase zc = GetParam();
   const std::map<std::string, v1::ZoneInfo> idle = Zones();
-  ASSERT_EQ(idle.size(), 3u) << "x86_64 with 64 MiB has DMA, DMA32 and Normal";
-  const std::vector<std::string> order = {"DMA", "DMA32", "Normal"};
+  const std::vector<std::string>& order = zc.zones;
+  ASSERT_EQ(idle.size(), order.size()) << zc.target << " should have " << order.size() << " zones";
 
   // 1. GFP_KERNEL to exhaustion: bulk first (fast), then single pages until refused.
   for (;;) {
@@ -114,7 +130,7 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
   ASSERT_GE(AllocUntilRefused(Mask("GFP_KERNEL|__GFP_NORETRY"), &refused), 0);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
   std::map<std::string, v1::ZoneInfo> z = Zones();
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < static_cast<int>(order.size()); ++i) {
     const v1::ZoneInfo& now = z[order[i]];
     SCOPED_TRACE(order[i] + " after GFP_KERNEL exhaustion: free " + std::to_string(now.free_pages()) + " min " +
                  std::to_string(now.min()) + " low " + std::to_string(now.low()));
@@ -123,7 +139,7 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
       EXPECT_TRUE(held_[order[i]].empty());
       continue;
     }
-    const uint64_t reserve = now.protection(zc.index);  // lowmem_reserve[preferred]; 0 for itself
+    const uint64_t reserve = now.protection(zc.kernel_index);  // lowmem_reserve[preferred]; 0 for itself
     EXPECT_GE(now.free_pages(), now.min() + reserve) << "GFP_KERNEL went below MIN + lowmem_reserve";
     EXPECT_LE(now.buddy_free_pages(), now.low() + reserve) << "not exhausted";
     EXPECT_FALSE(held_[order[i]].empty());
@@ -143,7 +159,7 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
   std::printf("%s: GFP_KERNEL stopped at %lu free (min %lu), GFP_ATOMIC took %d more, down to %lu (37.5%% of min: %lu)\n",
               zc.zone, static_cast<unsigned long>(z_kernel_free), static_cast<unsigned long>(pref.min()), atomic,
               static_cast<unsigned long>(pref.free_pages()), static_cast<unsigned long>(pref.min() * 3 / 8));
-  for (int i = zc.index + 1; i < 3; ++i) {
+  for (int i = zc.index + 1; i < static_cast<int>(order.size()); ++i) {
     EXPECT_EQ(z[order[i]].free_pages(), idle.at(order[i]).free_pages()) << order[i] << " was used";
   }
   for (const char* gfp : {"GFP_ATOMIC", "GFP_NOWAIT"}) {
@@ -165,8 +181,8 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
     EXPECT_THAT(s.error_message(), HasSubstr("waited"));
     EXPECT_GE(waited, std::chrono::milliseconds(1000)) << "GFP_KERNEL did not wait";
-    if (zc.index < 2) {
-      EXPECT_EQ(Zones()["Normal"].free_pages(), idle.at("Normal").free_pages());
+    for (int i = zc.index + 1; i < static_cast<int>(order.size()); ++i) {
+      EXPECT_EQ(Zones()[order[i]].free_pages(), idle.at(order[i]).free_pages()) << order[i];
     }
   }
 
@@ -198,9 +214,18 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
   for (const auto& [name, zi] : Zones()) EXPECT_EQ(zi.free_pages(), zi.managed_pages()) << name;
 }
 
+const std::vector<std::string> kX86_64Zones = {"DMA", "DMA32", "Normal"};
+const std::vector<std::string> kI386Zones = {"DMA", "Normal", "HighMem"};
+
 INSTANTIATE_TEST_SUITE_P(X86_64, Exhaustion,
-                         ::testing::Values(ZoneCase{"DMA", 0, "__GFP_DMA"}, ZoneCase{"DMA32", 1, "__GFP_DMA32"},
-                                           ZoneCase{"Normal", 2, ""}),
+                         ::testing::Values(ZoneCase{"x86_64", "64", kX86_64Zones, "DMA", 0, 0, "__GFP_DMA"},
+                                           ZoneCase{"x86_64", "64", kX86_64Zones, "DMA32", 1, 1, "__GFP_DMA32"},
+                                           ZoneCase{"x86_64", "64", kX86_64Zones, "Normal", 2, 2, ""}),
+                         [](const ::testing::TestParamInfo<ZoneCase>& p) { return std::string(p.param.zone); });
+// i386 with 1 GiB: DMA, Normal (up to 896 MiB) and 128 MiB of HighMem, which GFP_HIGHUSER prefers
+// and falls back from to Normal and DMA.
+INSTANTIATE_TEST_SUITE_P(I386, Exhaustion,
+                         ::testing::Values(ZoneCase{"i386", "1024", kI386Zones, "HighMem", 2, 3, "__GFP_HIGHMEM"}),
                          [](const ::testing::TestParamInfo<ZoneCase>& p) { return std::string(p.param.zone); });
 
 }  // namespace
