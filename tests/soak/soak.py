@@ -53,7 +53,7 @@ def parse_args():
     p.add_argument("--out", required=True, help="directory for logs, reports and the summary")
     p.add_argument("--rss_bound_pct", type=float, default=10.0,
                    help="RssAnon growth allowed, first window to last, in percent ...")
-    p.add_argument("--rss_bound_mib", type=float, default=16.0, help="... or in MiB, whichever is larger")
+    p.add_argument("--rss_bound_mib", type=float, default=4.0, help="... or in MiB, whichever is larger")
     p.add_argument("--keep_ledgers", action="store_true", help="keep the ledger files (large)")
     return p.parse_args()
 
@@ -190,9 +190,11 @@ def zones(args, daemon):
 
 
 def rss_growth(samples, run_window, args):
-    """Median RssAnon of the first window after warm-up against the last window of the run."""
+    """Median RssAnon of the first window after warm-up against the last window of the run.
+    Warm-up: a third of the run, at most 60 s (gRPC's pools and malloc's arenas grow for the first
+    minute or two, then stay); windows: a sixth of the run, at most 60 s."""
     seconds = run_window[1] - run_window[0]
-    warm = min(60.0, seconds / 6)
+    warm = min(60.0, seconds / 3)
     window = min(60.0, seconds / 6)
     run = [s for s in samples if run_window[0] <= s["t"] <= run_window[1]]
     if not run:
