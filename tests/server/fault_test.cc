@@ -318,7 +318,9 @@ TEST_F(Fault, ManyLeasesAndStreamsOfAVanishedClientAreAllReclaimed) {
       threads_after_first = testing::ProcEntries(pid, "task");
       fds_after_first = testing::ProcEntries(pid, "fd");
     } else {
-      EXPECT_LE(testing::ProcEntries(pid, "task"), threads_after_first);
+      // gRPC's pools may still add a thread or two under load; a thread per stream, connection or
+      // lease would add 40 or 200.
+      EXPECT_LE(testing::ProcEntries(pid, "task"), threads_after_first + 4);
       EXPECT_LE(testing::ProcEntries(pid, "fd"), fds_after_first);
     }
   }

@@ -245,6 +245,8 @@ def check_metrics(before, after, reports):
       leases_active (end) == 0; zone_free_pages == zone_managed_pages in every zone
       grpc_server_started_total{method} == calls the clients started, for each method they use
       grpc_server_handled_total{method} summed over codes == the same (each call answered once)
+      alloc_waits_total{timed_out} >= the clients' "waited" refusals, and the excess plus
+                                       {cancelled} <= the clients' deadline misses on waiting calls
       grpc_server_handled_total{method, code} == replies with that code the clients saw — except
                                        that a waiting call whose answer crossed the client's deadline
                                        was counted by the client as DEADLINE_EXCEEDED: then the
@@ -309,11 +311,22 @@ def check_metrics(before, after, reports):
                 checks.append({"check": "grpc_server_handled_total{grpc_method=%s,grpc_code=%s} within "
                                         "[clients, clients + %d deadline misses]" % (method, code, missed),
                                "metric": got, "clients": want, "ok": ok})
+    # Waits: every RESOURCE_EXHAUSTED "waited" a client saw is a timed-out wait; the daemon may
+    # count more timed-out (or cancelled) waits only for calls whose answer the client missed.
+    waited = total(reports, "expected.no_memory_waited")
+    missed_waits = total(reports, "expected.deadline_while_waiting")
+    timed_out = delta("physmem_alloc_waits_total", outcome="timed_out")
+    cancelled = delta("physmem_alloc_waits_total", outcome="cancelled")
+    checks.append({"check": "physmem_alloc_waits_total{outcome=timed_out} - clients' 'waited' refusals + "
+                            "{outcome=cancelled} within [0, clients' deadline misses on waiting calls]",
+                   "metric": timed_out - waited + cancelled, "clients": missed_waits,
+                   "ok": timed_out >= waited and 0 <= timed_out - waited + cancelled <= missed_waits})
     # Reported, not checked: their exact relation to the clients' counts depends on retries inside
     # the daemon (a waiting allocation fails the allocator many times before it succeeds).
     info = {"physmem_alloc_failures_total": delta("physmem_alloc_failures_total"),
             "physmem_alloc_waits_total": {o: delta("physmem_alloc_waits_total", outcome=o)
                                           for o in ("satisfied", "timed_out", "cancelled")},
+            "clients_deadline_misses_on_waiting_calls": missed_waits,
             "clients_no_memory_waited": total(reports, "expected.no_memory_waited"),
             "process_resident_memory_bytes": msum(after, "process_resident_memory_bytes")}
     return checks, info
