@@ -24,6 +24,8 @@ Exit status 0 when every check passed, 1 otherwise. Uses only the Python standar
 with /usr/bin/python3 like the other test scripts).
 """
 import argparse
+import ctypes
+import glob
 import json
 import os
 import re
@@ -58,6 +60,19 @@ def parse_args():
     return p.parse_args()
 
 
+def die_with_parent():
+    """Runs in each child before exec: SIGKILL it if the driver dies (e.g. a ctest timeout)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def remove_stale_arenas():
+    """Arena files of earlier drivers that were killed before they could clean up."""
+    for path in glob.glob("/dev/shm/physmem-soak-*"):
+        pid = path.rsplit("-", 1)[1]
+        if pid.isdigit() and not os.path.exists("/proc/" + pid):
+            os.unlink(path)
+
+
 class Daemon:
     def __init__(self, args, out):
         self.out = out
@@ -75,7 +90,7 @@ class Daemon:
             cmd.append("--metrics_listen=127.0.0.1:0")
         self.cmd = cmd
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self.metrics_port = 0
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -346,6 +361,7 @@ def main():
         if not ok:
             failures.append(name)
 
+    remove_stale_arenas()
     daemon = Daemon(args, args.out)
     sampler = Sampler(daemon.proc.pid)
     try:
@@ -362,7 +378,7 @@ def main():
                    "--ledger=" + os.path.join(args.out, "client-%d.ledger" % i),
                    "--report=" + os.path.join(args.out, "client-%d.json" % i)]
             clients.append(subprocess.Popen(cmd, stdout=open(os.path.join(args.out, "client-%d.log" % i), "w"),
-                                            stderr=subprocess.STDOUT))
+                                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         while any(c.poll() is None for c in clients):
             if time.time() - t0 > args.seconds + 180:
                 for c in clients:
