@@ -260,6 +260,8 @@ def check_metrics(before, after, reports):
       leases_active (end) == 0; zone_free_pages == zone_managed_pages in every zone
       grpc_server_started_total{method} == calls the clients started, for each method they use
       grpc_server_handled_total{method} summed over codes == the same (each call answered once)
+                                       (both: minus at most the calls whose deadline passed on the
+                                       client, which may never have reached the daemon)
       alloc_waits_total{timed_out} >= the clients' "waited" refusals, and the excess plus
                                        {cancelled} <= the clients' deadline misses on waiting calls
       grpc_server_handled_total{method, code} == replies with that code the clients saw — except
@@ -305,12 +307,21 @@ def check_metrics(before, after, reports):
     codes = prefixed(reports, "codes.")
     svc = "physmem.v1.PhysMem"
     for method in CLIENT_METHODS:
-        eq("grpc_server_started_total{grpc_method=%s}" % method,
-           delta("grpc_server_started_total", grpc_service=svc, grpc_method=method), calls.get(method, 0))
-        if method != "KeepAlive":  # every call finished: the daemon answered each exactly once
-            eq("grpc_server_handled_total{grpc_method=%s} summed over codes" % method,
-               delta("grpc_server_handled_total", grpc_service=svc, grpc_method=method), calls.get(method, 0))
+        # A call whose deadline passed on the client may never have reached the daemon (on a loaded
+        # machine a 100 ms deadline can expire before the request is read): then the daemon counts
+        # it nowhere. Every other call the daemon starts and answers exactly once.
         missed = codes.get(method + ".DEADLINE_EXCEEDED", 0)
+        for metric in ("grpc_server_started_total", "grpc_server_handled_total"):
+            if method == "KeepAlive" and metric == "grpc_server_handled_total":
+                continue  # the stream's end is the client cancelling at exit
+            got = delta(metric, grpc_service=svc, grpc_method=method)
+            what = "%s{grpc_method=%s}%s" % (metric, method, " summed over codes" if "handled" in metric else "")
+            if missed == 0:
+                eq(what, got, calls.get(method, 0))
+            else:
+                checks.append({"check": what + " within [clients - %d deadline misses, clients]" % missed,
+                               "metric": got, "clients": calls.get(method, 0),
+                               "ok": calls.get(method, 0) - missed <= got <= calls.get(method, 0)})
         server_codes = {l["grpc_code"] for n, l, _ in after
                         if n == "grpc_server_handled_total" and l.get("grpc_method") == method}
         client_codes = {k.split(".", 1)[1] for k in codes if k.startswith(method + ".")}
@@ -428,13 +439,20 @@ def main():
                 except FileNotFoundError:
                     pass
 
-        # Abandoned leases expire one TTL (at most 5 s) after their last renewal.
-        deadline = time.time() + 30
-        c = census(args, daemon)
-        while time.time() < deadline and not (c.get("allocated_pages", 1) == 0 and c.get("leases", 1) == 0):
+        # Abandoned leases expire one TTL (at most 5 s) after their last renewal. Poll with
+        # zoneinfo and the lease list (safe at any time), then Validate once the daemon is quiet:
+        # the invariant checker needs no free to run beside it (a lease being reclaimed would show
+        # a page in transit as lost).
+        t_end = time.time()
+        deadline = t_end + 30
+        while time.time() < deadline:
+            z = zones(args, daemon)
+            _, leases_text = ctl(args, daemon, "lease", "list")
+            if z and all(v["free"] == v["managed"] for v in z.values()) and not leases_text.strip():
+                break
             time.sleep(0.5)
-            c = census(args, daemon)
-        c["after_s"] = round(30 - (deadline - time.time()), 1)
+        c = census(args, daemon)
+        c["after_s"] = round(time.time() - t_end, 1)
         check("every_page_free", c["ok"] and c.get("allocated_pages") == 0 and c.get("leases") == 0 and
               c.get("free_pages") == c.get("total_pages") and c.get("lease_pages") == 0, c)
         z = zones(args, daemon)
