@@ -69,8 +69,8 @@ def die_with_parent():
 def remove_stale_arenas():
     """Arena files of earlier drivers that were killed before they could clean up."""
     for path in glob.glob("/dev/shm/physmem-soak-*"):
-        pid = path.rsplit("-", 1)[1]
-        if pid.isdigit() and not os.path.exists("/proc/" + pid):
+        m = re.match(r"/dev/shm/physmem-soak-(\d+)", path)
+        if m and not os.path.exists("/proc/" + m.group(1)):
             os.unlink(path)
 
 
@@ -120,10 +120,13 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        try:
-            os.unlink(self.arena)
-        except FileNotFoundError:
-            pass
+        # The arena, and the crash-recovery journal's files beside it (<arena>.journal*), which a
+        # daemon with the journal writes by default when its arena is a file.
+        for path in [self.arena] + glob.glob(self.arena + ".journal*"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def parse_prometheus(text):
