@@ -364,6 +364,7 @@ def check_metrics(before, after, reports):
 
 def main():
     args = parse_args()
+    args.out = os.path.abspath(args.out)  # the socket path goes into a unix:// URI, which must be absolute
     os.makedirs(args.out, exist_ok=True)
     if not args.physmemctl:
         args.physmemctl = os.path.join(os.path.dirname(args.physmemd), "physmemctl")
