@@ -62,7 +62,9 @@ class Exhaustion : public ::testing::TestWithParam<ZoneCase> {
   void SetUp() override {
     daemon_ = std::make_unique<testing::DaemonProcess>(
         std::vector<std::string>{std::string("--target=") + GetParam().target,
-                                 std::string("--mem_mb=") + GetParam().mem_mb, "--max_alloc_wait_ms=10000"});
+                                 std::string("--mem_mb=") + GetParam().mem_mb, "--max_alloc_wait_ms=10000",
+                                 // one identity exhausts every zone, ZONE_DMA included (default cap: 1/8)
+                                 "--identity_dma_pages=4096"});
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
     stub_ = testing::OwnStub(daemon_->unix_target());
     hog_ = testing::CreateLease(stub_.get(), 120000);

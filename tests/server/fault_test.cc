@@ -239,7 +239,7 @@ class Fault : public ::testing::Test {
 // ---- Clients killed mid-call ----
 
 TEST_F(Fault, ClientKilledWhileWaitingForMemoryLeavesNothingBehind) {
-  StartDaemon({"--mem_mb=64", "--max_alloc_wait_ms=30000"});
+  StartDaemon({"--mem_mb=64", "--max_alloc_wait_ms=30000", "--identity_dma_pages=4096"});  // fills ZONE_DMA too
   const uint64_t hog = testing::CreateLease(stub_.get(), 60000);
   std::vector<uint64_t> pages = FillMachine(hog);
   ASSERT_GT(pages.size(), 12000u);
@@ -405,7 +405,7 @@ TEST_F(Fault, AStoppedClientDoesNotHoldUpOthers) {
 // ---- SIGTERM under load ----
 
 TEST_F(Fault, SigtermUnderLoadDrainsCleanly) {
-  StartDaemon({"--mem_mb=64", "--max_alloc_wait_ms=30000"});
+  StartDaemon({"--mem_mb=64", "--max_alloc_wait_ms=30000", "--identity_dma_pages=4096"});  // fills ZONE_DMA too
   std::mutex mu;
   std::map<std::string, int> codes;  // every status any client saw
   auto saw = [&](const grpc::Status& s) {

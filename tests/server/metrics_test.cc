@@ -167,7 +167,8 @@ class Metrics : public ::testing::Test {
  protected:
   // i386 with 1 GiB: DMA (4096 pages), Normal and HighMem (32768 pages).
   void StartDaemon(std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {"--target=i386", "--mem_mb=1024", "--max_alloc_wait_ms=3000"};
+    // --identity_dma_pages: one identity exhausts zones down to ZONE_DMA (default cap: 1/8 of it).
+    std::vector<std::string> args = {"--target=i386", "--mem_mb=1024", "--max_alloc_wait_ms=3000", "--identity_dma_pages=4096"};
     args.insert(args.end(), extra.begin(), extra.end());
     daemon_ = std::make_unique<testing::DaemonProcess>(args);
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();

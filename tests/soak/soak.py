@@ -84,6 +84,8 @@ class Daemon:
         self.has_metrics = "metrics_listen" in helpfull
         cmd = [args.physmemd, "--target=x86_64", "--mem_mb=%d" % args.mem_mb, "--unix_socket=" + self.socket,
                "--arena_path=" + self.arena,
+               # All clients share one uid: let that identity use all of ZONE_DMA (default cap: 1/8).
+               "--identity_dma_pages=4096",
                # A waiting allocation answers within 2 s: a client's key retry after a missed
                # deadline (10 s) always gets a definite answer.
                "--max_alloc_wait_ms=2000"]
