@@ -19,7 +19,8 @@ struct CounterArray {
     c = static_cast<std::atomic<uint64_t>*>(mem);
     for (size_t i = 0; i < n; ++i) new (&c[i]) std::atomic<uint64_t>(0);
   }
-  ~CounterArray() { ::operator delete(c, bytes, std::align_val_t{64}); }
+  // Unsized: clang declares sized deallocation only with -fsized-deallocation.
+  ~CounterArray() { ::operator delete(c, std::align_val_t{64}); }
   CounterArray(const CounterArray&) = delete;
   CounterArray& operator=(const CounterArray&) = delete;
 
