@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "server/log.h"
 #include "server/status_util.h"
+#include "server/tsan_annotations.h"
 
 namespace physmem {
 namespace {
@@ -31,43 +32,67 @@ absl::Status HideOtherOwner(absl::Status s, uint64_t pfn) {
   return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
 }
 
+// One KeepAlive stream. gRPC constructs it on one of its threads, runs each reaction on whichever
+// thread the event lands, and OnDone (which deletes it) after every other reaction; at most one
+// of StartRead/StartWrite is outstanding, so reactions never overlap. Every reaction takes the
+// object over and hands it back around each request to gRPC (tsan_annotations.h): before it, and
+// again after it, because StartWrite/Finish themselves read resp_ and the reactor's stream before
+// the operation starts. Nothing touches the object after a request returns.
 class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse> {
  public:
   KeepAliveReactor(LeaseTable* leases, absl::StatusOr<std::string> identity) : leases_(leases) {
     if (!identity.ok()) {
-      Finish(ToGrpcStatus(identity.status()));
+      End(ToGrpcStatus(identity.status()));
       return;
     }
     identity_ = *std::move(identity);
-    StartRead(&req_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    TsanTakeOver(this);
     if (!ok) {  // the client closed its side
-      Finish(grpc::Status::OK);
+      End(grpc::Status::OK);
       return;
     }
     absl::StatusOr<int64_t> ttl = leases_->Renew(req_.lease_id(), identity_);
     if (!ttl.ok() && ttl.status().code() == absl::StatusCode::kPermissionDenied) {
-      Finish(ToGrpcStatus(ttl.status()));
+      End(ToGrpcStatus(ttl.status()));
       return;
     }
     resp_.set_lease_id(req_.lease_id());
     resp_.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
+    TsanHandOff(this);
     StartWrite(&resp_);
+    TsanHandOff(this);
   }
 
   void OnWriteDone(bool ok) override {
+    TsanTakeOver(this);
     if (!ok) {
-      Finish(grpc::Status::OK);
+      End(grpc::Status::OK);
       return;
     }
-    StartRead(&req_);
+    Read();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanTakeOver(this);
+    delete this;
+  }
 
  private:
+  void Read() {
+    TsanHandOff(this);
+    StartRead(&req_);
+    TsanHandOff(this);
+  }
+  void End(const grpc::Status& s) {
+    TsanHandOff(this);
+    Finish(s);
+    TsanHandOff(this);
+  }
+
   LeaseTable* leases_;
   std::string identity_;
   v1::KeepAliveRequest req_;

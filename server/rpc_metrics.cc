@@ -1,8 +1,12 @@
 #include "server/rpc_metrics.h"
 
 #include <chrono>
+#include <mutex>
+#include <shared_mutex>
 
 #include <google/protobuf/descriptor.h>
+
+#include "server/tsan_annotations.h"
 
 namespace physmem {
 namespace {
@@ -34,21 +38,27 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 
 // One per call: created when the call arrives (started), finished when the status goes out
 // (handled + latency). A call that ends without a status (the client went away) counts as
-// CANCELLED when gRPC destroys the interceptor.
+// CANCELLED when gRPC destroys the interceptor. gRPC runs the constructor, each Intercept and the
+// destructor on whichever of its threads the call's event lands, one at a time: each takes the
+// object over and hands it back (tsan_annotations.h) so ThreadSanitizer sees that ordering.
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
   CallInterceptor(RpcMetrics* metrics, const RpcMetrics::Method* method)
       : metrics_(metrics), method_(method), start_(std::chrono::steady_clock::now()) {
     method_->started->Increment();
+    TsanHandOff(this);
   }
   ~CallInterceptor() override {
+    TsanTakeOver(this);
     if (!done_) Done(grpc::StatusCode::CANCELLED);
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    TsanTakeOver(this);
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       Done(methods->GetSendStatus().error_code());
     }
+    TsanHandOff(this);
     methods->Proceed();
   }
 
@@ -101,7 +111,7 @@ RpcMetrics::RpcMetrics(prometheus::Registry& registry, const std::vector<std::st
                     .Help("Histogram of response latency (seconds) of gRPC that had been application-level "
                           "handled by the server.")
                     .Register(registry)) {
-  absl::MutexLock l(&mu_);
+  std::unique_lock l(mu_);
   for (const std::string& name : services) {
     const google::protobuf::ServiceDescriptor* svc =
         google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
@@ -124,12 +134,12 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> RpcMetric
 
 RpcMetrics::Method& RpcMetrics::Find(std::string_view path, RpcType type) {
   {
-    absl::ReaderMutexLock l(&mu_);
+    std::shared_lock l(mu_);
     if (auto it = methods_.find(absl::string_view(path.data(), path.size())); it != methods_.end()) return *it->second;
   }
   // Not a method of a served service (UNIMPLEMENTED): one shared series, so made-up method names
   // cannot create series without bound.
-  absl::MutexLock l(&mu_);
+  std::unique_lock l(mu_);
   return AddLocked("/unknown/unknown", TypeName(type));
 }
 
