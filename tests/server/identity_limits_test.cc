@@ -3,8 +3,11 @@
 // explicit GFP_DMA or by zonelist fallback, concurrent calls of one identity never overshoot a
 // limit, and every refusal names its limit and changes nothing. (Two different identities, one
 // stopped while the other goes on, are in two_uids_test.cc.)
+#include <sys/wait.h>
+
 #include <grpcpp/grpcpp.h>
 
+#include <limits>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -212,6 +215,41 @@ TEST(LimitFlags, BadZoneShareIsRefusedAtStart) {
   testing::DaemonProcess d({"--identity_zone_share_percent=Normal:0"});
   EXPECT_FALSE(d.Start());
   EXPECT_THAT(d.log(), HasSubstr("--identity_zone_share_percent"));
+}
+
+TEST(IdentityLimitsOptions, DmaPagesBelowMinusOneAreRefused) {
+  for (int64_t bad : {int64_t{-2}, int64_t{-4096}, std::numeric_limits<int64_t>::min()}) {
+    IdentityLimitsOptions o;
+    o.dma_pages = bad;
+    const absl::Status s = CheckIdentityLimitsOptions(o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--identity_dma_pages " + std::to_string(bad) + ":")) << bad;
+  }
+  for (int64_t good : {int64_t{-1}, int64_t{0}, int64_t{16}, std::numeric_limits<int64_t>::max()}) {
+    IdentityLimitsOptions o;
+    o.dma_pages = good;
+    EXPECT_TRUE(CheckIdentityLimitsOptions(o).ok()) << good;
+  }
+}
+
+TEST(LimitFlags, DmaPagesBelowMinusOneStopTheDaemonAtStart) {
+  testing::DaemonProcess d({"--identity_dma_pages=-2"});
+  EXPECT_FALSE(d.Start());
+  ASSERT_TRUE(d.exit_status().has_value()) << "still running:\n" << d.log();
+  EXPECT_TRUE(WIFEXITED(*d.exit_status()) && WEXITSTATUS(*d.exit_status()) != 0) << "wait status " << *d.exit_status();
+  EXPECT_THAT(d.log(), HasSubstr("--identity_dma_pages -2: expected a page count >= 0, or -1 for automatic"));
+  EXPECT_FALSE(d.Started());
+}
+
+TEST(LimitFlags, DmaPagesZeroIsAcceptedAndStopsEveryDmaPage) {
+  testing::DaemonProcess d({"--target=i386", "--mem_mb=64", "--identity_dma_pages=0"});
+  ASSERT_TRUE(d.Start()) << d.log();
+  auto stub = testing::ConnectStub(d.unix_target());
+  const uint64_t lease = testing::CreateLease(stub.get(), 60000);
+  ASSERT_NE(lease, 0u);
+  const grpc::Status s = testing::AllocPages(stub.get(), lease, "GFP_DMA", 0, nullptr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("--identity_dma_pages"));
 }
 
 TEST(LimitFlags, PageIoLimitMustFitInAMessage) {
