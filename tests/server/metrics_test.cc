@@ -185,15 +185,8 @@ class Metrics : public testing::DaemonStubTest {
     return testing::AllocPages(stub_.get(), lease, gfp, order, out, deadline_ms);
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order) {
-    v1::FreePagesRequest req;
-    req.set_lease_id(lease);
-    req.set_pfn(pfn);
-    req.set_order(order);
-    v1::FreePagesResponse resp;
-    Deadline ctx;
-    return stub_->FreePages(&ctx, req, &resp);
+    return testing::FreePages(stub_.get(), lease, pfn, order);
   }
-
 };
 
 const Labels kNormal = {{"zone", "Normal"}};

@@ -104,14 +104,7 @@ TEST_F(PageContents, RefusalsHaveTheirCodesAndChangeNothing) {
   const v1::Allocation mine = Alloc(lease, "GFP_KERNEL", 1);
   const v1::Allocation theirs = Alloc(other, "GFP_KERNEL", 0);
   const v1::Allocation freed = Alloc(lease, "GFP_KERNEL", 0);
-  {
-    v1::FreePagesRequest f;
-    f.set_lease_id(lease);
-    f.set_pfn(freed.pfn());
-    v1::FreePagesResponse out;
-    Deadline ctx;
-    ASSERT_TRUE(stub_->FreePages(&ctx, f, &out).ok());
-  }
+  ASSERT_TRUE(testing::FreePages(stub_.get(), lease, freed.pfn(), 0).ok());
   ASSERT_TRUE(Write(lease, mine.pfn(), 0, Pattern(8192, 'm')).ok());
   ASSERT_TRUE(Write(other, theirs.pfn(), 0, Pattern(4096, 't')).ok());
   struct Case {
@@ -185,16 +178,9 @@ TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
       w.set_pfn(page.pfn());
       w.set_data(std::string(4096, fill));
       v1::WritePagesResponse wr;
-      {
-        Deadline ctx;
-        stub->WritePages(&ctx, w, &wr);
-      }
-      v1::FreePagesRequest f;
-      f.set_lease_id(lease);
-      f.set_pfn(page.pfn());
-      v1::FreePagesResponse fr;
       Deadline ctx;
-      stub->FreePages(&ctx, f, &fr);
+      stub->WritePages(&ctx, w, &wr);
+      testing::FreePages(stub, lease, page.pfn(), 0);
     }
   };
   std::thread ta(cycle, stub_a.get(), a, "GFP_KERNEL|__GFP_ZERO", 'A', true);

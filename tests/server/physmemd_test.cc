@@ -58,13 +58,7 @@ class Daemon : public testing::DaemonStubTest {
     return (stub ? stub : stub_.get())->AllocPages(&ctx, req, out);
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order, PhysMem::Stub* stub = nullptr) {
-    v1::FreePagesRequest req;
-    req.set_lease_id(lease);
-    req.set_pfn(pfn);
-    req.set_order(order);
-    v1::FreePagesResponse resp;
-    Deadline ctx;
-    return (stub ? stub : stub_.get())->FreePages(&ctx, req, &resp);
+    return testing::FreePages(stub ? stub : stub_.get(), lease, pfn, order);
   }
   // The census, with the two equations every step must keep.
   v1::ValidateResponse Census() {

@@ -93,6 +93,17 @@ inline grpc::Status AllocBulk(v1::PhysMem::Stub* stub, uint64_t lease, const std
   return stub->AllocPagesBulk(&ctx, req, out);
 }
 
+// Frees the order-`order` block at `pfn` from `lease`.
+inline grpc::Status FreePages(v1::PhysMem::Stub* stub, uint64_t lease, uint64_t pfn, uint32_t order) {
+  v1::FreePagesRequest req;
+  req.set_lease_id(lease);
+  req.set_pfn(pfn);
+  req.set_order(order);
+  v1::FreePagesResponse resp;
+  Deadline ctx;
+  return stub->FreePages(&ctx, req, &resp);
+}
+
 inline grpc::Status FreeBulk(v1::PhysMem::Stub* stub, uint64_t lease, const std::vector<uint64_t>& pfns) {
   v1::FreePagesBulkRequest req;
   req.set_lease_id(lease);
