@@ -41,6 +41,11 @@ TEST(ZoneSharePercent, RefusesBadInput) {
   }
 }
 
+// Calls here wait up to 10 s: the concurrency test below runs eight clients at once.
+struct Ctx : testing::Deadline {
+  Ctx() : Deadline(10000) {}
+};
+
 class Limits : public testing::DaemonStubTest {
  protected:
   void Start(std::vector<std::string> flags) {
@@ -48,15 +53,14 @@ class Limits : public testing::DaemonStubTest {
     flags.insert(flags.begin(), {"--target=i386", "--mem_mb=64", "--max_alloc_wait_ms=200"});
     StartDaemon(std::move(flags));
   }
-  // Calls here may wait up to 10 s: the concurrency test below runs eight clients at once.
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, uint32_t order, v1::Allocation* out = nullptr,
                      PhysMem::Stub* s = nullptr) {
-    return testing::AllocPages(s ? s : stub_.get(), lease, gfp, order, out, 10000);
+    return testing::AllocPages(s ? s : stub_.get(), lease, gfp, order, out, /*deadline_ms=*/10000);
   }
   // Pages this identity's leases hold in `zone` ("" = all zones).
   uint64_t Held(const std::string& zone = "") {
     v1::ListLeasesResponse l;
-    testing::Deadline ctx(10000);
+    Ctx ctx;
     EXPECT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &l).ok());
     uint64_t n = 0;
     for (const v1::LeaseInfo& info : l.leases()) {
@@ -111,7 +115,7 @@ TEST_F(Limits, AnExpiredLeaseGivesItsPagesBackToTheIdentity) {
   r.set_ttl_ms(500);
   v1::CreateLeaseResponse short_lived;
   {
-    testing::Deadline ctx(10000);
+    Ctx ctx;
     ASSERT_TRUE(stub_->CreateLease(&ctx, r, &short_lived).ok());
   }
   ASSERT_TRUE(Alloc(short_lived.lease_id(), "GFP_DMA", 2).ok());     // 4 DMA pages
@@ -166,7 +170,7 @@ TEST_F(Limits, DefaultDmaCapIsAnEighthOfZoneDma) {
   const uint64_t l = NewLease();
   v1::GetZoneInfoResponse zi;
   {
-    testing::Deadline ctx(10000);
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetZoneInfo(&ctx, v1::GetZoneInfoRequest(), &zi).ok());
   }
   uint64_t dma_managed = 0;

@@ -13,7 +13,7 @@
 namespace physmem {
 namespace {
 
-using testing::Deadline;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 
 class LeaseKmap : public testing::DaemonStubTest {
  protected:
@@ -31,7 +31,7 @@ class LeaseKmap : public testing::DaemonStubTest {
       k.set_lease_id(lease);
       k.set_pfn(pfn);
       v1::KmapResponse kr;
-      Deadline kctx;
+      Ctx kctx;
       s = stub_->Kmap(&kctx, k, &kr);
       EXPECT_TRUE(s.ok()) << s.error_message();
       EXPECT_NE(kr.virt_addr(), 0u);
@@ -42,7 +42,7 @@ class LeaseKmap : public testing::DaemonStubTest {
     f.set_pfn(a.pfn());
     f.set_order(1);
     v1::FreePagesResponse fr;
-    Deadline fctx;
+    Ctx fctx;
     EXPECT_EQ(stub_->FreePages(&fctx, f, &fr).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
     return a;
   }
@@ -80,7 +80,7 @@ TEST_F(LeaseKmap, KmapOnARevokedLeaseIsRefused) {
   k.set_lease_id(lease);
   k.set_pfn(a.pfn());
   v1::KmapResponse kr;
-  Deadline kctx;
+  Ctx kctx;
   EXPECT_EQ(stub_->Kmap(&kctx, k, &kr).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Census().allocated_pages(), 0u);
 }

@@ -25,7 +25,7 @@
 namespace physmem {
 namespace {
 
-using testing::Deadline;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 using Labels = std::map<std::string, std::string>;
 
 // ---- Scraping and parsing ----------------------------------------------------------------------
@@ -175,7 +175,7 @@ class Metrics : public testing::DaemonStubTest {
     req.set_ttl_ms(ttl_ms);
     req.set_name(name);
     v1::CreateLeaseResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     grpc::Status s = stub_->CreateLease(&ctx, req, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp.lease_id();
@@ -254,7 +254,7 @@ TEST_F(Metrics, ZoneGaugesMatchTheTarget) {
   const Scrape s = Get();
   v1::GetTargetResponse t;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetTarget(&ctx, v1::GetTargetRequest(), &t).ok());
   }
   EXPECT_EQ(s.Sum("physmem_zone_present_pages"), t.total_pages());
@@ -296,7 +296,7 @@ TEST_F(Metrics, FailuresFallbacksAndZeroedPagesAreCounted) {
   EXPECT_EQ(a.zone(), "Normal");
   v1::Allocation z;
   {
-    Deadline ctx;
+    Ctx ctx;
     v1::AllocPagesRequest req;
     req.set_lease_id(lease);
     req.set_gfp("GFP_KERNEL");
@@ -436,7 +436,7 @@ TEST_F(Metrics, WaitsAreCountedByOutcome) {
     f.set_lease_id(lease);
     for (int i = 0; i < 64; ++i) f.add_pfn(got.pfn(i));
     v1::FreePagesBulkResponse fr;
-    Deadline ctx;
+    Ctx ctx;
     EXPECT_TRUE(stub_->FreePagesBulk(&ctx, f, &fr).ok());
     EXPECT_EQ(fr.blocks_freed(), 64u);
   });

@@ -18,7 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using v1::PhysMem;
 using C = grpc::StatusCode;
-using testing::Deadline;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 
 class PageContents : public testing::DaemonStubTest {
  protected:
@@ -41,7 +41,7 @@ class PageContents : public testing::DaemonStubTest {
     r.set_offset(offset);
     r.set_length(length);
     v1::ReadPagesResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     grpc::Status s = stub_->ReadPages(&ctx, r, &resp);
     if (out != nullptr) *out = resp.data();
     return s;
@@ -53,7 +53,7 @@ class PageContents : public testing::DaemonStubTest {
     r.set_offset(offset);
     r.set_data(data);
     v1::WritePagesResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     grpc::Status s = stub_->WritePages(&ctx, r, &resp);
     if (s.ok()) {
       EXPECT_EQ(resp.bytes_written(), data.size());
@@ -178,7 +178,7 @@ TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
       w.set_pfn(page.pfn());
       w.set_data(std::string(4096, fill));
       v1::WritePagesResponse wr;
-      Deadline ctx;
+      Ctx ctx;
       stub->WritePages(&ctx, w, &wr);
       testing::FreePages(stub, lease, page.pfn(), 0);
     }
@@ -194,7 +194,7 @@ TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
       r.set_pfn(pfn);
       r.set_length(4096);
       v1::ReadPagesResponse resp;
-      Deadline ctx;
+      Ctx ctx;
       if (!stub_r->ReadPages(&ctx, r, &resp).ok()) {
         reads_refused.fetch_add(1);
         continue;

@@ -22,7 +22,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::ConnectStub;
-using testing::Deadline;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 using v1::PhysMem;
 
 class Daemon : public testing::DaemonStubTest {
@@ -42,7 +42,7 @@ class Daemon : public testing::DaemonStubTest {
     req.set_page_quota(quota);
     req.set_name("test");
     v1::CreateLeaseResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     grpc::Status s = stub->CreateLease(&ctx, req, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp.lease_id();
@@ -54,7 +54,7 @@ class Daemon : public testing::DaemonStubTest {
     req.set_gfp(gfp);
     req.set_order(order);
     req.set_key(key);
-    Deadline ctx(deadline_ms);
+    Ctx ctx(deadline_ms);
     return (stub ? stub : stub_.get())->AllocPages(&ctx, req, out);
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order, PhysMem::Stub* stub = nullptr) {
@@ -98,7 +98,7 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
   req.set_order(1);
   v1::Allocation g;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetFreePages(&ctx, req, &g).ok());
   }
   EXPECT_NE(g.virt_addr(), 0u);
@@ -107,7 +107,7 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
   req.set_gfp_mask(0xcc0);  // GFP_KERNEL as a number
   v1::Allocation z;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetZeroedPage(&ctx, req, &z).ok());
   }
   EXPECT_EQ(Census().allocated_pages(), 4u + 1 + 1 + 2 + 1);
@@ -120,7 +120,7 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
     r.set_addr(g.virt_addr());
     r.set_order(1);
     v1::FreePagesResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->FreePagesByAddress(&ctx, r, &resp).ok());
     EXPECT_EQ(resp.pages_freed(), 2u);
   }
@@ -130,7 +130,7 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
     for (const v1::Allocation* x : {&h, &d, &z}) r.add_pfn(x->pfn());
     r.add_pfn(h.pfn());  // twice: the second is refused, the others still freed
     v1::FreePagesBulkResponse resp;
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->FreePagesBulk(&ctx, r, &resp).ok());
     EXPECT_EQ(resp.pages_freed(), 3u);
     EXPECT_EQ(resp.blocks_freed(), 3u);
@@ -178,7 +178,7 @@ TEST_F(Daemon, KmapGivesHighmemPagesAnAddressUntilKunmap) {
   k.set_pfn(h.pfn());
   v1::KmapResponse km;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->Kmap(&ctx, k, &km).ok());
   }
   EXPECT_GE(km.virt_addr(), 0xff800000u);
@@ -187,21 +187,21 @@ TEST_F(Daemon, KmapGivesHighmemPagesAnAddressUntilKunmap) {
   pr.set_pfn(h.pfn());
   v1::PageAddressResponse pa;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->PageAddress(&ctx, pr, &pa).ok());
   }
   EXPECT_EQ(pa.virt_addr(), km.virt_addr());
   {
-    Deadline ctx;
+    Ctx ctx;
     EXPECT_EQ(Free(lease, h.pfn(), 0).error_code(), grpc::StatusCode::FAILED_PRECONDITION);  // still mapped
   }
   v1::KunmapResponse ku;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->Kunmap(&ctx, k, &ku).ok());
   }
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->PageAddress(&ctx, pr, &pa).ok());
   }
   EXPECT_EQ(pa.virt_addr(), 0u);
@@ -217,7 +217,7 @@ TEST_F(Daemon, LeaseCallsReportTtlHoldingsAndOwnership) {
   g.set_lease_id(lease);
   v1::LeaseInfo info;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetLease(&ctx, g, &info).ok());
   }
   EXPECT_EQ(info.pages_held(), 9u);
@@ -227,14 +227,14 @@ TEST_F(Daemon, LeaseCallsReportTtlHoldingsAndOwnership) {
   EXPECT_EQ(info.identity(), "uid:" + std::to_string(getuid()));
   v1::ListLeasesResponse list;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &list).ok());
   }
   ASSERT_EQ(list.leases_size(), 1);
   // A lease created over TCP belongs to another identity and is not listed here.
   NewLease(tcp_stub_.get());
   {
-    Deadline ctx;
+    Ctx ctx;
     list.Clear();
     ASSERT_TRUE(stub_->ListLeases(&ctx, v1::ListLeasesRequest(), &list).ok());
   }
@@ -243,7 +243,7 @@ TEST_F(Daemon, LeaseCallsReportTtlHoldingsAndOwnership) {
   r.set_lease_id(lease);
   v1::KeepAliveResponse kr;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->RenewLease(&ctx, r, &kr).ok());
   }
   EXPECT_EQ(kr.ttl_ms(), 30000);
@@ -289,7 +289,7 @@ TEST_F(Daemon, AllocationKeysMakeRetriesSafe) {
   f.set_lease_id(lease);
   f.set_key("k1");
   v1::FreePagesResponse fr;
-  Deadline ctx;
+  Ctx ctx;
   ASSERT_TRUE(stub_->FreePages(&ctx, f, &fr).ok());
   EXPECT_EQ(fr.pages_freed(), 2u);
   EXPECT_EQ(Census().allocated_pages(), 0u);
@@ -298,7 +298,7 @@ TEST_F(Daemon, AllocationKeysMakeRetriesSafe) {
 TEST_F(Daemon, ZoneInfoAndTargetDescribeTheMachine) {
   v1::GetZoneInfoResponse zi;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetZoneInfo(&ctx, v1::GetZoneInfoRequest(), &zi).ok());
   }
   std::vector<std::string> names;
@@ -307,7 +307,7 @@ TEST_F(Daemon, ZoneInfoAndTargetDescribeTheMachine) {
   EXPECT_THAT(zi.buddyinfo(), HasSubstr("Node 0, zone  HighMem "));
   v1::GetTargetResponse t;
   {
-    Deadline ctx;
+    Ctx ctx;
     ASSERT_TRUE(stub_->GetTarget(&ctx, v1::GetTargetRequest(), &t).ok());
   }
   EXPECT_EQ(t.profile().name(), "i386");
@@ -333,11 +333,11 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
   req.set_lease_id(lease);
   req.set_gfp("GFP_KERNEL");
   {
-    Deadline c;
+    Ctx c;
     ok(t->GetFreePages(&c, req, &g), "GetFreePages");
   }
   {
-    Deadline c;
+    Ctx c;
     ok(t->GetZeroedPage(&c, req, &z), "GetZeroedPage");
   }
   v1::AllocPagesBulkRequest br;
@@ -346,19 +346,19 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
   br.set_count(16);
   v1::AllocPagesBulkResponse bulk;
   {
-    Deadline c;
+    Ctx c;
     ok(t->AllocPagesBulk(&c, br, &bulk), "AllocPagesBulk");
   }
   v1::KmapRequest k;
   k.set_lease_id(lease);
   k.set_pfn(h.pfn());
   {
-    Deadline c;
+    Ctx c;
     v1::KmapResponse r;
     ok(t->Kmap(&c, k, &r), "Kmap");
   }
   {
-    Deadline c;
+    Ctx c;
     v1::PageAddressRequest r;
     r.set_lease_id(lease);
     r.set_pfn(h.pfn());
@@ -367,12 +367,12 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
     EXPECT_NE(resp.virt_addr(), 0u);
   }
   {
-    Deadline c;
+    Ctx c;
     v1::KunmapResponse r;
     ok(t->Kunmap(&c, k, &r), "Kunmap");
   }
   {
-    Deadline c;
+    Ctx c;
     v1::GetLeaseRequest r;
     r.set_lease_id(lease);
     v1::LeaseInfo info;
@@ -381,13 +381,13 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
     EXPECT_EQ(info.identity(), "tcp:127.0.0.1");
   }
   {
-    Deadline c;
+    Ctx c;
     v1::ListLeasesResponse r;
     ok(t->ListLeases(&c, v1::ListLeasesRequest(), &r), "ListLeases");
     EXPECT_EQ(r.leases_size(), 1);
   }
   {
-    Deadline c;
+    Ctx c;
     v1::KeepAliveRequest r;
     r.set_lease_id(lease);
     v1::KeepAliveResponse resp;
@@ -406,7 +406,7 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
   }
   ok(Free(lease, a.pfn(), 1, t), "FreePages");
   {
-    Deadline c;
+    Ctx c;
     v1::FreePagesByAddressRequest r;
     r.set_lease_id(lease);
     r.set_addr(g.virt_addr());
@@ -414,7 +414,7 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
     ok(t->FreePagesByAddress(&c, r, &resp), "FreePagesByAddress");
   }
   {
-    Deadline c;
+    Ctx c;
     v1::FreePagesBulkRequest r;
     r.set_lease_id(lease);
     for (uint64_t pfn : bulk.pfn()) r.add_pfn(pfn);
@@ -423,24 +423,24 @@ TEST_F(Daemon, EveryRpcAlsoSucceedsOverLoopbackTcp) {
     EXPECT_EQ(resp.blocks_freed(), 16u);
   }
   for (auto* rpc : {+[](PhysMem::Stub* s) {
-                      Deadline c;
+                      Ctx c;
                       v1::GetZoneInfoResponse r;
                       return s->GetZoneInfo(&c, v1::GetZoneInfoRequest(), &r);
                     },
                     +[](PhysMem::Stub* s) {
-                      Deadline c;
+                      Ctx c;
                       v1::GetTargetResponse r;
                       return s->GetTarget(&c, v1::GetTargetRequest(), &r);
                     },
                     +[](PhysMem::Stub* s) {
-                      Deadline c;
+                      Ctx c;
                       v1::NopResponse r;
                       return s->Nop(&c, v1::NopRequest(), &r);
                     }}) {
     ok(rpc(t), "introspection");
   }
   {
-    Deadline c;
+    Ctx c;
     v1::RevokeLeaseRequest r;
     r.set_lease_id(lease);
     v1::RevokeLeaseResponse resp;
@@ -497,7 +497,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       r.set_gfp("GFP_KERNEL");
       edit(r);
       v1::Allocation out;
-      Deadline ctx;
+      Ctx ctx;
       if (form == 1) return stub_->GetFreePages(&ctx, r, &out);
       if (form == 2) return stub_->GetZeroedPage(&ctx, r, &out);
       return stub_->AllocPages(&ctx, r, &out);
@@ -513,7 +513,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       r.set_key(key);
       r.set_order(order);
       v1::FreePagesResponse resp;
-      Deadline ctx;
+      Ctx ctx;
       return stub_->FreePages(&ctx, r, &resp);
     };
   };
@@ -524,7 +524,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       r.set_addr(addr);
       r.set_order(order);
       v1::FreePagesResponse resp;
-      Deadline ctx;
+      Ctx ctx;
       return stub_->FreePagesByAddress(&ctx, r, &resp);
     };
   };
@@ -535,7 +535,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       r.set_gfp("GFP_KERNEL");
       r.set_count(count);
       v1::AllocPagesBulkResponse resp;
-      Deadline ctx;
+      Ctx ctx;
       return stub_->AllocPagesBulk(&ctx, r, &resp);
     };
   };
@@ -544,7 +544,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       v1::KmapRequest r;
       r.set_lease_id(l);
       r.set_pfn(pfn);
-      Deadline ctx;
+      Ctx ctx;
       if (unmap) {
         v1::KunmapResponse resp;
         return stub_->Kunmap(&ctx, r, &resp);
@@ -559,7 +559,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
       r.set_lease_id(l);
       r.set_pfn(pfn);
       v1::PageAddressResponse resp;
-      Deadline ctx;
+      Ctx ctx;
       return stub_->PageAddress(&ctx, r, &resp);
     };
   };
@@ -567,7 +567,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
   auto rpc = [this](auto method, auto req) -> std::function<grpc::Status()> {
     return [this, method, req] {
       typename std::remove_pointer_t<typename decltype(ResponseOf(method))::type> resp;
-      Deadline ctx;
+      Ctx ctx;
       return (stub_.get()->*method)(&ctx, req, &resp);
     };
   };
@@ -639,7 +639,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
          v1::FreePagesBulkRequest r;
          r.set_lease_id(lease);
          v1::FreePagesBulkResponse resp;
-         Deadline ctx;
+         Ctx ctx;
          return stub_->FreePagesBulk(&ctx, r, &resp);
        }},
       {"bulk free with a wrong number of orders", C::INVALID_ARGUMENT,
@@ -650,7 +650,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
          r.add_pfn(h.pfn());
          r.add_order(3);
          v1::FreePagesBulkResponse resp;
-         Deadline ctx;
+         Ctx ctx;
          return stub_->FreePagesBulk(&ctx, r, &resp);
        }},
       {"bulk free on a foreign lease", C::PERMISSION_DENIED,
@@ -659,7 +659,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
          r.set_lease_id(foreign);
          r.add_pfn(foreign_page.pfn());
          v1::FreePagesBulkResponse resp;
-         Deadline ctx;
+         Ctx ctx;
          return stub_->FreePagesBulk(&ctx, r, &resp);
        }},
       {"oversized bulk", C::INVALID_ARGUMENT, bulk(65537)},
@@ -940,7 +940,7 @@ TEST(DaemonRestart, LeaseIdsAreNeverReusedAcrossRestarts) {
   v1::KeepAliveRequest r;
   r.set_lease_id(before);
   v1::KeepAliveResponse resp;
-  Deadline ctx;
+  Ctx ctx;
   EXPECT_EQ(stub->RenewLease(&ctx, r, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
