@@ -469,42 +469,55 @@ absl::Status Free(const Invocation& inv) {
   return absl::OkStatus();
 }
 
-enum class PfnOp { kAddress, kKmap, kKunmap };
-
-// address / kmap / kunmap LEASE PFN.
-absl::Status PfnCommand(const Invocation& inv, PfnOp op) {
+// The LEASE PFN arguments of address, kmap, kunmap, read and write.
+struct LeasePfn {
+  uint64_t lease_id = 0;
+  uint64_t pfn = 0;
+};
+absl::StatusOr<LeasePfn> ParseLeasePfn(const Invocation& inv) {
   absl::StatusOr<uint64_t> id = ParseNumber(inv.args[0], "lease id");
   if (!id.ok()) return id.status();
   absl::StatusOr<uint64_t> pfn = ParseNumber(inv.args[1], "pfn");
   if (!pfn.ok()) return pfn.status();
-  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(*id);
+  return LeasePfn{*id, *pfn};
+}
+
+// --offset of read and write: bytes from the start of the block's head page (default 0).
+absl::StatusOr<uint64_t> OffsetFlag() {
+  return NumericFlag(absl::GetFlag(FLAGS_offset), "offset", 0, std::numeric_limits<uint64_t>::max());
+}
+
+enum class PfnOp { kAddress, kKmap, kKunmap };
+
+// address / kmap / kunmap LEASE PFN.
+absl::Status PfnCommand(const Invocation& inv, PfnOp op) {
+  absl::StatusOr<LeasePfn> at = ParseLeasePfn(inv);
+  if (!at.ok()) return at.status();
+  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(at->lease_id);
   if (!lease.ok()) return lease.status();
   if (op == PfnOp::kKunmap) {
-    if (absl::Status s = (*lease)->Kunmap(*pfn); !s.ok()) return s;
-    absl::PrintF("pfn=%s unmapped\n", Hex(*pfn));
+    if (absl::Status s = (*lease)->Kunmap(at->pfn); !s.ok()) return s;
+    absl::PrintF("pfn=%s unmapped\n", Hex(at->pfn));
     return absl::OkStatus();
   }
-  absl::StatusOr<uint64_t> virt = op == PfnOp::kKmap ? (*lease)->Kmap(*pfn) : (*lease)->PageAddress(*pfn);
+  absl::StatusOr<uint64_t> virt = op == PfnOp::kKmap ? (*lease)->Kmap(at->pfn) : (*lease)->PageAddress(at->pfn);
   if (!virt.ok()) return virt.status();
-  absl::PrintF("pfn=%s virt=%s\n", Hex(*pfn), Hex(*virt));
+  absl::PrintF("pfn=%s virt=%s\n", Hex(at->pfn), Hex(*virt));
   return absl::OkStatus();
 }
 
 // read LEASE PFN: ReadPages, printed as hex (or written raw to --out).
 absl::Status ReadCommand(const Invocation& inv) {
-  absl::StatusOr<uint64_t> id = ParseNumber(inv.args[0], "lease id");
-  if (!id.ok()) return id.status();
-  absl::StatusOr<uint64_t> pfn = ParseNumber(inv.args[1], "pfn");
-  if (!pfn.ok()) return pfn.status();
-  absl::StatusOr<uint64_t> offset =
-      NumericFlag(absl::GetFlag(FLAGS_offset), "offset", 0, std::numeric_limits<uint64_t>::max());
+  absl::StatusOr<LeasePfn> at = ParseLeasePfn(inv);
+  if (!at.ok()) return at.status();
+  absl::StatusOr<uint64_t> offset = OffsetFlag();
   if (!offset.ok()) return offset.status();
   absl::StatusOr<uint64_t> length =
       NumericFlag(absl::GetFlag(FLAGS_length), "length", 4096, std::numeric_limits<uint64_t>::max());
   if (!length.ok()) return length.status();
-  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(*id);
+  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(at->lease_id);
   if (!lease.ok()) return lease.status();
-  absl::StatusOr<std::string> data = (*lease)->ReadPages(*pfn, *offset, *length);
+  absl::StatusOr<std::string> data = (*lease)->ReadPages(at->pfn, *offset, *length);
   if (!data.ok()) return data.status();
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {
@@ -523,12 +536,9 @@ absl::Status ReadCommand(const Invocation& inv) {
 
 // write LEASE PFN: WritePages from --hex or --in.
 absl::Status WriteCommand(const Invocation& inv) {
-  absl::StatusOr<uint64_t> id = ParseNumber(inv.args[0], "lease id");
-  if (!id.ok()) return id.status();
-  absl::StatusOr<uint64_t> pfn = ParseNumber(inv.args[1], "pfn");
-  if (!pfn.ok()) return pfn.status();
-  absl::StatusOr<uint64_t> offset =
-      NumericFlag(absl::GetFlag(FLAGS_offset), "offset", 0, std::numeric_limits<uint64_t>::max());
+  absl::StatusOr<LeasePfn> at = ParseLeasePfn(inv);
+  if (!at.ok()) return at.status();
+  absl::StatusOr<uint64_t> offset = OffsetFlag();
   if (!offset.ok()) return offset.status();
   const std::string hex = absl::GetFlag(FLAGS_hex), in = absl::GetFlag(FLAGS_in);
   if (hex.empty() == in.empty()) return UsageError("write needs exactly one of --hex=HEX or --in=FILE");
@@ -545,9 +555,9 @@ absl::Status WriteCommand(const Invocation& inv) {
     for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) data.append(buf, n);
     std::fclose(f);
   }
-  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(*id);
+  absl::StatusOr<std::unique_ptr<Lease>> lease = inv.Attach(at->lease_id);
   if (!lease.ok()) return lease.status();
-  if (absl::Status s = (*lease)->WritePages(*pfn, *offset, data); !s.ok()) return s;
+  if (absl::Status s = (*lease)->WritePages(at->pfn, *offset, data); !s.ok()) return s;
   absl::PrintF("bytes_written=%d\n", data.size());
   return absl::OkStatus();
 }

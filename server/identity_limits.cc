@@ -64,6 +64,18 @@ absl::StatusOr<std::array<uint32_t, MAX_NR_ZONES>> ParseZoneSharePercent(const s
   return out;
 }
 
+absl::Status CheckIdentityLimitsOptions(const IdentityLimitsOptions& options) {
+  // Only -1 means automatic; any other negative number is a typo or a wrapped value, and would
+  // otherwise silently become the automatic cap.
+  if (options.dma_pages < -1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--identity_dma_pages %d: expected a page count >= 0, or -1 for automatic (an eighth of an ISA-sized "
+        "ZONE_DMA)",
+        options.dma_pages));
+  }
+  return absl::OkStatus();
+}
+
 IdentityLimits::IdentityLimits(const PageAllocator& pa, IdentityLimitsOptions options)
     : pa_(pa), options_(options) {
   for (const ZoneStats& z : pa_.Stats()) {

@@ -52,6 +52,10 @@ struct IdentityLimitsOptions {
 // Parses --identity_zone_share_percent: "50" (every zone) or "Normal:50,DMA32:25" (others 100).
 absl::StatusOr<std::array<uint32_t, MAX_NR_ZONES>> ParseZoneSharePercent(const std::string& text);
 
+// INVALID_ARGUMENT, naming the flag and the accepted values, for options no daemon should start
+// with: --identity_dma_pages below -1 (-1 is the only value that means "automatic").
+absl::Status CheckIdentityLimitsOptions(const IdentityLimitsOptions& options);
+
 // What one identity holds now. Shared by the identity's leases (each keeps a pointer).
 struct IdentityUsage {
   explicit IdentityUsage(std::string identity) : identity(std::move(identity)) {}

@@ -74,6 +74,7 @@ absl::Status Server::Start() {
         "--max_page_io_bytes %d must stay 64 KiB below --max_message_bytes %d (room for the rest of the message)",
         options_.service_limits.max_page_io_bytes, options_.max_message_bytes));
   }
+  if (absl::Status st = CheckIdentityLimitsOptions(options_.identity_limits); !st.ok()) return st;
   if (absl::Status s = StartJournal(); !s.ok()) return s;
   metrics_ = std::make_unique<Metrics>(pa_.get(), leases_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;

@@ -14,7 +14,11 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
+
+# The shared helpers live in tests/; no __pycache__ left in the source tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from physmemd_process import Physmemd  # noqa: E402  (tests/physmemd_process.py)
 
 PERCENTAGES = [10, 25, 50, 75, 90, 95, 99]
 
@@ -100,17 +104,8 @@ def main():
     physmemd, physmemctl, loadgen = sys.argv[1:4]
     failures, passed = [], 0
     with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "physmemd.sock")
-        target = "--target=unix://" + sock
-        log = open(os.path.join(d, "log"), "w")
-        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64",
-                                   "--metrics_listen=127.0.0.1:0"],
-                                  stdout=log, stderr=log)
-        try:
-            for _ in range(200):
-                if os.path.exists(sock):
-                    break
-                time.sleep(0.05)
+        with Physmemd(physmemd, d, "--mem_mb=64") as daemon:
+            target = "--target=" + daemon.unix_target
             runs = [
                 ("total-200", None, ["--scenario=alloc-free", "--concurrency=2", "--total=200"], False),
                 ("mixed", 3.0, ["--scenario=mixed", "--concurrency=4", "--duration=3s", "--orders=0,1,2,3"], False),
@@ -153,9 +148,6 @@ def main():
                 failures.append("bad --scenario: exit %d, %r" % (p.returncode, p.stderr))
             else:
                 passed += 1
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=10)
     for f in failures:
         print("FAIL:", f)
     print("%d passed, %d failed" % (passed, len(failures)))

@@ -28,7 +28,13 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format, message_factory
+
+# The shared helpers live in tests/; no __pycache__ left in the source tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import grpc_reflection  # noqa: E402  (tests/grpc_reflection.py)
+from physmemd_process import Physmemd  # noqa: E402  (tests/physmemd_process.py)
 
 # The alloc runs and the runs that undo them; every config in deploy/ghz must appear here.
 PLAN = [
@@ -42,78 +48,11 @@ JQ_WITH_LEASE = 'walk(if type == "object" and has("lease_id") then .lease_id = $
 GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
 
 
-# ---- protobuf wire format, just enough for the reflection messages ----
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
-def read_varint(buf, i):
-    shift = n = 0
-    while True:
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, i
-
-
-def fields(buf):
-    i = 0
-    while i < len(buf):
-        key, i = read_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = read_varint(buf, i)
-        elif wt == 2:
-            ln, i = read_varint(buf, i)
-            v, i = buf[i:i + ln], i + ln
-        elif wt == 1:
-            v, i = buf[i:i + 8], i + 8
-        elif wt == 5:
-            v, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError("wire type %d" % wt)
-        yield num, v
-
-
-def reflect_pool(channel, symbol):
-    """A DescriptorPool with the file that defines `symbol` and its dependencies, from reflection."""
-    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                                 request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    req = varint(4 << 3 | 2) + varint(len(symbol)) + symbol.encode()  # file_containing_symbol = 4
-    files = []
-    for reply in call(iter([req]), timeout=10):
-        for num, v in fields(reply):
-            if num == 7:
-                raise RuntimeError("reflection error for %s: %r" % (symbol, v))
-            if num == 4:  # file_descriptor_response { repeated bytes file_descriptor_proto = 1; }
-                files += [descriptor_pb2.FileDescriptorProto.FromString(b) for n, b in fields(v) if n == 1]
-    pool, added = descriptor_pool.DescriptorPool(), set()
-    while len(added) < len(files):
-        progress = False
-        for f in files:
-            if f.name not in added and all(d in added for d in f.dependency):
-                pool.Add(f)
-                added.add(f.name)
-                progress = True
-        if not progress:
-            raise RuntimeError("reflection did not return the dependencies of %s" % [f.name for f in files])
-    return pool
-
-
 def resolve(channel, call):
     """ghz's call syntax, package.Service.Method or package.Service/Method -> (path, Req, Resp)."""
     m = re.match(r"^([\w.]+)[./](\w+)$", call)
     service, method = m.group(1), m.group(2)
-    pool = reflect_pool(channel, service)
+    pool = grpc_reflection.reflect_pool(channel, service)
     md = pool.FindServiceByName(service).methods_by_name[method]
     factory = message_factory.MessageFactory(pool)
     return ("/%s/%s" % (service, method), factory.GetPrototype(md.input_type),
@@ -191,19 +130,8 @@ def main():
         check(isinstance(cfg["data"], (dict, list)) and cfg["data"] != [], "%s: data is an object or a non-empty array" % name)
 
     with tempfile.TemporaryDirectory() as d:
-        sock = os.path.join(d, "physmemd.sock")
-        log_path = os.path.join(d, "physmemd.log")
-        log = open(log_path, "w")
-        daemon = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=512",
-                                   "--tcp=127.0.0.1:0", "--allow_insecure_tcp", "--metrics_listen="],
-                                  stdout=log, stderr=log)
-        try:
-            for _ in range(400):
-                m = re.search(r"event=started .*tcp=(\d+)", open(log_path).read())
-                if m:
-                    break
-                time.sleep(0.05)
-            tcp_port = int(m.group(1))
+        with Physmemd(physmemd, d, "--mem_mb=512", "--metrics_listen=", tcp=True) as daemon:
+            sock, tcp_port = daemon.sock, daemon.tcp_port
             for transport, host, ctl_target in [("unix", "unix://" + sock, "unix://" + sock),
                                                  ("tcp", "127.0.0.1:%d" % tcp_port, "127.0.0.1:%d" % tcp_port)]:
                 ctl = [physmemctl, "--target=" + ctl_target]
@@ -281,9 +209,6 @@ def main():
             v = subprocess.run([physmemctl, "--target=unix://" + sock, "validate"], capture_output=True, text=True,
                                timeout=10)
             check(v.returncode == 0, "validate after the runs: " + v.stdout + v.stderr)
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=10)
     print("%d passed, %d failed" % (passed, len(failures)))
     return 1 if failures else 0
 

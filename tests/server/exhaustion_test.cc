@@ -201,13 +201,7 @@ TEST_P(Exhaustion, EveryMaskKeepsToItsWatermarkAndWaitsOrFailsAsTheKernelDoes) {
   }
 
   // 5. The pressure ends: every page is free again, in every zone.
-  v1::RevokeLeaseRequest r;
-  r.set_lease_id(hog_);
-  v1::RevokeLeaseResponse rr;
-  {
-    Deadline ctx;
-    ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &rr).ok());
-  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), hog_).ok());
   grpc::Status vs;
   const v1::ValidateResponse c = testing::Validate(stub_.get(), &vs);
   ASSERT_TRUE(vs.ok()) << vs.error_message();

@@ -1,5 +1,6 @@
-// Helpers for the fault tests (fault_test.cc, exhaustion_test.cc): raw-stub calls with deadlines,
-// client processes that are really killed, and the daemon's thread and fd counts from /proc.
+// Helpers for the fault tests (fault_test.cc, exhaustion_test.cc): client processes that are
+// really killed, and the daemon's thread and fd counts from /proc. The raw-stub calls with
+// deadlines they make are in stub_calls.h, included here.
 //
 // A ChildClient re-executes the test binary itself (/proc/self/exe) running one DISABLED_ test
 // as the client program, with the daemon's target in PHYSMEM_FAULT_TARGET: a real separate
@@ -24,93 +25,9 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
-#include "physmem/v1/physmem.grpc.pb.h"
+#include "tests/server/stub_calls.h"
 
 namespace physmem::testing {
-
-// A channel with a connection of its own (gRPC would otherwise share one between channels to the
-// same target), and a stub on it.
-inline std::shared_ptr<grpc::Channel> OwnChannel(const std::string& target) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetMaxReceiveMessageSize(64 << 20);
-  auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return ch;
-}
-inline std::unique_ptr<v1::PhysMem::Stub> OwnStub(const std::string& target) {
-  return v1::PhysMem::NewStub(OwnChannel(target));
-}
-
-struct Deadline {
-  explicit Deadline(int64_t ms = 5000) {
-    c.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
-  }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
-};
-
-inline uint64_t CreateLease(v1::PhysMem::Stub* stub, int64_t ttl_ms, grpc::Status* status = nullptr) {
-  v1::CreateLeaseRequest req;
-  req.set_ttl_ms(ttl_ms);
-  req.set_name("fault");
-  v1::CreateLeaseResponse resp;
-  Deadline ctx;
-  grpc::Status s = stub->CreateLease(&ctx, req, &resp);
-  if (status != nullptr) *status = s;
-  return s.ok() ? resp.lease_id() : 0;
-}
-
-inline grpc::Status AllocPages(v1::PhysMem::Stub* stub, uint64_t lease, const std::string& gfp, uint32_t order,
-                               v1::Allocation* out, int64_t deadline_ms = 5000) {
-  v1::AllocPagesRequest req;
-  req.set_lease_id(lease);
-  req.set_gfp(gfp);
-  req.set_order(order);
-  Deadline ctx(deadline_ms);
-  return stub->AllocPages(&ctx, req, out);
-}
-
-inline grpc::Status AllocBulk(v1::PhysMem::Stub* stub, uint64_t lease, const std::string& gfp, uint32_t count,
-                              v1::AllocPagesBulkResponse* out, int64_t deadline_ms = 10000) {
-  v1::AllocPagesBulkRequest req;
-  req.set_lease_id(lease);
-  req.set_gfp(gfp);
-  req.set_count(count);
-  Deadline ctx(deadline_ms);
-  return stub->AllocPagesBulk(&ctx, req, out);
-}
-
-inline grpc::Status FreeBulk(v1::PhysMem::Stub* stub, uint64_t lease, const std::vector<uint64_t>& pfns) {
-  v1::FreePagesBulkRequest req;
-  req.set_lease_id(lease);
-  for (uint64_t p : pfns) req.add_pfn(p);
-  v1::FreePagesBulkResponse resp;
-  Deadline ctx(10000);
-  return stub->FreePagesBulk(&ctx, req, &resp);
-}
-
-inline v1::ValidateResponse Validate(v1::PhysMem::Stub* stub, grpc::Status* status) {
-  v1::ValidateResponse resp;
-  Deadline ctx(20000);
-  *status = stub->Validate(&ctx, v1::ValidateRequest(), &resp);
-  return resp;
-}
-
-inline size_t ListLeases(v1::PhysMem::Stub* stub) {
-  v1::ListLeasesResponse resp;
-  Deadline ctx;
-  if (!stub->ListLeases(&ctx, v1::ListLeasesRequest(), &resp).ok()) return SIZE_MAX;
-  return static_cast<size_t>(resp.leases_size());
-}
-
-inline bool Nop(v1::PhysMem::Stub* stub, int64_t deadline_ms = 5000) {
-  v1::NopResponse resp;
-  Deadline ctx(deadline_ms);
-  return stub->Nop(&ctx, v1::NopRequest(), &resp).ok();
-}
 
 // Entries in /proc/<pid>/<dir> ("task": threads, "fd": open files), or -1.
 inline int ProcEntries(pid_t pid, const char* dir) {

@@ -219,18 +219,6 @@ class Fault : public ::testing::Test {
     EXPECT_EQ(c.leases(), 0u);
     EXPECT_EQ(c.free_pages(), c.total_pages());
   }
-  // Takes every page GFP_KERNEL|__GFP_MEMALLOC and GFP_DMA|__GFP_MEMALLOC can get into `lease`.
-  std::vector<uint64_t> FillMachine(uint64_t lease) {
-    std::vector<uint64_t> got;
-    for (const char* gfp : {"GFP_KERNEL|__GFP_MEMALLOC", "GFP_DMA|__GFP_MEMALLOC"}) {
-      for (;;) {
-        v1::AllocPagesBulkResponse resp;
-        if (!testing::AllocBulk(stub_.get(), lease, gfp, 8192, &resp).ok()) break;
-        got.insert(got.end(), resp.pfn().begin(), resp.pfn().end());
-      }
-    }
-    return got;
-  }
 
   std::unique_ptr<testing::DaemonProcess> daemon_;
   std::unique_ptr<PhysMem::Stub> stub_;
@@ -241,7 +229,7 @@ class Fault : public ::testing::Test {
 TEST_F(Fault, ClientKilledWhileWaitingForMemoryLeavesNothingBehind) {
   StartDaemon({"--mem_mb=64", "--max_alloc_wait_ms=30000", "--identity_dma_pages=4096"});  // fills ZONE_DMA too
   const uint64_t hog = testing::CreateLease(stub_.get(), 60000);
-  std::vector<uint64_t> pages = FillMachine(hog);
+  std::vector<uint64_t> pages = testing::FillMachine(stub_.get(), hog);
   ASSERT_GT(pages.size(), 12000u);
   // Ten pages back: the child takes them (__GFP_MEMALLOC), and then the machine is full.
   ASSERT_TRUE(testing::FreeBulk(stub_.get(), hog, std::vector<uint64_t>(pages.end() - 10, pages.end())).ok());
@@ -269,11 +257,7 @@ TEST_F(Fault, ClientKilledWhileWaitingForMemoryLeavesNothingBehind) {
   v1::AllocPagesBulkResponse two;
   ASSERT_TRUE(testing::AllocBulk(stub_.get(), hog, "GFP_KERNEL|__GFP_MEMALLOC", 2, &two).ok());
   EXPECT_EQ(two.pfn_size(), 2);
-  v1::RevokeLeaseRequest r;
-  r.set_lease_id(hog);
-  v1::RevokeLeaseResponse rr;
-  Deadline ctx;
-  ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &rr).ok());
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), hog).ok());
   ExpectAllReclaimed(std::chrono::seconds(1));
 }
 
@@ -325,13 +309,7 @@ TEST_F(Fault, ManyLeasesAndStreamsOfAVanishedClientAreAllReclaimed) {
       ASSERT_NE(id, 0u) << "lease " << i << ": " << s.error_message();
       again.push_back(id);
     }
-    for (uint64_t id : again) {
-      v1::RevokeLeaseRequest r;
-      r.set_lease_id(id);
-      v1::RevokeLeaseResponse rr;
-      Deadline ctx;
-      ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &rr).ok());
-    }
+    for (uint64_t id : again) ASSERT_TRUE(testing::RevokeLease(stub_.get(), id).ok());
     EXPECT_TRUE(testing::Eventually(std::chrono::seconds(10),
                                     [&] { return testing::ProcEntries(pid, "fd") <= fds_before; }))
         << "fds: " << fds_before << " before the client, " << testing::ProcEntries(pid, "fd") << " after";
@@ -380,11 +358,7 @@ TEST_F(Fault, AStoppedClientDoesNotHoldUpOthers) {
         Deadline ctx(10000);
         if (!st->FreePages(&ctx, r, &fr).ok()) ++failures;
       }
-      v1::RevokeLeaseRequest r;
-      r.set_lease_id(lease);
-      v1::RevokeLeaseResponse rr;
-      Deadline ctx(10000);
-      if (!st->RevokeLease(&ctx, r, &rr).ok()) ++failures;
+      if (!testing::RevokeLease(st.get(), lease, nullptr, 10000).ok()) ++failures;
     });
   }
   for (auto& th : others) th.join();

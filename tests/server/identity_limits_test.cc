@@ -3,15 +3,18 @@
 // explicit GFP_DMA or by zonelist fallback, concurrent calls of one identity never overshoot a
 // limit, and every refusal names its limit and changes nothing. (Two different identities, one
 // stopped while the other goes on, are in two_uids_test.cc.)
+#include <sys/wait.h>
+
 #include <grpcpp/grpcpp.h>
 
+#include <limits>
 #include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "server/identity_limits.h"
-#include "tests/daemon_process.h"
+#include "tests/server/daemon_stub.h"
 
 namespace physmem {
 namespace {
@@ -38,55 +41,21 @@ TEST(ZoneSharePercent, RefusesBadInput) {
   }
 }
 
-std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
-  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return PhysMem::NewStub(ch);
-}
-
-struct Ctx {
-  Ctx() { c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10)); }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
+// Calls here wait up to 10 s: the concurrency test below runs eight clients at once.
+struct Ctx : testing::Deadline {
+  Ctx() : Deadline(10000) {}
 };
 
-class Limits : public ::testing::Test {
+class Limits : public testing::DaemonStubTest {
  protected:
   void Start(std::vector<std::string> flags) {
     // i386 with 64 MiB: ZONE_DMA 16 MiB (4096 pages), ZONE_NORMAL 48 MiB.
     flags.insert(flags.begin(), {"--target=i386", "--mem_mb=64", "--max_alloc_wait_ms=200"});
-    daemon_ = std::make_unique<testing::DaemonProcess>(flags);
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
-    stub_ = Connect(daemon_->unix_target());
-  }
-  void TearDown() override {
-    if (HasFailure() && daemon_) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
-  }
-  uint64_t NewLease(PhysMem::Stub* s = nullptr) {
-    v1::CreateLeaseRequest r;
-    r.set_ttl_ms(60000);
-    v1::CreateLeaseResponse resp;
-    Ctx ctx;
-    EXPECT_TRUE((s ? s : stub_.get())->CreateLease(&ctx, r, &resp).ok());
-    return resp.lease_id();
+    StartDaemon(std::move(flags));
   }
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, uint32_t order, v1::Allocation* out = nullptr,
                      PhysMem::Stub* s = nullptr) {
-    v1::AllocPagesRequest r;
-    r.set_lease_id(lease);
-    r.set_gfp(gfp);
-    r.set_order(order);
-    v1::Allocation a;
-    Ctx ctx;
-    grpc::Status st = (s ? s : stub_.get())->AllocPages(&ctx, r, &a);
-    if (out) *out = a;
-    return st;
-  }
-  v1::ValidateResponse Census() {
-    v1::ValidateResponse v;
-    Ctx ctx;
-    EXPECT_TRUE(stub_->Validate(&ctx, v1::ValidateRequest(), &v).ok());
-    return v;
+    return testing::AllocPages(s ? s : stub_.get(), lease, gfp, order, out, /*deadline_ms=*/10000);
   }
   // Pages this identity's leases hold in `zone` ("" = all zones).
   uint64_t Held(const std::string& zone = "") {
@@ -113,9 +82,6 @@ class Limits : public ::testing::Test {
     EXPECT_EQ(after.lease_pages(), after.allocated_pages());
     EXPECT_EQ(after.identity_pages(), after.lease_pages());
   }
-
-  std::unique_ptr<testing::DaemonProcess> daemon_;
-  std::unique_ptr<PhysMem::Stub> stub_;
 };
 
 TEST_F(Limits, PageLimitCountsEveryLeaseOfTheIdentity) {
@@ -130,30 +96,14 @@ TEST_F(Limits, PageLimitCountsEveryLeaseOfTheIdentity) {
   // Bulk stops at the limit too, and says so when it gets nothing.
   ExpectRefusedUnchanged(
       [&] {
-        v1::AllocPagesBulkRequest r;
-        r.set_lease_id(l1);
-        r.set_gfp("GFP_KERNEL");
-        r.set_count(10);
         v1::AllocPagesBulkResponse resp;
-        Ctx ctx;
-        return stub_->AllocPagesBulk(&ctx, r, &resp);
+        return testing::AllocBulk(stub_.get(), l1, "GFP_KERNEL", 10, &resp);
       },
       "--identity_max_pages");
   // Ending a lease gives its pages back to the identity's allowance.
-  {
-    v1::RevokeLeaseRequest r;
-    r.set_lease_id(l1);
-    v1::RevokeLeaseResponse resp;
-    Ctx ctx;
-    ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &resp).ok());
-  }
-  v1::AllocPagesBulkRequest r;
-  r.set_lease_id(l2);
-  r.set_gfp("GFP_KERNEL");
-  r.set_count(1000);
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), l1).ok());
   v1::AllocPagesBulkResponse resp;
-  Ctx ctx;
-  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, r, &resp).ok());
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), l2, "GFP_KERNEL", 1000, &resp).ok());
   EXPECT_EQ(resp.pfn_size(), 64) << "bulk fills exactly up to the identity's limit";
   EXPECT_EQ(Held(), 100u);
   EXPECT_EQ(Census().identity_pages(), 100u);
@@ -228,13 +178,8 @@ TEST_F(Limits, DefaultDmaCapIsAnEighthOfZoneDma) {
     if (z.zone() == "DMA") dma_managed = z.managed_pages();
   }
   ASSERT_GT(dma_managed, 0u);
-  v1::AllocPagesBulkRequest r;
-  r.set_lease_id(l);
-  r.set_gfp("GFP_DMA");
-  r.set_count(4096);
   v1::AllocPagesBulkResponse resp;
-  Ctx ctx;
-  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, r, &resp).ok());
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), l, "GFP_DMA", 4096, &resp).ok());
   EXPECT_EQ(static_cast<uint64_t>(resp.pfn_size()), dma_managed / 8);
   ExpectRefusedUnchanged([&] { return Alloc(l, "GFP_DMA", 0); }, "--identity_dma_pages");
 }
@@ -247,8 +192,8 @@ TEST_F(Limits, ConcurrentCallsOfOneIdentityNeverOvershoot) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 8; ++t) {
       threads.emplace_back([&, gfp] {
-        auto stub = Connect(daemon_->unix_target());
-        const uint64_t l = NewLease(stub.get());
+        auto stub = testing::ConnectStub(daemon_->unix_target());
+        const uint64_t l = NewLease(60000, stub.get());
         for (int i = 0; i < 1000; ++i) {
           grpc::Status s = Alloc(l, gfp, 0, nullptr, stub.get());
           if (!s.ok()) {
@@ -274,6 +219,41 @@ TEST(LimitFlags, BadZoneShareIsRefusedAtStart) {
   testing::DaemonProcess d({"--identity_zone_share_percent=Normal:0"});
   EXPECT_FALSE(d.Start());
   EXPECT_THAT(d.log(), HasSubstr("--identity_zone_share_percent"));
+}
+
+TEST(IdentityLimitsOptions, DmaPagesBelowMinusOneAreRefused) {
+  for (int64_t bad : {int64_t{-2}, int64_t{-4096}, std::numeric_limits<int64_t>::min()}) {
+    IdentityLimitsOptions o;
+    o.dma_pages = bad;
+    const absl::Status s = CheckIdentityLimitsOptions(o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--identity_dma_pages " + std::to_string(bad) + ":")) << bad;
+  }
+  for (int64_t good : {int64_t{-1}, int64_t{0}, int64_t{16}, std::numeric_limits<int64_t>::max()}) {
+    IdentityLimitsOptions o;
+    o.dma_pages = good;
+    EXPECT_TRUE(CheckIdentityLimitsOptions(o).ok()) << good;
+  }
+}
+
+TEST(LimitFlags, DmaPagesBelowMinusOneStopTheDaemonAtStart) {
+  testing::DaemonProcess d({"--identity_dma_pages=-2"});
+  EXPECT_FALSE(d.Start());
+  ASSERT_TRUE(d.exit_status().has_value()) << "still running:\n" << d.log();
+  EXPECT_TRUE(WIFEXITED(*d.exit_status()) && WEXITSTATUS(*d.exit_status()) != 0) << "wait status " << *d.exit_status();
+  EXPECT_THAT(d.log(), HasSubstr("--identity_dma_pages -2: expected a page count >= 0, or -1 for automatic"));
+  EXPECT_FALSE(d.Started());
+}
+
+TEST(LimitFlags, DmaPagesZeroIsAcceptedAndStopsEveryDmaPage) {
+  testing::DaemonProcess d({"--target=i386", "--mem_mb=64", "--identity_dma_pages=0"});
+  ASSERT_TRUE(d.Start()) << d.log();
+  auto stub = testing::ConnectStub(d.unix_target());
+  const uint64_t lease = testing::CreateLease(stub.get(), 60000);
+  ASSERT_NE(lease, 0u);
+  const grpc::Status s = testing::AllocPages(stub.get(), lease, "GFP_DMA", 0, nullptr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("--identity_dma_pages"));
 }
 
 TEST(LimitFlags, PageIoLimitMustFitInAMessage) {

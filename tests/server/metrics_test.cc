@@ -15,18 +15,17 @@
 #include <sstream>
 #include <thread>
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
-#include "tests/daemon_process.h"
+#include "tests/server/daemon_stub.h"
 
 namespace physmem {
 namespace {
 
-using v1::PhysMem;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 using Labels = std::map<std::string, std::string>;
 
 // ---- Scraping and parsing ----------------------------------------------------------------------
@@ -151,33 +150,17 @@ std::vector<std::string> DocumentedFamilies() {
 
 // ---- The daemon ---------------------------------------------------------------------------------
 
-std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
-  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return PhysMem::NewStub(ch);
-}
-
-struct Ctx {
-  explicit Ctx(int ms = 5000) { c.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms)); }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
-};
-
-class Metrics : public ::testing::Test {
+class Metrics : public testing::DaemonStubTest {
  protected:
-  // i386 with 1 GiB: DMA (4096 pages), Normal and HighMem (32768 pages).
+  // i386 with 1 GiB: DMA (4096 pages), Normal and HighMem (32768 pages); `extra` flags come last
+  // and win.
   void StartDaemon(std::vector<std::string> extra = {}) {
     // --identity_dma_pages: one identity exhausts zones down to ZONE_DMA (default cap: 1/8 of it).
     std::vector<std::string> args = {"--target=i386", "--mem_mb=1024", "--max_alloc_wait_ms=3000", "--identity_dma_pages=4096"};
     args.insert(args.end(), extra.begin(), extra.end());
-    daemon_ = std::make_unique<testing::DaemonProcess>(args);
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
-    stub_ = Connect(daemon_->unix_target());
+    DaemonStubTest::StartDaemon(std::move(args));
   }
   void SetUp() override { StartDaemon(); }
-  void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
-  }
 
   Scrape Get() {
     const int port = daemon_->metrics_port();
@@ -199,26 +182,11 @@ class Metrics : public ::testing::Test {
   }
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, uint32_t order, v1::Allocation* out = nullptr,
                      int deadline_ms = 5000) {
-    v1::AllocPagesRequest req;
-    req.set_lease_id(lease);
-    req.set_gfp(gfp);
-    req.set_order(order);
-    v1::Allocation ignored;
-    Ctx ctx(deadline_ms);
-    return stub_->AllocPages(&ctx, req, out ? out : &ignored);
+    return testing::AllocPages(stub_.get(), lease, gfp, order, out, deadline_ms);
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order) {
-    v1::FreePagesRequest req;
-    req.set_lease_id(lease);
-    req.set_pfn(pfn);
-    req.set_order(order);
-    v1::FreePagesResponse resp;
-    Ctx ctx;
-    return stub_->FreePages(&ctx, req, &resp);
+    return testing::FreePages(stub_.get(), lease, pfn, order);
   }
-
-  std::unique_ptr<testing::DaemonProcess> daemon_;
-  std::unique_ptr<PhysMem::Stub> stub_;
 };
 
 const Labels kNormal = {{"zone", "Normal"}};
@@ -423,24 +391,8 @@ TEST_F(Metrics, StreamingAndHealthCallsAreCounted) {
     EXPECT_TRUE(stream->Finish().ok());
   }
   {
-    auto ch = grpc::CreateChannel(daemon_->unix_target(), grpc::InsecureChannelCredentials());
-    grpc::GenericStub generic(ch);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    grpc::Slice empty("", 0);
-    grpc::ByteBuffer req(&empty, 1), resp;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    grpc::Status status;
-    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp, [&](grpc::Status s) {
-      std::lock_guard<std::mutex> l(mu);
-      status = s;
-      done = true;
-      cv.notify_one();
-    });
-    std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [&] { return done; });
+    std::string reply;
+    const grpc::Status status = testing::HealthCheck(daemon_->unix_target(), &reply);
     ASSERT_TRUE(status.ok()) << status.error_message();
   }
   const Scrape m = Get();
@@ -457,15 +409,8 @@ TEST_F(Metrics, StreamingAndHealthCallsAreCounted) {
 TEST_F(Metrics, WaitsAreCountedByOutcome) {
   const uint64_t lease = NewLease();
   // Empty ZONE_DMA down to its min watermark with order-0 pages that cannot wait.
-  v1::AllocPagesBulkRequest bulk;
-  bulk.set_lease_id(lease);
-  bulk.set_gfp("GFP_DMA");
-  bulk.set_count(4096);
   v1::AllocPagesBulkResponse got;
-  {
-    Ctx ctx(20000);
-    ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, bulk, &got).ok());
-  }
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_DMA", 4096, &got, 20000).ok());
   ASSERT_GT(got.pfn_size(), 3000);
   ASSERT_LT(got.pfn_size(), 4096);
   // timed_out: a mask that may wait, with a short deadline.
@@ -532,13 +477,7 @@ TEST_F(Metrics, LeaseCountersMoveAsDriven) {
   EXPECT_EQ(m.Sum("physmem_lease_pages_reclaimed_total"), 2);
   EXPECT_EQ(m.Sum("physmem_leases_active"), 1);
   EXPECT_TRUE(m.All("physmem_lease_held_pages").size() == 1);
-  {
-    v1::RevokeLeaseRequest req;
-    req.set_lease_id(a);
-    v1::RevokeLeaseResponse resp;
-    Ctx ctx;
-    ASSERT_TRUE(stub_->RevokeLease(&ctx, req, &resp).ok());
-  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), a).ok());
   m = Get();
   EXPECT_EQ(m.Sum("physmem_leases_revoked_total"), 1);
   EXPECT_EQ(m.Sum("physmem_lease_pages_reclaimed_total"), 2 + 8);

@@ -10,7 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
-#include "tests/daemon_process.h"
+#include "tests/server/daemon_stub.h"
 
 namespace physmem {
 namespace {
@@ -18,49 +18,19 @@ namespace {
 using ::testing::HasSubstr;
 using v1::PhysMem;
 using C = grpc::StatusCode;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 
-std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
-  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return PhysMem::NewStub(ch);
-}
-
-struct Ctx {
-  Ctx() { c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5)); }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
-};
-
-class PageContents : public ::testing::Test {
+class PageContents : public testing::DaemonStubTest {
  protected:
   void SetUp() override {
     // i386: DMA, Normal and HighMem, so every kind of page is here. A small per-call limit so
     // that the limit itself can be tested without megabyte messages.
-    daemon_ = std::make_unique<testing::DaemonProcess>(
-        std::vector<std::string>{"--target=i386", "--mem_mb=1024", "--max_page_io_bytes=65536"});
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
-    stub_ = Connect(daemon_->unix_target());
-  }
-  void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
+    StartDaemon({"--target=i386", "--mem_mb=1024", "--max_page_io_bytes=65536"});
   }
 
-  uint64_t NewLease() {
-    v1::CreateLeaseRequest r;
-    r.set_ttl_ms(60000);
-    v1::CreateLeaseResponse resp;
-    Ctx ctx;
-    EXPECT_TRUE(stub_->CreateLease(&ctx, r, &resp).ok());
-    return resp.lease_id();
-  }
   v1::Allocation Alloc(uint64_t lease, const std::string& gfp, uint32_t order) {
-    v1::AllocPagesRequest r;
-    r.set_lease_id(lease);
-    r.set_gfp(gfp);
-    r.set_order(order);
     v1::Allocation a;
-    Ctx ctx;
-    grpc::Status s = stub_->AllocPages(&ctx, r, &a);
+    grpc::Status s = testing::AllocPages(stub_.get(), lease, gfp, order, &a);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return a;
   }
@@ -90,15 +60,6 @@ class PageContents : public ::testing::Test {
     }
     return s;
   }
-  v1::ValidateResponse Census() {
-    v1::ValidateResponse v;
-    Ctx ctx;
-    EXPECT_TRUE(stub_->Validate(&ctx, v1::ValidateRequest(), &v).ok());
-    return v;
-  }
-
-  std::unique_ptr<testing::DaemonProcess> daemon_;
-  std::unique_ptr<PhysMem::Stub> stub_;
 };
 
 std::string Pattern(size_t n, char seed) {
@@ -143,14 +104,7 @@ TEST_F(PageContents, RefusalsHaveTheirCodesAndChangeNothing) {
   const v1::Allocation mine = Alloc(lease, "GFP_KERNEL", 1);
   const v1::Allocation theirs = Alloc(other, "GFP_KERNEL", 0);
   const v1::Allocation freed = Alloc(lease, "GFP_KERNEL", 0);
-  {
-    v1::FreePagesRequest f;
-    f.set_lease_id(lease);
-    f.set_pfn(freed.pfn());
-    v1::FreePagesResponse out;
-    Ctx ctx;
-    ASSERT_TRUE(stub_->FreePages(&ctx, f, &out).ok());
-  }
+  ASSERT_TRUE(testing::FreePages(stub_.get(), lease, freed.pfn(), 0).ok());
   ASSERT_TRUE(Write(lease, mine.pfn(), 0, Pattern(8192, 'm')).ok());
   ASSERT_TRUE(Write(other, theirs.pfn(), 0, Pattern(4096, 't')).ok());
   struct Case {
@@ -211,35 +165,22 @@ TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
   std::atomic<uint64_t> last_pfn{0};
   std::atomic<bool> stop{false};
   std::atomic<int> reads_ok{0}, reads_refused{0}, bad{0};
-  auto stub_a = Connect(daemon_->unix_target());
-  auto stub_b = Connect(daemon_->unix_target());
-  auto stub_r = Connect(daemon_->unix_target());
+  auto stub_a = testing::ConnectStub(daemon_->unix_target());
+  auto stub_b = testing::ConnectStub(daemon_->unix_target());
+  auto stub_r = testing::ConnectStub(daemon_->unix_target());
   auto cycle = [&](PhysMem::Stub* stub, uint64_t lease, const char* gfp, char fill, bool publish) {
     while (!stop.load()) {
-      v1::AllocPagesRequest r;
-      r.set_lease_id(lease);
-      r.set_gfp(gfp);
       v1::Allocation page;
-      {
-        Ctx ctx;
-        if (!stub->AllocPages(&ctx, r, &page).ok()) continue;
-      }
+      if (!testing::AllocPages(stub, lease, gfp, 0, &page).ok()) continue;
       if (publish) last_pfn.store(page.pfn());
       v1::WritePagesRequest w;
       w.set_lease_id(lease);
       w.set_pfn(page.pfn());
       w.set_data(std::string(4096, fill));
       v1::WritePagesResponse wr;
-      {
-        Ctx ctx;
-        stub->WritePages(&ctx, w, &wr);
-      }
-      v1::FreePagesRequest f;
-      f.set_lease_id(lease);
-      f.set_pfn(page.pfn());
-      v1::FreePagesResponse fr;
       Ctx ctx;
-      stub->FreePages(&ctx, f, &fr);
+      stub->WritePages(&ctx, w, &wr);
+      testing::FreePages(stub, lease, page.pfn(), 0);
     }
   };
   std::thread ta(cycle, stub_a.get(), a, "GFP_KERNEL|__GFP_ZERO", 'A', true);

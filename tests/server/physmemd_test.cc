@@ -4,7 +4,6 @@
 // The bad-input matrix checks, for every case, the exact status code and that nothing changed:
 // the daemon's own Validate() passes, and allocated pages, free pages and the pages the leases
 // say they hold are the same as before the call.
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
 
@@ -16,40 +15,25 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
-#include "tests/daemon_process.h"
+#include "tests/server/daemon_stub.h"
 
 namespace physmem {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::ConnectStub;
+using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 using v1::PhysMem;
 
-std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
-  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return PhysMem::NewStub(ch);
-}
-
-struct Ctx {
-  explicit Ctx(int ms = 5000) { c.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms)); }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
-};
-
-class Daemon : public ::testing::Test {
+class Daemon : public testing::DaemonStubTest {
  protected:
   // i386 with 1 GiB: DMA, Normal (lowmem up to 896 MiB) and HighMem; the kmap window has 1024 slots.
   static std::vector<std::string> Args() {
     return {"--target=i386", "--mem_mb=1024", "--max_lease_pages=200000", "--max_alloc_wait_ms=3000"};
   }
   void SetUp() override {
-    daemon_ = std::make_unique<testing::DaemonProcess>(Args(), /*tcp=*/true);
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
-    stub_ = Connect(daemon_->unix_target());
-    tcp_stub_ = Connect("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
-  }
-  void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
+    ASSERT_NO_FATAL_FAILURE(StartDaemon(Args(), /*tcp=*/true));
+    tcp_stub_ = ConnectStub("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
   }
 
   uint64_t NewLease(PhysMem::Stub* stub, int64_t ttl_ms = 60000, uint64_t quota = 0) {
@@ -74,26 +58,16 @@ class Daemon : public ::testing::Test {
     return (stub ? stub : stub_.get())->AllocPages(&ctx, req, out);
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order, PhysMem::Stub* stub = nullptr) {
-    v1::FreePagesRequest req;
-    req.set_lease_id(lease);
-    req.set_pfn(pfn);
-    req.set_order(order);
-    v1::FreePagesResponse resp;
-    Ctx ctx;
-    return (stub ? stub : stub_.get())->FreePages(&ctx, req, &resp);
+    return testing::FreePages(stub ? stub : stub_.get(), lease, pfn, order);
   }
+  // The census, with the two equations every step must keep.
   v1::ValidateResponse Census() {
-    v1::ValidateResponse resp;
-    Ctx ctx(20000);
-    grpc::Status s = stub_->Validate(&ctx, v1::ValidateRequest(), &resp);
-    EXPECT_TRUE(s.ok()) << "Validate: " << s.error_message();
+    const v1::ValidateResponse resp = DaemonStubTest::Census();
     EXPECT_EQ(resp.allocated_pages(), resp.lease_pages()) << "allocator and leases disagree";
     EXPECT_EQ(resp.allocated_pages() + resp.free_pages(), resp.total_pages());
     return resp;
   }
 
-  std::unique_ptr<testing::DaemonProcess> daemon_;
-  std::unique_ptr<PhysMem::Stub> stub_;
   std::unique_ptr<PhysMem::Stub> tcp_stub_;
 };
 
@@ -169,13 +143,8 @@ TEST_F(Daemon, AllocatesInEveryFormAndFreesInEveryForm) {
 
 TEST_F(Daemon, BulkAllocationReportsEveryPage) {
   const uint64_t lease = NewLease(stub_.get());
-  v1::AllocPagesBulkRequest req;
-  req.set_lease_id(lease);
-  req.set_gfp("GFP_KERNEL");
-  req.set_count(1000);
   v1::AllocPagesBulkResponse resp;
-  Ctx ctx;
-  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_KERNEL", 1000, &resp).ok());
   EXPECT_EQ(resp.pfn_size(), 1000);
   EXPECT_EQ(resp.requested(), 1000u);
   ASSERT_EQ(resp.zone_size(), 1000);
@@ -194,13 +163,8 @@ TEST_F(Daemon, BulkAllocationReportsEveryPage) {
 
 TEST_F(Daemon, BulkAllocationStopsAtTheLeaseQuota) {
   const uint64_t lease = NewLease(stub_.get(), 60000, /*quota=*/100);
-  v1::AllocPagesBulkRequest req;
-  req.set_lease_id(lease);
-  req.set_gfp("GFP_KERNEL");
-  req.set_count(1000);
   v1::AllocPagesBulkResponse resp;
-  Ctx ctx;
-  ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, req, &resp).ok());
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_KERNEL", 1000, &resp).ok());
   EXPECT_EQ(resp.pfn_size(), 100);  // partial success, reported
   EXPECT_EQ(Census().allocated_pages(), 100u);
 }
@@ -283,13 +247,8 @@ TEST_F(Daemon, LeaseCallsReportTtlHoldingsAndOwnership) {
     ASSERT_TRUE(stub_->RenewLease(&ctx, r, &kr).ok());
   }
   EXPECT_EQ(kr.ttl_ms(), 30000);
-  v1::RevokeLeaseRequest rv;
-  rv.set_lease_id(lease);
   v1::RevokeLeaseResponse rr;
-  {
-    Ctx ctx;
-    ASSERT_TRUE(stub_->RevokeLease(&ctx, rv, &rr).ok());
-  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), lease, &rr).ok());
   EXPECT_EQ(rr.pages_freed(), 9u);
   EXPECT_EQ(Census().allocated_pages(), 0u);
 }
@@ -357,30 +316,9 @@ TEST_F(Daemon, ZoneInfoAndTargetDescribeTheMachine) {
 }
 
 TEST_F(Daemon, HealthCheckServesWithoutProtoFiles) {
-  auto ch = grpc::CreateChannel(daemon_->unix_target(), grpc::InsecureChannelCredentials());
-  grpc::GenericStub generic(ch);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::Slice empty("", 0);  // HealthCheckRequest{service: ""} serializes to zero bytes
-  grpc::ByteBuffer req(&empty, 1), resp;
-  grpc::Status status;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp,
-                    [&](grpc::Status s) {
-                      std::lock_guard<std::mutex> l(mu);
-                      status = s;
-                      done = true;
-                      cv.notify_one();
-                    });
-  std::unique_lock<std::mutex> l(mu);
-  cv.wait(l, [&] { return done; });
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(resp.Dump(&slices).ok());
   std::string bytes;
-  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  const grpc::Status status = testing::HealthCheck(daemon_->unix_target(), &bytes);
+  ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // HealthCheckResponse{status: SERVING}
 }
 
@@ -540,13 +478,7 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
   ASSERT_TRUE(Free(lease, freed.pfn(), 0).ok());
   const uint64_t expired = NewLease(stub_.get(), 500);
   const uint64_t revoked = NewLease(stub_.get());
-  {
-    v1::RevokeLeaseRequest r;
-    r.set_lease_id(revoked);
-    v1::RevokeLeaseResponse resp;
-    Ctx ctx;
-    ASSERT_TRUE(stub_->RevokeLease(&ctx, r, &resp).ok());
-  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), revoked).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(800));  // `expired` is gone now
   // Take ZONE_DMA's order-10 blocks, so that another one cannot be had.
   for (v1::Allocation big; Alloc(lease, "GFP_NOWAIT|__GFP_DMA", 10, &big).ok();) {
@@ -769,37 +701,17 @@ TEST_F(Daemon, EveryBadCallGetsAPreciseStatusAndChangesNothing) {
 class SmallDaemon : public Daemon {
  protected:
   void SetUp() override {
-    daemon_ = std::make_unique<testing::DaemonProcess>(
-        // These tests drain the whole machine as one client: no per-identity ZONE_DMA cap.
-        std::vector<std::string>{"--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=3000",
-                                 "--min_lease_ttl_ms=200", "--identity_dma_pages=4096"},
-        /*tcp=*/true);
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
-    stub_ = Connect(daemon_->unix_target());
-    tcp_stub_ = Connect("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
-  }
-  // Takes every page the masks can get; returns their pfns.
-  std::vector<uint64_t> FillMachine(uint64_t lease) {
-    std::vector<uint64_t> got;
-    for (const char* gfp : {"GFP_KERNEL|__GFP_MEMALLOC", "GFP_DMA|__GFP_MEMALLOC"}) {
-      for (;;) {
-        v1::AllocPagesBulkRequest r;
-        r.set_lease_id(lease);
-        r.set_gfp(gfp);
-        r.set_count(8192);
-        v1::AllocPagesBulkResponse resp;
-        Ctx ctx;
-        if (!stub_->AllocPagesBulk(&ctx, r, &resp).ok()) break;
-        got.insert(got.end(), resp.pfn().begin(), resp.pfn().end());
-      }
-    }
-    return got;
+    // These tests drain the whole machine as one client: no per-identity ZONE_DMA cap.
+    ASSERT_NO_FATAL_FAILURE(StartDaemon({"--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=3000",
+                                         "--min_lease_ttl_ms=200", "--identity_dma_pages=4096"},
+                                        /*tcp=*/true));
+    tcp_stub_ = ConnectStub("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
   }
 };
 
 TEST_F(SmallDaemon, AtomicAndNowaitFailAtOnceWhenMemoryIsGone) {
   const uint64_t hog = NewLease(stub_.get());
-  const auto pages = FillMachine(hog);
+  const auto pages = testing::FillMachine(stub_.get(), hog);
   ASSERT_GT(pages.size(), 15000u);
   const uint64_t lease = NewLease(stub_.get());
   for (const char* gfp : {"GFP_ATOMIC", "GFP_NOWAIT"}) {
@@ -814,7 +726,7 @@ TEST_F(SmallDaemon, AtomicAndNowaitFailAtOnceWhenMemoryIsGone) {
 
 TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
   const uint64_t hog = NewLease(stub_.get());
-  const auto pages = FillMachine(hog);
+  const auto pages = testing::FillMachine(stub_.get(), hog);
   const uint64_t lease = NewLease(stub_.get());
   std::thread freer([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
@@ -832,7 +744,7 @@ TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
 
 TEST_F(SmallDaemon, KernelGivesUpWithResourceExhaustedBeforeTheDeadline) {
   const uint64_t hog = NewLease(stub_.get());
-  FillMachine(hog);
+  testing::FillMachine(stub_.get(), hog);
   const uint64_t lease = NewLease(stub_.get());
   v1::Allocation a;
   const auto t0 = std::chrono::steady_clock::now();
@@ -844,7 +756,7 @@ TEST_F(SmallDaemon, KernelGivesUpWithResourceExhaustedBeforeTheDeadline) {
 
 TEST_F(SmallDaemon, NoretryGivesUpAfterOneReclaimPass) {
   const uint64_t hog = NewLease(stub_.get());
-  FillMachine(hog);
+  testing::FillMachine(stub_.get(), hog);
   const uint64_t lease = NewLease(stub_.get());
   v1::Allocation a;
   const auto t0 = std::chrono::steady_clock::now();
@@ -856,7 +768,7 @@ TEST_F(SmallDaemon, NoretryGivesUpAfterOneReclaimPass) {
 
 TEST_F(SmallDaemon, ExpiringLeaseWakesAWaitingAllocation) {
   const uint64_t hog = NewLease(stub_.get(), 700);  // not kept alive: expires in 0.7 s
-  FillMachine(hog);
+  testing::FillMachine(stub_.get(), hog);
   const uint64_t lease = NewLease(stub_.get());
   v1::Allocation a;
   grpc::Status s = Alloc(lease, "GFP_KERNEL", 0, &a, "", nullptr, 5000);
@@ -865,15 +777,8 @@ TEST_F(SmallDaemon, ExpiringLeaseWakesAWaitingAllocation) {
 
 TEST_F(SmallDaemon, ExpiredLeaseGivesItsPagesBackWithinTtlPlusOneSecond) {
   const uint64_t lease = NewLease(stub_.get(), 1000);
-  v1::AllocPagesBulkRequest r;
-  r.set_lease_id(lease);
-  r.set_gfp("GFP_KERNEL");
-  r.set_count(500);
   v1::AllocPagesBulkResponse resp;
-  {
-    Ctx ctx;
-    ASSERT_TRUE(stub_->AllocPagesBulk(&ctx, r, &resp).ok());
-  }
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_KERNEL", 500, &resp).ok());
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(Census().allocated_pages(), 500u);
   testing::Eventually(std::chrono::seconds(3), [&] { return Census().allocated_pages() == 0; });
@@ -887,30 +792,18 @@ TEST_F(SmallDaemon, ExpiredLeaseGivesItsPagesBackWithinTtlPlusOneSecond) {
 TEST(ClientProcess, DISABLED_AllocateKeepAliveForever) {
   const char* target = std::getenv("PHYSMEM_TEST_TARGET");
   ASSERT_NE(target, nullptr);
-  auto stub = Connect(target);
-  v1::CreateLeaseRequest cr;
-  cr.set_ttl_ms(1000);
-  v1::CreateLeaseResponse lease;
-  {
-    Ctx ctx;
-    ASSERT_TRUE(stub->CreateLease(&ctx, cr, &lease).ok());
-  }
-  v1::AllocPagesBulkRequest r;
-  r.set_lease_id(lease.lease_id());
-  r.set_gfp("GFP_KERNEL");
-  r.set_count(300);
+  auto stub = ConnectStub(target);
+  const uint64_t lease = testing::CreateLease(stub.get(), 1000);
+  ASSERT_NE(lease, 0u);
   v1::AllocPagesBulkResponse resp;
-  {
-    Ctx ctx;
-    ASSERT_TRUE(stub->AllocPagesBulk(&ctx, r, &resp).ok());
-  }
-  std::printf("READY %lu\n", static_cast<unsigned long>(lease.lease_id()));
+  ASSERT_TRUE(testing::AllocBulk(stub.get(), lease, "GFP_KERNEL", 300, &resp).ok());
+  std::printf("READY %lu\n", static_cast<unsigned long>(lease));
   std::fflush(stdout);
   grpc::ClientContext ctx;
   auto stream = stub->KeepAlive(&ctx);
   for (;;) {
     v1::KeepAliveRequest k;
-    k.set_lease_id(lease.lease_id());
+    k.set_lease_id(lease);
     stream->Write(k);
     v1::KeepAliveResponse kr;
     stream->Read(&kr);
@@ -958,7 +851,7 @@ TEST_F(Daemon, EightClientThreadsForTwentySecondsLeaveEveryPageFree) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> ops{0}, unexpected{0};
   auto worker = [&](int t) {
-    auto stub = Connect(t % 2 ? daemon_->unix_target() : "127.0.0.1:" + std::to_string(daemon_->tcp_port()));
+    auto stub = ConnectStub(t % 2 ? daemon_->unix_target() : "127.0.0.1:" + std::to_string(daemon_->tcp_port()));
     const uint64_t lease = NewLease(stub.get());
     std::mt19937_64 rng(t);
     std::vector<v1::Allocation> held;
@@ -981,11 +874,7 @@ TEST_F(Daemon, EightClientThreadsForTwentySecondsLeaveEveryPageFree) {
       }
       ++ops;
     }
-    v1::RevokeLeaseRequest r;
-    r.set_lease_id(lease);
-    v1::RevokeLeaseResponse resp;
-    Ctx ctx;
-    if (!stub->RevokeLease(&ctx, r, &resp).ok()) ++unexpected;
+    if (!testing::RevokeLease(stub.get(), lease).ok()) ++unexpected;
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) threads.emplace_back(worker, t);
@@ -1035,13 +924,10 @@ TEST(DaemonRestart, LeaseIdsAreNeverReusedAcrossRestarts) {
   // old number: ids carry a per-boot nonce.
   testing::DaemonProcess d({"--mem_mb=64"});
   auto lease_of = [&] {
-    auto stub = Connect(d.unix_target());
-    v1::CreateLeaseRequest r;
-    r.set_ttl_ms(60000);
-    v1::CreateLeaseResponse resp;
-    Ctx ctx;
-    EXPECT_TRUE(stub->CreateLease(&ctx, r, &resp).ok());
-    return resp.lease_id();
+    grpc::Status s;
+    const uint64_t id = testing::CreateLease(ConnectStub(d.unix_target()).get(), 60000, &s);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return id;
   };
   ASSERT_TRUE(d.Start()) << d.log();
   const uint64_t before = lease_of();
@@ -1050,7 +936,7 @@ TEST(DaemonRestart, LeaseIdsAreNeverReusedAcrossRestarts) {
   const uint64_t after = lease_of();
   EXPECT_NE(before, after);
   EXPECT_EQ(before & 0xffffffffu, after & 0xffffffffu) << "same counter, different boot";
-  auto stub = Connect(d.unix_target());
+  auto stub = ConnectStub(d.unix_target());
   v1::KeepAliveRequest r;
   r.set_lease_id(before);
   v1::KeepAliveResponse resp;

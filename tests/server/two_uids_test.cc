@@ -27,7 +27,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
-#include "tests/daemon_process.h"
+#include "tests/server/daemon_stub.h"
 
 namespace physmem {
 namespace {
@@ -37,16 +37,9 @@ using v1::PhysMem;
 
 constexpr uid_t kNobody = 65534;
 
-std::unique_ptr<PhysMem::Stub> Connect(const std::string& target) {
-  auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return PhysMem::NewStub(ch);
-}
-
-struct Ctx {
-  Ctx() { c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10)); }
-  grpc::ClientContext c;
-  grpc::ClientContext* operator&() { return &c; }
+// Calls here wait up to 10 s.
+struct Ctx : testing::Deadline {
+  Ctx() : Deadline(10000) {}
 };
 
 std::string CodeName(grpc::StatusCode c) {
@@ -65,14 +58,6 @@ void Report(PhysMem::Stub* s, const std::string& name, const grpc::Status& st, c
               static_cast<unsigned long long>(v.lease_pages()), extra.c_str());
 }
 
-uint64_t OwnLease(PhysMem::Stub* s) {
-  v1::CreateLeaseRequest r;
-  r.set_ttl_ms(60000);
-  v1::CreateLeaseResponse resp;
-  Ctx ctx;
-  s->CreateLease(&ctx, r, &resp);
-  return resp.lease_id();
-}
 
 // Every use of the victim's lease `lease` and its page `pfn` (a highmem page, so kmap applies).
 void PeerAttack(PhysMem::Stub* s, uint64_t lease, uint64_t pfn) {
@@ -193,30 +178,21 @@ void PeerAttack(PhysMem::Stub* s, uint64_t lease, uint64_t pfn) {
     Report(s, "keepalive", stream->Finish());
   }
   {
-    v1::RevokeLeaseRequest r;
-    r.set_lease_id(lease);
-    v1::RevokeLeaseResponse out;
-    Ctx ctx;
-    Report(s, "revoke", s->RevokeLease(&ctx, r, &out));
+    Report(s, "revoke", testing::RevokeLease(s, lease));
   }
   // Its own, real lease, aimed at the victim's page: the block-ownership check must stop it.
-  each_lease(OwnLease(s), "own_");
+  each_lease(testing::CreateLease(s, 60000), "own_");
 }
 
 // Allocates with each "gfp:order" step until refused (at most 5000 calls a step):
 // "alloc:<gfp> OK-or-CODE ... got=<n> msg=<refusal>".
 void PeerAlloc(PhysMem::Stub* s, const std::vector<std::string>& steps) {
-  const uint64_t lease = OwnLease(s);
+  const uint64_t lease = testing::CreateLease(s, 60000);
   for (const std::string& step : steps) {
     int got = 0;
     grpc::Status st;
     for (; got < 5000; ++got) {
-      v1::AllocPagesRequest r;
-      r.set_lease_id(lease);
-      r.set_gfp(step);
-      v1::Allocation out;
-      Ctx ctx;
-      st = s->AllocPages(&ctx, r, &out);
+      st = testing::AllocPages(s, lease, step, 0, nullptr, 10000);
       if (!st.ok()) break;
     }
     std::string msg = st.error_message();
@@ -228,7 +204,7 @@ void PeerAlloc(PhysMem::Stub* s, const std::vector<std::string>& steps) {
 int RunPeer() {
   const char* socket = std::getenv("PHYSMEM_PEER_SOCKET");
   const char* script = std::getenv("PHYSMEM_PEER");
-  auto stub = Connect(std::string("unix://") + socket);
+  auto stub = testing::ConnectStub(std::string("unix://") + socket);
   std::vector<std::string> words = absl::StrSplit(script, ' ', absl::SkipEmpty());
   if (words.size() == 3 && words[0] == "attack") {
     PeerAttack(stub.get(), std::stoull(words[1]), std::stoull(words[2]));
@@ -297,46 +273,22 @@ std::map<std::string, PeerLine> RunAsNobody(const std::string& socket, const std
   return lines;
 }
 
-class TwoUids : public ::testing::Test {
+class TwoUids : public testing::DaemonStubTest {
  protected:
-  void Start(std::vector<std::string> flags) {
+  void SetUp() override {
     if (::getuid() != 0) GTEST_SKIP() << "needs root to run a client as uid 65534";
+  }
+  void Start(std::vector<std::string> flags) {
     flags.insert(flags.begin(), {"--target=i386", "--mem_mb=64", "--unix_socket_mode=0666",
                                  "--max_alloc_wait_ms=200"});
-    daemon_ = std::make_unique<testing::DaemonProcess>(flags);
-    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+    ASSERT_NO_FATAL_FAILURE(StartDaemon(std::move(flags)));
     // Let uid 65534 reach the socket in the daemon's private temporary directory.
     const std::string dir = std::filesystem::path(daemon_->socket_path()).parent_path();
     ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
-    stub_ = Connect(daemon_->unix_target());
-  }
-  void TearDown() override {
-    if (HasFailure() && daemon_) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
-  }
-  uint64_t NewLease() {
-    v1::CreateLeaseRequest r;
-    r.set_ttl_ms(60000);
-    v1::CreateLeaseResponse resp;
-    Ctx ctx;
-    EXPECT_TRUE(stub_->CreateLease(&ctx, r, &resp).ok());
-    return resp.lease_id();
   }
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, v1::Allocation* out) {
-    v1::AllocPagesRequest r;
-    r.set_lease_id(lease);
-    r.set_gfp(gfp);
-    Ctx ctx;
-    return stub_->AllocPages(&ctx, r, out);
+    return testing::AllocPages(stub_.get(), lease, gfp, 0, out, 10000);
   }
-  v1::ValidateResponse Census() {
-    v1::ValidateResponse v;
-    Ctx ctx;
-    EXPECT_TRUE(stub_->Validate(&ctx, v1::ValidateRequest(), &v).ok());
-    return v;
-  }
-
-  std::unique_ptr<testing::DaemonProcess> daemon_;
-  std::unique_ptr<PhysMem::Stub> stub_;
 };
 
 TEST_F(TwoUids, AnotherUidCanNeitherSeeNorTouchALeaseOrItsPages) {

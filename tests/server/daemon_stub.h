@@ -1,0 +1,64 @@
+// A gtest fixture around one real physmemd process and a raw PhysMem stub on its Unix socket:
+// the set-up the gRPC-level integration tests share. StartDaemon() spawns the daemon with the
+// test's flags (tests/daemon_process.h) and connects `stub_`; a failed test prints the daemon's
+// log; Census() and NewLease() are the calls nearly every such test makes, with their success
+// checked (the calls themselves are in stub_calls.h).
+//
+// Who uses it: tests/server/{physmemd,metrics,identity_limits,page_contents,two_uids,lease_kmap}
+// _test.cc, each deriving its own fixture with its machine's flags. Thread-safety: the fixture is
+// driven by the test's thread; Census() and NewLease() may also be called from threads the test
+// starts (gRPC stubs are thread-safe, gtest's EXPECT is too).
+#ifndef PHYSMEM_TESTS_SERVER_DAEMON_STUB_H_
+#define PHYSMEM_TESTS_SERVER_DAEMON_STUB_H_
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "physmem/v1/physmem.grpc.pb.h"
+#include "tests/daemon_process.h"
+#include "tests/server/stub_calls.h"
+
+namespace physmem::testing {
+
+class DaemonStubTest : public ::testing::Test {
+ protected:
+  // Starts physmemd with `args` (and loopback TCP if `tcp`), then connects `stub_` to its Unix
+  // socket. A daemon that does not start fails the test with its log; call it under
+  // ASSERT_NO_FATAL_FAILURE when more set-up follows.
+  void StartDaemon(std::vector<std::string> args, bool tcp = false) {
+    daemon_ = std::make_unique<DaemonProcess>(std::move(args), tcp);
+    ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+    stub_ = ConnectStub(daemon_->unix_target());
+  }
+
+  void TearDown() override {
+    if (HasFailure() && daemon_) std::fprintf(stderr, "daemon log:\n%s\n", daemon_->log().c_str());
+  }
+
+  // Validate's census: the daemon's invariant check passed and its page counts. Tests compare
+  // one taken before a refused call with one taken after it.
+  v1::ValidateResponse Census() {
+    grpc::Status s;
+    v1::ValidateResponse v = Validate(stub_.get(), &s);
+    EXPECT_TRUE(s.ok()) << "Validate: " << s.error_message();
+    return v;
+  }
+
+  // A new lease of `ttl_ms` over `stub` (default `stub_`); its id, the failure EXPECTed against.
+  uint64_t NewLease(int64_t ttl_ms = 60000, v1::PhysMem::Stub* stub = nullptr) {
+    grpc::Status s;
+    const uint64_t id = CreateLease(stub != nullptr ? stub : stub_.get(), ttl_ms, &s);
+    EXPECT_TRUE(s.ok()) << "CreateLease: " << s.error_message();
+    return id;
+  }
+
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<v1::PhysMem::Stub> stub_;
+};
+
+}  // namespace physmem::testing
+
+#endif  // PHYSMEM_TESTS_SERVER_DAEMON_STUB_H_
