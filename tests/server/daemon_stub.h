@@ -11,6 +11,7 @@
 #ifndef PHYSMEM_TESTS_SERVER_DAEMON_STUB_H_
 #define PHYSMEM_TESTS_SERVER_DAEMON_STUB_H_
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -45,6 +46,15 @@ class DaemonStubTest : public ::testing::Test {
     v1::ValidateResponse v = Validate(stub_.get(), &s);
     EXPECT_TRUE(s.ok()) << "Validate: " << s.error_message();
     return v;
+  }
+
+  // Waits up to `within` for the reaper to have ended `lease` at its deadline: its
+  // `event=lease_expired` line, which the daemon logs once every page of the lease is freed.
+  // Validate must not be polled instead: it is exact only while no free is in flight, and the
+  // reaper frees after the lease has left the table (see Validate in physmem.proto).
+  bool WaitForExpiry(uint64_t lease, std::chrono::milliseconds within) {
+    const std::string line = "event=lease_expired lease=" + std::to_string(lease) + " ";
+    return Eventually(within, [&] { return daemon_->log().find(line) != std::string::npos; });
   }
 
   // A new lease of `ttl_ms` over `stub` (default `stub_`); its id, the failure EXPECTed against.

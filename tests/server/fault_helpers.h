@@ -23,13 +23,14 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tests/server/stub_calls.h"
 
 namespace physmem::testing {
 
-// Entries in /proc/<pid>/<dir> ("task": threads, "fd": open files), or -1.
+// Entries in /proc/<pid>/<dir> ("task": threads), or -1.
 inline int ProcEntries(pid_t pid, const char* dir) {
   const std::string path = "/proc/" + std::to_string(pid) + "/" + dir;
   DIR* d = ::opendir(path.c_str());
@@ -37,6 +38,24 @@ inline int ProcEntries(pid_t pid, const char* dir) {
   int n = 0;
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
+// Open sockets of `pid` (its connections and listeners), or -1. Counted rather than all fds: a
+// sanitizer build opens report files (TSAN_OPTIONS=log_path) whenever it first reports, which says
+// nothing about connections.
+inline int OpenSockets(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int n = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[64];
+    const ssize_t len = ::readlinkat(::dirfd(d), e->d_name, target, sizeof(target) - 1);
+    if (len > 0 && std::string_view(target, static_cast<size_t>(len)).starts_with("socket:")) ++n;
   }
   ::closedir(d);
   return n;

@@ -285,15 +285,15 @@ TEST_F(Fault, ManyLeasesAndStreamsOfAVanishedClientAreAllReclaimed) {
   const std::vector<std::string> env = {"FAULT_LEASES=" + std::to_string(kLimit), "FAULT_STREAMS=40"};
   // Round 0 warms the daemon's gRPC thread pools up; round 1 must then leave the daemon exactly as
   // round 0 did: a leak of threads, fds, leases or pages per vanished client shows as growth.
-  int threads_after_first = 0, fds_after_first = 0;
+  int threads_after_first = 0, sockets_after_first = 0;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
-    const int fds_before = testing::ProcEntries(pid, "fd");
+    const int sockets_before = testing::OpenSockets(pid);
     ChildClient child("ManyLeasesAndStreams", daemon_->unix_target(), env);
     ASSERT_EQ(child.WaitReady(), std::to_string(kLimit));
     EXPECT_EQ(testing::ListLeases(stub_.get()), static_cast<size_t>(kLimit));
     EXPECT_EQ(Census().allocated_pages(), 4u * kLimit);
-    EXPECT_GE(testing::ProcEntries(pid, "fd"), fds_before + 40) << "a connection per stream";
+    EXPECT_GE(testing::OpenSockets(pid), sockets_before + 40) << "a connection per stream";
     // Same uid, same identity: the limit is reached for this process too.
     grpc::Status s;
     EXPECT_EQ(testing::CreateLease(stub_.get(), 1000, &s), 0u);
@@ -311,16 +311,16 @@ TEST_F(Fault, ManyLeasesAndStreamsOfAVanishedClientAreAllReclaimed) {
     }
     for (uint64_t id : again) ASSERT_TRUE(testing::RevokeLease(stub_.get(), id).ok());
     EXPECT_TRUE(testing::Eventually(std::chrono::seconds(10),
-                                    [&] { return testing::ProcEntries(pid, "fd") <= fds_before; }))
-        << "fds: " << fds_before << " before the client, " << testing::ProcEntries(pid, "fd") << " after";
+                                    [&] { return testing::OpenSockets(pid) <= sockets_before; }))
+        << "sockets: " << sockets_before << " before the client, " << testing::OpenSockets(pid) << " after";
     if (round == 0) {
       threads_after_first = testing::ProcEntries(pid, "task");
-      fds_after_first = testing::ProcEntries(pid, "fd");
+      sockets_after_first = testing::OpenSockets(pid);
     } else {
       // gRPC's pools may still add a thread or two under load; a thread per stream, connection or
       // lease would add 40 or 200.
       EXPECT_LE(testing::ProcEntries(pid, "task"), threads_after_first + 4);
-      EXPECT_LE(testing::ProcEntries(pid, "fd"), fds_after_first);
+      EXPECT_LE(testing::OpenSockets(pid), sockets_after_first);
     }
   }
 }
@@ -329,7 +329,7 @@ TEST_F(Fault, ManyLeasesAndStreamsOfAVanishedClientAreAllReclaimed) {
 
 TEST_F(Fault, AStoppedClientDoesNotHoldUpOthers) {
   StartDaemon({"--mem_mb=512"});
-  const int fds_before = testing::ProcEntries(daemon_->pid(), "fd");
+  const int sockets_before = testing::OpenSockets(daemon_->pid());
   ChildClient child("FloodThenStop", daemon_->unix_target());
   ASSERT_NE(child.WaitReady(), "");
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -371,7 +371,7 @@ TEST_F(Fault, AStoppedClientDoesNotHoldUpOthers) {
   })) << "free pages " << FreePagesNow() << " of " << TotalPages();
   child.Kill();
   EXPECT_TRUE(testing::Eventually(std::chrono::seconds(10),
-                                  [&] { return testing::ProcEntries(daemon_->pid(), "fd") <= fds_before; }))
+                                  [&] { return testing::OpenSockets(daemon_->pid()) <= sockets_before; }))
       << "the stopped client's connections were not closed";
   ExpectAllReclaimed(std::chrono::seconds(1));
 }

@@ -125,7 +125,8 @@ TEST_F(Limits, AnExpiredLeaseGivesItsPagesBackToTheIdentity) {
   EXPECT_EQ(Alloc(l, "GFP_DMA", 0).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Census().identity_pages(), 12u);
   // Once the reaper has ended it, the identity's counters are back to zero.
-  EXPECT_TRUE(testing::Eventually(std::chrono::milliseconds(3000), [&] { return Census().identity_pages() == 0; }));
+  ASSERT_TRUE(WaitForExpiry(short_lived.lease_id(), std::chrono::milliseconds(3000)));
+  EXPECT_EQ(Census().identity_pages(), 0u);
   EXPECT_TRUE(Alloc(l, "GFP_KERNEL", 3).ok());
   EXPECT_TRUE(Alloc(l, "GFP_DMA", 2).ok());
   const v1::ValidateResponse v = Census();

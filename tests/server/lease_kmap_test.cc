@@ -65,8 +65,8 @@ TEST_F(LeaseKmap, RevokingALeaseUnmapsAndFreesItsKmappedPages) {
 TEST_F(LeaseKmap, AnExpiredLeaseUnmapsAndFreesItsKmappedPages) {
   const uint64_t lease = NewLease(500);  // the shortest TTL the daemon allows by default
   AllocKmapped(lease);
-  ASSERT_TRUE(testing::Eventually(std::chrono::seconds(10), [&] { return Census().allocated_pages() == 0; }))
-      << "allocated pages: " << Census().allocated_pages();
+  ASSERT_TRUE(WaitForExpiry(lease, std::chrono::seconds(10)));
+  EXPECT_EQ(Census().allocated_pages(), 0u);
   EXPECT_EQ(Census().leases(), 0u);
   EXPECT_EQ(daemon_->log().find("lease_free_failed"), std::string::npos) << daemon_->log();
 }

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Unit test of tsan_reports.py's verdicts on reports shaped like the ones TSan writes (the frames
+are taken from real reports of this project's TSan run, shortened)."""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tsan_reports  # noqa: E402
+
+SEP = "=================="
+OURS_FRAME = "#0 physmem::LeaseTable::Renew(unsigned long) ../server/lease_table.cc:88 (physmemd+0x1234)"
+OURS_FRAME2 = "#1 OnReadDone ../server/physmem_service.cc:58 (physmemd+0xe71c9)"
+GRPC_FRAME = ("#0 grpc::internal::CallOpSet<grpc::internal::CallOpSendInitialMetadata>::FillOps(grpc::internal::Call*) "
+              "/usr/include/grpcpp/impl/call_op_set.h:897 (physmemd+0x66ddc)")
+STD_FRAME = "#0 std::function<void ()>::function() /usr/include/c++/12/bits/std_function.h:369 (physmemd+0x166125)"
+LIBGRPC_FRAME = "#1 <null> <null> (libgrpc++.so.1.51+0xa3f49)"
+PB_FRAME = "#0 physmem::v1::KeepAliveRequest::Clear() gen/physmem/v1/physmem.pb.cc:1790 (physmemd+0x1ab9ff)"
+PROTOBUF_FRAME = ("#1 google::protobuf::MessageLite::ParseFromZeroCopyStream(google::protobuf::io::ZeroCopyInputStream*) "
+                  "<null> (libprotobuf.so.32+0x11f589)")
+TSAN_FRAME = "#0 memcpy ../../../../src/libsanitizer/sanitizer_common/sanitizer_common_interceptors.inc:827 (libtsan.so.2+0x4d3c1)"
+
+
+def report(first, second, kind="data race", summary=True):
+    lines = [f"WARNING: ThreadSanitizer: {kind} (pid=4242)", "  Write of size 8 at 0x7b0400000010 by thread T1:"]
+    lines += ["    " + f for f in first]
+    lines += ["", "  Previous read of size 8 at 0x7b0400000010 by thread T2:"]
+    lines += ["    " + f for f in second] if second else ["    [failed to restore the stack]"]
+    lines += ["", "  Location is heap block of size 16 at 0x7b0400000010 allocated by main thread:",
+              "    #0 operator new(unsigned long) ../../../../src/libsanitizer/tsan/tsan_new_delete.cpp:64 (libtsan.so.2+0x87323)",
+              "    " + OURS_FRAME.replace("#0", "#1"), "",
+              "  Thread T1 (tid=4243, running) created by main thread at:",
+              "    #0 pthread_create ../../../../src/libsanitizer/tsan/tsan_interceptors_posix.cpp:1001 (libtsan.so.2+0x5e686)",
+              "    " + LIBGRPC_FRAME, ""]
+    if summary:
+        lines.append(f"SUMMARY: ThreadSanitizer: {kind} somewhere")
+    return SEP + "\n" + "\n".join(lines) + "\n" + SEP + "\n"
+
+
+def verdicts(text):
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "tsan.4242"), "w") as f:
+            f.write("==4242==some TSan chatter outside reports\n" + text)
+        return [r.verdict() for r in tsan_reports.read_reports(d)]
+
+
+class Verdicts(unittest.TestCase):
+    def test_two_accesses_by_our_code_are_ours(self):
+        self.assertEqual(verdicts(report([OURS_FRAME], [OURS_FRAME2])), ["ours"])
+
+    def test_an_access_by_grpc_code_makes_it_grpc_ordered(self):
+        self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME])), ["grpc-ordered"])
+        self.assertEqual(verdicts(report([GRPC_FRAME], [GRPC_FRAME])), ["grpc-ordered"])
+
+    def test_libstdcxx_frames_count_for_their_caller(self):
+        # std::function's code called from libgrpc++: gRPC's access.
+        self.assertEqual(verdicts(report([STD_FRAME, LIBGRPC_FRAME], [OURS_FRAME])), ["grpc-ordered"])
+        # std::function's code called from ours: ours.
+        self.assertEqual(verdicts(report([STD_FRAME, OURS_FRAME2], [OURS_FRAME])), ["ours"])
+
+    def test_generated_and_protobuf_code_count_for_their_caller(self):
+        parse_by_grpc = [PB_FRAME, PROTOBUF_FRAME,
+                         "#2 grpc::SerializationTraits<physmem::v1::KeepAliveRequest, void>::Deserialize(grpc::ByteBuffer*, "
+                         "google::protobuf::MessageLite*) /usr/include/grpcpp/impl/codegen/proto_utils.h:114 (physmemd+0x91a)"]
+        self.assertEqual(verdicts(report(parse_by_grpc, [PB_FRAME.replace("Clear", "lease_id"), OURS_FRAME2])),
+                         ["grpc-ordered"])
+        self.assertEqual(verdicts(report([PB_FRAME, OURS_FRAME2], [OURS_FRAME])), ["ours"])
+
+    def test_an_interceptor_counts_for_its_caller(self):
+        self.assertEqual(verdicts(report([TSAN_FRAME, LIBGRPC_FRAME], [OURS_FRAME])), ["grpc-ordered"])
+        self.assertEqual(verdicts(report([TSAN_FRAME, OURS_FRAME2], [OURS_FRAME])), ["ours"])
+
+    def test_an_unknown_maker_is_not_excused(self):
+        # Stack not restored on one side, ours on the other: cannot be shown to be gRPC's.
+        self.assertEqual(verdicts(report([OURS_FRAME], None)), ["ours"])
+        # Only neutral frames: nobody can be named.
+        self.assertEqual(verdicts(report([STD_FRAME], [OURS_FRAME])), ["ours"])
+        # A library that is neither ours nor gRPC's nor neutral.
+        self.assertEqual(verdicts(report(["#0 <null> <null> (libfoo.so+0x10)"], [OURS_FRAME])), ["ours"])
+
+    def test_every_other_kind_of_report_is_ours(self):
+        for kind in ("lock-order-inversion (potential deadlock)", "heap-use-after-free (virtual call vs free)",
+                     "thread leak", "destroy of a locked mutex"):
+            self.assertEqual(verdicts(report([GRPC_FRAME], [GRPC_FRAME], kind=kind)), ["ours"], kind)
+        self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME], kind="data race on vptr (ctor/dtor vs virtual call)")),
+                         ["grpc-ordered"])
+
+    def test_a_report_cut_short_is_set_apart(self):
+        self.assertEqual(verdicts(report([OURS_FRAME], [OURS_FRAME2], summary=False)), ["cut-short"])
+
+    def test_several_reports_in_a_file(self):
+        text = report([GRPC_FRAME], [OURS_FRAME]) + report([OURS_FRAME], [OURS_FRAME2])
+        self.assertEqual(verdicts(text), ["grpc-ordered", "ours"])
+
+
+class CommandLine(unittest.TestCase):
+    def run_on(self, text):
+        with tempfile.TemporaryDirectory() as d:
+            if text is not None:
+                with open(os.path.join(d, "tsan.1"), "w") as f:
+                    f.write(text)
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tsan_reports.py")
+            return subprocess.run([sys.executable, script, d], capture_output=True, text=True, timeout=60)
+
+    def test_exit_status_says_whether_a_report_is_ours(self):
+        self.assertEqual(self.run_on(None).returncode, 0)
+        clean = self.run_on(report([GRPC_FRAME], [OURS_FRAME]))
+        self.assertEqual(clean.returncode, 0, clean.stdout)
+        self.assertIn("0 of ours, 1 gRPC-ordered", clean.stdout)
+        bad = self.run_on(report([GRPC_FRAME], [OURS_FRAME]) + report([OURS_FRAME], [OURS_FRAME2]))
+        self.assertEqual(bad.returncode, 1, bad.stdout)
+        self.assertIn("--- OURS", bad.stdout)
+        self.assertIn("lease_table.cc:88", bad.stdout)
+
+    def test_no_directory_is_a_usage_error(self):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tsan_reports.py")
+        run = subprocess.run([sys.executable, script, "/nonexistent/dir"], capture_output=True, text=True)
+        self.assertEqual(run.returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
