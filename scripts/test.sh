@@ -50,4 +50,4 @@ tsan_reports=$PWD/build-tsan/tsan-reports
 rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
 TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=4 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
   setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L server --timeout 1800
-python3 tests/tsan/tsan_reports.py "$tsan_reports"
+/usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
