@@ -105,6 +105,7 @@ absl::StatusOr<int64_t> LeaseTable::Renew(uint64_t id, const std::string& identi
 
 absl::StatusOr<uint64_t> LeaseTable::Revoke(uint64_t id, const std::string& identity) {
   std::shared_ptr<Lease> lease;
+  StopMachine::Operation op = stop_machine_.Enter();
   {
     std::lock_guard<std::mutex> l(mu_);
     auto it = leases_.find(id);
@@ -119,6 +120,7 @@ absl::StatusOr<uint64_t> LeaseTable::Revoke(uint64_t id, const std::string& iden
     if (--per_identity_[identity] == 0) per_identity_.erase(identity);
   }
   const uint64_t pages = End(lease);
+  op.unlock();
   counters_.revoked.fetch_add(1, std::memory_order_relaxed);
   counters_.pages_reclaimed.fetch_add(pages, std::memory_order_relaxed);
   LogInfo("lease_revoked", {{"lease", id}, {"identity", identity}, {"pages", pages}});
@@ -190,6 +192,7 @@ int64_t LeaseTable::RemainingMs(const Lease& l) {
 uint64_t LeaseTable::ExpireDue() {
   const SteadyClock::rep now = SteadyClock::now().time_since_epoch().count();
   std::vector<std::shared_ptr<Lease>> due;
+  StopMachine::Operation op = stop_machine_.Enter();
   {
     std::lock_guard<std::mutex> l(mu_);
     for (auto it = leases_.begin(); it != leases_.end();) {
@@ -210,6 +213,7 @@ uint64_t LeaseTable::ExpireDue() {
     LogInfo("lease_expired", {{"lease", lease->id}, {"identity", lease->identity}, {"name", lease->name},
                               {"pages", freed}});
   }
+  op.unlock();
   counters_.pages_reclaimed.fetch_add(pages, std::memory_order_relaxed);
   if (pages != 0 && on_pages_freed_) on_pages_freed_();
   return pages;
@@ -217,6 +221,7 @@ uint64_t LeaseTable::ExpireDue() {
 
 uint64_t LeaseTable::RevokeAll() {
   std::vector<std::shared_ptr<Lease>> all;
+  StopMachine::Operation op = stop_machine_.Enter();
   {
     std::lock_guard<std::mutex> l(mu_);
     for (auto& [id, lease] : leases_) all.push_back(lease);

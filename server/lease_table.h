@@ -27,6 +27,7 @@
 #include "allocator/page_allocator.h"
 #include "server/journal.h"
 #include "server/identity_limits.h"
+#include "server/stop_machine.h"
 
 namespace physmem {
 
@@ -124,13 +125,20 @@ class LeaseTable {
   void set_identity_limits(IdentityLimits* limits) { identity_limits_ = limits; }
   IdentityLimits* identity_limits() const { return identity_limits_; }
 
+  // Every change of page ownership runs inside stop_machine().Enter(), taken before the lease's
+  // mutex: the table's own (End and its callers) and the service's (allocate, free). Validate
+  // runs in stop_machine().Stopped().
+  StopMachine& stop_machine() { return stop_machine_; }
+
   static int64_t RemainingMs(const Lease& l);
   const LeaseLimits& limits() const { return limits_; }
   const LeaseCounters& counters() const { return counters_; }
   size_t size() const;
 
  private:
-  uint64_t End(const std::shared_ptr<Lease>& lease);  // frees its pages; call after removing it
+  // Frees its pages; call after removing it, within the same stop_machine_ Operation (so that
+  // Validate never sees a lease gone from the table with its pages still allocated).
+  uint64_t End(const std::shared_ptr<Lease>& lease);
   // A lease's kmap()s end with it, as its pages do: End drops them before freeing a HIGHMEM block,
   // or the free would be refused ("still kmap()ed") and the block leaked with its window slots.
   // The service's Kmap runs under lease->mu and checks `dead`, so none can slip in after this.
@@ -143,6 +151,7 @@ class LeaseTable {
   LeaseCounters counters_;
   IdentityLimits* identity_limits_ = nullptr;
 
+  StopMachine stop_machine_;
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
   absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_

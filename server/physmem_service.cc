@@ -311,6 +311,7 @@ unsigned PhysMemService::AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want
 
 std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v1::Allocation* out) {
   Lease& lease = *call.lease;
+  StopMachine::Operation op = leases_->stop_machine().Enter();  // before the lease's lock
   std::lock_guard<std::mutex> l(lease.mu);
   if (lease.dead || lease.expired()) {
     return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
@@ -461,6 +462,7 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
   }
   Lease& l = **lease;
   resp->set_requested(req->count());
+  StopMachine::Operation op = leases_->stop_machine().Enter();  // before the lease's lock
   std::lock_guard<std::mutex> guard(l.mu);
   if (l.dead) return Reply(ctx, absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", l.id)));
   const uint64_t room = l.page_quota - l.pages_held;
@@ -506,6 +508,7 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
 // ---- Free ----
 
 absl::Status PhysMemService::FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed) {
+  StopMachine::Operation op = leases_->stop_machine().Enter();  // before the lease's lock
   std::lock_guard<std::mutex> l(lease.mu);
   return FreeInLeaseLocked(lease, req.pfn(), req.order(), req.key(), pages_freed);
 }
@@ -643,6 +646,7 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
   uint32_t blocks = 0;
   {
     Lease& l = **lease;
+    StopMachine::Operation op = leases_->stop_machine().Enter();  // before the lease's lock
     std::lock_guard<std::mutex> guard(l.mu);
     for (int i = 0; i < n; ++i) {
       const unsigned order = req->order_size() ? req->order(i) : 0;
@@ -825,10 +829,29 @@ grpc::ServerUnaryReactor* PhysMemService::GetTarget(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* ctx, const v1::ValidateRequest*,
                                                    v1::ValidateResponse* resp) {
+  // The check and the census run with every allocation and free held off (stop_machine.h), so
+  // they see no block in transit; a stream of them that never pauses gets UNAVAILABLE instead.
+  auto wait = std::chrono::duration_cast<std::chrono::steady_clock::duration>(kValidateMaxWait);
+  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
+    wait = std::min(wait, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              ctx->deadline() - std::chrono::system_clock::now()));
+  }
+  absl::Status status;
+  const bool ran = leases_->stop_machine().Stopped(std::chrono::steady_clock::now() + wait,
+                                                   [&] { status = TakeCensus(resp); });
+  if (!ran) {
+    status = absl::UnavailableError(absl::StrFormat(
+        "allocations and frees did not pause for %d ms: Validate needs a moment without one in flight; retry",
+        std::chrono::duration_cast<std::chrono::milliseconds>(wait).count()));
+  }
+  return Reply(ctx, status);
+}
+
+absl::Status PhysMemService::TakeCensus(v1::ValidateResponse* resp) {
   absl::StatusOr<PageCensus> c = pa_->Validate();
   if (!c.ok()) {
     LogError("validate_failed", {{"error", c.status().ToString()}});
-    return Reply(ctx, absl::InternalError(c.status().message()));
+    return absl::InternalError(c.status().message());
   }
   uint64_t lease_pages = 0;
   std::vector<std::shared_ptr<Lease>> all = leases_->All();
@@ -842,7 +865,7 @@ grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* 
   resp->set_leases(all.size());
   resp->set_lease_pages(lease_pages);
   if (IdentityLimits* il = leases_->identity_limits()) resp->set_identity_pages(il->TotalPages());
-  return Reply(ctx, absl::OkStatus());
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* PhysMemService::Nop(grpc::CallbackServerContext* ctx, const v1::NopRequest*,

@@ -7,6 +7,7 @@
 #ifndef PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
 #define PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -80,6 +81,10 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
                                 v1::NopResponse* resp) override;
 
  private:
+  // How long Validate waits for in-flight allocations and frees to drain (or the caller's
+  // deadline, if sooner).
+  static constexpr std::chrono::seconds kValidateMaxWait{5};
+
   enum class Form { kPfn, kAddress, kZeroed };
   struct AllocCall;
 
@@ -92,7 +97,9 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // One attempt; nullopt means "no memory now" (the caller may wait), else the final status.
   std::optional<absl::Status> TryAllocate(const AllocCall& call, v1::Allocation* out);
   absl::Status FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed);
-  // The same with lease.mu held (bulk frees take it once for all blocks).
+  // The same with the stop-machine Operation and lease.mu held (bulk frees take it once for all blocks).
+  // Validate's work, run while the machine is stopped (LeaseTable::stop_machine()).
+  absl::Status TakeCensus(v1::ValidateResponse* resp);
   absl::Status FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
                                  uint64_t* pages_freed);
   // The host bytes [offset, offset + length) from the start of page `pfn`, which must lie in one

@@ -50,8 +50,8 @@ class DaemonStubTest : public ::testing::Test {
 
   // Waits up to `within` for the reaper to have ended `lease` at its deadline: its
   // `event=lease_expired` line, which the daemon logs once every page of the lease is freed.
-  // Validate must not be polled instead: it is exact only while no free is in flight, and the
-  // reaper frees after the lease has left the table (see Validate in physmem.proto).
+  // The event itself, rather than a census that happens to match: a test then knows the lease
+  // ended by expiry, not by something else, and when.
   bool WaitForExpiry(uint64_t lease, std::chrono::milliseconds within) {
     const std::string line = "event=lease_expired lease=" + std::to_string(lease) + " ";
     return Eventually(within, [&] { return daemon_->log().find(line) != std::string::npos; });
