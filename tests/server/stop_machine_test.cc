@@ -18,19 +18,42 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
+// Runs one Operation on its own thread (locks are taken and released by one thread, as in the
+// daemon) from construction until Finish().
+class OperationThread {
+ public:
+  explicit OperationThread(StopMachine& sm)
+      : thread_([this, &sm] {
+          StopMachine::Operation op = sm.Enter();
+          entered_ = true;
+          while (!finish_) std::this_thread::sleep_for(milliseconds(1));
+          done_ = true;
+        }) {
+    while (!entered_) std::this_thread::sleep_for(milliseconds(1));
+  }
+  ~OperationThread() { Finish(); }
+  void Finish() {
+    finish_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  bool done() const { return done_; }
+
+ private:
+  std::atomic<bool> entered_{false}, finish_{false}, done_{false};
+  std::thread thread_;
+};
+
 TEST(StopMachine, StoppedWaitsForTheOperationInFlight) {
   StopMachine sm;
-  std::atomic<bool> op_done{false};
-  StopMachine::Operation op = sm.Enter();
-  std::thread releaser([&] {
+  OperationThread op(sm);
+  std::thread finisher([&] {
     std::this_thread::sleep_for(milliseconds(100));
-    op_done = true;
-    op.unlock();
+    op.Finish();
   });
   bool saw_done = false;
-  EXPECT_TRUE(sm.Stopped(steady_clock::now() + std::chrono::seconds(10), [&] { saw_done = op_done.load(); }));
+  EXPECT_TRUE(sm.Stopped(steady_clock::now() + std::chrono::seconds(10), [&] { saw_done = op.done(); }));
   EXPECT_TRUE(saw_done) << "ran while an Operation was in flight";
-  releaser.join();
+  finisher.join();
 }
 
 TEST(StopMachine, NoOperationStartsWhileStopped) {
@@ -52,12 +75,14 @@ TEST(StopMachine, NoOperationStartsWhileStopped) {
 
 TEST(StopMachine, GivesUpAtItsDeadlineWithoutRunning) {
   StopMachine sm;
-  StopMachine::Operation op = sm.Enter();
   bool ran = false;
-  std::thread t([&] { EXPECT_FALSE(sm.Stopped(steady_clock::now() + milliseconds(50), [&] { ran = true; })); });
-  t.join();
-  EXPECT_FALSE(ran);
-  op.unlock();
+  {
+    OperationThread op(sm);
+    const auto start = steady_clock::now();
+    EXPECT_FALSE(sm.Stopped(start + milliseconds(50), [&] { ran = true; }));
+    EXPECT_GE(steady_clock::now() - start, milliseconds(50));
+    EXPECT_FALSE(ran);
+  }
   EXPECT_TRUE(sm.Stopped(steady_clock::now() + milliseconds(50), [&] { ran = true; }));
   EXPECT_TRUE(ran);
 }

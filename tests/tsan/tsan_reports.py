@@ -20,6 +20,9 @@ would hide our handlers, which gRPC's frames always call. So the run writes ever
     inversion, use after free, thread leak, ...).
   - A report cut short (its process was killed while writing it, as the kill -9 tests do) is
     listed in full and counted, not failed: it cannot be judged.
+  - Anything else TSan wrote outside a report but its exit line ("reported N warnings") fails the
+    run too: a "CHECK failed" or other fatal message of TSan's own, after which the process ended
+    with exit status 0 (exitcode=0 applies to TSan's deaths as well).
 
 What this cannot check: an access by our code racing one by gRPC's code (e.g. a handler touching
 a response after Finish()) — ordering between them lives in libgrpc. tests/tsan/racy_handler_canary.cc
@@ -48,6 +51,7 @@ OURS = re.compile(r"(^|[ /])(allocator|server|clients|tests)/[^ ]+\.(cc|h):\d+")
 ACCESS = re.compile(r"^  (Previous )?(atomic )?(read|write)\b", re.IGNORECASE)
 FRAME = re.compile(r"^    #\d+ (.*)$")
 SEPARATOR = "=================="
+EXIT_LINE = re.compile(r"^ThreadSanitizer: reported \d+ warnings$")
 
 
 def maker(frames):
@@ -70,12 +74,15 @@ def function_of(frame):
 
 
 class Report:
-    def __init__(self, path, lines):
+    def __init__(self, path, lines, runtime_message=None):
         self.path = path
         self.lines = lines
         header = next((l for l in lines if l.startswith("WARNING: ThreadSanitizer: ")), "")
         self.kind = re.sub(r" \(pid=\d+\)$", "", header[len("WARNING: ThreadSanitizer: "):])
-        self.complete = any(l.startswith("SUMMARY: ThreadSanitizer") for l in lines)
+        if runtime_message is not None:
+            self.kind = "TSan runtime message: " + runtime_message
+        self.complete = runtime_message is not None or any(
+            l.startswith("SUMMARY: ThreadSanitizer") for l in lines)
         self.accesses = []  # one list of frames per access, in report order
         current = None
         for line in lines:
@@ -125,6 +132,11 @@ def read_reports(directory):
             lines = chunk.strip("\n").split("\n")
             if any(l.startswith("WARNING: ThreadSanitizer: ") for l in lines):
                 reports.append(Report(path, lines))
+                continue
+            # Between reports TSan writes only its exit line; anything else is TSan itself failing.
+            unexpected = [l for l in lines if l.strip() and not EXIT_LINE.match(l) and not l.startswith("    ")]
+            if unexpected:
+                reports.append(Report(path, lines, runtime_message=unexpected[0]))
     return reports
 
 

@@ -43,7 +43,7 @@ def report(first, second, kind="data race", summary=True):
 def verdicts(text):
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "tsan.4242"), "w") as f:
-            f.write("==4242==some TSan chatter outside reports\n" + text)
+            f.write(text + "ThreadSanitizer: reported 1 warnings\n")
         return [r.verdict() for r in tsan_reports.read_reports(d)]
 
 
@@ -86,6 +86,15 @@ class Verdicts(unittest.TestCase):
                      "thread leak", "destroy of a locked mutex"):
             self.assertEqual(verdicts(report([GRPC_FRAME], [GRPC_FRAME], kind=kind)), ["ours"], kind)
         self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME], kind="data race on vptr (ctor/dtor vs virtual call)")),
+                         ["grpc-ordered"])
+
+    def test_tsan_failing_itself_is_ours(self):
+        check = ("ThreadSanitizer: CHECK failed: sanitizer_deadlock_detector1.cpp:166 \"((!dd.isHeld(&lt->dd, m->id))) "
+                 "!= (0)\" (0x0, 0x0) (tid=8039)\n    " + TSAN_FRAME + "\n")
+        self.assertEqual(verdicts(check), ["ours"])
+        self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME]) + check), ["grpc-ordered", "ours"])
+        # Its exit line alone is not a failure.
+        self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME]) + "ThreadSanitizer: reported 1 warnings\n"),
                          ["grpc-ordered"])
 
     def test_a_report_cut_short_is_set_apart(self):
