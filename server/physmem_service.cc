@@ -835,6 +835,7 @@ grpc::ServerUnaryReactor* PhysMemService::Validate(grpc::CallbackServerContext* 
   if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
     wait = std::min(wait, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               ctx->deadline() - std::chrono::system_clock::now()));
+    wait = std::max(wait, std::chrono::steady_clock::duration::zero());  // deadline already past: one try
   }
   absl::Status status;
   const bool ran = leases_->stop_machine().Stopped(std::chrono::steady_clock::now() + wait,
