@@ -14,6 +14,7 @@ would hide our handlers, which gRPC's frames always call. So the run writes ever
     counted and summarized, not failed. Who made an access is the first frame of its stack that is
     not neutral (TSan's runtime, libc, libstdc++, Abseil, protobuf and its generated code are
     neutral: they run on behalf of whoever called them).
+  - A thread leak of a thread that gRPC's code created is gRPC's own, as above.
   - Every other report fails the run: a race between two accesses made by our code (allocator/,
     server/, clients/, tests/) on any memory, one where an access's maker is unknown (stack not
     restored, only neutral frames), and every report that is not a data race (lock-order
@@ -96,6 +97,22 @@ class Report:
                 if m:
                     current.append(m.group(1))
 
+    def creator(self):
+        """Who created the (first) thread a report names: the maker of its creation stack."""
+        frames, inside = [], False
+        for line in self.lines:
+            if re.match(r"^  Thread T\d+ .*created by", line):
+                if inside:
+                    break
+                inside = True
+            elif inside:
+                m = FRAME.match(line)
+                if m:
+                    frames.append(m.group(1))
+                elif line.strip():
+                    break
+        return maker(frames)
+
     def makers(self):
         return [maker(frames) for frames in self.accesses]
 
@@ -103,6 +120,8 @@ class Report:
         """'grpc-ordered', 'cut-short' or 'ours'."""
         if not self.complete:
             return "cut-short"
+        if self.kind == "thread leak" and self.creator() == "grpc":
+            return "grpc-ordered"  # a thread gRPC's code created and never joined: gRPC's own
         if not self.kind.startswith("data race"):
             return "ours"
         makers = self.makers()

@@ -83,7 +83,7 @@ class Verdicts(unittest.TestCase):
 
     def test_every_other_kind_of_report_is_ours(self):
         for kind in ("lock-order-inversion (potential deadlock)", "heap-use-after-free (virtual call vs free)",
-                     "thread leak", "destroy of a locked mutex"):
+                     "destroy of a locked mutex"):
             self.assertEqual(verdicts(report([GRPC_FRAME], [GRPC_FRAME], kind=kind)), ["ours"], kind)
         self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME], kind="data race on vptr (ctor/dtor vs virtual call)")),
                          ["grpc-ordered"])
@@ -96,6 +96,16 @@ class Verdicts(unittest.TestCase):
         # Its exit line alone is not a failure.
         self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME]) + "ThreadSanitizer: reported 1 warnings\n"),
                          ["grpc-ordered"])
+
+    def test_a_leaked_thread_is_judged_by_its_creator(self):
+        def leak(creator):
+            return (SEP + "\nWARNING: ThreadSanitizer: thread leak (pid=1)\n"
+                    "  Thread T1 (tid=2, finished) created by main thread at:\n"
+                    "    #0 pthread_create ../../../../src/libsanitizer/tsan/tsan_interceptors_posix.cpp:1001 (libtsan.so.2+0x5e686)\n"
+                    "    " + creator + "\n\nSUMMARY: ThreadSanitizer: thread leak\n" + SEP + "\n")
+        self.assertEqual(verdicts(leak("#1 grpc_core::Thread::Thread(char const*) <null> (libgpr.so.29+0xb0cb)")),
+                         ["grpc-ordered"])
+        self.assertEqual(verdicts(leak(OURS_FRAME.replace("#0", "#1"))), ["ours"])
 
     def test_a_report_cut_short_is_set_apart(self):
         self.assertEqual(verdicts(report([OURS_FRAME], [OURS_FRAME2], summary=False)), ["cut-short"])
