@@ -1,7 +1,6 @@
 #include "server/journal.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -630,10 +629,7 @@ void Journal::Freed(uint64_t lease_id, uint64_t pfn) {
 // ---- Compaction ----
 
 void Journal::CrashPoint(std::string_view point, std::string_view stop_at, bool* stop) const {
-  if (options_.crash_point == point) {
-    LogWarn("journal_test_crash", {{"point", point}});
-    kill(getpid(), SIGKILL);
-  }
+  if (options_.step_hook) options_.step_hook(point);
   if (stop_at == point) *stop = true;
 }
 

@@ -44,6 +44,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -105,9 +106,10 @@ struct JournalOptions {
   std::string path;                       // P: segment and snapshot files are P.<gen>, P.snap
   uint64_t compact_bytes = 32ull << 20;   // compact when the live segment holds more than this
   uint64_t target_fingerprint = 0;        // a journal written for another target is refused
-  // Test hook: "compact_after_switch", "compact_mid_snapshot", "compact_after_rename",
-  // "compact_mid_unlink": SIGKILL the process there (crash tests); "" = none.
-  std::string crash_point;
+  // Called at each step of a compaction with the step's name: "compact_after_switch",
+  // "compact_mid_snapshot", "compact_after_rename", "compact_mid_unlink". Null in physmemd; the
+  // crash tests' daemon (tests/server/physmemd_test_main.cc) SIGKILLs itself at a chosen step.
+  std::function<void(std::string_view step)> step_hook;
 };
 
 class Journal {

@@ -9,13 +9,7 @@
 namespace physmem {
 namespace {
 
-SteadyClock::rep DeadlineIn(int64_t ms) {
-  return (SteadyClock::now() + std::chrono::milliseconds(ms)).time_since_epoch().count();
-}
-
-}  // namespace
-
-namespace {
+int64_t DeadlineIn(const LeaseClock& clock, int64_t ms) { return clock.Now() + ms * 1000000; }
 
 uint64_t NewBootNonce() {
   std::random_device rd;
@@ -26,8 +20,11 @@ uint64_t NewBootNonce() {
 
 }  // namespace
 
-LeaseTable::LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed)
-    : pa_(pa), limits_(limits), on_pages_freed_(std::move(on_pages_freed)), boot_nonce_(NewBootNonce()) {}
+LeaseTable::LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed,
+                       const LeaseClock* clock)
+    : pa_(pa),
+      clock_(clock),
+      limits_(limits), on_pages_freed_(std::move(on_pages_freed)), boot_nonce_(NewBootNonce()) {}
 
 LeaseTable::~LeaseTable() { StopReaper(); }
 
@@ -60,7 +57,7 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
   next_id_ = n + 1;
   const uint64_t id = boot_nonce_ | n;
   auto lease = std::make_shared<Lease>(id, identity, name, ttl_ms, quota);
-  lease->deadline.store(DeadlineIn(ttl_ms));
+  lease->deadline.store(DeadlineIn(*clock_, ttl_ms));
   if (identity_limits_ != nullptr) lease->usage = identity_limits_->For(identity);
   // Journaled before the lease can be found (or listed), so its allocations come after it.
   if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline.load());
@@ -79,7 +76,7 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Find(uint64_t id, const std::
   }
   // An expired lease the reaper has not collected yet (it runs every 20 ms) is gone: collect it
   // now, so that its pages are back before anyone hears it is gone.
-  if (lease != nullptr && lease->expired()) {
+  if (lease != nullptr && Expired(*lease)) {
     ExpireDue();
     lease = nullptr;
   }
@@ -97,8 +94,8 @@ absl::StatusOr<int64_t> LeaseTable::Renew(uint64_t id, const std::string& identi
   if (!lease.ok()) return lease.status();
   // A lease the reaper has already claimed stays dead: renewal cannot resurrect it.
   std::lock_guard<std::mutex> l((*lease)->mu);
-  if ((*lease)->dead || (*lease)->expired()) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
-  (*lease)->deadline.store(DeadlineIn((*lease)->granted_ttl_ms));
+  if ((*lease)->dead || Expired(**lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
+  (*lease)->deadline.store(DeadlineIn(*clock_, (*lease)->granted_ttl_ms));
   if (journal_) journal_->LeaseRenewed(id, (*lease)->deadline.load());
   return (*lease)->granted_ttl_ms;
 }
@@ -184,13 +181,12 @@ size_t LeaseTable::size() const {
   return leases_.size();
 }
 
-int64_t LeaseTable::RemainingMs(const Lease& l) {
-  const auto left = SteadyClock::duration(l.deadline.load()) - SteadyClock::now().time_since_epoch();
-  return std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(left).count());
+int64_t LeaseTable::RemainingMs(const Lease& l) const {
+  return std::max<int64_t>(0, (l.deadline.load() - clock_->Now()) / 1000000);
 }
 
 uint64_t LeaseTable::ExpireDue() {
-  const SteadyClock::rep now = SteadyClock::now().time_since_epoch().count();
+  const int64_t now = clock_->Now();
   std::vector<std::shared_ptr<Lease>> due;
   StopMachine::Operation op = stop_machine_.Enter();
   {

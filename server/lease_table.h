@@ -25,13 +25,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "allocator/page_allocator.h"
-#include "server/journal.h"
 #include "server/identity_limits.h"
+#include "server/journal.h"
+#include "server/lease_clock.h"
 #include "server/stop_machine.h"
 
 namespace physmem {
-
-using SteadyClock = std::chrono::steady_clock;
 
 struct LeaseLimits {
   int64_t min_ttl_ms = 500;
@@ -56,7 +55,8 @@ class Lease {
 
   // The allocator's 32-bit owner id: the low half of the lease id (the high half is the boot nonce).
   uint32_t owner() const { return static_cast<uint32_t>(id); }
-  bool expired() const { return deadline.load() <= SteadyClock::now().time_since_epoch().count(); }
+  // `now` from the table's LeaseClock (LeaseTable::Expired).
+  bool expired(int64_t now) const { return deadline.load() <= now; }
 
   const uint64_t id;
   const std::string identity;
@@ -64,7 +64,7 @@ class Lease {
   const int64_t granted_ttl_ms;
   const uint64_t page_quota;
 
-  std::atomic<SteadyClock::rep> deadline{0};  // expiry, steady_clock ticks
+  std::atomic<int64_t> deadline{0};  // expiry, LeaseClock nanoseconds (server/lease_clock.h)
   // The identity's page counters (server/identity_limits.h); null if the table has no limits.
   std::shared_ptr<IdentityUsage> usage;
 
@@ -87,7 +87,9 @@ class LeaseTable {
  public:
   // `on_pages_freed` runs (without locks held) whenever ending a lease freed pages, so that
   // waiting allocations can retry.
-  LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed);
+  // Deadlines are read from `clock` (server/lease_clock.h), which must outlive the table.
+  LeaseTable(PageAllocator* pa, LeaseLimits limits, std::function<void()> on_pages_freed,
+             const LeaseClock* clock = &LeaseClock::Monotonic());
   ~LeaseTable();
 
   absl::StatusOr<std::shared_ptr<Lease>> Create(const std::string& identity, int64_t ttl_ms, uint64_t quota,
@@ -130,7 +132,9 @@ class LeaseTable {
   // runs in stop_machine().Stopped().
   StopMachine& stop_machine() { return stop_machine_; }
 
-  static int64_t RemainingMs(const Lease& l);
+  const LeaseClock& clock() const { return *clock_; }
+  bool Expired(const Lease& l) const { return l.expired(clock_->Now()); }
+  int64_t RemainingMs(const Lease& l) const;
   const LeaseLimits& limits() const { return limits_; }
   const LeaseCounters& counters() const { return counters_; }
   size_t size() const;
@@ -146,6 +150,7 @@ class LeaseTable {
   void ReaperLoop();
 
   PageAllocator* const pa_;
+  const LeaseClock* const clock_;
   const LeaseLimits limits_;
   const std::function<void()> on_pages_freed_;
   LeaseCounters counters_;

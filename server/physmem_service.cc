@@ -183,7 +183,7 @@ void PhysMemService::FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const {
   out->set_lease_id(lease.id);
   out->set_name(lease.name);
   out->set_identity(lease.identity);
-  out->set_ttl_ms(LeaseTable::RemainingMs(lease));
+  out->set_ttl_ms(leases_->RemainingMs(lease));
   out->set_granted_ttl_ms(lease.granted_ttl_ms);
   out->set_page_quota(lease.page_quota);
   std::map<std::pair<int, uint32_t>, uint64_t> holdings;
@@ -313,7 +313,7 @@ std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v
   Lease& lease = *call.lease;
   StopMachine::Operation op = leases_->stop_machine().Enter();  // before the lease's lock
   std::lock_guard<std::mutex> l(lease.mu);
-  if (lease.dead || lease.expired()) {
+  if (lease.dead || leases_->Expired(lease)) {
     return absl::NotFoundError(absl::StrFormat("lease %d expired or was revoked", lease.id));
   }
   if (!call.key.empty()) {

@@ -8,8 +8,6 @@
 
 namespace physmem {
 
-static_assert(std::is_same_v<SteadyClock::period, std::nano>, "journal deadlines are steady_clock nanoseconds");
-
 uint64_t TargetFingerprint(const Target& t) {
   std::string s = absl::StrCat(t.MemoryMapString(), "|", t.page_shift, "|", t.max_page_order, "|", t.phys_offset);
   for (int z = 0; z < MAX_NR_ZONES; ++z) absl::StrAppend(&s, "|", t.zone_configured[z], ":", t.zone_end[z]);
@@ -18,7 +16,7 @@ uint64_t TargetFingerprint(const Target& t) {
 
 absl::StatusOr<RecoveryReport> RestoreFromJournal(JournalState& state, PageAllocator* pa, LeaseTable* leases) {
   RecoveryReport report;
-  const int64_t now = SteadyClock::now().time_since_epoch().count();
+  const int64_t now = leases->clock().Now();
   std::vector<RestoredBlock> blocks;
   std::vector<JournalLease*> live;
   for (auto& [id, l] : state.leases) {

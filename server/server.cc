@@ -150,7 +150,7 @@ absl::Status Server::StartJournal() {
     jo.path = options_.journal_path.empty() ? DefaultJournalPath(arena_path) : options_.journal_path;
     jo.compact_bytes = options_.journal_compact_bytes;
     jo.target_fingerprint = TargetFingerprint(options_.allocator.target);
-    jo.crash_point = options_.journal_test_crash_point;
+    jo.step_hook = options_.journal_step_hook;
     absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(std::move(jo), &state);
     if (!j.ok()) return j.status();
     journal_ = *std::move(j);
@@ -160,7 +160,9 @@ absl::Status Server::StartJournal() {
   if (!pa.ok()) return pa.status();
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
-  leases_ = std::make_unique<LeaseTable>(pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); });
+  leases_ = std::make_unique<LeaseTable>(
+      pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); },
+      options_.lease_clock != nullptr ? options_.lease_clock : &LeaseClock::Monotonic());
   identity_limits_ = std::make_unique<IdentityLimits>(*pa_, options_.identity_limits);
   leases_->set_identity_limits(identity_limits_.get());
   if (!on) return absl::OkStatus();

@@ -9,8 +9,10 @@
 #ifndef PHYSMEM_SERVER_SERVER_H_
 #define PHYSMEM_SERVER_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <grpcpp/server.h>
 
@@ -20,6 +22,7 @@
 #include "server/identity.h"
 #include "server/journal.h"
 #include "server/identity_limits.h"
+#include "server/lease_clock.h"
 #include "server/lease_table.h"
 #include "server/metrics.h"
 #include "server/physmem_service.h"
@@ -45,7 +48,11 @@ struct ServerOptions {
   std::string journal = "auto";      // auto, on, off
   std::string journal_path;          // "" = DefaultJournalPath(arena_path)
   uint64_t journal_compact_bytes = 32ull << 20;
-  std::string journal_test_crash_point;  // tests only: SIGKILL at a compaction step
+  // Called at each step of a journal compaction (JournalOptions::step_hook); null in physmemd.
+  std::function<void(std::string_view step)> journal_step_hook;
+  // The clock lease deadlines are read from (server/lease_clock.h); null: LeaseClock::Monotonic().
+  // Must outlive the server. Only test programs set another one.
+  const LeaseClock* lease_clock = nullptr;
   MetricsOptions metrics;            // Prometheus exporter (listen "" = off)
 };
 

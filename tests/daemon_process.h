@@ -2,18 +2,27 @@
 // in a temporary directory (and optionally loopback TCP), waits until it serves, and stops it on
 // destruction (SIGTERM, then SIGKILL after a grace period). Kill() sends any signal for real.
 //
+// Time: a test that needs a lease to expire calls UseLeaseClock() before Start(): the daemon is
+// then physmemd_test_hooks (tests/server/physmemd_test_main.cc), whose lease clock runs ahead of
+// CLOCK_MONOTONIC by an offset this class keeps in a file; AdvanceLeaseClock() moves it, and the
+// leases whose deadline it passes expire at the reaper's next pass (WaitForLog counts them).
+// Real-time waits (a daemon starting, a log line appearing) are bounded by ScaledTimeout(), which
+// grows with the build's slowness (sanitizers) instead of racing it.
+//
 // Who uses it: tests under tests/server and tests/clients. Thread-safety: one owner thread.
 #ifndef PHYSMEM_TESTS_DAEMON_PROCESS_H_
 #define PHYSMEM_TESTS_DAEMON_PROCESS_H_
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +37,22 @@
 #include <vector>
 
 namespace physmem::testing {
+
+// How much slower than the normal build this build runs, for timeouts on real-time waits: ASan 5x,
+// TSan 20x (both measured worst cases on a loaded 2-core machine); PHYSMEM_TEST_TIME_SCALE in
+// the environment overrides it. A timeout only bounds how long a broken test hangs: tests assert
+// on events (a log line, a census), never on how fast they come.
+inline int TimeScale() {
+  if (const char* e = std::getenv("PHYSMEM_TEST_TIME_SCALE"); e != nullptr && std::atoi(e) > 0) return std::atoi(e);
+#if defined(__SANITIZE_THREAD__)
+  return 20;
+#elif defined(__SANITIZE_ADDRESS__)
+  return 5;
+#else
+  return 1;
+#endif
+}
+inline std::chrono::milliseconds ScaledTimeout(std::chrono::milliseconds normal) { return normal * TimeScale(); }
 
 // Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
 inline bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
@@ -49,6 +74,46 @@ class DaemonProcess {
     socket_ = dir_ + "/physmemd.sock";
     log_ = dir_ + "/physmemd.log";
   }
+
+  // Before Start(): run physmemd_test_hooks with a lease clock this object advances. `clock_file`
+  // (default: one in the daemon's directory) may be shared by the daemons of one test that
+  // restart on the same journal, so that their deadlines stay on one scale.
+  void UseLeaseClock(std::string clock_file = "") {
+    binary_ = PHYSMEMD_TEST_HOOKS_BINARY;
+    clock_file_ = clock_file.empty() ? dir_ + "/lease_clock" : std::move(clock_file);
+    if (!std::filesystem::exists(clock_file_)) {
+      const int64_t zero = 0;
+      std::ofstream(clock_file_, std::ios::binary).write(reinterpret_cast<const char*>(&zero), sizeof(zero));
+    }
+    env_.push_back("PHYSMEM_TEST_LEASE_CLOCK=" + clock_file_);
+  }
+  // Before Start(): run physmemd_test_hooks, SIGKILLed at journal compaction step `step`.
+  void CrashAtJournalStep(const std::string& step) {
+    binary_ = PHYSMEMD_TEST_HOOKS_BINARY;
+    env_.push_back("PHYSMEM_TEST_JOURNAL_CRASH_STEP=" + step);
+  }
+  // Moves the daemon's lease clock `by` forward: every lease whose deadline is then past has
+  // expired (Find answers NOT_FOUND at once; the reaper frees it within 20 ms).
+  void AdvanceLeaseClock(std::chrono::milliseconds by) {
+    const int fd = ::open(clock_file_.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) std::abort();  // UseLeaseClock() was not called
+    void* p = ::mmap(nullptr, sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) std::abort();
+    std::atomic_ref<int64_t>(*static_cast<int64_t*>(p)).fetch_add(by.count() * 1000000, std::memory_order_release);
+    ::munmap(p, sizeof(int64_t));
+  }
+  // Waits (up to ScaledTimeout(timeout)) until the log holds at least `n` lines with `needle`.
+  bool WaitForLog(const std::string& needle, size_t n = 1,
+                  std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) const {
+    return Eventually(ScaledTimeout(timeout), [&] { return LogCount(needle) >= n; });
+  }
+  size_t LogCount(const std::string& needle) const {
+    const std::string text = log();
+    size_t n = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+    return n;
+  }
   ~DaemonProcess() {
     Stop();
     std::error_code ec;
@@ -57,13 +122,13 @@ class DaemonProcess {
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
 
-  // Starts the daemon and waits (up to 20 s) until it accepts connections and has logged its
+  // Starts the daemon and waits (up to ScaledTimeout(20 s)) until it accepts connections and has logged its
   // "started" line (which carries the TCP port, written after the Unix socket already accepts).
   // False on failure; the reason is in log().
   bool Start() {
     // Metrics on a free port (the default 9464 would collide between daemons); a test's own
     // --metrics_listen comes later and wins.
-    std::vector<std::string> argv = {PHYSMEMD_BINARY, "--unix_socket=" + socket_, "--arena=ordinary",
+    std::vector<std::string> argv = {binary_, "--unix_socket=" + socket_, "--arena=ordinary",
                                      "--metrics_listen=127.0.0.1:0"};
     if (tcp_) {
       argv.push_back("--tcp=127.0.0.1:0");
@@ -76,13 +141,14 @@ class DaemonProcess {
       const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, STDOUT_FILENO);
       ::dup2(fd, STDERR_FILENO);
+      for (std::string& e : env_) ::putenv(e.data());
       std::vector<char*> cargv;
       for (std::string& a : argv) cargv.push_back(a.data());
       cargv.push_back(nullptr);
       ::execv(cargv[0], cargv.data());
       ::_exit(127);
     }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    const auto deadline = std::chrono::steady_clock::now() + ScaledTimeout(std::chrono::seconds(20));
     while (std::chrono::steady_clock::now() < deadline) {
       if (!Running()) return false;
       if (Connectable() && Started()) return true;
@@ -121,7 +187,7 @@ class DaemonProcess {
   void Stop() {
     if (pid_ <= 0) return;
     Kill(SIGTERM);
-    if (!WaitExit(std::chrono::seconds(10))) {
+    if (!WaitExit(ScaledTimeout(std::chrono::seconds(10)))) {
       Kill(SIGKILL);
       WaitExit(std::chrono::seconds(5));
     }
@@ -172,6 +238,9 @@ class DaemonProcess {
 
   std::vector<std::string> args_;
   bool tcp_;
+  std::string binary_ = PHYSMEMD_BINARY;
+  std::vector<std::string> env_;  // NAME=value for the daemon (physmemd_test_hooks' seams)
+  std::string clock_file_;
   std::string dir_, socket_, log_;
   pid_t pid_ = -1;
   std::optional<int> exit_status_;

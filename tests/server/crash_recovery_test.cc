@@ -379,9 +379,8 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
   uint64_t compactions = 0;
   bool armed = false;  // this daemon kills itself at a compaction step
   auto start = [&](bool arm) {
-    std::vector<std::string> a = args;
-    if (arm) a.push_back("--journal_test_crash_point=" + kCrashPoints[self_kills]);
-    daemon = std::make_unique<DaemonProcess>(a);
+    daemon = std::make_unique<DaemonProcess>(args);
+    if (arm) daemon->CrashAtJournalStep(kCrashPoints[self_kills]);
     return daemon->Start();
   };
   while (external_kills < kExternalKills || self_kills < static_cast<int>(kCrashPoints.size())) {

@@ -24,13 +24,18 @@
 
 namespace physmem::testing {
 
+// kTestControlled: the daemon's leases expire when the test advances its lease clock
+// (AdvanceLeaseClock, ExpireByClock), not while a slow machine is still making calls into them.
+enum class LeaseClockMode { kReal, kTestControlled };
+
 class DaemonStubTest : public ::testing::Test {
  protected:
   // Starts physmemd with `args` (and loopback TCP if `tcp`), then connects `stub_` to its Unix
   // socket. A daemon that does not start fails the test with its log; call it under
   // ASSERT_NO_FATAL_FAILURE when more set-up follows.
-  void StartDaemon(std::vector<std::string> args, bool tcp = false) {
+  void StartDaemon(std::vector<std::string> args, bool tcp = false, LeaseClockMode clock = LeaseClockMode::kReal) {
     daemon_ = std::make_unique<DaemonProcess>(std::move(args), tcp);
+    if (clock == LeaseClockMode::kTestControlled) daemon_->UseLeaseClock();
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
     stub_ = ConnectStub(daemon_->unix_target());
   }
@@ -52,9 +57,17 @@ class DaemonStubTest : public ::testing::Test {
   // `event=lease_expired` line, which the daemon logs once every page of the lease is freed.
   // The event itself, rather than a census that happens to match: a test then knows the lease
   // ended by expiry, not by something else, and when.
+  // `within` is for the normal build; it is scaled for sanitizer builds (ScaledTimeout).
   bool WaitForExpiry(uint64_t lease, std::chrono::milliseconds within) {
     const std::string line = "event=lease_expired lease=" + std::to_string(lease) + " ";
-    return Eventually(within, [&] { return daemon_->log().find(line) != std::string::npos; });
+    return Eventually(ScaledTimeout(within), [&] { return daemon_->log().find(line) != std::string::npos; });
+  }
+
+  // With LeaseClockMode::kTestControlled: moves the daemon's lease clock past `ttl` (the TTL the
+  // lease was granted or last renewed with) and waits for the reaper to end `lease`.
+  void ExpireByClock(uint64_t lease, std::chrono::milliseconds ttl) {
+    daemon_->AdvanceLeaseClock(ttl + std::chrono::milliseconds(1));
+    ASSERT_TRUE(WaitForExpiry(lease, std::chrono::seconds(5))) << "lease " << lease << " did not expire";
   }
 
   // A new lease of `ttl_ms` over `stub` (default `stub_`); its id, the failure EXPECTed against.

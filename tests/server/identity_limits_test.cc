@@ -110,22 +110,19 @@ TEST_F(Limits, PageLimitCountsEveryLeaseOfTheIdentity) {
 }
 
 TEST_F(Limits, AnExpiredLeaseGivesItsPagesBackToTheIdentity) {
-  Start({"--identity_max_pages=16", "--identity_dma_pages=4"});
-  v1::CreateLeaseRequest r;
-  r.set_ttl_ms(500);
-  v1::CreateLeaseResponse short_lived;
-  {
-    Ctx ctx;
-    ASSERT_TRUE(stub_->CreateLease(&ctx, r, &short_lived).ok());
-  }
-  ASSERT_TRUE(Alloc(short_lived.lease_id(), "GFP_DMA", 2).ok());     // 4 DMA pages
-  ASSERT_TRUE(Alloc(short_lived.lease_id(), "GFP_KERNEL", 3).ok());  // 8 more
-  const uint64_t l = NewLease();
+  // The lease expires when the test moves the daemon's lease clock, not while it is still used.
+  StartDaemon({"--target=i386", "--mem_mb=64", "--max_alloc_wait_ms=200", "--identity_max_pages=16",
+               "--identity_dma_pages=4"},
+              /*tcp=*/false, testing::LeaseClockMode::kTestControlled);
+  const uint64_t short_lived = NewLease(/*ttl_ms=*/1000);
+  ASSERT_TRUE(Alloc(short_lived, "GFP_DMA", 2).ok());     // 4 DMA pages
+  ASSERT_TRUE(Alloc(short_lived, "GFP_KERNEL", 3).ok());  // 8 more
+  const uint64_t l = NewLease(/*ttl_ms=*/3600 * 1000);
   EXPECT_EQ(Alloc(l, "GFP_KERNEL", 3).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Alloc(l, "GFP_DMA", 0).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Census().identity_pages(), 12u);
   // Once the reaper has ended it, the identity's counters are back to zero.
-  ASSERT_TRUE(WaitForExpiry(short_lived.lease_id(), std::chrono::milliseconds(3000)));
+  ASSERT_NO_FATAL_FAILURE(ExpireByClock(short_lived, std::chrono::milliseconds(1000)));
   EXPECT_EQ(Census().identity_pages(), 0u);
   EXPECT_TRUE(Alloc(l, "GFP_KERNEL", 3).ok());
   EXPECT_TRUE(Alloc(l, "GFP_DMA", 2).ok());
