@@ -36,23 +36,9 @@
 #include <thread>
 #include <vector>
 
-namespace physmem::testing {
+#include "tests/time_scale.h"
 
-// How much slower than the normal build this build runs, for timeouts on real-time waits: ASan 5x,
-// TSan 20x (both measured worst cases on a loaded 2-core machine); PHYSMEM_TEST_TIME_SCALE in
-// the environment overrides it. A timeout only bounds how long a broken test hangs: tests assert
-// on events (a log line, a census), never on how fast they come.
-inline int TimeScale() {
-  if (const char* e = std::getenv("PHYSMEM_TEST_TIME_SCALE"); e != nullptr && std::atoi(e) > 0) return std::atoi(e);
-#if defined(__SANITIZE_THREAD__)
-  return 20;
-#elif defined(__SANITIZE_ADDRESS__)
-  return 5;
-#else
-  return 1;
-#endif
-}
-inline std::chrono::milliseconds ScaledTimeout(std::chrono::milliseconds normal) { return normal * TimeScale(); }
+namespace physmem::testing {
 
 // Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
 inline bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {

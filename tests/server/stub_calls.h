@@ -24,14 +24,15 @@
 #include <vector>
 
 #include "physmem/v1/physmem.grpc.pb.h"
+#include "tests/time_scale.h"
 
 namespace physmem::testing {
 
-// A stub on `target` ("unix://..." or "host:port"), after waiting up to 5 s for its channel to
+// A stub on `target` ("unix://..." or "host:port"), after waiting up to 5 s (scaled) for its channel to
 // connect, so that the first call of a test does not race the daemon's accept.
 inline std::unique_ptr<v1::PhysMem::Stub> ConnectStub(const std::string& target) {
   auto ch = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  ch->WaitForConnected(std::chrono::system_clock::now() + ScaledTimeout(std::chrono::seconds(5)));
   return v1::PhysMem::NewStub(ch);
 }
 
@@ -42,18 +43,20 @@ inline std::shared_ptr<grpc::Channel> OwnChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(64 << 20);
   auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  ch->WaitForConnected(std::chrono::system_clock::now() + ScaledTimeout(std::chrono::seconds(5)));
   return ch;
 }
 inline std::unique_ptr<v1::PhysMem::Stub> OwnStub(const std::string& target) {
   return v1::PhysMem::NewStub(OwnChannel(target));
 }
 
-// A client context whose deadline is `ms` from now; `&ctx` is the grpc::ClientContext* a stub
-// call takes. A hung daemon fails the call with DEADLINE_EXCEEDED instead of hanging the test.
+// A client context whose deadline is `ms` (scaled to the build, tests/time_scale.h) from now;
+// `&ctx` is the grpc::ClientContext* a stub call takes. A hung daemon fails the call with
+// DEADLINE_EXCEEDED instead of hanging the test. A test whose point is the deadline itself (an
+// allocation that waits until just before it) sets its own, on an unscaled context.
 struct Deadline {
   explicit Deadline(int64_t ms = 5000) {
-    c.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+    c.set_deadline(std::chrono::system_clock::now() + ScaledTimeout(std::chrono::milliseconds(ms)));
   }
   grpc::ClientContext c;
   grpc::ClientContext* operator&() { return &c; }
