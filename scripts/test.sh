@@ -13,10 +13,45 @@
 #      TSan: their reports are written to build-tsan/tsan-reports and judged afterwards by
 #      tests/tsan/tsan_reports.py, which fails the run on any race between two accesses made by
 #      our code and on every report that is not a data race (docs/sanitizers.md explains).
+# Each stage prints its time, and a table of all of them ends the run (also when a stage fails).
+#
+#   bash scripts/test.sh --quick   # daily work: the normal build and the tests not labelled slow
+#
+# Tests never race the wall clock: real-time waits are scaled to the build (tests/time_scale.h;
+# PHYSMEM_TEST_TIME_SCALE below for the Python tests), and leases expire when a test advances the
+# daemon's lease clock (tests/daemon_process.h).
 # Installs the Debian packages it needs first (scripts/install-deps.sh; root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    *) echo "usage: bash scripts/test.sh [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+STAGE_TIMES=()
+RUN_START=$SECONDS
+print_stage_times() {
+  local rc=$?
+  echo "== stage times"
+  local line
+  for line in "${STAGE_TIMES[@]}"; do echo "$line"; done
+  printf '%6d s  total (%s)\n' $((SECONDS - RUN_START)) "$([ $rc -eq 0 ] && echo passed || echo "FAILED, exit $rc")"
+}
+trap print_stage_times EXIT
+# stage NAME COMMAND...: runs one stage, prints and records its time.
+stage() {
+  local name=$1; shift
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  local dt=$((SECONDS - t0))
+  STAGE_TIMES+=("$(printf '%6d s  %s' "$dt" "$name")")
+  echo "== $name: ${dt} s"
+}
 
 JOBS=${JOBS:-$(nproc)}
 configure_and_build() {
@@ -25,29 +60,37 @@ configure_and_build() {
   ninja -C "$dir" -j"$JOBS"
 }
 
-echo "== normal build (warnings are errors)"
-configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-ctest --test-dir build --output-on-failure -j2 --timeout 900
+stage "install dependencies" bash scripts/install-deps.sh
 
-echo "== allocator tests with rseq disabled (per-CPU lists fall back to the zone lock)"
-GLIBC_TUNABLES=glibc.pthread.rseq=0 ctest --test-dir build --output-on-failure -j2 -L allocator --timeout 900
+stage "normal build (warnings are errors)" configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "$QUICK" = 1 ]; then
+  stage "tests not labelled slow" ctest --test-dir build --output-on-failure -j2 --timeout 900 -LE 'slow|deploy|soak'
+  exit 0
+fi
+stage "normal tests" ctest --test-dir build --output-on-failure -j2 --timeout 900
 
-echo "== ASan + UBSan"
-configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHYSMEM_SANITIZE=address -DPHYSMEM_BUILD_BENCH=OFF
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+stage "allocator tests with rseq disabled (per-CPU lists fall back to the zone lock)" \
+  env GLIBC_TUNABLES=glibc.pthread.rseq=0 ctest --test-dir build --output-on-failure -j2 -L allocator --timeout 900
+
+stage "ASan + UBSan build" configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DPHYSMEM_SANITIZE=address -DPHYSMEM_BUILD_BENCH=OFF
+stage "ASan + UBSan tests" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PHYSMEM_TEST_TIME_SCALE=5 \
   ctest --test-dir build-asan --output-on-failure -j2 -L 'allocator|server' --timeout 1800
 
-echo "== fuzzing (${FUZZ_SECONDS:-30} s per target)"
-PHYSMEM_SKIP_DEPS=1 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+stage "fuzzing (${FUZZ_SECONDS:-30} s per target)" env PHYSMEM_SKIP_DEPS=1 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
-echo "== TSan"
-configure_and_build build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHYSMEM_SANITIZE=thread -DPHYSMEM_BUILD_BENCH=OFF
+stage "TSan build" configure_and_build build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHYSMEM_SANITIZE=thread \
+  -DPHYSMEM_BUILD_BENCH=OFF
 # TSan's shadow memory needs a fixed address-space layout: run without ASLR (setarch -R). Both
 # setarch's personality and TSAN_OPTIONS are inherited by any process a test starts.
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+stage "TSan allocator tests" env TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+  PHYSMEM_TEST_TIME_SCALE=20 \
   setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L allocator --timeout 1800
 tsan_reports=$PWD/build-tsan/tsan-reports
 rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
-TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=4 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
+stage "TSan server and client tests" env \
+  TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=4 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
+  PHYSMEM_TEST_TIME_SCALE=20 \
   setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L server --timeout 1800
-/usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
+stage "TSan reports judged" /usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
