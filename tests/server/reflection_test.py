@@ -15,18 +15,19 @@ import grpc
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import grpc_reflection  # noqa: E402  (tests/grpc_reflection.py)
-from physmemd_process import Physmemd  # noqa: E402  (tests/physmemd_process.py)
+from physmemd_process import Physmemd, time_scale  # noqa: E402  (tests/physmemd_process.py)
 
 
 def main():
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as d, Physmemd(binary, d, "--mem_mb=64") as daemon:
         channel = grpc.insecure_channel(daemon.unix_target)
-        grpc.channel_ready_future(channel).result(timeout=10)
+        # Both timeouts only bound a hang; a sanitized daemon answers slower (time_scale()).
+        grpc.channel_ready_future(channel).result(timeout=10 * time_scale())
         replies = grpc_reflection.call(channel, [
             grpc_reflection.field(grpc_reflection.REQ_LIST_SERVICES, b""),
             grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, b"physmem.v1.PhysMem"),
-        ])
+        ], timeout=10 * time_scale())
         failures = []
         if len(replies) != 2:
             failures.append("expected 2 replies, got %d" % len(replies))
