@@ -34,7 +34,7 @@ from google.protobuf import json_format, message_factory
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import grpc_reflection  # noqa: E402  (tests/grpc_reflection.py)
-from physmemd_process import Physmemd  # noqa: E402  (tests/physmemd_process.py)
+from physmemd_process import Physmemd, time_scale  # noqa: E402  (tests/physmemd_process.py)
 
 # The alloc runs and the runs that undo them; every config in deploy/ghz must appear here.
 PLAN = [
@@ -113,7 +113,7 @@ def main():
     planned = sorted([a for a, _ in PLAN] + [b for _, b in PLAN if b and b.endswith(".json")])
     check(shipped == planned, "every shipped config is in the test's plan: %s vs %s" % (shipped, planned))
     default_socket = re.search(r'ABSL_FLAG\(std::string, unix_socket, "([^"]+)"',
-                               open(os.path.join(source, "server/main.cc")).read()).group(1)
+                               open(os.path.join(source, "server/daemon_main.cc")).read()).group(1)
     configs = {}
     for name in shipped:
         text = open(os.path.join(ghz_dir, name)).read()
@@ -129,16 +129,21 @@ def main():
               "%s dials the daemon's default socket unix://%s" % (name, default_socket))
         check(isinstance(cfg["data"], (dict, list)) and cfg["data"] != [], "%s: data is an object or a non-empty array" % name)
 
+    # Every timeout below only bounds a hang: a sanitized daemon on a loaded machine answers 5-20x
+    # slower (time_scale()). physmemctl gets a deadline scaled likewise; the leases it creates live
+    # for 10 minutes, longer than any run.
+    wait_s = 10 * time_scale()
+    ctl_timeout = "--timeout_ms=%d" % (2000 * time_scale())
     with tempfile.TemporaryDirectory() as d:
         with Physmemd(physmemd, d, "--mem_mb=512", "--metrics_listen=", tcp=True) as daemon:
             sock, tcp_port = daemon.sock, daemon.tcp_port
             for transport, host, ctl_target in [("unix", "unix://" + sock, "unix://" + sock),
                                                  ("tcp", "127.0.0.1:%d" % tcp_port, "127.0.0.1:%d" % tcp_port)]:
-                ctl = [physmemctl, "--target=" + ctl_target]
+                ctl = [physmemctl, "--target=" + ctl_target, ctl_timeout]
                 lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz"], capture_output=True,
-                                       text=True, timeout=10).stdout.strip()
+                                       text=True, timeout=wait_s).stdout.strip()
                 channel = grpc.insecure_channel(host)
-                grpc.channel_ready_future(channel).result(timeout=10)
+                grpc.channel_ready_future(channel).result(timeout=wait_s)
                 for run, undo in PLAN:
                     for name in [run] + ([undo] if undo and undo.endswith(".json") else []):
                         # The README's commands: the lease with jq, and the host rewritten with jq.
@@ -156,7 +161,7 @@ def main():
                             rendered = render(json.dumps(item), md, "g0c%d" % (req_num % 4), req_num)
                             req = json_format.Parse(rendered, req_cls())
                             try:
-                                reply = stub(req, timeout=10)
+                                reply = stub(req, timeout=wait_s)
                             except grpc.RpcError as e:
                                 check(False, "%s %s request %d: %s %s" % (transport, name, req_num, e.code(), e.details()))
                                 break
@@ -174,18 +179,18 @@ def main():
                         check(ok == n, "%s %s: %d of %d requests OK" % (transport, name, ok, n))
                         print("%s %s: %d requests via %s OK" % (transport, name, ok, cfg["call"]), flush=True)
                     if undo == "revoke":
-                        subprocess.run(ctl + ["lease", "revoke", lease], capture_output=True, timeout=10)
+                        subprocess.run(ctl + ["lease", "revoke", lease], capture_output=True, timeout=wait_s)
                         lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz"],
-                                               capture_output=True, text=True, timeout=10).stdout.strip()
+                                               capture_output=True, text=True, timeout=wait_s).stdout.strip()
                     elif undo:
-                        got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=10)
+                        got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=wait_s)
                         check("pages_held=0" in got.stdout, "%s: after %s and %s the lease holds nothing: %s" %
                               (transport, run, undo, got.stdout.strip()))
                 channel.close()
             # The flag-only commands of the README: their -d data, with $LEASE as the shell expands it.
-            ctl = [physmemctl, "--target=unix://" + sock]
+            ctl = [physmemctl, "--target=unix://" + sock, ctl_timeout]
             lease = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=ghz-cli"], capture_output=True,
-                                   text=True, timeout=10).stdout.strip()
+                                   text=True, timeout=wait_s).stdout.strip()
             readme = open(os.path.join(ghz_dir, "README.md")).read().replace("\\\n", " ")
             commands = re.findall(r"ghz --insecure --call=(\S+) .*?-d (\"(?:[^\"\\]|\\.)*\"|'[^']*')", readme)
             check(len(commands) >= 3, "README has flag-only ghz commands: %d" % len(commands))
@@ -199,15 +204,15 @@ def main():
                                            response_deserializer=resp_cls.FromString)
                 try:
                     for req_num in range(3):
-                        stub(json_format.Parse(render(data, md, "g0c0", req_num), req_cls()), timeout=10)
+                        stub(json_format.Parse(render(data, md, "g0c0", req_num), req_cls()), timeout=wait_s)
                     check(True, "README command " + call)
                 except grpc.RpcError as e:
                     check(False, "README command %s -d %s: %s %s" % (call, data, e.code(), e.details()))
-            got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=10)
+            got = subprocess.run(ctl + ["lease", "get", lease], capture_output=True, text=True, timeout=wait_s)
             check("pages_held=0" in got.stdout, "README commands: alloc then free leave nothing: " + got.stdout)
             channel.close()
-            v = subprocess.run([physmemctl, "--target=unix://" + sock, "validate"], capture_output=True, text=True,
-                               timeout=10)
+            v = subprocess.run([physmemctl, "--target=unix://" + sock, ctl_timeout, "validate"], capture_output=True,
+                               text=True, timeout=wait_s)
             check(v.returncode == 0, "validate after the runs: " + v.stdout + v.stderr)
     print("%d passed, %d failed" % (passed, len(failures)))
     return 1 if failures else 0
