@@ -5,9 +5,9 @@ Parses every YAML and JSON file in deploy/ and checks:
   * metric names used by dashboards and alert rules are in docs/metrics.md, and, with the daemon
     binary, in a real scrape of it;
   * ports and paths (metrics 9464, gRPC TCP 7070, the socket /run/physmemd/physmemd.sock) match
-    physmemd's flag defaults in server/main.cc and each other across compose, Prometheus, Grafana,
+    physmemd's flag defaults in server/daemon_main.cc and each other across compose, Prometheus, Grafana,
     Kubernetes, systemd and the Dockerfile;
-  * every daemon flag the kit passes exists (ABSL_FLAG in server/main.cc), and every loadgen flag
+  * every daemon flag the kit passes exists (ABSL_FLAG in server/daemon_main.cc), and every loadgen flag
     in clients/physmem_loadgen.cc;
   * compose and Kubernetes use the same image tag, the project version; volumes and mounts line
     up (Grafana provisioning, dashboards path, Prometheus rule files, socket and hugepages);
@@ -35,6 +35,11 @@ import time
 import urllib.request
 
 import yaml
+
+# The shared helpers live in tests/; no __pycache__ left in the source tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from physmemd_process import time_scale  # noqa: E402  (tests/physmemd_process.py)
 
 FAILURES = []
 PASSED = [0]
@@ -107,9 +112,9 @@ def main():
     check(len(docs) >= 15, "deploy/ has its YAML/JSON files: %d" % len(docs))
 
     # ---- the daemon's contract ----
-    daemon_flags = flags_of(os.path.join(source, "server/main.cc"))
+    daemon_flags = flags_of(os.path.join(source, "server/daemon_main.cc"))
     loadgen_flags = flags_of(os.path.join(source, "clients/physmem_loadgen.cc"))
-    check("metrics_listen" in daemon_flags and "unix_socket" in daemon_flags, "server/main.cc defines the flags")
+    check("metrics_listen" in daemon_flags and "unix_socket" in daemon_flags, "server/daemon_main.cc defines the flags")
     metrics_port = port_of(daemon_flags.get("metrics_listen", '":0"').strip('"'))
     socket_path = daemon_flags.get("unix_socket", '""').strip('"')
     check(metrics_port == 9464, "the daemon's default metrics port is 9464 (docs/metrics.md)")
@@ -199,9 +204,12 @@ def main():
             log = os.path.join(tmp, "log")
             p = subprocess.Popen([physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--mem_mb=64",
                                   "--metrics_listen=127.0.0.1:0"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            # Timeouts only bound a hang: a sanitized daemon on a loaded machine is 5-20x slower.
+            scale = time_scale()
             try:
                 port = None
-                for _ in range(200):
+                deadline = time.monotonic() + 10 * scale
+                while time.monotonic() < deadline and p.poll() is None:
                     m = re.search(r"event=started .*metrics=(\d+)", open(log).read())
                     if m:
                         port = int(m.group(1))
@@ -210,16 +218,17 @@ def main():
                 check(port is not None, "physmemd logs metrics=<port> in its started line")
                 if port:
                     # Some calls first, so that call-driven families have series.
-                    subprocess.run([loadgen, "--target=unix://" + sock, "--scenario=mixed", "--duration=1s"],
-                                   capture_output=True, timeout=30)
-                    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+                    subprocess.run([loadgen, "--target=unix://" + sock, "--scenario=mixed", "--duration=1s",
+                                    "--timeout_ms=%d" % (10000 * scale)], capture_output=True, timeout=30 * scale)
+                    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                                  timeout=10 * scale).read().decode()
                     exported = set(re.findall(r"^# TYPE (\w+) ", body, re.M))
                     for n in sorted(used):
                         if n != "up":
                             check(base_metric(n, histograms) in exported, "metric %s is in a real scrape" % n)
             finally:
                 p.terminate()
-                p.wait(timeout=10)
+                p.wait(timeout=10 * scale)
 
         # ---- compose ----
         compose = docs["deploy/compose.yaml"][0]
