@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -160,8 +161,9 @@ TEST_F(PageContents, MessagesSayWhatWasWrong) {
 // with 'B'. A reader keeps reading A's most recent page through A: whenever it succeeds, the
 // block was A's for the whole copy, so it sees zeros or 'A's, never a 'B'.
 TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
-  const uint64_t a = NewLease();
-  const uint64_t b = NewLease();
+  // Leases of an hour: they outlive the run however slow the machine (the run has no fixed length).
+  const uint64_t a = NewLease(3600 * 1000);
+  const uint64_t b = NewLease(3600 * 1000);
   std::atomic<uint64_t> last_pfn{0};
   std::atomic<bool> stop{false};
   std::atomic<int> reads_ok{0}, reads_refused{0}, bad{0};
@@ -203,7 +205,12 @@ TEST_F(PageContents, AConcurrentFreeNeverLetsAReadSeeTheNextOwnersBytes) {
       if (resp.data().find('B') != std::string::npos) bad.fetch_add(1);
     }
   });
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // At least 2 s of the race, and until the reader has caught A's page at least once: a slow
+  // (sanitized, loaded) machine gets there later, not never. The cap only bounds a broken run.
+  const auto start = std::chrono::steady_clock::now();
+  testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(30)), [&] {
+    return std::chrono::steady_clock::now() - start >= std::chrono::seconds(2) && reads_ok.load() > 0;
+  });
   stop.store(true);
   ta.join();
   tb.join();
