@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""End to end: the real physmemd, scraped every second by a real Prometheus server (Debian's
+"""End to end: the real daemon, scraped every second by a real Prometheus server (Debian's
 /usr/bin/prometheus) on loopback, with the shipped alert rules loaded. The test drives load
 (physmemctl and physmem_loadgen), then asks Prometheus's HTTP API that
 
@@ -11,6 +11,12 @@
     returns data, after substituting the variables and $__rate_interval/$__interval/$__range as
     Grafana would;
   * the shipped alert rules load and evaluate without errors.
+
+The daemon is physmemd_test_hooks, built next to PHYSMEMD: physmemd's own main with a lease clock
+the test advances, so that the lease whose expiry the metrics must count expires when the test
+says, not when a short TTL runs out on a slow machine (tests/physmemd_process.py). Real-time waits
+are bounded by time_scale() times their normal-build value, and the metrics are read from scrapes
+that began after the events they must count, not after a sleep.
 
 Usage: prometheus_e2e_test.py SOURCE_DIR PHYSMEMD PHYSMEMCTL PHYSMEM_LOADGEN   (run by ctest)
 Prints one line per check and 'N passed, M failed'.
@@ -28,8 +34,15 @@ import time
 import urllib.parse
 import urllib.request
 
+# The shared helpers live in tests/; no __pycache__ left in the source tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from physmemd_process import Physmemd, time_scale  # noqa: E402  (tests/physmemd_process.py)
+
 PROMETHEUS = "/usr/bin/prometheus"
 SCRAPE_S = 1  # scrape_interval of the test's Prometheus, and the datasource's timeInterval
+# Timeouts only bound a hang: the daemon under test may be a sanitized build on a loaded machine.
+SCALE = time_scale()
 
 
 class Checks:
@@ -57,7 +70,7 @@ class Prom:
 
     def get(self, path, **params):
         url = self.base + path + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(url, timeout=10 * SCALE) as r:
             body = json.load(r)
         if body.get("status") != "success":
             raise RuntimeError("%s: %s" % (url, body))
@@ -106,6 +119,9 @@ def metric_names_from_docs(source):
     return names
 
 
+# The TTL of the lease that expires (by the lease clock): far longer than the calls made under it.
+SHORT_TTL_MS = 60000
+
 HISTOGRAMS = {"physmem_alloc_wait_duration_seconds", "grpc_server_handling_seconds"}
 
 
@@ -136,11 +152,10 @@ def label_values(prom, query):
     return prom.get("/api/v1/label/%s/values" % m.group(2), **params)
 
 
-def ctl(physmemctl, sock, *args, check=True, timeout_ms=None):
-    cmd = [physmemctl, "--target=unix://" + sock]
-    if timeout_ms:
-        cmd.append("--timeout_ms=%d" % timeout_ms)
-    p = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
+def ctl(physmemctl, sock, *args, check=True, timeout_ms=2000):
+    # The deadline of every call (allocations included): physmemctl's 2 s default, scaled.
+    cmd = [physmemctl, "--target=unix://" + sock, "--timeout_ms=%d" % (timeout_ms * SCALE)]
+    p = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30 * SCALE)
     if check and p.returncode != 0:
         raise RuntimeError("physmemctl %s: %s" % (" ".join(args), p.stderr))
     return p
@@ -164,7 +179,7 @@ def main():
                 p.terminate()
             for p in procs:
                 try:
-                    p.wait(timeout=10)
+                    p.wait(timeout=10 * SCALE)
                 except subprocess.TimeoutExpired:
                     p.kill()
     print("%d passed, %d failed" % (c.passed, len(c.failed)))
@@ -173,13 +188,12 @@ def main():
 
 def run(c, procs, d, source, physmemd, physmemctl, loadgen):
     t_start = time.time()
-    sock = os.path.join(d, "physmemd.sock")
-    dlog = open(os.path.join(d, "physmemd.log"), "w")
-    procs.append(subprocess.Popen(
-        [physmemd, "--unix_socket=" + sock, "--arena=ordinary", "--target=x86_64", "--mem_mb=64",
-         "--metrics_listen=127.0.0.1:0", "--max_alloc_wait_ms=300"], stdout=dlog, stderr=dlog))
-    started = wait_for(lambda: re.search(r"event=started .*", open(dlog.name).read()), 20, "physmemd's started line")
-    line = started.group(0)
+    # Metrics on a free port (Physmemd's --metrics_listen=127.0.0.1:0), an ordinary arena.
+    daemon = Physmemd(physmemd, d, "--target=x86_64", "--mem_mb=64", "--max_alloc_wait_ms=300", lease_clock=True)
+    daemon.start()
+    procs.append(daemon.process)
+    sock = daemon.sock
+    line = daemon.started_line
     metrics_port = int(re.search(r"metrics=(\d+)", line).group(1))
     pcp_on = "pcp=off" not in line
     metadata_bytes = int(re.search(r"metadata_bytes=(\d+)", line).group(1))
@@ -196,8 +210,9 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
         [PROMETHEUS, "--config.file=" + cfg, "--storage.tsdb.path=" + os.path.join(d, "tsdb"),
          "--web.listen-address=127.0.0.1:%d" % prom_port, "--log.level=warn"], stdout=plog, stderr=plog))
     prom = Prom(prom_port)
-    wait_for(prom.ready, 30, "Prometheus ready")
-    wait_for(lambda: by(prom.query('up{job="physmemd"}'), "job").get(("physmemd",)) == 1, 30, "the first scrape")
+    wait_for(prom.ready, 30 * SCALE, "Prometheus ready")
+    wait_for(lambda: by(prom.query('up{job="physmemd"}'), "job").get(("physmemd",)) == 1, 30 * SCALE,
+             "the first scrape")
     c.check(True, "Prometheus scrapes physmemd on 127.0.0.1:%d" % metrics_port)
 
     def fresh(expr, after):
@@ -207,11 +222,19 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
             if r and min(float(s["value"][1]) for s in r) > after:
                 return prom.query(expr)
             return None
-        return wait_for(got, 15, "a scrape of %s after %.3f" % (expr, after))
+        return wait_for(got, 15 * SCALE, "a scrape of %s after %.3f" % (expr, after))
+
+    def scraped_after(after):
+        """The start time of the first scrape of physmemd that began after `after`."""
+        def got():
+            times = [float(s["value"][1]) for s in prom.query('timestamp(up{job="physmemd"})')]
+            return next((t for t in times if t > after), None)
+        return wait_for(got, 15 * SCALE, "a scrape after %.3f" % after)
 
     # --- Free pages drop by exactly what was allocated (per zone). Nothing else runs now.
     t0 = time.time()
     before = by(fresh("physmem_zone_free_pages", t0), "zone")
+    # 10 minutes: it outlives the test, and the lease clock's advance below (SHORT_TTL_MS).
     lease = ctl(physmemctl, sock, "lease", "create", "--ttl_ms=600000", "--name=e2e-held").stdout.strip()
     allocated = {}
     for gfp, order in [("GFP_KERNEL", 3), ("GFP_KERNEL", 0), ("GFP_KERNEL|__GFP_DMA32", 2), ("GFP_KERNEL|__GFP_DMA", 1)]:
@@ -230,7 +253,8 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
     # --- Load: every kind of event the metrics count.
     t_load = time.time()
     p = subprocess.run([loadgen, "--target=unix://" + sock, "--scenario=mixed", "--concurrency=2", "--duration=3s",
-                        "--orders=0,1,2,3", "--format=summary"], capture_output=True, text=True, timeout=60)
+                        "--orders=0,1,2,3", "--format=summary", "--timeout_ms=%d" % (10000 * SCALE)],
+                       capture_output=True, text=True, timeout=60 * SCALE)
     c.check(p.returncode == 0, "physmem_loadgen mixed run", p.stderr[-500:])
     ctl(physmemctl, sock, "alloc", lease, "--form=zeroed")
     # High-order failures: order-10 GFP_NOWAIT in DMA until the zone cannot give one.
@@ -240,7 +264,8 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
             failures += 1
     c.check(failures > 0, "order-10 DMA allocations eventually fail", "%d failures" % failures)
     # Fallback and waiting: exhaust Normal with order-10 blocks (they fall back to DMA32), then
-    # a GFP_KERNEL allocation that waits 300 ms for memory and times out.
+    # a GFP_KERNEL allocation that waits 300 ms (--max_alloc_wait_ms, well inside its deadline)
+    # for memory and times out.
     hog = ctl(physmemctl, sock, "lease", "create", "--ttl_ms=600000", "--name=e2e-hog").stdout.strip()
     zones_served = set()
     for _ in range(20):
@@ -251,19 +276,25 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
     c.check("DMA32" in zones_served, "GFP_NOWAIT order 10 falls back from Normal to DMA32", str(zones_served))
     ctl(physmemctl, sock, "alloc", hog, "--gfp=GFP_KERNEL", "--order=10", check=False, timeout_ms=2000)
     ctl(physmemctl, sock, "lease", "revoke", hog)
-    # An expiring lease holding a page; a refused free (double free).
-    short = ctl(physmemctl, sock, "lease", "create", "--ttl_ms=500", "--name=e2e-short").stdout.strip()
+    # An expiring lease holding a page; a refused free (double free). The lease expires when the
+    # test moves the daemon's lease clock past its TTL, whatever the real time its calls took.
+    short = ctl(physmemctl, sock, "lease", "create", "--ttl_ms=%d" % SHORT_TTL_MS, "--name=e2e-short").stdout.strip()
     out = ctl(physmemctl, sock, "alloc", short, "--order=0").stdout
-    pfn = re.search(r"pfn=(0x[0-9a-f]+)", out).group(1)
+    c.check(re.search(r"pfn=(0x[0-9a-f]+)", out) is not None, "the short lease holds a page", out)
     tmp = ctl(physmemctl, sock, "alloc", lease, "--order=0").stdout
     tmp_pfn = re.search(r"pfn=(0x[0-9a-f]+)", tmp).group(1)
     ctl(physmemctl, sock, "free", lease, "--pfn=" + tmp_pfn)
     c.check(ctl(physmemctl, sock, "free", lease, "--pfn=" + tmp_pfn, check=False).returncode == 1,
             "a double free is refused")
-    wait_for(lambda: ctl(physmemctl, sock, "lease", "get", short, check=False).returncode == 1, 5, "the lease's expiry")
-    del pfn
+    daemon.advance_lease_clock(SHORT_TTL_MS + 1)
+    c.check(daemon.wait_for_log("event=lease_expired lease=%s " % short), "the reaper ends the short lease",
+            daemon.log()[-2000:])
+    c.check(ctl(physmemctl, sock, "lease", "get", short, check=False).returncode == 1, "the expired lease is gone")
     t_end = time.time()
-    time.sleep(2 * SCRAPE_S + 0.5)  # two more scrapes
+    # Two more scrapes, both begun after every event above: the checks below read them, and the
+    # panels' ranges end with them (a rate() needs two samples of a series, and the series of the
+    # last events above only appear in scrapes after them).
+    t_last = scraped_after(scraped_after(t_end))
 
     # --- Every metric of docs/metrics.md exists.
     names = metric_names_from_docs(source)
@@ -364,7 +395,7 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
                         r = prom.query(expr, now)
                         points = [s["value"][1] for s in r]
                     else:
-                        r = prom.query_range(expr, t_load, t_end + SCRAPE_S, SCRAPE_S)
+                        r = prom.query_range(expr, t_load, t_last + SCRAPE_S, SCRAPE_S)
                         points = [v[1] for s in r for v in s["values"]]
                 except Exception as e:  # a query Prometheus refuses is a failed panel
                     c.check(False, what, "%s: %s" % (expr, e))
