@@ -58,7 +58,7 @@ ABSL_FLAG(std::string, gfp, "GFP_KERNEL", "GFP mask of every allocation (GFP_KER
 ABSL_FLAG(int32_t, burst, 64, "burst: blocks held before freeing them all; mixed: bulk page count");
 ABSL_FLAG(int32_t, allocs_per_lease, 4, "lease-churn: allocations between CreateLease and RevokeLease");
 ABSL_FLAG(int64_t, lease_ttl_ms, 10000, "TTL of the leases the workers create");
-ABSL_FLAG(int64_t, timeout_ms, 10000, "deadline of each allocating call (ghz's -t)");
+ABSL_FLAG(int64_t, timeout_ms, 10000, "deadline of each call, allocating or not (ghz's -t)");
 ABSL_FLAG(std::string, format, "summary", "report format: summary, json or pretty (indented json)");
 ABSL_FLAG(std::string, output, "", "report file ('' = stdout); with json/pretty the summary also goes to stderr");
 ABSL_FLAG(std::string, name, "", "report name (ghz's --name)");
@@ -623,7 +623,9 @@ int Main() {
   options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  // ghz's -t bounds every request; so does ours, whether it allocates or not.
   options.alloc_timeout_ms = absl::GetFlag(FLAGS_timeout_ms);
+  options.call_timeout_ms = absl::GetFlag(FLAGS_timeout_ms);
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
   if (!client.ok()) {
     std::fprintf(stderr, "physmem_loadgen: %s\n", client.status().ToString().c_str());
