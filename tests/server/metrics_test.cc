@@ -7,6 +7,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -34,7 +35,8 @@ using Labels = std::map<std::string, std::string>;
 std::string HttpGet(int port, const std::string& path = "/metrics") {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "";
-  timeval tv{5, 0};
+  const auto wait = testing::ScaledTimeout(std::chrono::seconds(5));  // a scrape of a slow daemon
+  timeval tv{static_cast<time_t>(wait.count() / 1000), 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -153,12 +155,13 @@ std::vector<std::string> DocumentedFamilies() {
 class Metrics : public testing::DaemonStubTest {
  protected:
   // i386 with 1 GiB: DMA (4096 pages), Normal and HighMem (32768 pages); `extra` flags come last
-  // and win.
-  void StartDaemon(std::vector<std::string> extra = {}) {
+  // and win. A test that lets a lease expire runs the daemon on a lease clock it moves (`clock`).
+  void StartDaemon(std::vector<std::string> extra = {},
+                   testing::LeaseClockMode clock = testing::LeaseClockMode::kReal) {
     // --identity_dma_pages: one identity exhausts zones down to ZONE_DMA (default cap: 1/8 of it).
     std::vector<std::string> args = {"--target=i386", "--mem_mb=1024", "--max_alloc_wait_ms=3000", "--identity_dma_pages=4096"};
     args.insert(args.end(), extra.begin(), extra.end());
-    DaemonStubTest::StartDaemon(std::move(args));
+    DaemonStubTest::StartDaemon(std::move(args), /*tcp=*/false, clock);
   }
   void SetUp() override { StartDaemon(); }
 
@@ -170,7 +173,8 @@ class Metrics : public testing::DaemonStubTest {
     return Parse(body);
   }
 
-  uint64_t NewLease(const std::string& name = "test", int64_t ttl_ms = 60000) {
+  // An hour by default: no test here wants a lease to end before it says so.
+  uint64_t NewLease(const std::string& name = "test", int64_t ttl_ms = 3600 * 1000) {
     v1::CreateLeaseRequest req;
     req.set_ttl_ms(ttl_ms);
     req.set_name(name);
@@ -186,6 +190,16 @@ class Metrics : public testing::DaemonStubTest {
   }
   grpc::Status Free(uint64_t lease, uint64_t pfn, uint32_t order) {
     return testing::FreePages(stub_.get(), lease, pfn, order);
+  }
+
+  // Waits until the daemon shows a call parked for memory, given the failure count from before the
+  // call was made: its first attempt and at least one retry from the waiter queue (which retries
+  // every 20 ms, and only calls it holds) have each counted an allocation failure. With one call
+  // in flight, that call is the one waiting.
+  bool WaitUntilParked(double failures_before) {
+    return testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(5)), [&] {
+      return Get().Sum("physmem_alloc_failures_total") >= failures_before + 2;
+    });
   }
 };
 
@@ -407,30 +421,53 @@ TEST_F(Metrics, StreamingAndHealthCallsAreCounted) {
 }
 
 TEST_F(Metrics, WaitsAreCountedByOutcome) {
+  // The daemon's own bound on a wait (--max_alloc_wait_ms) ends the timed-out call, with the
+  // caller's deadline far beyond it: the answer is the daemon's RESOURCE_EXHAUSTED however late the
+  // request arrives, not a race between its 50 ms margin and the caller's deadline. The bound is
+  // scaled so that the cancelled and satisfied calls, which the test ends 300 ms after it sees them
+  // parked, are ended by the test and not by it.
+  const auto max_wait = testing::ScaledTimeout(std::chrono::milliseconds(2000));
+  daemon_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--max_alloc_wait_ms=" + std::to_string(max_wait.count())}));
   const uint64_t lease = NewLease();
   // Empty ZONE_DMA down to its min watermark with order-0 pages that cannot wait.
   v1::AllocPagesBulkResponse got;
   ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_DMA", 4096, &got, 20000).ok());
   ASSERT_GT(got.pfn_size(), 3000);
   ASSERT_LT(got.pfn_size(), 4096);
-  // timed_out: a mask that may wait, with a short deadline.
-  EXPECT_EQ(Alloc(lease, "GFP_KERNEL|__GFP_DMA", 0, nullptr, 500).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  // cancelled: the client gives up while the call waits.
+  const int64_t long_deadline_ms = 30000;  // scaled by Alloc like max_wait: always far beyond it
+  // timed_out: a mask that may wait, until the daemon's bound; its message says it waited all of it.
+  const grpc::Status timed_out = Alloc(lease, "GFP_KERNEL|__GFP_DMA", 0, nullptr, long_deadline_ms);
+  EXPECT_EQ(timed_out.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << timed_out.error_message();
+  EXPECT_THAT(timed_out.error_message(),
+              ::testing::HasSubstr("(waited " + std::to_string(max_wait.count()) + " ms for memory"));
+  // cancelled: the client gives up while the call waits (300 ms after the daemon shows it parked).
   {
     grpc::ClientContext ctx;
     v1::AllocPagesRequest req;
     req.set_lease_id(lease);
     req.set_gfp("GFP_KERNEL|__GFP_DMA");
     v1::Allocation out;
+    const double failures = Get().Sum("physmem_alloc_failures_total");
     std::thread cancel([&] {
+      EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
       ctx.TryCancel();
     });
     EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
     cancel.join();
   }
-  // satisfied: another client frees pages while the call waits.
+  // The client hears CANCELLED at once; the daemon's waiter thread notices at its next pass (every
+  // 20 ms). Counted, the call is off the queue and counts no more failures.
+  Scrape m;
+  EXPECT_TRUE(testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(3)), [&] {
+    m = Get();
+    return m.Sum("physmem_alloc_waits_total", {{"outcome", "cancelled"}}) == 1;
+  }));
+  // satisfied: another client frees pages while the call waits (300 ms after it shows parked).
+  const double failures = m.Sum("physmem_alloc_failures_total");
   std::thread freer([&] {
+    EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     v1::FreePagesBulkRequest f;
     f.set_lease_id(lease);
@@ -441,27 +478,29 @@ TEST_F(Metrics, WaitsAreCountedByOutcome) {
     EXPECT_EQ(fr.blocks_freed(), 64u);
   });
   v1::Allocation a;
-  EXPECT_TRUE(Alloc(lease, "GFP_KERNEL|__GFP_DMA", 0, &a, 5000).ok());
+  EXPECT_TRUE(Alloc(lease, "GFP_KERNEL|__GFP_DMA", 0, &a, long_deadline_ms).ok());
   freer.join();
   EXPECT_EQ(a.zone(), "DMA");
-  // The cancelled call is noticed by the waiter thread within its 20 ms poll.
-  Scrape m;
-  EXPECT_TRUE(testing::Eventually(std::chrono::seconds(3), [&] {
-    m = Get();
-    return m.Sum("physmem_alloc_waits_total", {{"outcome", "cancelled"}}) == 1;
-  }));
+  m = Get();
+  EXPECT_EQ(m.Sum("physmem_alloc_waits_total", {{"outcome", "cancelled"}}), 1);
   EXPECT_EQ(m.Sum("physmem_alloc_waits_total", {{"outcome", "timed_out"}}), 1);
   EXPECT_EQ(m.Sum("physmem_alloc_waits_total", {{"outcome", "satisfied"}}), 1);
   EXPECT_EQ(m.Sum("physmem_alloc_wait_duration_seconds_count"), 3);
-  // Each waited at least ~0.3 s (timed out after 0.45 s; cancelled, satisfied after 0.3 s).
-  EXPECT_GT(m.Sum("physmem_alloc_wait_duration_seconds_sum"), 0.8);
+  // How long each waited, by the daemon's clock: the timed-out one all of max_wait; the cancelled
+  // and satisfied ones more than 0.3 s (each parked before the test saw it, ended 0.3 s after).
+  EXPECT_GE(m.Sum("physmem_alloc_wait_duration_seconds_sum"), std::chrono::duration<double>(max_wait).count() + 0.6);
   EXPECT_EQ(m.Sum("physmem_alloc_wait_duration_seconds_bucket", {{"le", "0.1"}}), 0);
   EXPECT_EQ(m.Sum("physmem_alloc_wait_duration_seconds_bucket", {{"le", "+Inf"}}), 3);
 }
 
 TEST_F(Metrics, LeaseCountersMoveAsDriven) {
-  const uint64_t a = NewLease("a");
-  const uint64_t short_lived = NewLease("short", 500);
+  // The short lease expires when the test moves the daemon's lease clock past its TTL, not while
+  // a slow machine is still allocating into it and scraping.
+  daemon_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({}, testing::LeaseClockMode::kTestControlled));
+  constexpr auto kShortTtl = std::chrono::milliseconds(60000);
+  const uint64_t a = NewLease("a");  // an hour: outlives the clock's move
+  const uint64_t short_lived = NewLease("short", kShortTtl.count());
   ASSERT_TRUE(Alloc(a, "GFP_KERNEL", 3).ok());
   ASSERT_TRUE(Alloc(short_lived, "GFP_KERNEL", 1).ok());
   Scrape m = Get();
@@ -469,11 +508,14 @@ TEST_F(Metrics, LeaseCountersMoveAsDriven) {
   EXPECT_EQ(m.Sum("physmem_leases_created_total"), 2);
   EXPECT_EQ(m.Sum("physmem_lease_held_pages", {{"lease_name", "a"}}), 8);
   EXPECT_EQ(m.Sum("physmem_lease_held_pages", {{"lease_name", "short"}}), 2);
-  // The short lease expires (no keep-alive): its 2 pages come back.
-  EXPECT_TRUE(testing::Eventually(std::chrono::seconds(5), [&] {
+  // The short lease expires (no keep-alive): its 2 pages come back. The reaper adds its reclaimed
+  // pages to the counter after the expiry line, hence the wait for both.
+  ASSERT_NO_FATAL_FAILURE(ExpireByClock(short_lived, kShortTtl));
+  EXPECT_TRUE(testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(5)), [&] {
     m = Get();
-    return m.Sum("physmem_leases_expired_total") == 1;
+    return m.Sum("physmem_leases_expired_total") >= 1 && m.Sum("physmem_lease_pages_reclaimed_total") >= 2;
   }));
+  EXPECT_EQ(m.Sum("physmem_leases_expired_total"), 1);
   EXPECT_EQ(m.Sum("physmem_lease_pages_reclaimed_total"), 2);
   EXPECT_EQ(m.Sum("physmem_leases_active"), 1);
   EXPECT_TRUE(m.All("physmem_lease_held_pages").size() == 1);
