@@ -22,6 +22,10 @@ namespace {
 using ::testing::HasSubstr;
 using v1::PhysMem;
 
+// Leases here live a day: none may expire while a slow (sanitized, loaded) build still uses it.
+// The one that must expire is expired by the test's lease clock.
+constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
+
 TEST(ZoneSharePercent, OneNumberAppliesToEveryZone) {
   absl::StatusOr<std::array<uint32_t, MAX_NR_ZONES>> p = ParseZoneSharePercent("40");
   ASSERT_TRUE(p.ok()) << p.status();
@@ -52,6 +56,9 @@ class Limits : public testing::DaemonStubTest {
     // i386 with 64 MiB: ZONE_DMA 16 MiB (4096 pages), ZONE_NORMAL 48 MiB.
     flags.insert(flags.begin(), {"--target=i386", "--mem_mb=64", "--max_alloc_wait_ms=200"});
     StartDaemon(std::move(flags));
+  }
+  uint64_t NewLease(int64_t ttl_ms = kDayMs, PhysMem::Stub* stub = nullptr) {
+    return DaemonStubTest::NewLease(ttl_ms, stub);
   }
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, uint32_t order, v1::Allocation* out = nullptr,
                      PhysMem::Stub* s = nullptr) {
@@ -114,15 +121,17 @@ TEST_F(Limits, AnExpiredLeaseGivesItsPagesBackToTheIdentity) {
   StartDaemon({"--target=i386", "--mem_mb=64", "--max_alloc_wait_ms=200", "--identity_max_pages=16",
                "--identity_dma_pages=4"},
               /*tcp=*/false, testing::LeaseClockMode::kTestControlled);
-  const uint64_t short_lived = NewLease(/*ttl_ms=*/1000);
+  // An hour: it expires when the clock is moved past that, never on its own during the calls.
+  constexpr int64_t kShortMs = 3600 * 1000;
+  const uint64_t short_lived = NewLease(kShortMs);
   ASSERT_TRUE(Alloc(short_lived, "GFP_DMA", 2).ok());     // 4 DMA pages
   ASSERT_TRUE(Alloc(short_lived, "GFP_KERNEL", 3).ok());  // 8 more
-  const uint64_t l = NewLease(/*ttl_ms=*/3600 * 1000);
+  const uint64_t l = NewLease(kDayMs);
   EXPECT_EQ(Alloc(l, "GFP_KERNEL", 3).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Alloc(l, "GFP_DMA", 0).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Census().identity_pages(), 12u);
   // Once the reaper has ended it, the identity's counters are back to zero.
-  ASSERT_NO_FATAL_FAILURE(ExpireByClock(short_lived, std::chrono::milliseconds(1000)));
+  ASSERT_NO_FATAL_FAILURE(ExpireByClock(short_lived, std::chrono::milliseconds(kShortMs)));
   EXPECT_EQ(Census().identity_pages(), 0u);
   EXPECT_TRUE(Alloc(l, "GFP_KERNEL", 3).ok());
   EXPECT_TRUE(Alloc(l, "GFP_DMA", 2).ok());
@@ -191,7 +200,7 @@ TEST_F(Limits, ConcurrentCallsOfOneIdentityNeverOvershoot) {
     for (int t = 0; t < 8; ++t) {
       threads.emplace_back([&, gfp] {
         auto stub = testing::ConnectStub(daemon_->unix_target());
-        const uint64_t l = NewLease(60000, stub.get());
+        const uint64_t l = NewLease(kDayMs, stub.get());
         for (int i = 0; i < 1000; ++i) {
           grpc::Status s = Alloc(l, gfp, 0, nullptr, stub.get());
           if (!s.ok()) {
@@ -247,7 +256,7 @@ TEST(LimitFlags, DmaPagesZeroIsAcceptedAndStopsEveryDmaPage) {
   testing::DaemonProcess d({"--target=i386", "--mem_mb=64", "--identity_dma_pages=0"});
   ASSERT_TRUE(d.Start()) << d.log();
   auto stub = testing::ConnectStub(d.unix_target());
-  const uint64_t lease = testing::CreateLease(stub.get(), 60000);
+  const uint64_t lease = testing::CreateLease(stub.get(), kDayMs);
   ASSERT_NE(lease, 0u);
   const grpc::Status s = testing::AllocPages(stub.get(), lease, "GFP_DMA", 0, nullptr);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();

@@ -7,6 +7,8 @@
 //   3. the worst case for the journal: one record per page (262144 single AllocPages records),
 //      written with the journal API directly (262144 RPCs would take a minute), then recovered
 //      by the real daemon.
+// The lease that owns everything lives a day: a sanitized build takes minutes to fill, restart
+// and check the machine. Waits (a restart serving, a compaction) are scaled to the build.
 #include <unistd.h>
 
 #include <regex>
@@ -24,6 +26,8 @@ namespace {
 
 using testing::DaemonProcess;
 namespace v1 = ::physmem::v1;
+
+constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
 
 std::string Field(const std::string& log, const std::string& key) {
   std::smatch m;
@@ -54,7 +58,7 @@ class RecoveryTime : public ::testing::Test {
   std::string KillAndRecover(std::unique_ptr<DaemonProcess>& d, const std::vector<std::string>& args,
                              uint64_t want_pages) {
     d->Kill(SIGKILL);
-    d->WaitExit(std::chrono::seconds(10));
+    EXPECT_TRUE(d->WaitExit(testing::ScaledTimeout(std::chrono::seconds(10))).has_value());
     const auto t0 = std::chrono::steady_clock::now();
     d = std::make_unique<DaemonProcess>(args);
     EXPECT_TRUE(d->Start()) << d->log();
@@ -77,7 +81,7 @@ TEST_F(RecoveryTime, OneGibFullOfOrderZeroPages) {
   uint64_t lease = 0;
   {
     v1::CreateLeaseRequest req;
-    req.set_ttl_ms(600000);
+    req.set_ttl_ms(kDayMs);
     v1::CreateLeaseResponse resp;
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub->CreateLease(&ctx, req, &resp).ok());
@@ -105,8 +109,7 @@ TEST_F(RecoveryTime, OneGibFullOfOrderZeroPages) {
   // A tiny threshold makes the restarted daemon compact at once; the next recovery reads the snapshot.
   const std::vector<std::string> compacting = Args("4096");
   std::printf("again (journal as the restart left it): %s\n", KillAndRecover(d, compacting, pages).c_str());
-  ASSERT_TRUE(testing::Eventually(std::chrono::seconds(20),
-                                  [&] { return d->log().find("event=journal_compacted") != std::string::npos; }));
+  ASSERT_TRUE(d->WaitForLog("event=journal_compacted", 1, std::chrono::seconds(20)));
   std::printf("from a snapshot: %s\n", KillAndRecover(d, Args(), pages).c_str());
 }
 
@@ -128,8 +131,9 @@ TEST_F(RecoveryTime, OneGibFromOneRecordPerPage) {
     ASSERT_TRUE(j.ok());
     ASSERT_TRUE((*j)->Start(uint64_t{5} << 32, 2).ok());
     const uint64_t lease = (uint64_t{5} << 32) | 1;
-    const int64_t deadline = std::chrono::steady_clock::now().time_since_epoch().count() + int64_t{600} * 1000000000;
-    (*j)->LeaseCreated(lease, "uid:" + std::to_string(::getuid()), "full", 600000, 0, deadline);
+    // On the daemon's lease clock, CLOCK_MONOTONIC (steady_clock), as the daemon writes them.
+    const int64_t deadline = std::chrono::steady_clock::now().time_since_epoch().count() + kDayMs * 1000000;
+    (*j)->LeaseCreated(lease, "uid:" + std::to_string(::getuid()), "full", kDayMs, 0, deadline);
     for (uint64_t pfn : pfns) {
       const JournalEntry e{pfn, 0, false, {}};
       (*j)->Allocated(lease, {&e, 1});

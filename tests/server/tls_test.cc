@@ -75,11 +75,13 @@ class MutualTls : public ::testing::Test {
     return v1::PhysMem::NewStub(ch);
   }
 
+  // The first call on a channel: its deadline also bounds the TLS handshake (scaled to the build,
+  // as a sanitized handshake is slow). The lease lives a day, past any slow build's test.
   static grpc::Status CreateLease(v1::PhysMem::Stub* s, uint64_t* id) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    ctx.set_deadline(std::chrono::system_clock::now() + testing::ScaledTimeout(std::chrono::seconds(5)));
     v1::CreateLeaseRequest r;
-    r.set_ttl_ms(60000);
+    r.set_ttl_ms(int64_t{24} * 3600 * 1000);
     v1::CreateLeaseResponse resp;
     grpc::Status st = s->CreateLease(&ctx, r, &resp);
     *id = resp.lease_id();
