@@ -1,5 +1,11 @@
 // Tests the physmemctl binary (clients/physmemctl.cc) as a process against the real physmemd:
 // each subcommand's output and exit status, usage errors (2) and refusals (1).
+//
+// Time: a physmemctl process takes its time to start (much more under a sanitizer on a loaded
+// machine), so the leases it works on get TTLs no slow machine outruns, or are held by the test's
+// own keep-alive until the CLI holds them; a lease that must expire is expired by the daemon's
+// lease clock (CtlLeaseClockTest). `lease keepalive` renews every ttl/3 in real time: its tests
+// scale the TTL and their waits by TimeScale() (tests/time_scale.h).
 
 #include <fcntl.h>
 #include <regex.h>
@@ -32,6 +38,8 @@ namespace physmem::client {
 namespace {
 
 using ::physmem::testing::DaemonProcess;
+using ::physmem::testing::ScaledTimeout;
+using ::physmem::testing::TimeScale;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::MatchesRegex;
@@ -39,6 +47,11 @@ using ::testing::StartsWith;
 using Clock = std::chrono::steady_clock;
 
 const std::vector<std::string> kSmallI386 = {"--target=i386", "--mem_mb=64"};
+// A TTL that outlives any test, however slow the machine: for leases that must not expire.
+constexpr int64_t kLongTtlMs = int64_t{3600} * 1000;
+// Deadlines that only bound a hang (a process's exit, a call): sanitized daemons and CLIs on a
+// busy machine are slow.
+std::chrono::milliseconds HangBound() { return ScaledTimeout(std::chrono::seconds(20)); }
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -155,7 +168,7 @@ class CtlTest : public ::testing::Test {
     ASSERT_TRUE(daemon_.Start()) << daemon_.log();
     ClientOptions o;
     o.target = daemon_.unix_target();
-    o.connect_timeout_ms = o.call_timeout_ms = 20000;  // sanitized daemons on a busy machine are slow
+    o.connect_timeout_ms = o.call_timeout_ms = HangBound().count();
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = *std::move(c);
@@ -165,19 +178,26 @@ class CtlTest : public ::testing::Test {
   // busy machine can take longer than the default 2 s to answer; the test's args come last, so
   // that their own --timeout_ms wins).
   std::vector<std::string> Args(const std::vector<std::string>& args) const {
-    std::vector<std::string> all = {"--target=" + daemon_.unix_target(), "--timeout_ms=20000"};
+    std::vector<std::string> all = {"--target=" + daemon_.unix_target(),
+                                    "--timeout_ms=" + std::to_string(HangBound().count())};
     all.insert(all.end(), args.begin(), args.end());
     return all;
   }
   CtlResult Run(const std::vector<std::string>& args) {
     CtlProcess p(Args(args));
-    std::optional<CtlResult> r = p.Wait(std::chrono::seconds(30));
+    std::optional<CtlResult> r = p.Wait(HangBound() + HangBound() / 2);
     EXPECT_TRUE(r.has_value()) << "physmemctl did not exit";
     return r.value_or(CtlResult());
   }
 
-  // A lease that outlives its object (so that the CLI can use it), revoked at the end.
-  uint64_t NewLeaseId(LeaseOptions o = {}) {
+  // Options of a lease that outlives the test (kLongTtlMs).
+  static LeaseOptions LongLived() {
+    LeaseOptions o;
+    o.ttl_ms = kLongTtlMs;
+    return o;
+  }
+  // A lease that outlives its object (so that the CLI can use it); nothing renews it.
+  uint64_t NewLeaseId(LeaseOptions o = LongLived()) {
     o.keepalive = false;
     absl::StatusOr<std::unique_ptr<Lease>> lease = client_->CreateLease(o);
     EXPECT_TRUE(lease.ok()) << lease.status();
@@ -190,9 +210,30 @@ class CtlTest : public ::testing::Test {
     EXPECT_TRUE(lease.ok()) << lease.status();
     return lease.ok() ? *std::move(lease) : nullptr;
   }
+  // A lease of `ttl_ms` that the test's own keep-alive holds until the object is destroyed, which
+  // leaves the lease alive (Release): a short TTL would otherwise race a CLI process's start.
+  std::unique_ptr<Lease> KeptAliveLease(int64_t ttl_ms) {
+    LeaseOptions o;
+    o.ttl_ms = ttl_ms;
+    absl::StatusOr<std::unique_ptr<Lease>> lease = client_->CreateLease(o);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    if (!lease.ok()) return nullptr;
+    (*lease)->Release();
+    return *std::move(lease);
+  }
 
   DaemonProcess daemon_;
   std::unique_ptr<Client> client_;
+};
+
+// A daemon whose lease clock the test advances (DaemonProcess::UseLeaseClock): its leases expire
+// when the test says, not while a CLI process is still starting.
+class CtlLeaseClockTest : public CtlTest {
+ protected:
+  void SetUp() override {
+    daemon_.UseLeaseClock();
+    CtlTest::SetUp();
+  }
 };
 
 // ---- lease ----
@@ -208,52 +249,66 @@ TEST_F(CtlTest, LeaseCreatePrintsTheNewLeasesId) {
   EXPECT_EQ(info->granted_ttl_ms(), 60000);
 }
 
-TEST_F(CtlTest, ALeaseCreatedByTheCliLivesForItsTtlThenExpires) {
-  const CtlResult r = Run({"lease", "create", "--ttl_ms=600"});
+TEST_F(CtlLeaseClockTest, ALeaseCreatedByTheCliLivesForItsTtlThenExpires) {
+  const CtlResult r = Run({"lease", "create", "--ttl_ms=" + std::to_string(kLongTtlMs)});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto created = Clock::now();
   const uint64_t id = Number(Lines(r.out)[0]);
   EXPECT_TRUE(client_->GetLease(id).ok()) << "the lease must outlive the process";
-  EXPECT_TRUE(Eventually(std::chrono::milliseconds(1600), [&] {
-    return client_->GetLease(id).status().code() == absl::StatusCode::kNotFound;
-  }));
-  EXPECT_GE(Clock::now() - created, std::chrono::milliseconds(400));
+  // Most of its TTL later (all but a minute, scaled, for the real time this test takes) it is
+  // still there; past its TTL, it is gone.
+  const std::chrono::milliseconds slack = ScaledTimeout(std::chrono::seconds(60));
+  daemon_.AdvanceLeaseClock(std::chrono::milliseconds(kLongTtlMs) - slack);
+  EXPECT_TRUE(client_->GetLease(id).ok()) << "expired before its TTL";
+  daemon_.AdvanceLeaseClock(slack + std::chrono::milliseconds(1));
+  EXPECT_TRUE(daemon_.WaitForLog("event=lease_expired lease=" + std::to_string(id) + " ")) << daemon_.log();
+  EXPECT_EQ(client_->GetLease(id).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(CtlTest, LeaseKeepAliveRenewsForTheDuration) {
-  LeaseOptions o;
-  o.ttl_ms = 600;
-  const uint64_t id = NewLeaseId(o);
-  const CtlResult r = Run({"lease", "keepalive", std::to_string(id), "--duration_ms=1500"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<std::string> lines = Lines(r.out);
-  EXPECT_GE(lines.size(), 3u);  // one every 200 ms
-  for (const std::string& line : lines) EXPECT_EQ(line, absl::StrFormat("lease=%d ttl_ms=600", id));
-  // 1.5 s after its creation, a 600 ms lease is alive only because it was renewed.
+  // Renewals every ttl/3 in real time: the TTL and the duration are scaled to the build, so that
+  // a slow machine sees as many renewals as a fast one. The test's own keep-alive holds the lease
+  // until the CLI has renewed it once; from then on only the CLI renews it.
+  const int64_t ttl_ms = 600 * TimeScale();
+  std::unique_ptr<Lease> own = KeptAliveLease(ttl_ms);
+  ASSERT_NE(own, nullptr);
+  const uint64_t id = own->id();
+  CtlProcess p(Args({"lease", "keepalive", std::to_string(id), "--duration_ms=" + std::to_string(1500 * TimeScale())}));
+  ASSERT_TRUE(Eventually(HangBound(), [&] { return !p.out_so_far().empty(); })) << "no renewal by the CLI";
+  own.reset();  // released: the lease stays, renewed by the CLI alone
+  std::optional<CtlResult> r = p.Wait(HangBound() + std::chrono::milliseconds(1500 * TimeScale()));
+  ASSERT_TRUE(r.has_value()) << "keepalive went on past its duration";
+  ASSERT_EQ(r->exit_code, 0) << r->err;
+  const std::vector<std::string> lines = Lines(r->out);
+  EXPECT_GE(lines.size(), 3u);  // one every ttl/3
+  for (const std::string& line : lines) EXPECT_EQ(line, absl::StrFormat("lease=%d ttl_ms=%d", id, ttl_ms));
+  // Its own keep-alive stopped long ago; the CLI's renewals kept it.
   EXPECT_TRUE(client_->GetLease(id).ok());
 }
 
 TEST_F(CtlTest, LeaseKeepAliveStopsCleanlyOnSigterm) {
-  LeaseOptions o;
-  o.ttl_ms = 600;
-  const uint64_t id = NewLeaseId(o);
+  // A long TTL: the keep-alive sleeps ttl/3 (20 min) between renewals, and SIGTERM must not wait
+  // for it.
+  const uint64_t id = NewLeaseId();
   CtlProcess p(Args({"lease", "keepalive", std::to_string(id)}));
-  ASSERT_TRUE(Eventually(std::chrono::seconds(5), [&] { return !p.out_so_far().empty(); }));
+  ASSERT_TRUE(Eventually(HangBound(), [&] { return !p.out_so_far().empty(); }));
   p.Signal(SIGTERM);
-  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(5));
+  std::optional<CtlResult> r = p.Wait(ScaledTimeout(std::chrono::seconds(5)));
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->exit_code, 0) << r->err;
   EXPECT_THAT(r->err, IsEmpty());
 }
 
 TEST_F(CtlTest, LeaseKeepAliveFailsWithNotFoundWhenTheLeaseIsRevoked) {
-  LeaseOptions o;
-  o.ttl_ms = 600;
-  const uint64_t id = NewLeaseId(o);
+  // Renewals every ttl/3 in real time, scaled like the wait for the one that finds the lease
+  // gone; the test's own keep-alive holds the lease while the CLI starts.
+  const int64_t ttl_ms = 600 * TimeScale();
+  std::unique_ptr<Lease> own = KeptAliveLease(ttl_ms);
+  ASSERT_NE(own, nullptr);
+  const uint64_t id = own->id();
   CtlProcess p(Args({"lease", "keepalive", std::to_string(id)}));
-  ASSERT_TRUE(Eventually(std::chrono::seconds(5), [&] { return !p.out_so_far().empty(); }));
+  ASSERT_TRUE(Eventually(HangBound(), [&] { return !p.out_so_far().empty(); }));
   ASSERT_TRUE(client_->RevokeLease(id).ok());
-  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(3));
+  std::optional<CtlResult> r = p.Wait(ScaledTimeout(std::chrono::seconds(3)));
   ASSERT_TRUE(r.has_value()) << "keepalive went on after its lease was revoked";
   EXPECT_EQ(r->exit_code, 1);
   EXPECT_THAT(r->err, StartsWith("physmemctl: NOT_FOUND: "));
@@ -273,7 +328,7 @@ TEST_F(CtlTest, LeaseRevokePrintsThePagesItFreed) {
 }
 
 TEST_F(CtlTest, LeaseGetPrintsTheLeaseAndItsHoldings) {
-  LeaseOptions o;
+  LeaseOptions o = LongLived();
   o.name = "blk";
   const uint64_t id = NewLeaseId(o);
   std::unique_ptr<Lease> lease = AttachTo(id);
@@ -599,7 +654,7 @@ TEST(CtlNoDaemon, ExitsOneWithUnavailable) {
   char dir[] = "/tmp/physmemctl-test-XXXXXX";
   ASSERT_NE(::mkdtemp(dir), nullptr);
   CtlProcess p({std::string("--target=unix://") + dir + "/absent.sock", "lease", "list"});
-  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  std::optional<CtlResult> r = p.Wait(ScaledTimeout(std::chrono::seconds(10)));
   ::rmdir(dir);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->exit_code, 1);
@@ -608,7 +663,7 @@ TEST(CtlNoDaemon, ExitsOneWithUnavailable) {
 
 TEST(CtlHelp, PrintsEveryCommandAndExitsZero) {
   CtlProcess p({"--help"});
-  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  std::optional<CtlResult> r = p.Wait(ScaledTimeout(std::chrono::seconds(10)));
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->exit_code, 0);
   for (const char* cmd : {"lease create", "lease keepalive", "lease revoke", "lease get", "lease list", "alloc",
@@ -670,7 +725,7 @@ TEST_F(CtlOtherUserTest, AnotherUsersLeaseIsPermissionDenied) {
   ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
   constexpr uid_t kNobody = 65534;
   CtlProcess p(Args({"lease", "get", std::to_string(id)}), kNobody);
-  std::optional<CtlResult> r = p.Wait(std::chrono::seconds(10));
+  std::optional<CtlResult> r = p.Wait(HangBound());
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->exit_code, 1) << r->err;
   EXPECT_THAT(r->err, StartsWith("physmemctl: PERMISSION_DENIED: "));
