@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -23,6 +24,15 @@ namespace physmem::client {
 namespace {
 
 using ::testing::HasSubstr;
+
+// Options to reach `d`: connect and call deadlines that only bound a hang, scaled to the build
+// (a sanitized daemon on a busy machine can take longer than the client's default 2 s).
+ClientOptions OptionsFor(const testing::DaemonProcess& d) {
+  ClientOptions o;
+  o.target = d.unix_target();
+  o.connect_timeout_ms = o.call_timeout_ms = testing::ScaledTimeout(std::chrono::seconds(20)).count();
+  return o;
+}
 
 // In the re-executed child (uid 65534): map the file named by the environment and print the
 // status code's name, then exit before gtest's main runs.
@@ -58,12 +68,11 @@ class ArenaMappingTest : public ::testing::Test {
   }
   void SetUp() override {
     ASSERT_TRUE(daemon_.Start()) << daemon_.log();
-    ClientOptions o;
-    o.target = daemon_.unix_target();
-    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(OptionsFor(daemon_));
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = *std::move(c);
-    absl::StatusOr<std::unique_ptr<Lease>> l = client_->CreateLease({.ttl_ms = 60000});
+    // Kept alive while the test runs; an hour's TTL, so that a slow renewal cannot end it.
+    absl::StatusOr<std::unique_ptr<Lease>> l = client_->CreateLease({.ttl_ms = int64_t{3600} * 1000});
     ASSERT_TRUE(l.ok()) << l.status();
     lease_ = *std::move(l);
     absl::StatusOr<std::unique_ptr<ArenaMapping>> m = ArenaMapping::Map(*client_);
@@ -157,9 +166,7 @@ TEST_F(ArenaMappingTest, AnotherUidCannotMapTheArenaFile) {
 TEST(ArenaMappingAnonymous, IsRefusedWithAClearStatus) {
   testing::DaemonProcess d({"--target=i386", "--mem_mb=64"});
   ASSERT_TRUE(d.Start()) << d.log();
-  ClientOptions o;
-  o.target = d.unix_target();
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(OptionsFor(d));
   ASSERT_TRUE(c.ok()) << c.status();
   absl::StatusOr<std::unique_ptr<ArenaMapping>> m = ArenaMapping::Map(**c);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
