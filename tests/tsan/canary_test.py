@@ -22,6 +22,8 @@ def main(canary, judge, suppressions):
                      if o.split("=", 1)[0] not in own]
         env["TSAN_OPTIONS"] = " ".join(inherited + [
             "halt_on_error=0", "exitcode=0", f"suppressions={suppressions}", f"log_path={reports}/tsan"])
+        # The canary bounds its own waits (its calls' deadline is 80 s under TSan, scaled by
+        # tests/time_scale.h); this timeout only catches a hang beyond them.
         run = subprocess.run(["setarch", os.uname().machine, "-R", canary], env=env,
                              capture_output=True, text=True, timeout=120)
         print(run.stdout, run.stderr)

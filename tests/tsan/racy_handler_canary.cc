@@ -8,6 +8,10 @@
 // concurrent in every run and nothing orders them. Built only in TSan builds; run by
 // tests/tsan/canary_test.py, which expects tsan_reports.py to fail on what it reports.
 // Exit status: 0 when both calls succeeded (the race is for TSan to see), 1 otherwise.
+//
+// Time: the rendezvous and the calls' deadline only bound a hang (a second call that never comes);
+// they are scaled to the build (tests/time_scale.h: 20x under TSan, the only build of this file),
+// since under TSan on a loaded machine the second call may take seconds to arrive.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -19,8 +23,16 @@
 #include <vector>
 
 #include "physmem/v1/physmem.grpc.pb.h"
+// Relative: this target's include path has only the generated code (CMakeLists.txt).
+#include "../time_scale.h"
 
 namespace {
+
+using ::physmem::testing::ScaledTimeout;
+
+// How long a handler waits for the other one (40 s under TSan), and the calls' deadline.
+const std::chrono::milliseconds kRendezvous = ScaledTimeout(std::chrono::seconds(2));
+const std::chrono::milliseconds kCallDeadline = 2 * kRendezvous;
 
 class RacyNopService final : public physmem::v1::PhysMem::CallbackService {
  public:
@@ -28,7 +40,7 @@ class RacyNopService final : public physmem::v1::PhysMem::CallbackService {
                                 physmem::v1::NopResponse*) override {
     ++calls_;  // the race: two handlers at once, no lock
     arrived_.fetch_add(1, std::memory_order_relaxed);
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    const auto give_up = std::chrono::steady_clock::now() + kRendezvous;
     while (arrived_.load(std::memory_order_relaxed) < 2 && std::chrono::steady_clock::now() < give_up) {
       std::this_thread::yield();
     }
@@ -61,7 +73,7 @@ int main() {
     callers.emplace_back([&] {
       auto stub = physmem::v1::PhysMem::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
       physmem::v1::NopResponse resp;
       if (stub->Nop(&ctx, physmem::v1::NopRequest(), &resp).ok()) ok.fetch_add(1);
     });
