@@ -79,7 +79,13 @@ class ClientTest : public ::testing::Test {
   }
   std::unique_ptr<Client> Connect() { return Connect(OptionsFor(daemon_)); }
 
-  std::unique_ptr<Lease> NewLease(LeaseOptions o = {}) {
+  // By default a lease of an hour, kept alive: nothing in the test can outrun it.
+  static LeaseOptions LongLived() {
+    LeaseOptions o;
+    o.ttl_ms = kLongTtlMs;
+    return o;
+  }
+  std::unique_ptr<Lease> NewLease(LeaseOptions o = LongLived()) {
     absl::StatusOr<std::unique_ptr<Lease>> lease = client_->CreateLease(o);
     EXPECT_TRUE(lease.ok()) << lease.status();
     return lease.ok() ? *std::move(lease) : nullptr;
