@@ -7,6 +7,13 @@
 // another lease), its contents are intact, no page is in two ledgers, keyed retries return the
 // same block, the books balance (Validate), and recovery found no anomaly. At the end every lease
 // is revoked: every page is free and Validate is clean, across one more crash too.
+//
+// Time: the clients' leases live a day (the test runs for minutes under a sanitizer and never
+// renews them). Every daemon of the test runs on one lease clock (a file they share, so that a
+// restarted daemon reads the journal's deadlines on the scale they were written in); the test
+// moves it to expire two short leases, one while the daemon is down and one while it runs.
+// The daemon is killed at a random moment, but not before the clients had a random number of
+// blocks acknowledged, so that a slow build does enough work between crashes.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -35,6 +42,8 @@ constexpr uint64_t kMemMb = 64;
 constexpr uint64_t kPageSize = 4096;
 constexpr int kClients = 4;
 constexpr int kExternalKills = 20;
+constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
+constexpr int64_t kHourMs = int64_t{3600} * 1000;
 const std::vector<std::string> kCrashPoints = {"compact_after_switch", "compact_mid_snapshot",
                                                "compact_after_rename", "compact_mid_unlink"};
 
@@ -60,6 +69,9 @@ class World {
     ::close(fd_);
   }
   bool ok() const { return map_ != MAP_FAILED; }
+  // Blocks acknowledged so far, by every client: the test kills the daemon after a number of them.
+  uint64_t acked() const { return acked_.load(); }
+  void CountAck() { acked_.fetch_add(1); }
 
   static uint64_t Word(int client, uint64_t serial, uint64_t i) {
     return (uint64_t(client) << 56) ^ (serial << 20) ^ (i * 0x9E3779B97F4A7C15ull);
@@ -100,6 +112,7 @@ class World {
   uint8_t* map_ = nullptr;
   std::mutex mu_;
   std::vector<int> owner_;
+  std::atomic<uint64_t> acked_{0};
 };
 
 struct Client {
@@ -117,8 +130,9 @@ std::unique_ptr<v1::PhysMem::Stub> Connect(const DaemonProcess& d) {
   return v1::PhysMem::NewStub(grpc::CreateChannel(d.unix_target(), grpc::InsecureChannelCredentials()));
 }
 
+// Only bounds a call to a daemon that hangs: scaled to the build.
 void SetDeadline(grpc::ClientContext* ctx, int ms = 3000) {
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+  ctx->set_deadline(std::chrono::system_clock::now() + testing::ScaledTimeout(std::chrono::milliseconds(ms)));
 }
 
 // A status that means "the daemon went away": the request may or may not have taken effect.
@@ -135,6 +149,7 @@ void Acknowledge(World& world, Client& c, Block b) {
   world.Fill(c.id, b);
   c.ledger[b.pfn] = std::move(b);
   ++c.acked;
+  world.CountAck();
 }
 
 // One client's load until `stop`: keyed and keyless single allocations, bulk allocations, frees.
@@ -332,7 +347,14 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     std::function<void()> f;
     ~AtExit() { f(); }
   } at_exit{cleanup};
-  auto daemon = std::make_unique<DaemonProcess>(args);
+  // The lease clock of every daemon here (removed by cleanup, like the arena).
+  const std::string clock_file = arena + ".lease_clock";
+  auto make_daemon = [&] {
+    auto d = std::make_unique<DaemonProcess>(args);
+    d->UseLeaseClock(clock_file);
+    return d;
+  };
+  auto daemon = make_daemon();
   ASSERT_TRUE(daemon->Start()) << daemon->log();
   World world(arena);
   ASSERT_TRUE(world.ok());
@@ -343,7 +365,7 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     for (int i = 0; i < kClients; ++i) {
       clients[i].id = i;
       v1::CreateLeaseRequest req;
-      req.set_ttl_ms(120000);
+      req.set_ttl_ms(kDayMs);
       req.set_name("crash-client-" + std::to_string(i));
       v1::CreateLeaseResponse resp;
       grpc::ClientContext ctx;
@@ -352,34 +374,41 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
       clients[i].lease = resp.lease_id();
     }
   }
-  // A short lease that nobody renews: it must expire across restarts, its pages coming back.
-  uint64_t short_lease = 0;
-  {
+  // Two short leases that nobody renews, of 100 pages each: they must expire across restarts,
+  // their pages coming back, and stay expired. The test moves the lease clock an hour on while
+  // the daemon is down after round kDownRound (recovery finds `expires_down` past its deadline),
+  // and another hour while it runs after round kUpRound (its reaper ends `expires_up`).
+  constexpr int kDownRound = 2, kUpRound = 4;
+  auto short_lease = [&](int64_t ttl_ms) -> uint64_t {
     auto stub = Connect(*daemon);
     v1::CreateLeaseRequest req;
-    req.set_ttl_ms(1500);
+    req.set_ttl_ms(ttl_ms);
     v1::CreateLeaseResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
-    ASSERT_TRUE(stub->CreateLease(&ctx, req, &resp).ok());
-    short_lease = resp.lease_id();
+    EXPECT_TRUE(stub->CreateLease(&ctx, req, &resp).ok());
     v1::AllocPagesBulkRequest bulk;
-    bulk.set_lease_id(short_lease);
+    bulk.set_lease_id(resp.lease_id());
     bulk.set_gfp("GFP_KERNEL");
     bulk.set_count(100);
     v1::AllocPagesBulkResponse bresp;
     grpc::ClientContext ctx2;
     SetDeadline(&ctx2);
-    ASSERT_TRUE(stub->AllocPagesBulk(&ctx2, bulk, &bresp).ok());
-  }
-  const auto short_created = std::chrono::steady_clock::now();
+    EXPECT_TRUE(stub->AllocPagesBulk(&ctx2, bulk, &bresp).ok());
+    EXPECT_EQ(bresp.pfn_size(), 100);
+    return resp.lease_id();
+  };
+  const uint64_t expires_down = short_lease(kHourMs);
+  const uint64_t expires_up = short_lease(2 * kHourMs);
+  ASSERT_FALSE(HasFailure());
+  auto expired_event = [](uint64_t lease) { return "event=lease_expired lease=" + std::to_string(lease) + " "; };
 
   std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
   int external_kills = 0, self_kills = 0, rounds = 0;
   uint64_t compactions = 0;
   bool armed = false;  // this daemon kills itself at a compaction step
   auto start = [&](bool arm) {
-    daemon = std::make_unique<DaemonProcess>(args);
+    daemon = make_daemon();
     if (arm) daemon->CrashAtJournalStep(kCrashPoints[self_kills]);
     return daemon->Start();
   };
@@ -391,13 +420,21 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
       threads.emplace_back([&, seed = static_cast<uint32_t>(rng())] { RunLoad(*daemon, world, c, stop, seed); });
     }
     if (armed) {
-      EXPECT_TRUE(daemon->WaitExit(std::chrono::seconds(30)).has_value()) << "crash point never reached";
+      // The load runs until the journal grows to a compaction and the daemon kills itself there.
+      EXPECT_TRUE(daemon->WaitExit(testing::ScaledTimeout(std::chrono::seconds(30))).has_value())
+          << "crash point never reached";
       EXPECT_NE(daemon->log().find("event=journal_test_crash"), std::string::npos) << daemon->log();
       ++self_kills;
     } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 500));
+      // Killed at a random moment 100-600 ms into the load, once the clients have had at least 50
+      // to 300 more blocks acknowledged: a slow build gets as far between crashes as a fast one.
+      const auto at = std::chrono::steady_clock::now() + std::chrono::milliseconds(100 + rng() % 500);
+      const uint64_t from = world.acked(), least = 50 + rng() % 250;
+      testing::Eventually(std::chrono::milliseconds(600) + testing::ScaledTimeout(std::chrono::seconds(10)), [&] {
+        return std::chrono::steady_clock::now() >= at && world.acked() - from >= least;
+      });
       daemon->Kill(SIGKILL);
-      ASSERT_TRUE(daemon->WaitExit(std::chrono::seconds(10)).has_value());
+      ASSERT_TRUE(daemon->WaitExit(testing::ScaledTimeout(std::chrono::seconds(10))).has_value());
       ++external_kills;
     }
     stop = true;
@@ -411,25 +448,40 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     }
     ASSERT_FALSE(HasFailure());
 
+    if (rounds == kDownRound) daemon->AdvanceLeaseClock(std::chrono::milliseconds(kHourMs + 1));
     ASSERT_TRUE(start(false)) << daemon->log();
     const std::string log = daemon->log();
     SCOPED_TRACE("round " + std::to_string(rounds) + ": " + log.substr(0, log.find("event=started")));
     EXPECT_EQ(Field(log, "recovered", "anomalies"), "0");
+    if (rounds == kDownRound) {
+      EXPECT_NE(log.find(expired_event(expires_down)), std::string::npos) << "recovery kept lease " << expires_down;
+    }
     Verify(*daemon, world, clients, static_cast<uint32_t>(rng()));
     ASSERT_FALSE(HasFailure());
-    if (std::chrono::steady_clock::now() - short_created > std::chrono::milliseconds(1700)) {
+    if (rounds == kUpRound) {
+      daemon->AdvanceLeaseClock(std::chrono::milliseconds(kHourMs + 1));
+      EXPECT_TRUE(daemon->WaitForLog(expired_event(expires_up))) << "the reaper did not end lease " << expires_up;
+    }
+    // Each short lease is there until its expiry, and gone after it, whatever the restarts.
+    for (const auto& [lease, gone_after] : {std::pair{expires_down, kDownRound}, std::pair{expires_up, kUpRound}}) {
       auto stub = Connect(*daemon);
       v1::GetLeaseRequest req;
-      req.set_lease_id(short_lease);
+      req.set_lease_id(lease);
       v1::LeaseInfo info;
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
-      EXPECT_EQ(stub->GetLease(&ctx, req, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+      const grpc::Status s = stub->GetLease(&ctx, req, &info);
+      if (rounds >= gone_after) {
+        EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << "lease " << lease << " outlived its TTL";
+      } else {
+        EXPECT_TRUE(s.ok()) << "lease " << lease << " ended early: " << s.error_message();
+        EXPECT_EQ(info.pages_held(), 100u);
+      }
     }
     armed = self_kills < static_cast<int>(kCrashPoints.size()) && (external_kills >= kExternalKills || rounds % 5 == 0);
     if (armed) {  // a quiet restart, armed to die at the next compaction step
       daemon->Kill(SIGKILL);
-      daemon->WaitExit(std::chrono::seconds(10));
+      daemon->WaitExit(testing::ScaledTimeout(std::chrono::seconds(10)));
       // It may even die during start-up, if its recovered journal is due for compaction at once.
       const bool started = start(true);
       ASSERT_TRUE(started || daemon->log().find("event=journal_test_crash") != std::string::npos) << daemon->log();
@@ -467,8 +519,8 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     EXPECT_EQ(v.leases(), 0u);
     if (i == 1) break;
     daemon->Kill(SIGKILL);
-    daemon->WaitExit(std::chrono::seconds(10));
-    daemon = std::make_unique<DaemonProcess>(args);
+    daemon->WaitExit(testing::ScaledTimeout(std::chrono::seconds(10)));
+    daemon = make_daemon();
     ASSERT_TRUE(daemon->Start()) << daemon->log();
     EXPECT_EQ(Field(daemon->log(), "recovered", "leases"), "0");
     stub = Connect(*daemon);
