@@ -43,15 +43,18 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "physmem/v1/physmem.grpc.pb.h"
+#include "server/default_socket.h"
 
 namespace physmem::client {
 
-inline constexpr char kDefaultTarget[] = "unix:///run/physmemd/physmemd.sock";
+// The target when none is given: $PHYSMEM_TARGET, else the system daemon's socket if it exists,
+// else this user's (server/default_socket.h has the rule, shared with the daemon).
+inline std::string DefaultTarget() { return DefaultClientTarget(); }
 
 struct ClientOptions {
   // gRPC target: "unix:///path/to/physmemd.sock" (identity = this process's uid), or
   // "host:port" for the daemon's TCP listener.
-  std::string target = kDefaultTarget;
+  std::string target = DefaultTarget();
   // TLS for TCP targets: the CA that signed the server's certificate; with cert and key as well,
   // mutual TLS (identity = the certificate's subject). All empty on TCP: plaintext, which the
   // daemon accepts only with --allow_insecure_tcp. Not allowed with a unix: target.

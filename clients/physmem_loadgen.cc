@@ -42,8 +42,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/physmem_client.h"
+#include "server/version.h"
 
-ABSL_FLAG(std::string, target, physmem::client::kDefaultTarget,
+ABSL_FLAG(std::string, target, physmem::client::DefaultTarget(),
           "physmemd's address: unix:///path/to/physmemd.sock, or host:port for its TCP listener");
 ABSL_FLAG(std::string, tls_ca, "", "TCP: CA (PEM) that signed the daemon's certificate");
 ABSL_FLAG(std::string, tls_cert, "", "TCP: client certificate (PEM) for mutual TLS");
@@ -678,8 +679,9 @@ int Main() {
 }  // namespace physmem::loadgen
 
 int main(int argc, char** argv) {
+  physmem::SetFlagsUsage("physmem_loadgen", {"clients/physmem_loadgen.cc"});
   absl::SetProgramUsageMessage(
-      "physmem_loadgen: load scenarios ghz cannot express (alloc then free, bursts, lease churn, mixed), "
+      "load scenarios ghz cannot express (alloc then free, bursts, lease churn, mixed), "
       "reported in ghz's JSON format.\n"
       "  physmem_loadgen --target=unix:///run/physmemd/physmemd.sock --scenario=alloc-free --duration=10s "
       "--format=json --output=report.json");

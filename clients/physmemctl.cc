@@ -33,9 +33,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "clients/physmem_client.h"
+#include "server/version.h"
 
 // Global options.
-ABSL_FLAG(std::string, target, physmem::client::kDefaultTarget,
+ABSL_FLAG(std::string, target, physmem::client::DefaultTarget(),
           "physmemd's address: unix:///path/to/physmemd.sock, or host:port for its TCP listener");
 ABSL_FLAG(std::string, timeout_ms, "",
           "deadline of each call in ms (default: 2000, and 10000 for allocations, which may wait for memory)");
@@ -92,10 +93,14 @@ Machine:
   zoneinfo                                         /proc/zoneinfo's main lines
   buddyinfo                                        /proc/buddyinfo, exactly
   target                                           the emulated machine: profile, memory map, arena
+  version                                          physmemctl's version and git commit (--version)
   validate                                         run the allocator's invariant check
 
 Global options:
-  --target=ADDR      unix:///run/physmemd/physmemd.sock (default), or host:port for TCP
+  --target=ADDR      unix:///path/to/physmemd.sock, or host:port for TCP. Default: $PHYSMEM_TARGET,
+                     else unix:///run/physmemd/physmemd.sock if that socket exists, else this
+                     user's socket ($XDG_RUNTIME_DIR/physmemd.sock, or /tmp/physmemd-UID/...),
+                     where a physmemd started by the same user listens by default
   --timeout_ms=N     deadline of each call (default 2000; allocations 10000)
   --tls_ca=FILE [--tls_cert=FILE --tls_key=FILE]    TLS / mutual TLS for a TCP target
 
@@ -663,9 +668,22 @@ absl::Status Dispatch(const Command& cmd, const std::vector<std::string>& words,
   return cmd.run(inv);
 }
 
+bool WantsVersion(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") return false;
+    if (arg == "--version" || arg == "-version" || (i == 1 && arg == "version")) return true;
+  }
+  return false;
+}
+
 int Main(int argc, char** argv) {
   if (WantsHelp(argc, argv)) {
     absl::PrintF("%s", kUsage);
+    return kExitOk;
+  }
+  if (WantsVersion(argc, argv)) {
+    absl::PrintF("%s", VersionLine("physmemctl"));
     return kExitOk;
   }
   // Unknown options are usage errors before Abseil sees them (it would exit 1).
@@ -698,6 +716,7 @@ int Main(int argc, char** argv) {
 }  // namespace physmem::ctl
 
 int main(int argc, char** argv) {
+  physmem::SetFlagsUsage("physmemctl", {"clients/physmemctl.cc"});
   absl::SetProgramUsageMessage(physmem::ctl::kUsage);
   return physmem::ctl::Main(argc, argv);
 }

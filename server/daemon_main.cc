@@ -9,8 +9,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "server/default_socket.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "server/version.h"
 
 ABSL_FLAG(std::string, target, "x86_64", "built-in target profile: x86_64, i386, arm64 or rpi4");
 ABSL_FLAG(std::string, target_file, "", "custom target profile (Protobuf text format); overrides --target");
@@ -19,7 +21,10 @@ ABSL_FLAG(std::string, arena, "best", "arena backing: best, hugetlb, thp or ordi
 ABSL_FLAG(std::string, arena_path, "", "file for a shared arena (on hugetlbfs or /dev/shm)");
 ABSL_FLAG(uint64_t, min_free_kbytes, 0, "vm.min_free_kbytes (0: the kernel's default formula)");
 ABSL_FLAG(bool, pcp, true, "per-CPU page lists in front of the buddy");
-ABSL_FLAG(std::string, unix_socket, "/run/physmemd/physmemd.sock", "Unix socket to serve on ('' = none)");
+ABSL_FLAG(std::string, unix_socket, physmem::DefaultDaemonSocket(),
+          "Unix socket to serve on ('' = none); the default is /run/physmemd/physmemd.sock for root (or a user "
+          "who may write to /run/physmemd), else $XDG_RUNTIME_DIR/physmemd.sock or /tmp/physmemd-UID/physmemd.sock, "
+          "where physmemctl looks by default");
 ABSL_FLAG(std::string, unix_socket_mode, "0660", "permissions of the Unix socket (octal)");
 ABSL_FLAG(std::string, tcp, "", "also serve TCP on host:port (needs TLS flags or --allow_insecure_tcp)");
 ABSL_FLAG(bool, allow_insecure_tcp, false, "allow plaintext TCP (logs a warning; callers identified by address)");
@@ -119,8 +124,10 @@ int Serve(const DaemonHooks& hooks) {
   options->journal_step_hook = hooks.journal_step_hook;
   absl::StatusOr<std::unique_ptr<Server>> server = Server::BuildAndStart(*std::move(options));
   if (!server.ok()) {
+    // Exit 2, as for bad flags: each start-up failure names the path or port, why, and the flag
+    // that changes it.
     LogError("start_failed", {{"error", server.status().ToString()}});
-    return 1;
+    return 2;
   }
   std::thread signals([&] {
     int sig = 0;
@@ -136,7 +143,10 @@ int Serve(const DaemonHooks& hooks) {
 }  // namespace
 
 int DaemonMain(int argc, char** argv, const DaemonHooks& hooks) {
-  absl::SetProgramUsageMessage("physmemd: hands out emulated physical memory the way the Linux kernel does, over gRPC.");
+  SetFlagsUsage("physmemd", {"server/daemon_main.cc"});
+  absl::SetProgramUsageMessage(
+      "hands out emulated physical memory the way the Linux kernel does, over gRPC.\n"
+      "Usage: physmemd [--flag=value]...   (docs: README.md; every flag below, with its default)");
   absl::ParseCommandLine(argc, argv);
   return Serve(hooks);
 }

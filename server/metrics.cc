@@ -14,10 +14,8 @@
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
 #include "server/log.h"
+#include "server/version.h"
 
-#ifndef PHYSMEM_VERSION
-#define PHYSMEM_VERSION "unknown"
-#endif
 
 namespace physmem {
 namespace {
@@ -259,7 +257,7 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
     auto page_size = Family("physmem_page_size_bytes", "Emulated page size", MetricType::Gauge);
     Add(page_size, {}, static_cast<double>(pa_->target().page_size));
     auto build = Family("physmem_build_info", "physmemd version and emulated target (always 1)", MetricType::Gauge);
-    Add(build, {{"version", PHYSMEM_VERSION}, {"target", pa_->target().name}}, 1);
+    Add(build, {{"version", Version()}, {"target", pa_->target().name}}, 1);
     auto rss = Family("process_resident_memory_bytes", "Resident memory size in bytes", MetricType::Gauge);
     Add(rss, {}, ResidentBytes());
     auto start = Family("process_start_time_seconds", "Start time of the process since unix epoch in seconds",
@@ -316,9 +314,13 @@ absl::Status Metrics::StartExposer() {
     // One worker thread: scrapes are rare and each builds its snapshot anyway.
     exposer_ = std::make_unique<prometheus::Exposer>(options_.listen, 1);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrFormat("cannot serve metrics on %s: %s (--metrics_listen='' turns metrics off)", options_.listen,
-                        e.what()));
+    // CivetServer says only "null context when constructing CivetServer. Possible problem binding
+    // to port." when the bind fails: the port is in use (another daemon) or not allowed.
+    return absl::UnavailableError(absl::StrFormat(
+        "cannot serve metrics on %s: the port is in use (another physmemd?) or not allowed (%s); choose "
+        "another with --metrics_listen=HOST:PORT (port 0 picks a free one), or turn metrics off with "
+        "--metrics_listen=''",
+        options_.listen, e.what()));
   }
   exposer_->RegisterCollectable(registry_);
   exposer_->RegisterCollectable(snapshot_);

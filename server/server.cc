@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -60,6 +61,39 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Se
   return grpc::SslServerCredentials(ssl);
 }
 
+// The socket's directory: made if missing (mode 0700: only this user may connect through it, the
+// socket's own mode aside), and, when this user made or owns it, never one others may write to
+// (a /tmp/physmemd-UID made by someone else could be swapped under us).
+absl::Status PrepareSocketDirectory(const std::string& socket) {
+  const std::filesystem::path dir = std::filesystem::path(socket).parent_path();
+  if (dir.empty()) return absl::OkStatus();
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec) {
+      return absl::PermissionDeniedError(absl::StrFormat(
+          "cannot serve on Unix socket %s: cannot create its directory %s: %s; choose another path with "
+          "--unix_socket=PATH ('' for none), or run as a user who may create it",
+          socket, dir.string(), ec.message()));
+    }
+    ::chmod(dir.c_str(), 0700);
+    return absl::OkStatus();
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "cannot serve on Unix socket %s: %s is not a directory; choose another path with --unix_socket=PATH", socket,
+        dir.string()));
+  }
+  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "cannot serve on Unix socket %s: its directory %s belongs to uid %d, not to this user (uid %d) or root; "
+        "choose another path with --unix_socket=PATH",
+        socket, dir.string(), st.st_uid, ::geteuid()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(ServerOptions options) {
@@ -103,9 +137,7 @@ absl::Status Server::Start() {
     return absl::UnavailableError(absl::StrFormat("cannot listen on TCP %s", options_.tcp_listen));
   }
   if (!options_.unix_socket.empty()) {
-    const std::filesystem::path dir = std::filesystem::path(options_.unix_socket).parent_path();
-    std::error_code ec;
-    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    if (absl::Status st = PrepareSocketDirectory(options_.unix_socket); !st.ok()) return st;
     unix_ = std::make_unique<UnixListener>(options_.unix_socket, &peers_);
     if (absl::Status st = unix_->Start(grpc_.get(), options_.unix_socket_mode); !st.ok()) return st;
   }

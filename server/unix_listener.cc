@@ -48,7 +48,10 @@ absl::Status UnixListener::Start(grpc::Server* server, unsigned mode) {
       return absl::FailedPreconditionError(absl::StrFormat("%s exists and is not a socket; refusing to replace it", path_));
     }
     if (SocketIsLive(addr)) {
-      return absl::AlreadyExistsError(absl::StrFormat("another daemon is serving on %s", path_));
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "another daemon is serving on %s (the socket is in use); stop it, or choose another path with "
+          "--unix_socket=PATH",
+          path_));
     }
     LogWarn("stale_socket_removed", {{"path", path_}});
     ::unlink(path_.c_str());
@@ -60,7 +63,12 @@ absl::Status UnixListener::Start(grpc::Server* server, unsigned mode) {
   const mode_t old_umask = ::umask(0777);
   const int rc = ::bind(listen_fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
   ::umask(old_umask);
-  if (rc != 0) return Errno("bind(" + path_ + ")");
+  if (rc != 0) {
+    const int err = errno;
+    return absl::ErrnoToStatus(err, absl::StrFormat("cannot serve on Unix socket %s: bind: %s; choose another path "
+                                                    "with --unix_socket=PATH ('' for none)",
+                                                    path_, std::strerror(err)));
+  }
   if (::chmod(path_.c_str(), mode) != 0) return Errno("chmod(" + path_ + ")");
   if (::listen(listen_fd_, 512) != 0) return Errno("listen(" + path_ + ")");
   thread_ = std::thread([this] { AcceptLoop(); });
