@@ -5,7 +5,7 @@ Parses every YAML and JSON file in deploy/ and checks:
   * metric names used by dashboards and alert rules are in docs/metrics.md, and, with the daemon
     binary, in a real scrape of it;
   * ports and paths (metrics 9464, gRPC TCP 7070, the socket /run/physmemd/physmemd.sock) match
-    physmemd's flag defaults in server/daemon_main.cc and each other across compose, Prometheus, Grafana,
+    physmemd's flag defaults in server/daemon_main.cc and server/default_socket.h and each other across compose, Prometheus, Grafana,
     Kubernetes, systemd and the Dockerfile;
   * every daemon flag the kit passes exists (ABSL_FLAG in server/daemon_main.cc), and every loadgen flag
     in clients/physmem_loadgen.cc;
@@ -116,7 +116,11 @@ def main():
     loadgen_flags = flags_of(os.path.join(source, "clients/physmem_loadgen.cc"))
     check("metrics_listen" in daemon_flags and "unix_socket" in daemon_flags, "server/daemon_main.cc defines the flags")
     metrics_port = port_of(daemon_flags.get("metrics_listen", '":0"').strip('"'))
-    socket_path = daemon_flags.get("unix_socket", '""').strip('"')
+    # The flag's default is computed (server/default_socket.h): the system socket for root, which
+    # is how the kit runs the daemon.
+    socket_path = re.search(r'kSystemSocket\[\] = "([^"]+)"',
+                            open(os.path.join(source, "server/default_socket.h")).read()).group(1)
+    check("DefaultDaemonSocket()" in daemon_flags.get("unix_socket", ""), "--unix_socket defaults to DefaultDaemonSocket()")
     check(metrics_port == 9464, "the daemon's default metrics port is 9464 (docs/metrics.md)")
     check(socket_path == "/run/physmemd/physmemd.sock", "the daemon's default socket")
     grpc_port = 7070  # the TCP port the kit documents (the daemon has no TCP by default)

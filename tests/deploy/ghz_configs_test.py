@@ -112,8 +112,9 @@ def main():
     shipped = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ghz_dir, "*.json")))
     planned = sorted([a for a, _ in PLAN] + [b for _, b in PLAN if b and b.endswith(".json")])
     check(shipped == planned, "every shipped config is in the test's plan: %s vs %s" % (shipped, planned))
-    default_socket = re.search(r'ABSL_FLAG\(std::string, unix_socket, "([^"]+)"',
-                               open(os.path.join(source, "server/daemon_main.cc")).read()).group(1)
+    # root's default socket (server/default_socket.h), which the shipped configs point at.
+    default_socket = re.search(r'kSystemSocket\[\] = "([^"]+)"',
+                               open(os.path.join(source, "server/default_socket.h")).read()).group(1)
     configs = {}
     for name in shipped:
         text = open(os.path.join(ghz_dir, name)).read()
