@@ -106,9 +106,8 @@ def main():
     failures, passed = [], 0
     # Timeouts only bound a hang; a sanitized daemon on a loaded machine answers 5-20x slower.
     scale = time_scale()
-    # The loadgen's allocations get --timeout_ms (its other calls keep the client's 2 s default,
-    # which the loadgen has no flag for); its leases a TTL that outlives a slow run. physmemctl
-    # gets a deadline scaled likewise.
+    # The loadgen's calls get a deadline (--timeout_ms) and its leases a TTL that outlive a slow
+    # run; physmemctl gets a deadline scaled likewise.
     loadgen_flags = ["--timeout_ms=%d" % (10000 * scale), "--lease_ttl_ms=%d" % (10000 * scale)]
     ctl_timeout = "--timeout_ms=%d" % (2000 * scale)
     with tempfile.TemporaryDirectory() as d:
