@@ -1,6 +1,7 @@
 // Helpers for the fault tests (fault_test.cc, exhaustion_test.cc): client processes that are
-// really killed, and the daemon's thread and fd counts from /proc. The raw-stub calls with
-// deadlines they make are in stub_calls.h, included here.
+// really killed, the daemon's thread and fd counts from /proc, and a sum over its /metrics (how a
+// test sees a call parked or finished inside the daemon). The raw-stub calls with deadlines they
+// make are in stub_calls.h, included here.
 //
 // A ChildClient re-executes the test binary itself (/proc/self/exe) running one DISABLED_ test
 // as the client program, with the daemon's target in PHYSMEM_FAULT_TARGET: a real separate
@@ -11,9 +12,14 @@
 #ifndef PHYSMEM_TESTS_SERVER_FAULT_HELPERS_H_
 #define PHYSMEM_TESTS_SERVER_FAULT_HELPERS_H_
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,11 +28,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "tests/server/stub_calls.h"
+#include "tests/time_scale.h"
 
 namespace physmem::testing {
 
@@ -61,6 +69,45 @@ inline int OpenSockets(pid_t pid) {
   return n;
 }
 
+// The sum of the samples of metric `name` on the daemon's Prometheus exporter (127.0.0.1:`port`)
+// whose labels include each of `labels` (as text, e.g. `grpc_method="AllocPages"`); -1 if the
+// scrape failed.
+inline double MetricSum(int port, const std::string& name, const std::vector<std::string>& labels = {}) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const timeval tv{static_cast<time_t>(ScaledTimeout(std::chrono::seconds(5)).count() / 1000), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string text;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  const size_t body = text.find("\r\n\r\n");
+  if (text.rfind("HTTP/1.", 0) != 0 || text.find(" 200 ") > text.find("\r\n") || body == std::string::npos) return -1;
+  std::istringstream in(text.substr(body + 4));
+  double sum = 0;
+  for (std::string line; std::getline(in, line);) {
+    // name{labels} value, or name value
+    if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;
+    if (line.size() <= name.size() || (line[name.size()] != '{' && line[name.size()] != ' ')) continue;
+    const size_t value = line.rfind(' ');
+    const std::string_view label_text(line.data(), value);
+    bool match = true;
+    for (const std::string& l : labels) match = match && label_text.find(l) != std::string_view::npos;
+    if (match) sum += std::strtod(line.c_str() + value + 1, nullptr);
+  }
+  return sum;
+}
+
 class ChildClient {
  public:
   // Runs DISABLED_<name> of this binary's ChildClient suite as a process; `env` are extra
@@ -80,32 +127,41 @@ class ChildClient {
       ::_exit(127);
     }
     ::close(out[1]);
-    out_ = ::fdopen(out[0], "r");
+    out_ = out[0];
   }
   ~ChildClient() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
-    if (out_ != nullptr) std::fclose(out_);
+    if (out_ >= 0) ::close(out_);
   }
   ChildClient(const ChildClient&) = delete;
   ChildClient& operator=(const ChildClient&) = delete;
 
-  // Reads the child's stdout until a line starting with READY; returns the rest of that line,
-  // or "" if the child exited first.
-  std::string WaitReady() {
-    char line[512];
-    while (out_ != nullptr && std::fgets(line, sizeof(line), out_) != nullptr) {
-      if (std::strncmp(line, "READY", 5) == 0) {
-        std::string rest(line + 5);
-        while (!rest.empty() && (rest.back() == '\n' || rest.front() == ' ')) {
-          if (rest.back() == '\n') rest.pop_back(); else rest.erase(0, 1);
-        }
+  // Reads the child's stdout until a line starting with READY; returns the rest of that line
+  // ("-" if empty), or "" if the child exited first or printed none within `within` (scaled to
+  // the build: a child is this test binary, sanitized too, starting and connecting).
+  std::string WaitReady(std::chrono::milliseconds within = std::chrono::seconds(30)) {
+    const auto deadline = std::chrono::steady_clock::now() + ScaledTimeout(within);
+    for (;;) {
+      for (size_t nl; (nl = buffered_.find('\n')) != std::string::npos;) {
+        std::string line = buffered_.substr(0, nl);
+        buffered_.erase(0, nl + 1);
+        if (line.rfind("READY", 0) != 0) continue;
+        std::string rest = line.substr(5);
+        while (!rest.empty() && rest.front() == ' ') rest.erase(0, 1);
         return rest.empty() ? "-" : rest;
       }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (out_ < 0 || left.count() <= 0) return "";
+      pollfd p{out_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;  // timeout (checked above) or EINTR
+      char buf[512];
+      const ssize_t n = ::read(out_, buf, sizeof(buf));
+      if (n <= 0) return "";  // the child exited (or its stdout closed)
+      buffered_.append(buf, static_cast<size_t>(n));
     }
-    return "";
   }
   void Signal(int sig) {
     if (pid_ > 0) ::kill(pid_, sig);
@@ -121,7 +177,8 @@ class ChildClient {
 
  private:
   pid_t pid_ = -1;
-  std::FILE* out_ = nullptr;
+  int out_ = -1;          // the read end of the child's stdout
+  std::string buffered_;  // read from it, not yet a whole line
 };
 
 // In a child: the daemon's target, from the parent.
