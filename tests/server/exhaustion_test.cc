@@ -14,10 +14,7 @@
 //     and then fails with RESOURCE_EXHAUSTED, which the caller hears before its own deadline;
 //   - a waiting GFP_KERNEL is released when another lease frees pages of its zone;
 //   - when the pressure ends, every page is free.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <map>
@@ -43,38 +40,6 @@ using std::chrono::milliseconds;
 // the hog's free that releases a parked call (step 4), and the bound of the wait that runs out
 // (step 3). A mask that cannot wait must answer in half of it.
 milliseconds MaxAllocWait() { return testing::ScaledTimeout(milliseconds(1500)); }
-
-// The sum of every sample of the counter `family` on the daemon's Prometheus exporter at `port`
-// (GET /metrics over a plain socket), or -1 if the scrape failed. (metrics_test.cc parses it all.)
-double ScrapeSum(int port, const std::string& family) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const auto wait = testing::ScaledTimeout(std::chrono::seconds(5));  // a scrape of a slow daemon
-  timeval tv{static_cast<time_t>(wait.count() / 1000), 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  if (text.rfind("HTTP/1.", 0) != 0 || text.find(" 200 ") > text.find("\r\n")) return -1;
-  double sum = 0;
-  std::istringstream in(text.substr(text.find("\r\n\r\n") + 4));
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(family, 0) != 0 || line.size() <= family.size()) continue;
-    if (line[family.size()] != '{' && line[family.size()] != ' ') continue;  // another family's prefix
-    sum += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
-}
 
 struct ZoneCase;
 void PrintTo(const ZoneCase& z, std::ostream* os);
@@ -151,7 +116,7 @@ class Exhaustion : public ::testing::TestWithParam<ZoneCase> {
   }
   // Allocation failures the daemon has counted: the first attempt of a call that then waits
   // counts one, and each retry of the waiter queue (every 20 ms) one more.
-  double AllocFailures() { return ScrapeSum(daemon_->metrics_port(), "physmem_alloc_failures_total"); }
+  double AllocFailures() { return testing::MetricSum(daemon_->metrics_port(), "physmem_alloc_failures_total"); }
   grpc::Status FreeSome(const std::string& zone, size_t n) {
     std::vector<uint64_t>& pfns = held_[zone];
     n = std::min(n, pfns.size());

@@ -33,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/server/metrics_scrape.h"
 #include "tests/server/stub_calls.h"
 #include "tests/time_scale.h"
 
@@ -67,45 +68,6 @@ inline int OpenSockets(pid_t pid) {
   }
   ::closedir(d);
   return n;
-}
-
-// The sum of the samples of metric `name` on the daemon's Prometheus exporter (127.0.0.1:`port`)
-// whose labels include each of `labels` (as text, e.g. `grpc_method="AllocPages"`); -1 if the
-// scrape failed.
-inline double MetricSum(int port, const std::string& name, const std::vector<std::string>& labels = {}) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const timeval tv{static_cast<time_t>(ScaledTimeout(std::chrono::seconds(5)).count() / 1000), 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      ssize_t n;
-      while ((n = ::read(fd, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  const size_t body = text.find("\r\n\r\n");
-  if (text.rfind("HTTP/1.", 0) != 0 || text.find(" 200 ") > text.find("\r\n") || body == std::string::npos) return -1;
-  std::istringstream in(text.substr(body + 4));
-  double sum = 0;
-  for (std::string line; std::getline(in, line);) {
-    // name{labels} value, or name value
-    if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;
-    if (line.size() <= name.size() || (line[name.size()] != '{' && line[name.size()] != ' ')) continue;
-    const size_t value = line.rfind(' ');
-    const std::string_view label_text(line.data(), value);
-    bool match = true;
-    for (const std::string& l : labels) match = match && label_text.find(l) != std::string_view::npos;
-    if (match) sum += std::strtod(line.c_str() + value + 1, nullptr);
-  }
-  return sum;
 }
 
 class ChildClient {

@@ -1,10 +1,6 @@
 // Tests of physmemd's Prometheus metrics (docs/metrics.md) against the real daemon process: every
 // scrape is a real HTTP GET of /metrics, parsed as the text exposition format. The list of metric
 // families comes from docs/metrics.md itself, so the doc and the exporter cannot drift apart.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "tests/server/daemon_stub.h"
+#include "tests/server/metrics_scrape.h"
 
 namespace physmem {
 namespace {
@@ -30,33 +27,6 @@ using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 using Labels = std::map<std::string, std::string>;
 
 // ---- Scraping and parsing ----------------------------------------------------------------------
-
-// GET http://127.0.0.1:<port>/metrics over a plain socket; the body, or "" on any failure.
-std::string HttpGet(int port, const std::string& path = "/metrics") {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  const auto wait = testing::ScaledTimeout(std::chrono::seconds(5));  // a scrape of a slow daemon
-  timeval tv{static_cast<time_t>(wait.count() / 1000), 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      ssize_t n;
-      while ((n = ::read(fd, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  const size_t body = text.find("\r\n\r\n");
-  if (text.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) return "";
-  if (text.find(" 200 ") > text.find("\r\n")) return "";
-  return text.substr(body + 4);
-}
 
 struct Sample {
   std::string name;
@@ -168,7 +138,7 @@ class Metrics : public testing::DaemonStubTest {
   Scrape Get() {
     const int port = daemon_->metrics_port();
     EXPECT_NE(port, 0) << daemon_->log();
-    const std::string body = HttpGet(port);
+    const std::string body = testing::HttpGet(port);
     EXPECT_FALSE(body.empty()) << "scrape of 127.0.0.1:" << port << " failed";
     return Parse(body);
   }

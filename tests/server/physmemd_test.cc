@@ -10,13 +10,10 @@
 // moving the daemon's lease clock (the *OnTestClock fixtures, tests/daemon_process.h), and the
 // test waits for its `lease_expired` event. Real-time bounds that are the point of a test (a mask
 // that cannot wait answers at once) are scaled to the build (tests/time_scale.h).
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "tests/server/daemon_stub.h"
+#include "tests/server/metrics_scrape.h"
 
 namespace physmem {
 namespace {
@@ -44,38 +42,6 @@ using std::chrono::milliseconds;
 // The TTL of a lease that must not expire while a test runs, however slow the build: a day, the
 // longest the daemon grants (--max_lease_ttl_ms).
 constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
-
-// The sum of every sample of the counter `family` on the daemon's Prometheus exporter at `port`
-// (GET /metrics over a plain socket), or -1 if the scrape failed. (metrics_test.cc parses it all.)
-double ScrapeSum(int port, const std::string& family) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const auto wait = ScaledTimeout(std::chrono::seconds(5));  // a scrape of a slow daemon
-  timeval tv{static_cast<time_t>(wait.count() / 1000), 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  if (text.rfind("HTTP/1.", 0) != 0 || text.find(" 200 ") > text.find("\r\n")) return -1;
-  double sum = 0;
-  std::istringstream in(text.substr(text.find("\r\n\r\n") + 4));
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(family, 0) != 0 || line.size() <= family.size()) continue;
-    if (line[family.size()] != '{' && line[family.size()] != ' ') continue;  // another family's prefix
-    sum += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return sum;
-}
 
 class Daemon : public testing::DaemonStubTest {
  protected:
@@ -116,7 +82,7 @@ class Daemon : public testing::DaemonStubTest {
   // Allocation failures the daemon has counted (every attempt that found no memory): the first
   // attempt of a call that then waits counts one, and each retry of the waiter queue (every 20 ms)
   // one more.
-  double AllocFailures() { return ScrapeSum(daemon_->metrics_port(), "physmem_alloc_failures_total"); }
+  double AllocFailures() { return testing::MetricSum(daemon_->metrics_port(), "physmem_alloc_failures_total"); }
   // Waits until the one allocation in flight is parked for memory: since `failures_before` (taken
   // before it was sent), its first attempt and at least one retry from the queue have failed.
   bool WaitUntilParked(double failures_before) {
