@@ -1,6 +1,7 @@
 #include "server/lease_table.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
 
@@ -46,6 +47,21 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
         absl::StrFormat("page_quota %d exceeds the per-lease limit %d (--max_lease_pages)", quota, max_quota));
   }
   std::lock_guard<std::mutex> l(mu_);
+  if (auto it = names_.find(std::pair(identity, name)); it != names_.end()) {
+    // Only a live lease holds its name: one past its deadline that the reaper has not collected
+    // yet (it runs every 20 ms) does not, and leaves the index when it is collected.
+    const int64_t now = clock_->Now();
+    for (uint64_t holder : it->second) {
+      auto h = leases_.find(holder);
+      if (h == leases_.end() || h->second->expired(now)) continue;
+      // The name is at most max_name_bytes (checked above); escaped, so that a name with quotes or
+      // control bytes cannot garble the message.
+      return absl::AlreadyExistsError(
+          absl::StrFormat("lease name \"%s\" is already taken by lease %d of this identity (names are unique per "
+                          "identity, --unique_lease_names): revoke it, or pick another name",
+                          absl::CEscape(name.substr(0, limits_.max_name_bytes)), holder));
+    }
+  }
   uint32_t& count = per_identity_[identity];
   if (count >= limits_.max_leases_per_identity) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -62,6 +78,7 @@ absl::StatusOr<std::shared_ptr<Lease>> LeaseTable::Create(const std::string& ide
   // Journaled before the lease can be found (or listed), so its allocations come after it.
   if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline.load());
   leases_[id] = lease;
+  IndexName(*lease);
   ++count;
   counters_.created.fetch_add(1, std::memory_order_relaxed);
   return lease;
@@ -114,6 +131,7 @@ absl::StatusOr<uint64_t> LeaseTable::Revoke(uint64_t id, const std::string& iden
     }
     lease = it->second;
     leases_.erase(it);
+    UnindexName(*lease);
     if (--per_identity_[identity] == 0) per_identity_.erase(identity);
   }
   const uint64_t pages = End(lease);
@@ -147,6 +165,19 @@ uint64_t LeaseTable::End(const std::shared_ptr<Lease>& lease) {
   lease->keys.clear();
   lease->pages_held = 0;
   return pages;
+}
+
+void LeaseTable::IndexName(const Lease& lease) {
+  if (!limits_.unique_names || lease.name.empty()) return;
+  names_[std::pair(lease.identity, lease.name)].push_back(lease.id);
+}
+
+void LeaseTable::UnindexName(const Lease& lease) {
+  if (!limits_.unique_names || lease.name.empty()) return;
+  auto it = names_.find(std::pair(lease.identity, lease.name));
+  if (it == names_.end()) return;
+  std::erase(it->second, lease.id);
+  if (it->second.empty()) names_.erase(it);
 }
 
 void LeaseTable::DropKmaps(uint64_t pfn, uint32_t order, uint32_t owner) {
@@ -194,6 +225,7 @@ uint64_t LeaseTable::ExpireDue() {
     for (auto it = leases_.begin(); it != leases_.end();) {
       if (it->second->deadline.load() <= now) {
         due.push_back(it->second);
+        UnindexName(*it->second);
         if (--per_identity_[it->second->identity] == 0) per_identity_.erase(it->second->identity);
         leases_.erase(it++);
       } else {
@@ -225,6 +257,7 @@ uint64_t LeaseTable::RevokeAll() {
     for (auto& [id, lease] : leases_) all.push_back(lease);
     leases_.clear();
     per_identity_.clear();
+    names_.clear();
   }
   uint64_t pages = 0;
   for (const auto& lease : all) pages += End(lease);

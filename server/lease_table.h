@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -40,6 +41,10 @@ struct LeaseLimits {
   uint32_t max_leases_per_identity = 1024;
   size_t max_name_bytes = 64;
   size_t max_key_bytes = 128;
+  // A non-empty lease name names at most one live lease of an identity (--unique_lease_names), so
+  // that clients (physmemctl) can use it wherever the lease's id goes. Off by default: names are
+  // also metric labels that many leases may share on purpose (physmem_lease_held_pages).
+  bool unique_names = false;
 };
 
 struct LeaseBlock {
@@ -148,6 +153,10 @@ class LeaseTable {
   // The service's Kmap runs under lease->mu and checks `dead`, so none can slip in after this.
   void DropKmaps(uint64_t pfn, uint32_t order, uint32_t owner);
   void ReaperLoop();
+  // The name index (limits_.unique_names): callers hold mu_. Every path that adds a lease to
+  // leases_ or removes one calls these, so the index holds exactly the live named leases.
+  void IndexName(const Lease& lease);
+  void UnindexName(const Lease& lease);
 
   PageAllocator* const pa_;
   const LeaseClock* const clock_;
@@ -160,6 +169,12 @@ class LeaseTable {
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
   absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_
+  // (identity, non-empty name) -> the leases of that name in leases_; kept with
+  // limits_.unique_names only (empty otherwise, so Create finds no conflict). One live lease each;
+  // more only while an expired one awaits the reaper, or after Restore adopted duplicates journaled
+  // while names could repeat (the name then stays taken until the last of them ends).
+  // Guarded by mu_.
+  absl::flat_hash_map<std::pair<std::string, std::string>, std::vector<uint64_t>> names_;
   uint32_t next_id_ = 1;                                            // guarded by mu_
   // Random per daemon start, the high 32 bits of every lease id: a client that outlived a daemon
   // restart cannot renew or use a new lease that happens to reuse its old number.

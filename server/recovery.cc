@@ -59,6 +59,7 @@ void LeaseTable::Restore(uint64_t boot_nonce, uint32_t next_id, std::vector<std:
   next_id_ = std::max(next_id_, next_id);
   for (auto& lease : leases) {
     ++per_identity_[lease->identity];
+    IndexName(*lease);
     leases_[lease->id] = std::move(lease);
   }
 }
