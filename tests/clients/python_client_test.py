@@ -302,6 +302,16 @@ class PackagingTest(unittest.TestCase):
             os.environ.pop("XDG_RUNTIME_DIR", None)
             self.assertEqual(physmem.user_socket_path(), "/tmp/physmemd-%d/physmemd.sock" % os.getuid())
 
+    def test_errors_map_codes_to_subclasses(self):
+        e = physmem.errors.error_for(grpc.StatusCode.ALREADY_EXISTS, "name taken")
+        self.assertIsInstance(e, physmem.AlreadyExistsError)
+        self.assertEqual((e.code, e.message, str(e)), (grpc.StatusCode.ALREADY_EXISTS, "name taken",
+                                                       "ALREADY_EXISTS: name taken"))
+        e = physmem.errors.error_for(grpc.StatusCode.ABORTED, "why")
+        self.assertIs(type(e), physmem.PhysmemError)
+        self.assertEqual(e.code, grpc.StatusCode.ABORTED)
+        self.assertEqual(physmem.status_code(9), grpc.StatusCode.FAILED_PRECONDITION)
+
     def test_import_in_either_path_order_and_a_clear_error_without_stubs(self):
         code = "import physmem; print(physmem.Client.__module__, physmem.physmem_pb2.__file__)"
         for path in ([PACKAGE_DIR, GENERATED], [GENERATED, PACKAGE_DIR]):

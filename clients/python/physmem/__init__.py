@@ -33,12 +33,12 @@ except ModuleNotFoundError as e:
 from physmem.client import Client  # noqa: E402
 from physmem.default_socket import default_target, user_socket_path  # noqa: E402
 from physmem.errors import (  # noqa: E402
-    DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, NotFoundError, OutOfRangeError,
-    PermissionDeniedError, PhysmemError, ResourceExhaustedError, UnavailableError, status_code)
+    AlreadyExistsError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, NotFoundError,
+    OutOfRangeError, PermissionDeniedError, PhysmemError, ResourceExhaustedError, UnavailableError, status_code)
 from physmem.lease import Lease  # noqa: E402
 from physmem.page import PageHandle  # noqa: E402
 
 __all__ = ["Client", "Lease", "PageHandle", "PhysmemError", "InvalidArgumentError", "NotFoundError",
-           "PermissionDeniedError", "OutOfRangeError", "FailedPreconditionError", "ResourceExhaustedError",
-           "DeadlineExceededError", "UnavailableError", "status_code", "default_target", "user_socket_path",
-           "physmem_pb2", "physmem_pb2_grpc", "target_pb2"]
+           "PermissionDeniedError", "OutOfRangeError", "FailedPreconditionError", "AlreadyExistsError",
+           "ResourceExhaustedError", "DeadlineExceededError", "UnavailableError", "status_code", "default_target",
+           "user_socket_path", "physmem_pb2", "physmem_pb2_grpc", "target_pb2"]

@@ -46,6 +46,11 @@ class FailedPreconditionError(PhysmemError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class AlreadyExistsError(PhysmemError):
+    """A live lease of this identity has that name already (with --unique_lease_names)."""
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class ResourceExhaustedError(PhysmemError):
     """No memory within the deadline, or a quota or limit (the message names it)."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -61,8 +66,8 @@ class UnavailableError(PhysmemError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-_BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, PermissionDeniedError,
-                                      OutOfRangeError, FailedPreconditionError, ResourceExhaustedError,
+_BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, NotFoundError, PermissionDeniedError, OutOfRangeError,
+                                      FailedPreconditionError, AlreadyExistsError, ResourceExhaustedError,
                                       DeadlineExceededError, UnavailableError)}
 
 
