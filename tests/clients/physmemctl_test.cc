@@ -1,5 +1,7 @@
 // Tests the physmemctl binary (clients/physmemctl.cc) as a process against the real physmemd:
-// each subcommand's output and exit status, usage errors (2) and refusals (1).
+// each subcommand's output and exit status, usage errors (2) and refusals (1); leases by name,
+// -o json (parsed back into the API's messages), bulk alloc and free, extfrag, watch, and the bash
+// completion script (run by bash).
 //
 // Time: a physmemctl process takes its time to start (much more under a sanitizer on a loaded
 // machine), so the leases it works on get TTLs no slow machine outruns, or are held by the test's
@@ -8,6 +10,8 @@
 // scale the TTL and their waits by TimeScale() (tests/time_scale.h).
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
 #include <regex.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -31,6 +35,8 @@
 #include "absl/strings/str_split.h"
 #include "clients/physmem_client.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
 
@@ -81,8 +87,10 @@ struct CtlResult {
 // One physmemctl process, its stdout and stderr captured in files.
 class CtlProcess {
  public:
-  // `uid`: run as that user (needs root), e.g. to be another identity.
-  CtlProcess(std::vector<std::string> args, std::optional<uid_t> uid = std::nullopt) {
+  // `uid`: run as that user (needs root), e.g. to be another identity. `program`: another program
+  // than physmemctl (bash, for the completion script).
+  CtlProcess(std::vector<std::string> args, std::optional<uid_t> uid = std::nullopt,
+             const char* program = PHYSMEMCTL_BINARY) {
     char tmpl[] = "/tmp/physmemctl-test-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     pid_ = ::fork();
@@ -92,7 +100,7 @@ class CtlProcess {
       ::dup2(out, STDOUT_FILENO);
       ::dup2(err, STDERR_FILENO);
       if (uid && (::setgid(*uid) != 0 || ::setuid(*uid) != 0)) ::_exit(126);
-      std::vector<char*> argv = {const_cast<char*>(PHYSMEMCTL_BINARY)};
+      std::vector<char*> argv = {const_cast<char*>(program)};
       for (std::string& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
       ::execv(argv[0], argv.data());
@@ -159,6 +167,27 @@ std::optional<std::vector<std::string>> FullMatch(const std::string& pattern, co
 }
 
 using physmem::testing::Eventually;
+
+// A line of -o json output parsed back into the API's message: the CLI prints proto JSON, one
+// message per line.
+template <typename M>
+M FromJson(const std::string& line) {
+  M m;
+  const auto s = google::protobuf::util::JsonStringToMessage(line, &m);
+  EXPECT_TRUE(s.ok()) << s.message() << ": " << line;
+  return m;
+}
+// The whole output as one JSON message on one line.
+template <typename M>
+M OneJsonLine(const CtlResult& r) {
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Lines(r.out).size(), 1u) << r.out;
+  EXPECT_THAT(r.out, ::testing::EndsWith("}\n"));
+  return FromJson<M>(r.out);
+}
+bool SameMessage(const google::protobuf::Message& a, const google::protobuf::Message& b) {
+  return google::protobuf::util::MessageDifferencer::Equals(a, b);
+}
 
 class CtlTest : public ::testing::Test {
  protected:
@@ -582,6 +611,456 @@ TEST_F(CtlTest, ValidatePrintsTheCensus) {
                                    v->total_pages(), v->total_pages() - 8));
 }
 
+// ---- leases by name ----
+
+TEST_F(CtlTest, ALeasesNameWorksWhereverItsIdDoes) {
+  LeaseOptions o = LongLived();
+  o.name = "nic-rx";
+  const uint64_t id = NewLeaseId(o);
+  const CtlResult by_id = Run({"lease", "get", std::to_string(id)});
+  ASSERT_EQ(by_id.exit_code, 0) << by_id.err;
+  // The TTL counts down between the two calls: compare the lines without it.
+  auto without_ttl = [](const std::string& s) {
+    std::string out = s;
+    const size_t at = out.find(" ttl_ms=");
+    if (at != std::string::npos) out.erase(at, out.find(' ', at + 1) - at);
+    return out;
+  };
+  const CtlResult by_name = Run({"lease", "get", "nic-rx"});
+  ASSERT_EQ(by_name.exit_code, 0) << by_name.err;
+  EXPECT_EQ(without_ttl(by_name.out), without_ttl(by_id.out));
+
+  // alloc, address, write, read, free by name.
+  CtlResult r = Run({"alloc", "nic-rx", "--order=1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::optional<std::vector<std::string>> m = FullMatch("pfn=(0x[0-9a-f]+) .*\n", r.out);
+  ASSERT_TRUE(m.has_value()) << r.out;
+  const std::string pfn = (*m)[1];
+  EXPECT_EQ(client_->GetLease(id)->pages_held(), 2u);
+  r = Run({"address", "nic-rx", pfn});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("pfn=" + pfn + " virt=0x"));
+  r = Run({"write", "nic-rx", pfn, "--hex=cafe"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = Run({"read", "nic-rx", pfn, "--length=2"});
+  EXPECT_EQ(r.out, "cafe\n") << r.err;
+  r = Run({"free", "nic-rx", "--pfn=" + pfn, "--order=1"});
+  EXPECT_EQ(r.out, "pages_freed=2\n") << r.err;
+  r = Run({"lease", "revoke", "nic-rx"});
+  EXPECT_EQ(r.out, absl::StrFormat("lease=%d pages_freed=0\n", id)) << r.err;
+  EXPECT_EQ(client_->GetLease(id).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CtlTest, KeepaliveTakesAName) {
+  LeaseOptions o = LongLived();
+  o.name = "ka";
+  const uint64_t id = NewLeaseId(o);
+  CtlProcess p(Args({"lease", "keepalive", "ka"}));
+  ASSERT_TRUE(Eventually(HangBound(), [&] { return !p.out_so_far().empty(); }));
+  p.Signal(SIGTERM);
+  std::optional<CtlResult> r = p.Wait(HangBound());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_THAT(r->out, StartsWith(absl::StrFormat("lease=%d ttl_ms=%d\n", id, kLongTtlMs)));
+}
+
+TEST_F(CtlTest, AnUnknownNameIsNotFound) {
+  NewLeaseId();  // a lease without a name: no match either
+  const CtlResult r = Run({"alloc", "no-such-lease"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.out, IsEmpty());
+  EXPECT_THAT(r.err, StartsWith("physmemctl: NOT_FOUND: no lease of yours is named \"no-such-lease\""));
+}
+
+TEST_F(CtlTest, ANameTwoLeasesShareIsRefusedWithBothIds) {
+  // This daemon lets names repeat (no --unique_lease_names): the CLI must not pick one.
+  LeaseOptions o = LongLived();
+  o.name = "twin";
+  const uint64_t a = NewLeaseId(o), b = NewLeaseId(o);
+  const CtlResult r = Run({"lease", "revoke", "twin"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, StartsWith(absl::StrFormat(
+                         "physmemctl: FAILED_PRECONDITION: 2 of your leases are named \"twin\" (ids %d, %d)", a, b)));
+  EXPECT_TRUE(client_->GetLease(a).ok());
+  EXPECT_TRUE(client_->GetLease(b).ok());
+}
+
+class CtlUniqueNamesTest : public CtlTest {
+ protected:
+  CtlUniqueNamesTest() : CtlTest({"--target=i386", "--mem_mb=64", "--unique_lease_names"}) {}
+};
+
+TEST_F(CtlUniqueNamesTest, ASecondLeaseWithTheNameIsAlreadyExists) {
+  const std::string ttl = "--ttl_ms=" + std::to_string(kLongTtlMs);
+  const CtlResult first = Run({"lease", "create", ttl, "--name=blk"});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const CtlResult second = Run({"lease", "create", ttl, "--name=blk"});
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_THAT(second.out, IsEmpty());
+  EXPECT_THAT(second.err, StartsWith("physmemctl: ALREADY_EXISTS: lease name \"blk\" is already taken by lease " +
+                                     Lines(first.out)[0] + " "));
+  absl::StatusOr<v1::ListLeasesResponse> list = client_->ListLeases();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->leases_size(), 1);
+  // Once it is revoked (by name), the name is free again.
+  ASSERT_EQ(Run({"lease", "revoke", "blk"}).exit_code, 0);
+  EXPECT_EQ(Run({"lease", "create", ttl, "--name=blk"}).exit_code, 0);
+}
+
+// ---- -o json ----
+
+TEST_F(CtlTest, JsonOutputIsTheApisReplyWithProtoJsonNames) {
+  const CtlResult created = Run({"lease", "create", "--ttl_ms=" + std::to_string(kLongTtlMs), "--name=js", "-o",
+                                 "json"});
+  const v1::CreateLeaseResponse c = OneJsonLine<v1::CreateLeaseResponse>(created);
+  EXPECT_THAT(created.out, HasSubstr("\"leaseId\":\""));  // lowerCamelCase; 64-bit as a string
+  EXPECT_EQ(c.granted_ttl_ms(), kLongTtlMs);
+  const std::string id = std::to_string(c.lease_id());
+
+  const CtlResult alloc = Run({"alloc", "js", "--order=2", "--key=k1", "--output=json"});
+  const v1::Allocation a = OneJsonLine<v1::Allocation>(alloc);
+  EXPECT_EQ(a.order(), 2u);
+  EXPECT_EQ(a.key(), "k1");
+  EXPECT_EQ(a.zone(), "Normal");
+  EXPECT_THAT(alloc.out, HasSubstr("\"arenaOffset\":"));
+  EXPECT_THAT(alloc.out, HasSubstr("\"replayed\":false"));  // every field printed, defaults too
+
+  const CtlResult got = Run({"lease", "get", id, "-o", "json"});
+  const v1::LeaseInfo info = OneJsonLine<v1::LeaseInfo>(got);
+  EXPECT_THAT(got.out, HasSubstr("\"pagesHeld\":\"4\""));
+  absl::StatusOr<v1::LeaseInfo> want = client_->GetLease(c.lease_id());
+  ASSERT_TRUE(want.ok());
+  v1::LeaseInfo without_ttl = info;
+  without_ttl.set_ttl_ms(want->ttl_ms());  // it counts down between the two calls
+  EXPECT_TRUE(SameMessage(without_ttl, *want)) << got.out << "\n" << want->DebugString();
+
+  const v1::ListLeasesResponse list = OneJsonLine<v1::ListLeasesResponse>(Run({"lease", "list", "-o", "json"}));
+  ASSERT_EQ(list.leases_size(), 1);
+  EXPECT_EQ(list.leases(0).name(), "js");
+
+  const v1::PageAddressResponse addr =
+      OneJsonLine<v1::PageAddressResponse>(Run({"address", "js", std::to_string(a.pfn()), "-o", "json"}));
+  EXPECT_EQ(addr.virt_addr(), a.virt_addr());
+  const v1::WritePagesResponse wrote = OneJsonLine<v1::WritePagesResponse>(
+      Run({"write", "js", std::to_string(a.pfn()), "--hex=00ff", "-o", "json"}));
+  EXPECT_EQ(wrote.bytes_written(), 2u);
+  const v1::ReadPagesResponse read = OneJsonLine<v1::ReadPagesResponse>(
+      Run({"read", "js", std::to_string(a.pfn()), "--length=2", "-o", "json"}));
+  EXPECT_EQ(read.data(), std::string("\x00\xff", 2));
+
+  const v1::FreePagesResponse freed =
+      OneJsonLine<v1::FreePagesResponse>(Run({"free", "js", "--key=k1", "-o", "json"}));
+  EXPECT_EQ(freed.pages_freed(), 4u);
+  const v1::RevokeLeaseResponse revoked =
+      OneJsonLine<v1::RevokeLeaseResponse>(Run({"lease", "revoke", "js", "-o", "json"}));
+  EXPECT_EQ(revoked.pages_freed(), 0u);
+}
+
+TEST_F(CtlTest, JsonOutputOfTheMachineCommands) {
+  absl::StatusOr<v1::GetTargetResponse> t = client_->GetTarget();
+  ASSERT_TRUE(t.ok());
+  const CtlResult target = Run({"target", "-o", "json"});
+  EXPECT_TRUE(SameMessage(OneJsonLine<v1::GetTargetResponse>(target), *t)) << target.out;
+  EXPECT_THAT(target.out, HasSubstr("\"memoryMap\":"));
+
+  const v1::ValidateResponse v = OneJsonLine<v1::ValidateResponse>(Run({"validate", "-o", "json"}));
+  EXPECT_EQ(v.total_pages(), t->total_pages());
+  EXPECT_EQ(v.allocated_pages(), 0u);
+
+  absl::StatusOr<v1::GetZoneInfoResponse> zi = client_->GetZoneInfo();
+  ASSERT_TRUE(zi.ok());
+  for (const char* view : {"zoneinfo", "buddyinfo", "extfrag"}) {
+    const CtlResult r = Run({view, "-o", "json"});
+    const v1::GetZoneInfoResponse got = OneJsonLine<v1::GetZoneInfoResponse>(r);
+    EXPECT_THAT(r.out, HasSubstr("\"fragmentationIndex\":["));
+    EXPECT_EQ(got.buddyinfo(), zi->buddyinfo()) << view;
+    ASSERT_EQ(got.zones_size(), zi->zones_size()) << view;
+    for (int i = 0; i < got.zones_size(); ++i) {
+      EXPECT_THAT(got.zones(i).nr_free(), ::testing::ElementsAreArray(zi->zones(i).nr_free())) << view;
+      EXPECT_THAT(got.zones(i).fragmentation_index(),
+                  ::testing::ElementsAreArray(zi->zones(i).fragmentation_index()))
+          << view;
+    }
+  }
+}
+
+// ---- bulk alloc and free ----
+
+TEST_F(CtlTest, AllocCountAllocatesThatManyOrderZeroPagesInOneCall) {
+  const uint64_t id = NewLeaseId();
+  const CtlResult r = Run({"alloc", std::to_string(id), "--count=8"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, IsEmpty());
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 8u) << r.out;
+  std::vector<uint64_t> pfns;
+  for (const std::string& line : lines) {
+    const std::optional<std::vector<std::string>> m = FullMatch(
+        "pfn=(0x[0-9a-f]+) order=0 zone=(DMA|Normal) phys=(0x[0-9a-f]+) virt=0x[0-9a-f]+ arena_offset=(0x[0-9a-f]+|0)",
+        line);
+    ASSERT_TRUE(m.has_value()) << line;
+    pfns.push_back(Number((*m)[1]));
+    EXPECT_EQ(Number((*m)[3]), pfns.back() * 4096);
+  }
+  EXPECT_EQ(client_->GetLease(id)->pages_held(), 8u);
+  // They are the lease's pages: a bulk free of exactly them frees all 8.
+  std::vector<std::string> free_args = {"free", std::to_string(id)};
+  for (uint64_t p : pfns) free_args.push_back(absl::StrFormat("%#x", p));
+  const CtlResult f = Run(free_args);
+  ASSERT_EQ(f.exit_code, 0) << f.err;
+  EXPECT_EQ(f.out, "pages_freed=8 blocks_freed=8\n");
+  EXPECT_EQ(client_->GetLease(id)->pages_held(), 0u);
+}
+
+TEST_F(CtlTest, AllocCountWithJsonPrintsTheBulkReply) {
+  const uint64_t id = NewLeaseId();
+  const v1::AllocPagesBulkResponse resp =
+      OneJsonLine<v1::AllocPagesBulkResponse>(Run({"alloc", std::to_string(id), "--count=5", "-o", "json"}));
+  EXPECT_EQ(resp.requested(), 5u);
+  EXPECT_EQ(resp.pfn_size(), 5);
+  EXPECT_EQ(resp.zone_size(), 5);
+}
+
+TEST_F(CtlTest, AllocCountBeyondWhatIsFreeGetsWhatThereIsAndSaysSo) {
+  const uint64_t id = NewLeaseId();
+  const CtlResult r = Run({"alloc", std::to_string(id), "--count=20000"});  // a 64 MiB machine: 16384 pages
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const size_t got = Lines(r.out).size();
+  EXPECT_GT(got, 0u);
+  EXPECT_LT(got, 20000u);
+  EXPECT_EQ(client_->GetLease(id)->pages_held(), got);
+  EXPECT_THAT(r.err, StartsWith(absl::StrFormat("physmemctl: got %d of the 20000 pages asked for", got)));
+}
+
+TEST_F(CtlTest, FreeOfSeveralBlocksFreesThemInOneCall) {
+  const uint64_t id = NewLeaseId();
+  std::unique_ptr<Lease> lease = AttachTo(id);
+  std::vector<std::string> args = {"free", std::to_string(id), "--order=1"};
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<PageHandle> p = lease->AllocPages("GFP_KERNEL", 1);
+    ASSERT_TRUE(p.ok()) << p.status();
+    p->Release();
+    args.push_back(absl::StrFormat("%#x", p->pfn()));
+  }
+  const CtlResult r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "pages_freed=6 blocks_freed=3\n");
+  absl::StatusOr<v1::ValidateResponse> v = client_->Validate();
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->allocated_pages(), 0u);
+}
+
+TEST_F(CtlTest, FreeOfSeveralBlocksReportsTheRefusedOnesAndExitsOne) {
+  const uint64_t id = NewLeaseId();
+  absl::StatusOr<PageHandle> p = AttachTo(id)->AllocPages("GFP_KERNEL", 0);
+  ASSERT_TRUE(p.ok()) << p.status();
+  p->Release();
+  // pfn 1 is free: a double free, refused; the lease's own page is freed all the same.
+  const CtlResult r = Run({"free", std::to_string(id), absl::StrFormat("%#x", p->pfn()), "0x1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "pages_freed=1 blocks_freed=1\n");
+  EXPECT_THAT(r.err, MatchesRegex("physmemctl: FAILED_PRECONDITION: 1 of 2 blocks not freed \\(each refusal changed "
+                                  "nothing\\): pfn 0x1: FAILED_PRECONDITION: [^\n]+\n"));
+  EXPECT_EQ(client_->GetLease(id)->pages_held(), 0u);
+  // -o json: the reply, refusals included.
+  const CtlResult j = Run({"free", std::to_string(id), "0x1", "-o", "json"});
+  EXPECT_EQ(j.exit_code, 1);
+  const v1::FreePagesBulkResponse resp = FromJson<v1::FreePagesBulkResponse>(j.out);
+  ASSERT_EQ(resp.refused_size(), 1);
+  EXPECT_EQ(resp.refused(0).pfn(), 1u);
+  EXPECT_EQ(resp.refused(0).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+}
+
+// ---- extfrag and watch ----
+
+TEST_F(CtlTest, ExtfragIsTheKernelsExtfragIndexLayout) {
+  // Fill the machine (what a bulk call takes without waiting), so that some orders have no free
+  // block and their index is a fraction rather than -1.000.
+  ASSERT_EQ(Run({"alloc", std::to_string(NewLeaseId()), "--count=20000"}).exit_code, 0);
+  const CtlResult r = Run({"extfrag"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok());
+  std::vector<const v1::ZoneInfo*> populated;
+  for (const v1::ZoneInfo& z : info->zones()) {
+    if (z.populated()) populated.push_back(&z);
+  }
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), populated.size()) << r.out;
+  bool fraction_seen = false;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const v1::ZoneInfo& z = *populated[i];
+    ASSERT_EQ(z.fragmentation_index_size(), 11);  // i386: MAX_PAGE_ORDER 10
+    // extfrag_show_print(): "Node %d, zone %8s ", then "%2d.%03d " per order.
+    const std::optional<std::vector<std::string>> m =
+        FullMatch("Node 0, zone +([^ ]+) (( 0\\.[0-9]{3}| 1\\.000|-1\\.000) ){11}", lines[i]);
+    ASSERT_TRUE(m.has_value()) << "'" << lines[i] << "'";
+    EXPECT_EQ((*m)[1], z.zone());
+    EXPECT_EQ(lines[i].substr(0, 22), absl::StrFormat("Node 0, zone %8s ", z.zone()));
+    for (int o = 0; o < 11; ++o) {
+      const int index = z.fragmentation_index(o);
+      const std::string want = index == -1000 ? "-1.000 " : absl::StrFormat(" %d.%03d ", index / 1000, index % 1000);
+      EXPECT_EQ(lines[i].substr(22 + 7 * o, 7), want) << z.zone() << " order " << o;
+      if (index != -1000) fraction_seen = true;
+    }
+  }
+  EXPECT_TRUE(fraction_seen) << "the full machine left a block of every order free:\n" << r.out;
+}
+
+TEST_F(CtlTest, WatchWithCountRefreshesThatManyTimesAndExits) {
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok());
+  const CtlResult r = Run({"watch", "--count=3", "--interval_ms=1", "buddyinfo"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Not a terminal: no screen clearing, the refreshes one after another, an empty line between.
+  EXPECT_EQ(r.out, info->buddyinfo() + "\n" + info->buddyinfo() + "\n" + info->buddyinfo());
+  const CtlResult ext = Run({"watch", "--count=2", "--interval_ms=1", "extfrag"});
+  ASSERT_EQ(ext.exit_code, 0) << ext.err;
+  const CtlResult once = Run({"extfrag"});
+  EXPECT_EQ(ext.out, once.out + "\n" + once.out);
+  // JSON: one reply per line.
+  const CtlResult j = Run({"watch", "--count=2", "--interval_ms=1", "zoneinfo", "-o", "json"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  const std::vector<std::string> lines = Lines(j.out);
+  ASSERT_EQ(lines.size(), 2u) << j.out;
+  for (const std::string& line : lines) {
+    EXPECT_EQ(FromJson<v1::GetZoneInfoResponse>(line).buddyinfo(), info->buddyinfo());
+  }
+}
+
+TEST_F(CtlTest, WatchRunsUntilStoppedAndExitsZero) {
+  CtlProcess p(Args({"watch", "--interval_ms=10", "zoneinfo"}));
+  ASSERT_TRUE(Eventually(HangBound(), [&] { return p.out_so_far().find("\n\n") != std::string::npos; }))
+      << "no second refresh";
+  p.Signal(SIGINT);
+  std::optional<CtlResult> r = p.Wait(HangBound());
+  ASSERT_TRUE(r.has_value()) << "watch did not stop on SIGINT";
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_THAT(r->out, StartsWith("Node 0, zone      DMA\n  pages free"));
+}
+
+TEST_F(CtlTest, WatchOnATerminalClearsTheScreenBeforeEachRefresh) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  std::vector<std::string> args = Args({"watch", "--count=2", "--interval_ms=1", "buddyinfo"});
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(slave, STDOUT_FILENO);
+    ::close(master);
+    std::vector<char*> argv = {const_cast<char*>(PHYSMEMCTL_BINARY)};
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(slave);
+  // Read until the child's end closes the terminal (EIO on Linux), bounded by HangBound().
+  std::string out;
+  const auto deadline = Clock::now() + HangBound();
+  while (Clock::now() < deadline) {
+    pollfd pfd = {master, POLLIN, 0};
+    if (::poll(&pfd, 1, 50) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::read(master, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, n);
+  }
+  ::close(master);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok());
+  // The terminal turns each "\n" into "\r\n".
+  const std::string body = absl::StrReplaceAll(info->buddyinfo(), {{"\n", "\r\n"}});
+  const std::vector<std::string> screens = absl::StrSplit(out, "\033[H\033[2J");
+  ASSERT_EQ(screens.size(), 3u) << out;  // "", then one per refresh
+  EXPECT_THAT(screens[0], IsEmpty());
+  for (int i = 1; i <= 2; ++i) {
+    EXPECT_THAT(screens[i], StartsWith("Every 1ms: physmemctl buddyinfo    ")) << screens[i];
+    EXPECT_THAT(screens[i], ::testing::EndsWith("\r\n\r\n" + body)) << screens[i];
+  }
+}
+
+// ---- completion ----
+
+// `bash -c SCRIPT physmemctl`: SCRIPT runs with $0 = the physmemctl binary.
+CtlResult RunBash(const std::string& script, std::vector<std::string> more_args = {}) {
+  std::vector<std::string> args = {"-c", script, PHYSMEMCTL_BINARY};
+  args.insert(args.end(), more_args.begin(), more_args.end());
+  CtlProcess p(args, std::nullopt, "/bin/bash");
+  std::optional<CtlResult> r = p.Wait(HangBound());
+  EXPECT_TRUE(r.has_value()) << "bash did not exit";
+  return r.value_or(CtlResult());
+}
+
+TEST(CtlCompletion, TheBashScriptLoadsAndRegistersTheCompletion) {
+  const CtlResult r = RunBash("source <(\"$0\" completion bash) && complete -p physmemctl");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "complete -F _physmemctl physmemctl\n");
+  EXPECT_THAT(r.err, IsEmpty());
+}
+
+// Runs the completion function as bash would: COMP_WORDS split the way bash splits them (at '='
+// and ':'), COMP_CWORD the last word; prints COMPREPLY on one line, words joined by '|'.
+constexpr char kCompletionHarness[] = R"(
+source <("$0" completion bash) || exit 3
+compopt() { :; }  # outside a real completion bash refuses it
+complete_line() {
+  COMP_LINE=$1; shift
+  COMP_WORDS=("$0" "$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+  _physmemctl
+  local IFS='|'; echo "${COMPREPLY[*]}"
+}
+)";
+
+TEST(CtlCompletion, CompletesCommandsSubcommandsOptionsAndValues) {
+  const CtlResult r = RunBash(std::string(kCompletionHarness) + R"(
+complete_line "physmemctl " ""
+complete_line "physmemctl le" le
+complete_line "physmemctl lease " lease ""
+complete_line "physmemctl watch " watch ""
+complete_line "physmemctl alloc 7 --co" alloc 7 --co
+complete_line "physmemctl alloc 7 --form=a" alloc 7 --form = a
+complete_line "physmemctl lease list -o j" lease list -o j
+complete_line "physmemctl completion " completion ""
+complete_line "physmemctl --target=unix:///x/y ex" --target = unix : ///x/y ex
+)");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 9u) << r.out << r.err;
+  EXPECT_EQ(lines[0],
+            "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|watch|target|validate|"
+            "completion|version|help");
+  EXPECT_EQ(lines[1], "lease");
+  EXPECT_EQ(lines[2], "create|keepalive|revoke|get|list");
+  EXPECT_EQ(lines[3], "buddyinfo|zoneinfo|extfrag");
+  EXPECT_EQ(lines[4], "--count=");
+  EXPECT_EQ(lines[5], "address");
+  EXPECT_EQ(lines[6], "json");
+  EXPECT_EQ(lines[7], "bash");
+  EXPECT_EQ(lines[8], "extfrag");
+}
+
+TEST_F(CtlTest, CompletionOfALeaseOffersYourLeasesIdsAndNames) {
+  LeaseOptions o = LongLived();
+  o.name = "rx-ring";
+  const uint64_t named = NewLeaseId(o);
+  const uint64_t unnamed = NewLeaseId();
+  // The daemon's socket path, split the way bash splits "unix:///path".
+  const std::string path = "//" + daemon_.socket_path();
+  const CtlResult r = RunBash(std::string(kCompletionHarness) + R"(
+complete_line "physmemctl --target=unix:$1 lease get " --target = unix : "$1" lease get ""
+complete_line "physmemctl --target=unix:$1 alloc rx" --target = unix : "$1" alloc rx
+)",
+                              {path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out << r.err;
+  EXPECT_EQ(lines[0], absl::StrFormat("%d|rx-ring|%d", named, unnamed));
+  EXPECT_EQ(lines[1], "rx-ring");
+}
+
 // ---- exit codes ----
 
 class CtlUsageTest : public CtlTest, public ::testing::WithParamInterface<std::vector<std::string>> {};
@@ -604,7 +1083,7 @@ INSTANTIATE_TEST_SUITE_P(
                       std::vector<std::string>{"lease", "get"}, std::vector<std::string>{"lease", "get", "1", "2"},
                       std::vector<std::string>{"lease", "list", "--gfp=GFP_KERNEL"},
                       std::vector<std::string>{"lease", "keepalive", "1", "--duration_ms=soon"},
-                      std::vector<std::string>{"alloc"}, std::vector<std::string>{"alloc", "x1"},
+                      std::vector<std::string>{"alloc"}, std::vector<std::string>{"alloc", ""},
                       std::vector<std::string>{"alloc", "1", "--form=huge"},
                       std::vector<std::string>{"alloc", "1", "--order=-1"},
                       std::vector<std::string>{"alloc", "1", "--order=0x"},
@@ -614,7 +1093,28 @@ INSTANTIATE_TEST_SUITE_P(
                       std::vector<std::string>{"free", "1", "--key=k", "--order=1"},
                       std::vector<std::string>{"address", "1"}, std::vector<std::string>{"kmap", "1", "2", "3"},
                       std::vector<std::string>{"--bogus", "lease", "list"},
-                      std::vector<std::string>{"--timeout_ms=soon", "lease", "list"}));
+                      std::vector<std::string>{"--timeout_ms=soon", "lease", "list"},
+                      // -o / --output
+                      std::vector<std::string>{"lease", "list", "-o", "yaml"},
+                      std::vector<std::string>{"lease", "list", "-o", "json", "--output=text"},
+                      std::vector<std::string>{"lease", "list", "-o"},
+                      std::vector<std::string>{"completion", "bash", "-o", "json"},
+                      std::vector<std::string>{"read", "1", "2", "-o", "json", "--out=/tmp/x"},
+                      // alloc --count, free PFN...
+                      std::vector<std::string>{"alloc", "1", "--count=0"},
+                      std::vector<std::string>{"alloc", "1", "--count=many"},
+                      std::vector<std::string>{"alloc", "1", "--count=4", "--order=1"},
+                      std::vector<std::string>{"alloc", "1", "--count=4", "--key=k"},
+                      std::vector<std::string>{"alloc", "1", "--count=4", "--form=zeroed"},
+                      std::vector<std::string>{"free", "1", "0x10", "--pfn=0x10"},
+                      std::vector<std::string>{"free", "1", "0x10", "zz"},
+                      // watch, extfrag, completion
+                      std::vector<std::string>{"watch"}, std::vector<std::string>{"watch", "frob"},
+                      std::vector<std::string>{"watch", "buddyinfo", "--interval_ms=0"},
+                      std::vector<std::string>{"watch", "buddyinfo", "--count=0"},
+                      std::vector<std::string>{"watch", "buddyinfo", "--gfp=GFP_KERNEL"},
+                      std::vector<std::string>{"extfrag", "1"}, std::vector<std::string>{"completion"},
+                      std::vector<std::string>{"completion", "zsh"}));
 
 struct ServerErrorCase {
   std::string name;
@@ -643,6 +1143,8 @@ INSTANTIATE_TEST_SUITE_P(
         ServerErrorCase{"UnknownLease", {"lease", "get", "987654"}, "NOT_FOUND"},
         ServerErrorCase{"RevokeUnknownLease", {"lease", "revoke", "987654"}, "NOT_FOUND"},
         ServerErrorCase{"AllocInUnknownLease", {"alloc", "987654"}, "NOT_FOUND"},
+        ServerErrorCase{"AllocInUnknownNamedLease", {"alloc", "x1"}, "NOT_FOUND"},
+        ServerErrorCase{"RevokeUnknownNamedLease", {"lease", "revoke", "nic-tx"}, "NOT_FOUND"},
         ServerErrorCase{"UnknownKey", {"free", "{lease}", "--key=nope"}, "NOT_FOUND"},
         ServerErrorCase{"DoubleFree", {"free", "{lease}", "--pfn=1", "--order=0"}, "FAILED_PRECONDITION"},
         ServerErrorCase{"HighmemAddressForm", {"alloc", "{lease}", "--form=address", "--gfp=GFP_HIGHUSER"},
@@ -667,8 +1169,8 @@ TEST(CtlHelp, PrintsEveryCommandAndExitsZero) {
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->exit_code, 0);
   for (const char* cmd : {"lease create", "lease keepalive", "lease revoke", "lease get", "lease list", "alloc",
-                          "free", "address", "kmap", "kunmap", "read", "write", "zoneinfo", "buddyinfo", "target",
-                          "validate"}) {
+                          "free", "address", "kmap", "kunmap", "read", "write", "zoneinfo", "buddyinfo", "extfrag",
+                          "watch", "target", "validate", "completion bash", "--count=N", "-o, --output"}) {
     EXPECT_THAT(r->out, HasSubstr(cmd));
   }
   EXPECT_THAT(r->err, IsEmpty());

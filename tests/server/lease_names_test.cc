@@ -4,10 +4,9 @@
 // ended, by revoke or by expiry; the empty name never conflicts; another identity has names of its
 // own; leases recovered from the journal keep their names taken. Without the flag (the default)
 // names may repeat, as metric labels shared by many leases do.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <unistd.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <filesystem>
 #include <string>
