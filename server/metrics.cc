@@ -329,6 +329,8 @@ absl::Status Metrics::StartExposer() {
   return absl::OkStatus();
 }
 
+void Metrics::StopExposer() { exposer_.reset(); }
+
 std::string Metrics::Serialize() const {
   std::vector<MetricFamily> families = registry_->Collect();
   for (MetricFamily& f : snapshot_->Collect()) families.push_back(std::move(f));

@@ -67,6 +67,8 @@ class Metrics {
   // Starts serving /metrics on options.listen (nothing if it is empty). UNAVAILABLE if the
   // address cannot be bound (civetweb's message included).
   absl::Status StartExposer();
+  // Stops serving /metrics (idempotent); the collectors stay usable.
+  void StopExposer();
   // The port the exporter listens on (the real one when options.listen asked for port 0); 0 if off.
   int port() const { return port_; }
 

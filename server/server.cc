@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -121,9 +122,10 @@ absl::Status Server::Start() {
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
-  if (metrics_->enabled()) {
+  {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-    interceptors.push_back(metrics_->rpc().InterceptorFactory());
+    interceptors.push_back(inflight_.InterceptorFactory());
+    if (metrics_->enabled()) interceptors.push_back(metrics_->rpc().InterceptorFactory());
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   if (!options_.tcp_listen.empty()) {
@@ -237,7 +239,21 @@ void Server::Shutdown() {
   LogInfo("shutting_down", {{"leases", leases_ ? leases_->size() : 0}});
   if (unix_) unix_->Stop();  // no new Unix connections
   if (waiters_) waiters_->Stop();  // parked allocations answer UNAVAILABLE now
-  if (grpc_) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(options_.shutdown_grace_ms));
+  // The exporter's web server takes up to a second to stop (civetweb's poll period): overlap it
+  // with the rest.
+  std::thread metrics_stop([this] {
+    if (metrics_) metrics_->StopExposer();
+  });
+  if (grpc_) {
+    // In-flight unary calls get the grace period to finish; then gRPC stops at once: streams are
+    // cancelled and idle connections closed, instead of waiting out the deadline for clients
+    // that keep their channels open (server/inflight_calls.h).
+    const auto grace = std::chrono::milliseconds(options_.shutdown_grace_ms);
+    const bool idle = inflight_.WaitIdle(std::chrono::steady_clock::now() + grace);
+    if (!idle) LogWarn("shutdown_grace_expired", {{"calls_in_flight", inflight_.count()}});
+    grpc_->Shutdown(std::chrono::system_clock::now());
+  }
+  metrics_stop.join();
   if (leases_) {
     leases_->StopReaper();
     const uint64_t pages = leases_->RevokeAll();

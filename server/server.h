@@ -22,6 +22,7 @@
 #include "server/identity.h"
 #include "server/journal.h"
 #include "server/identity_limits.h"
+#include "server/inflight_calls.h"
 #include "server/lease_clock.h"
 #include "server/lease_table.h"
 #include "server/metrics.h"
@@ -43,7 +44,7 @@ struct ServerOptions {
   IdentityLimitsOptions identity_limits;
   ServiceLimits service_limits;
   int max_message_bytes = 64 << 20;
-  int shutdown_grace_ms = 2000;      // how long in-flight calls (and idle connections) get on shutdown
+  int shutdown_grace_ms = 2000;      // how long in-flight unary calls get on shutdown (inflight_calls.h)
   // Crash recovery (server/journal.h, docs/recovery.md): "auto" = on with a file-backed arena.
   std::string journal = "auto";      // auto, on, off
   std::string journal_path;          // "" = DefaultJournalPath(arena_path)
@@ -88,6 +89,7 @@ class Server {
   // gRPC server (they count into it): destroyed in the opposite order.
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<PhysMemService> service_;
+  InflightCalls inflight_;  // unary calls in flight, for Shutdown's grace period
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<UnixListener> unix_;
   int tcp_port_ = 0;

@@ -50,6 +50,9 @@ inline bool Eventually(std::chrono::milliseconds timeout, const std::function<bo
   return done();
 }
 
+// The flag a test passes to have its daemon serve /metrics, on a free port (metrics_port()).
+inline constexpr char kServeMetrics[] = "--metrics_listen=127.0.0.1:0";
+
 class DaemonProcess {
  public:
   // `args` are extra physmemd flags (e.g. "--target=i386", "--mem_mb=64"). The socket lives in a
@@ -112,10 +115,10 @@ class DaemonProcess {
   // "started" line (which carries the TCP port, written after the Unix socket already accepts).
   // False on failure; the reason is in log().
   bool Start() {
-    // Metrics on a free port (the default 9464 would collide between daemons); a test's own
-    // --metrics_listen comes later and wins.
-    std::vector<std::string> argv = {binary_, "--unix_socket=" + socket_, "--arena=ordinary",
-                                     "--metrics_listen=127.0.0.1:0"};
+    // No metrics unless the test asks (kServeMetrics, or its own --metrics_listen, which comes
+    // later and wins): the exporter's web server takes up to a second and a half to stop, which
+    // every daemon of every test would pay, and the default 9464 would collide between daemons.
+    std::vector<std::string> argv = {binary_, "--unix_socket=" + socket_, "--arena=ordinary", "--metrics_listen="};
     if (tcp_) {
       argv.push_back("--tcp=127.0.0.1:0");
       argv.push_back("--allow_insecure_tcp");

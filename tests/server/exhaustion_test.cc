@@ -71,7 +71,7 @@ class Exhaustion : public ::testing::TestWithParam<ZoneCase> {
  protected:
   void SetUp() override {
     daemon_ = std::make_unique<testing::DaemonProcess>(
-        std::vector<std::string>{std::string("--target=") + GetParam().target,
+        std::vector<std::string>{testing::kServeMetrics, std::string("--target=") + GetParam().target,
                                  std::string("--mem_mb=") + GetParam().mem_mb,
                                  "--max_alloc_wait_ms=" + std::to_string(MaxAllocWait().count()),
                                  // one identity exhausts every zone, ZONE_DMA included (default cap: 1/8)

@@ -202,6 +202,7 @@ class Fault : public ::testing::Test {
   // Starts physmemd with `args`; with `lease_clock` (the default) on a lease clock the test moves
   // (ExpireChildLeases), so that a child's leases end when the test says, not by a race.
   void StartDaemon(std::vector<std::string> args, bool lease_clock = true) {
+    args.insert(args.begin(), testing::kServeMetrics);  // Metric() watches the daemon's counters
     daemon_ = std::make_unique<testing::DaemonProcess>(std::move(args));
     if (lease_clock) daemon_->UseLeaseClock();
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();

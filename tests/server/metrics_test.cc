@@ -129,7 +129,8 @@ class Metrics : public testing::DaemonStubTest {
   void StartDaemon(std::vector<std::string> extra = {},
                    testing::LeaseClockMode clock = testing::LeaseClockMode::kReal) {
     // --identity_dma_pages: one identity exhausts zones down to ZONE_DMA (default cap: 1/8 of it).
-    std::vector<std::string> args = {"--target=i386", "--mem_mb=1024", "--max_alloc_wait_ms=3000", "--identity_dma_pages=4096"};
+    std::vector<std::string> args = {testing::kServeMetrics, "--target=i386", "--mem_mb=1024",
+                                     "--max_alloc_wait_ms=3000", "--identity_dma_pages=4096"};
     args.insert(args.end(), extra.begin(), extra.end());
     DaemonStubTest::StartDaemon(std::move(args), /*tcp=*/false, clock);
   }

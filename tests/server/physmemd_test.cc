@@ -761,7 +761,8 @@ class SmallDaemon : public Daemon {
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(StartSmall(testing::LeaseClockMode::kReal, MaxAllocWait())); }
   void StartSmall(testing::LeaseClockMode clock, milliseconds max_alloc_wait) {
     // These tests drain the whole machine as one client: no per-identity ZONE_DMA cap.
-    ASSERT_NO_FATAL_FAILURE(StartDaemon({"--target=x86_64", "--mem_mb=64",
+    // Metrics: AllocFailures() watches the daemon's counters.
+    ASSERT_NO_FATAL_FAILURE(StartDaemon({testing::kServeMetrics, "--target=x86_64", "--mem_mb=64",
                                          "--max_alloc_wait_ms=" + std::to_string(max_alloc_wait.count()),
                                          "--min_lease_ttl_ms=200", "--identity_dma_pages=4096"},
                                         /*tcp=*/true, clock));
