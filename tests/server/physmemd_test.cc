@@ -1043,6 +1043,22 @@ TEST_F(Daemon, SigtermDrainsAndExitsZero) {
   EXPECT_NE(stat(daemon_->socket_path().c_str(), &sb), 0) << "socket file left behind";
 }
 
+// Clients that keep their channels open, idle, do not hold a shutdown: only calls in flight get
+// the 2 s grace (server/inflight_calls.h). Before, gRPC waited out the whole grace period for
+// idle connections to close, on every SIGTERM. The bound is the grace period itself, scaled: the
+// daemon (metrics off here) stops in tens of milliseconds when nothing is in flight.
+TEST_F(Daemon, IdleConnectionsDoNotHoldUpShutdown) {
+  ASSERT_TRUE(testing::Nop(stub_.get()));  // stub_'s connection stays open, idle
+  const auto t0 = std::chrono::steady_clock::now();
+  daemon_->Kill(SIGTERM);
+  std::optional<int> st = daemon_->WaitExit(ScaledTimeout(std::chrono::seconds(10)));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(st.has_value()) << "did not exit";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << "wait status " << *st;
+  EXPECT_LT(took, ScaledTimeout(std::chrono::milliseconds(2000))) << "waited for the idle connection";
+  EXPECT_THAT(daemon_->log(), ::testing::Not(HasSubstr("event=shutdown_grace_expired")));
+}
+
 TEST(DaemonSocket, IsCreatedWithMode0660AndAStaleOneIsReplaced) {
   testing::DaemonProcess first;
   ASSERT_TRUE(first.Start()) << first.log();
