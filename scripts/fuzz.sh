@@ -2,7 +2,8 @@
 # Builds the libFuzzer targets (tests/fuzz/, clang-14, ASan+UBSan) in build-fuzz and runs each
 # for a fixed time on a copy of its seed corpus (tests/fuzz/corpus/<target>/). docs/fuzzing.md.
 #
-#   bash scripts/fuzz.sh                 # 30 s per target (what scripts/test.sh runs in CI)
+#   bash scripts/fuzz.sh                 # 30 s per target (what scripts/test.sh runs in CI), one
+#                                        # target per core at a time (FUZZ_JOBS)
 #   bash scripts/fuzz.sh 3600            # an hour per target
 #   bash scripts/fuzz.sh 600 service_fuzz gfp_parse_fuzz   # only these targets
 #   bash scripts/fuzz.sh --merge 3600    # and merge the inputs that add coverage into the repo corpus
@@ -61,37 +62,42 @@ copy_corpus() {
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-failed=()
-total_execs=0
-summary=()
-for target in "${TARGETS[@]}"; do
+# One target per core at a time (FUZZ_JOBS, default nproc): each still gets its full
+# SECONDS_PER_TARGET, and the stage takes a fraction of the time.
+FUZZ_JOBS=${FUZZ_JOBS:-$(nproc)}
+results=$(mktemp -d /tmp/physmem-fuzz-results.XXXXXX)
+# run_target TARGET: fuzzes it; writes its summary line to $results/TARGET.line and, on failure,
+# TARGET.failed; its own messages go to $results/TARGET.out (printed in order afterwards).
+run_target() {
+  local target=$1
+  local work
   work=$(mktemp -d "/tmp/physmem-fuzz-$target.XXXXXX")
   mkdir -p "$work/corpus" "$BUILD/artifacts/$target"
   copy_corpus "$target" "$work/corpus"
-  extra=()
+  local extra=() d
   for d in $(seed_dirs "$target"); do [ -d "$d" ] && extra+=("$d"); done
-  flags=(-max_total_time="$SECONDS_PER_TARGET" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1
-         -artifact_prefix="$BUILD/artifacts/$target/")
+  local flags=(-max_total_time="$SECONDS_PER_TARGET" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1
+               -artifact_prefix="$BUILD/artifacts/$target/")
   # The in-process server logs every refused call; libFuzzer keeps its own and the sanitizers'
   # reports on a duplicate of stderr.
   [ "$target" = service_fuzz ] && flags+=(-close_fd_mask=2)
   echo "== fuzz: $target for ${SECONDS_PER_TARGET}s ($(ls "$work/corpus" | wc -l) seeds)"
-  log="$BUILD/artifacts/$target/last-run.log"
-  rc=0
+  local log="$BUILD/artifacts/$target/last-run.log"
+  local rc=0
   "$BUILD/tests/fuzz/$target" "${flags[@]}" "$work/corpus" "${extra[@]}" > "$log" 2>&1 || rc=$?
+  local execs rate cov
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  execs=${execs:-0}
-  total_execs=$((total_execs + execs))
+  echo "${execs:-0}" > "$results/$target.execs"
   if [ "$rc" -ne 0 ]; then
-    failed+=("$target")
+    touch "$results/$target.failed"
     echo "!! $target failed (exit $rc); last lines of $log:"
     grep -v '^#\|^INFO\|^ts=' "$log" | tail -40
     ls "$BUILD/artifacts/$target"/crash-* "$BUILD/artifacts/$target"/leak-* "$BUILD/artifacts/$target"/timeout-* 2>/dev/null || true
   fi
-  summary+=("$(printf '%-22s %10s execs %8s exec/s  cov %6s  corpus %5s  %s' "$target" "$execs" "${rate:-?}" \
-    "${cov:-?}" "$(ls "$work/corpus" | wc -l)" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)")")
+  printf '%-22s %10s execs %8s exec/s  cov %6s  corpus %5s  %s\n' "$target" "${execs:-0}" "${rate:-?}" \
+    "${cov:-?}" "$(ls "$work/corpus" | wc -l)" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" > "$results/$target.line"
   if [ "$MERGE" -eq 1 ] && [ "$rc" -eq 0 ]; then
     # Keep only inputs that add coverage to what the repository corpus already has.
     "$BUILD/tests/fuzz/$target" -merge=1 -close_fd_mask=2 "tests/fuzz/corpus/$target" "$work/corpus" \
@@ -99,7 +105,29 @@ for target in "${TARGETS[@]}"; do
     echo "   merged: tests/fuzz/corpus/$target now has $(ls "tests/fuzz/corpus/$target" | wc -l) files"
   fi
   rm -rf "$work"
+}
+
+running=0
+for target in "${TARGETS[@]}"; do
+  if [ "$running" -ge "$FUZZ_JOBS" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  run_target "$target" > "$results/$target.out" 2>&1 &
+  running=$((running + 1))
 done
+wait || true
+failed=()
+total_execs=0
+summary=()
+for target in "${TARGETS[@]}"; do
+  cat "$results/$target.out"
+  [ -e "$results/$target.failed" ] && failed+=("$target")
+  total_execs=$((total_execs + $(cat "$results/$target.execs" 2>/dev/null || echo 0)))
+  summary+=("$(cat "$results/$target.line" 2>/dev/null || echo "$target: no result")")
+  [ -e "$results/$target.line" ] || failed+=("$target")
+done
+rm -rf "$results"
 
 echo "== fuzz summary (${SECONDS_PER_TARGET}s per target)"
 printf '%s\n' "${summary[@]}"

@@ -7,7 +7,7 @@
 #      tests/clients) under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and CLI
 #      processes the tests start are the sanitized build too);
 #   4. each libFuzzer target (tests/fuzz/, clang-14, ASan+UBSan) for FUZZ_SECONDS (default 30) on
-#      its seed corpus: scripts/fuzz.sh, docs/fuzzing.md;
+#      its seed corpus, one per core at a time: scripts/fuzz.sh, docs/fuzzing.md;
 #   5. the allocator, server and client tests under ThreadSanitizer. The allocator tests stop at
 #      the first report. The server and client tests run gRPC, which Debian does not build with
 #      TSan: their reports are written to build-tsan/tsan-reports and judged afterwards by
@@ -54,6 +54,9 @@ stage() {
 }
 
 JOBS=${JOBS:-$(nproc)}
+# Tests run one more at a time than there are cores: most of a daemon test is waiting (for the
+# daemon to start, for an event), and no test depends on how fast the machine is.
+TEST_JOBS=${TEST_JOBS:-$(($(nproc) + 1))}
 configure_and_build() {
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DPHYSMEM_WERROR=ON "$@" > "$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; exit 1; }
@@ -64,10 +67,10 @@ stage "install dependencies" bash scripts/install-deps.sh
 
 stage "normal build (warnings are errors)" configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "$QUICK" = 1 ]; then
-  stage "tests not labelled slow" ctest --test-dir build --output-on-failure -j2 --timeout 900 -LE 'slow|deploy|soak'
+  stage "tests not labelled slow" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900 -LE 'slow|deploy|soak'
   exit 0
 fi
-stage "normal tests" ctest --test-dir build --output-on-failure -j2 --timeout 900
+stage "normal tests" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900
 
 stage "allocator tests with rseq disabled (per-CPU lists fall back to the zone lock)" \
   env GLIBC_TUNABLES=glibc.pthread.rseq=0 ctest --test-dir build --output-on-failure -j2 -L allocator --timeout 900
@@ -76,7 +79,7 @@ stage "ASan + UBSan build" configure_and_build build-asan -DCMAKE_BUILD_TYPE=Rel
   -DPHYSMEM_SANITIZE=address -DPHYSMEM_BUILD_BENCH=OFF
 stage "ASan + UBSan tests" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PHYSMEM_TEST_TIME_SCALE=5 \
-  ctest --test-dir build-asan --output-on-failure -j2 -L 'allocator|server' --timeout 1800
+  ctest --test-dir build-asan --output-on-failure -j"$TEST_JOBS" -L 'allocator|server' --timeout 1800
 
 stage "fuzzing (${FUZZ_SECONDS:-30} s per target)" env PHYSMEM_SKIP_DEPS=1 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
@@ -92,5 +95,5 @@ rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
 stage "TSan server and client tests" env \
   TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=4 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
   PHYSMEM_TEST_TIME_SCALE=20 \
-  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L server --timeout 1800
+  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j"$TEST_JOBS" -L server --timeout 1800
 stage "TSan reports judged" /usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
