@@ -177,14 +177,21 @@ def overview():
         target(f"sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{{SEL}, grpc_code!=\"OK\"}}[{RI}]))",
                "{{grpc_method}} {{grpc_code}}")],
         "reqps", "Calls that did not end OK: RESOURCE_EXHAUSTED is no memory (or a quota), NOT_FOUND a gone lease."), 8, 8)
-    L.add(timeseries("RPC latency percentiles", [
-        target(f"histogram_quantile(0.50, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{SEL}}}[{RI}])))", "p50"),
-        target(f"histogram_quantile(0.90, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{SEL}}}[{RI}])))", "p90"),
-        target(f"histogram_quantile(0.99, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{SEL}}}[{RI}])))", "p99")],
-        "s", "Server-side call latency over all methods (from the grpc_server_handling_seconds histogram)."), 8, 8)
-    L.add(timeseries("p99 latency by method", [
-        target(f"histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{{{SEL}}}[{RI}])))",
-               "{{grpc_method}}")], "s"), 24, 8)
+    # Latency of unary calls only: a KeepAlive or health Watch stream "takes" as long as it stays
+    # open, minutes, and would swamp every percentile it is summed into.
+    UNARY = f'{SEL}, grpc_type="unary"'
+    L.add(timeseries("RPC latency percentiles (unary calls)", [
+        target(f"histogram_quantile(0.50, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{UNARY}}}[{RI}])))", "p50"),
+        target(f"histogram_quantile(0.90, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{UNARY}}}[{RI}])))", "p90"),
+        target(f"histogram_quantile(0.99, sum by (le) (rate(grpc_server_handling_seconds_bucket{{{UNARY}}}[{RI}])))", "p99")],
+        "s", "Server-side latency of unary calls over all methods (grpc_server_handling_seconds); streams "
+        "(KeepAlive, health Watch) are left out: their duration is how long they stayed open."), 8, 8)
+    L.add(timeseries("p50 latency by method (unary calls)", [
+        target(f"histogram_quantile(0.50, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{{{UNARY}}}[{RI}])))",
+               "{{grpc_method}}")], "s"), 12, 8)
+    L.add(timeseries("p99 latency by method (unary calls)", [
+        target(f"histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{{{UNARY}}}[{RI}])))",
+               "{{grpc_method}}")], "s"), 12, 8)
     L.row("Daemon")
     L.add(panel("table", "Daemons", [
         target(f"physmem_build_info{{{SEL}}}", instant=True, fmt="table"),
