@@ -533,6 +533,12 @@ TEST_F(Metrics, AnAddressInUseIsAStartupError) {
   testing::DaemonProcess second({"--target=i386", "--metrics_listen=127.0.0.1:" + std::to_string(port)});
   EXPECT_FALSE(second.Start());
   EXPECT_THAT(second.log(), ::testing::HasSubstr("cannot serve metrics on 127.0.0.1:" + std::to_string(port)));
+  // Why, and the flag that changes it; exit 2, as for bad flags.
+  EXPECT_THAT(second.log(), ::testing::HasSubstr("the port is in use"));
+  EXPECT_THAT(second.log(), ::testing::HasSubstr("--metrics_listen=HOST:PORT"));
+  const std::optional<int> st = second.exit_status();  // Start() saw it exit
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2) << "wait status " << *st;
 }
 
 }  // namespace

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -1057,6 +1059,36 @@ TEST_F(Daemon, IdleConnectionsDoNotHoldUpShutdown) {
   EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << "wait status " << *st;
   EXPECT_LT(took, ScaledTimeout(std::chrono::milliseconds(2000))) << "waited for the idle connection";
   EXPECT_THAT(daemon_->log(), ::testing::Not(HasSubstr("event=shutdown_grace_expired")));
+}
+
+// Two daemons on one Unix socket: the second says the socket is in use, names the flag, exits 2.
+TEST(StartupFailure, ASocketInUseNamesThePathAndTheFlag) {
+  testing::DaemonProcess first;
+  ASSERT_TRUE(first.Start()) << first.log();
+  testing::DaemonProcess second({"--unix_socket=" + first.socket_path()});
+  EXPECT_FALSE(second.Start());
+  EXPECT_THAT(second.log(), ::testing::HasSubstr("another daemon is serving on " + first.socket_path()));
+  EXPECT_THAT(second.log(), ::testing::HasSubstr("--unix_socket=PATH"));
+  const std::optional<int> st = second.exit_status();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2) << "wait status " << *st;
+}
+
+// A socket directory that cannot be made: the path, the reason and the flag, exit 2.
+TEST(StartupFailure, ASocketDirectoryThatCannotBeMadeNamesThePathAndTheFlag) {
+  // A regular file where a directory should be: no user, root included, can make it.
+  char tmpl[] = "/tmp/physmemd-startup-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string blocker = dir + "/not-a-dir";
+  { std::ofstream(blocker) << "x"; }
+  testing::DaemonProcess d({"--unix_socket=" + blocker + "/sub/physmemd.sock"});
+  EXPECT_FALSE(d.Start());
+  EXPECT_THAT(d.log(), ::testing::HasSubstr("cannot serve on Unix socket " + blocker + "/sub/physmemd.sock"));
+  EXPECT_THAT(d.log(), ::testing::HasSubstr("--unix_socket=PATH"));
+  const std::optional<int> st = d.exit_status();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 2) << "wait status " << *st;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(DaemonSocket, IsCreatedWithMode0660AndAStaleOneIsReplaced) {
