@@ -596,8 +596,11 @@ absl::StatusOr<uint64_t> Lease::Revoke() {
 
 // ---- Client ----
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
-  if (options.target.empty()) return absl::InvalidArgumentError("the target is empty: expected unix:///path or host:port");
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& given) {
+  if (given.target.empty()) return absl::InvalidArgumentError("the target is empty: expected unix:///path or host:port");
+  ClientOptions options = given;
+  // A bare absolute path is a Unix socket (gRPC would take it for a host name and time out).
+  if (options.target[0] == '/') options.target = "unix://" + options.target;
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = Credentials(options);
   if (!creds.ok()) return creds.status();
   if (const std::string path = UnixSocketPath(options.target); !path.empty()) {

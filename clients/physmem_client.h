@@ -52,8 +52,8 @@ namespace physmem::client {
 inline std::string DefaultTarget() { return DefaultClientTarget(); }
 
 struct ClientOptions {
-  // gRPC target: "unix:///path/to/physmemd.sock" (identity = this process's uid), or
-  // "host:port" for the daemon's TCP listener.
+  // gRPC target: "unix:///path/to/physmemd.sock" or just "/path/to/physmemd.sock" (identity =
+  // this process's uid), or "host:port" for the daemon's TCP listener.
   std::string target = DefaultTarget();
   // TLS for TCP targets: the CA that signed the server's certificate; with cert and key as well,
   // mutual TLS (identity = the certificate's subject). All empty on TCP: plaintext, which the

@@ -517,6 +517,14 @@ TEST_F(CtlHighmemTest, KmapMapsAHighmemPageAndKunmapUnmapsIt) {
 
 // ---- machine ----
 
+// --target=/path/to/physmemd.sock is the socket, as unix:///path/to/physmemd.sock is (the later
+// --target wins over the fixture's).
+TEST_F(CtlTest, ABarePathTargetIsTheUnixSocket) {
+  const CtlResult r = Run({"--target=" + daemon_.socket_path(), "buddyinfo"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("Node 0, zone"));
+}
+
 TEST_F(CtlTest, BuddyinfoIsTheKernelFormatAndAddsUpToTheBuddyFreePages) {
   // Leave pages on the per-CPU lists, so that buddy free != free.
   {
