@@ -93,7 +93,7 @@ stage "TSan allocator tests" env TSAN_OPTIONS="halt_on_error=1 second_deadlock_s
 tsan_reports=$PWD/build-tsan/tsan-reports
 rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
 stage "TSan server and client tests" env \
-  TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=4 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
+  TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=6 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
   PHYSMEM_TEST_TIME_SCALE=20 \
   setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j"$TEST_JOBS" -L server --timeout 1800
 stage "TSan reports judged" /usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
