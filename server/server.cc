@@ -62,9 +62,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Se
   return grpc::SslServerCredentials(ssl);
 }
 
-// The socket's directory: made if missing (mode 0700: only this user may connect through it, the
-// socket's own mode aside), and, when this user made or owns it, never one others may write to
-// (a /tmp/physmemd-UID made by someone else could be swapped under us).
+// The socket's directory: made if missing, and otherwise owned by this user or root (a
+// /tmp/physmemd-UID made by someone else could be swapped under us). A directory root makes
+// (/run/physmemd) keeps the umask's mode, so that the socket's own mode (0660) decides who may
+// connect; anyone else's (the per-user default) is 0700: only that user's clients.
 absl::Status PrepareSocketDirectory(const std::string& socket) {
   const std::filesystem::path dir = std::filesystem::path(socket).parent_path();
   if (dir.empty()) return absl::OkStatus();
@@ -77,7 +78,7 @@ absl::Status PrepareSocketDirectory(const std::string& socket) {
           "--unix_socket=PATH ('' for none), or run as a user who may create it",
           socket, dir.string(), ec.message()));
     }
-    ::chmod(dir.c_str(), 0700);
+    if (::geteuid() != 0) ::chmod(dir.c_str(), 0700);
     return absl::OkStatus();
   }
   struct stat st;
