@@ -280,10 +280,15 @@ std::string Json(const google::protobuf::Message& m) {
 }
 void PrintJson(const google::protobuf::Message& m) { absl::PrintF("%s\n", Json(m)); }
 
+// One block as `alloc` prints it; the single and the bulk form share the layout.
+std::string FormatBlock(uint64_t pfn, uint32_t order, std::string_view zone, uint64_t phys, uint64_t virt,
+                        uint64_t arena_offset) {
+  return absl::StrFormat("pfn=%s order=%d zone=%s phys=%s virt=%s arena_offset=%s", Hex(pfn), order, zone, Hex(phys),
+                         Hex(virt), Hex(arena_offset));
+}
+
 std::string FormatAllocation(const PageHandle& p) {
-  std::string line = absl::StrFormat("pfn=%s order=%d zone=%s phys=%s virt=%s arena_offset=%s", Hex(p.pfn()),
-                                     p.order(), p.zone(), Hex(p.phys_addr()), Hex(p.virt_addr()),
-                                     Hex(p.arena_offset()));
+  std::string line = FormatBlock(p.pfn(), p.order(), p.zone(), p.phys_addr(), p.virt_addr(), p.arena_offset());
   if (!p.key().empty()) absl::StrAppend(&line, " key=", Quoted(p.key()));
   if (p.replayed()) absl::StrAppend(&line, " replayed=true");
   return line;
@@ -602,11 +607,11 @@ absl::Status AllocBulk(const Invocation& inv, const std::string& gfp, uint32_t c
     PrintJson(resp);
   } else {
     for (int i = 0; i < resp.pfn_size(); ++i) {
-      absl::PrintF("pfn=%s order=0 zone=%s phys=%s virt=%s arena_offset=%s\n", Hex(resp.pfn(i)),
-                   ZoneName(i < resp.zone_size() ? resp.zone(i) : v1::ZONE_UNSPECIFIED),
-                   Hex(i < resp.phys_addr_size() ? resp.phys_addr(i) : 0),
-                   Hex(i < resp.virt_addr_size() ? resp.virt_addr(i) : 0),
-                   Hex(i < resp.arena_offset_size() ? resp.arena_offset(i) : 0));
+      const v1::Zone zone = i < resp.zone_size() ? resp.zone(i) : v1::ZONE_UNSPECIFIED;
+      absl::PrintF("%s\n", FormatBlock(resp.pfn(i), 0, ZoneName(zone),
+                                       i < resp.phys_addr_size() ? resp.phys_addr(i) : 0,
+                                       i < resp.virt_addr_size() ? resp.virt_addr(i) : 0,
+                                       i < resp.arena_offset_size() ? resp.arena_offset(i) : 0));
     }
   }
   if (static_cast<uint32_t>(resp.pfn_size()) < count) {
