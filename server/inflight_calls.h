@@ -4,32 +4,52 @@
 // waits here for the calls in flight (up to its grace period) and then shuts gRPC down at once,
 // which cancels the streams (KeepAlive, health Watch) and closes idle connections.
 //
-// A unary call counts from its arrival until gRPC destroys it, after its status went out (the
-// interceptor's lifetime). Streaming calls are not counted: they have no end to wait for.
+// Every unary handler of the PhysMem service answers through a UnaryCall, its reactor: the call
+// counts from Begin() until gRPC is done with it (OnDone, after its status went out). Streaming
+// calls and gRPC's own services are not counted: streams have no end to wait for, and health and
+// reflection change nothing. (A server interceptor would count every call, but it runs on each of
+// a call's operations, costs the per-call path, and makes ThreadSanitizer see gRPC's own objects
+// from our frames: CI saw a report whose other side it could not restore.)
 //
-// Who uses it: Server (installs InterceptorFactory() on every build, WaitIdle() in Shutdown).
-// Thread-safety: the interceptors run on gRPC's threads; WaitIdle from any thread.
+// Who uses it: Server (owns it, WaitIdle in Shutdown), PhysMemService (Begin in every unary
+// handler). Thread-safety: Begin and WaitIdle from any thread; a UnaryCall is gRPC's reactor and
+// runs where gRPC runs it.
 #ifndef PHYSMEM_SERVER_INFLIGHT_CALLS_H_
 #define PHYSMEM_SERVER_INFLIGHT_CALLS_H_
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <memory>
 
-#include <grpcpp/support/server_interceptor.h>
+#include <grpcpp/support/server_callback.h>
 
 namespace physmem {
 
+class InflightCalls;
+
+// The reactor of one unary call. Reply() may be called once, from the handler or later from any
+// thread (a parked allocation); gRPC deletes nothing — OnDone deletes the call.
+class UnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  void Reply(const grpc::Status& status);
+  void OnDone() override;
+
+ private:
+  friend class InflightCalls;
+  explicit UnaryCall(InflightCalls* calls) : calls_(calls) {}
+  InflightCalls* const calls_;
+};
+
 class InflightCalls {
  public:
-  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> InterceptorFactory();
+  // A new call, counted until gRPC is done with it. Return it from the handler.
+  UnaryCall* Begin();
   // True once no unary call is in flight; false if `deadline` came first.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline) const;
   int64_t count() const { return count_.load(std::memory_order_acquire); }
 
  private:
-  friend class InflightCallInterceptor;
+  friend class UnaryCall;
   std::atomic<int64_t> count_{0};
 };
 

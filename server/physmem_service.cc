@@ -13,18 +13,6 @@
 namespace physmem {
 namespace {
 
-// Finishes a unary call. Refusals are logged (one line each, with the code and the reason) so an
-// operator can see who is being turned away and why; successes are not.
-grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const absl::Status& s) {
-  if (!s.ok()) {
-    LogInfo("refused", {{"code", absl::StatusCodeToString(s.code())}, {"peer", ctx->peer()},
-                        {"reason", std::string(s.message())}});
-  }
-  grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
-  r->Finish(ToGrpcStatus(s));
-  return r;
-}
-
 // The allocator names the owning lease in its PERMISSION_DENIED text; a caller should not learn
 // another identity's lease ids, so the service words it without them.
 absl::Status HideOtherOwner(absl::Status s, uint64_t pfn) {
@@ -118,6 +106,18 @@ struct PhysMemService::AllocCall {
   unsigned order = 0;
   std::string key;
 };
+
+// Finishes a unary call. Refusals are logged (one line each, with the code and the reason) so an
+// operator can see who is being turned away and why; successes are not.
+grpc::ServerUnaryReactor* PhysMemService::Reply(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  if (!s.ok()) {
+    LogInfo("refused", {{"code", absl::StatusCodeToString(s.code())}, {"peer", ctx->peer()},
+                        {"reason", std::string(s.message())}});
+  }
+  UnaryCall* call = calls_->Begin();
+  call->Reply(ToGrpcStatus(s));
+  return call;
+}
 
 absl::StatusOr<std::shared_ptr<Lease>> PhysMemService::CallerLease(grpc::CallbackServerContext* ctx,
                                                                    uint64_t lease_id) const {
@@ -411,7 +411,7 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
   if (!(call->gfp & __GFP_NOFAIL)) {
     left = std::min<std::chrono::system_clock::duration>(left, std::chrono::milliseconds(limits_.max_alloc_wait_ms));
   }
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  UnaryCall* reactor = calls_->Begin();
   AllocWaiters::Waiter w;
   // physmem_alloc_waits_total: satisfied when a retry allocates, timed_out / cancelled when the
   // queue gives up. A retry that fails for good (the lease ended) and shutdown are not counted.
@@ -419,14 +419,14 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
     std::optional<absl::Status> done = TryAllocate(*call, resp);
     if (!done) return false;
     if (done->ok()) metrics_->AllocWaitDone(WaitOutcome::kSatisfied, std::chrono::steady_clock::now() - now);
-    reactor->Finish(ToGrpcStatus(*done));
+    reactor->Reply(ToGrpcStatus(*done));
     return true;
   };
   w.finish = [this, reactor, now](const grpc::Status& s) {
     const auto waited = std::chrono::steady_clock::now() - now;
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) metrics_->AllocWaitDone(WaitOutcome::kTimedOut, waited);
     if (s.error_code() == grpc::StatusCode::CANCELLED) metrics_->AllocWaitDone(WaitOutcome::kCancelled, waited);
-    reactor->Finish(s);
+    reactor->Reply(s);
   };
   w.cancelled = [ctx] { return ctx->IsCancelled(); };
   w.deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);

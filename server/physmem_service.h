@@ -16,6 +16,7 @@
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
+#include "server/inflight_calls.h"
 #include "server/lease_table.h"
 #include "server/metrics.h"
 
@@ -30,9 +31,10 @@ struct ServiceLimits {
 class PhysMemService final : public v1::PhysMem::CallbackService {
  public:
   // `metrics` counts refused frees and allocation waits; it must outlive the service.
+  // `calls` counts the unary calls in flight (each handler answers through one of its UnaryCalls).
   PhysMemService(PageAllocator* pa, LeaseTable* leases, AllocWaiters* waiters, const PeerRegistry* peers,
-                 ServiceLimits limits, Metrics* metrics)
-      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits), metrics_(metrics) {}
+                 ServiceLimits limits, Metrics* metrics, InflightCalls* calls)
+      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits), metrics_(metrics), calls_(calls) {}
 
   grpc::ServerUnaryReactor* CreateLease(grpc::CallbackServerContext* ctx, const v1::CreateLeaseRequest* req,
                                         v1::CreateLeaseResponse* resp) override;
@@ -92,6 +94,7 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
     return CallerIdentity(*ctx, *peers_);
   }
   absl::StatusOr<std::shared_ptr<Lease>> CallerLease(grpc::CallbackServerContext* ctx, uint64_t lease_id) const;
+  grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const absl::Status& s);
   grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
                                      v1::Allocation* resp, Form form);
   // One attempt; nullopt means "no memory now" (the caller may wait), else the final status.
@@ -128,6 +131,7 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   const PeerRegistry* const peers_;
   const ServiceLimits limits_;
   Metrics* const metrics_;
+  InflightCalls* const calls_;
 };
 
 // gfp from a request: exactly one of `gfp` (string) and `gfp_mask` (number); validated.

@@ -115,7 +115,7 @@ absl::Status Server::Start() {
   metrics_ = std::make_unique<Metrics>(pa_.get(), leases_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
-                                              options_.service_limits, metrics_.get());
+                                              options_.service_limits, metrics_.get(), &inflight_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -123,10 +123,9 @@ absl::Status Server::Start() {
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
-  {
+  if (metrics_->enabled()) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-    interceptors.push_back(inflight_.InterceptorFactory());
-    if (metrics_->enabled()) interceptors.push_back(metrics_->rpc().InterceptorFactory());
+    interceptors.push_back(metrics_->rpc().InterceptorFactory());
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   if (!options_.tcp_listen.empty()) {

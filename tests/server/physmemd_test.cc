@@ -828,6 +828,28 @@ TEST_F(SmallDaemon, KernelWaitsForAFreeWithinItsDeadline) {
   EXPECT_GE(waited, std::chrono::milliseconds(350));
 }
 
+// A call in flight when SIGTERM arrives gets the daemon's own answer, not a cut connection: the
+// parked allocation is answered UNAVAILABLE "physmemd is shutting down" before gRPC stops.
+TEST_F(SmallDaemon, ACallInFlightAtShutdownGetsItsAnswer) {
+  const uint64_t hog = NewLease(stub_.get());
+  testing::FillMachine(stub_.get(), hog);
+  const uint64_t lease = NewLease(stub_.get());
+  const double failures = AllocFailures();
+  std::thread killer([&] {
+    EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not wait";
+    daemon_->Kill(SIGTERM);
+  });
+  v1::Allocation a;
+  grpc::Status s = Alloc(lease, "GFP_KERNEL|__GFP_MEMALLOC", 0, &a, "", nullptr, 60000);
+  killer.join();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_EQ(s.error_message(), "physmemd is shutting down");
+  std::optional<int> st = daemon_->WaitExit(ScaledTimeout(std::chrono::seconds(10)));
+  ASSERT_TRUE(st.has_value()) << "did not exit";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << "wait status " << *st;
+  EXPECT_THAT(daemon_->log(), ::testing::Not(HasSubstr("event=shutdown_grace_expired")));
+}
+
 // The daemon answers RESOURCE_EXHAUSTED when its wait runs out, while the caller's deadline is
 // still far off: the caller hears why, not its own DEADLINE_EXCEEDED. (A wait cut short by the
 // caller's deadline ends 50 ms before it, a margin a loaded machine's reply can miss; the wait's
