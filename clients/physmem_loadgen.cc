@@ -14,6 +14,8 @@
 // Leaves nothing behind: every block it allocated is freed (or its lease revoked) before it
 // exits. Exit status: 0 the run happened (errors are in the report), 1 could not connect or
 // set up, 2 usage error. Usage: docs/deploy.md ("Load generator").
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -163,12 +165,21 @@ class StopCondition {
 // Timed(), which records it.
 class Worker {
  public:
-  Worker(Client& client, const Config& config, StopCondition& stop, std::vector<CallResult>& out, uint64_t seed)
-      : client_(client), config_(config), stop_(stop), out_(out), rng_(seed) {}
+  // Lease names are unique per identity (the daemon refuses a second live lease with the same
+  // name), so each worker's carry the process id and the worker's number: two load generators of
+  // one user can run at once.
+  Worker(Client& client, const Config& config, StopCondition& stop, std::vector<CallResult>& out, uint64_t seed,
+         int index)
+      : client_(client),
+        config_(config),
+        stop_(stop),
+        out_(out),
+        rng_(seed),
+        name_(absl::StrFormat("loadgen-%d-%d", ::getpid(), index)) {}
 
   absl::Status Run() {
     absl::StatusOr<std::unique_ptr<Lease>> lease =
-        client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = "loadgen"});
+        client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = name_});
     if (!lease.ok()) return lease.status();
     lease_ = *std::move(lease);
     // Each iteration returns false when it could not start (the run is over).
@@ -234,7 +245,7 @@ class Worker {
   bool LeaseChurn() {
     if (!stop_.Take(2)) return false;  // CreateLease and RevokeLease
     absl::StatusOr<std::unique_ptr<Lease>> lease = Timed(
-        [&] { return client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = "loadgen-churn", .keepalive = false}); });
+        [&] { return client_.CreateLease({.ttl_ms = config_.lease_ttl_ms, .name = absl::StrFormat("%s-churn-%d", name_, churned_++), .keepalive = false}); });
     if (!lease.ok()) return true;
     for (int i = 0; i < config_.allocs_per_lease && stop_.Take(1); ++i) {
       absl::StatusOr<PageHandle> page = Timed([&] { return (*lease)->AllocPages(config_.gfp, PickOrder()); });
@@ -268,6 +279,8 @@ class Worker {
   StopCondition& stop_;
   std::vector<CallResult>& out_;
   std::mt19937_64 rng_;
+  const std::string name_;
+  uint64_t churned_ = 0;  // churn leases created: each gets its own name, in case a revoke timed out
   std::unique_ptr<Lease> lease_;
 };
 
@@ -645,7 +658,7 @@ int Main() {
   const Clock::time_point start = Clock::now();
   for (int i = 0; i < config->concurrency; ++i) {
     threads.emplace_back([&, i] {
-      Worker worker(**client, *config, stop, results.per_worker[i], seed + i);
+      Worker worker(**client, *config, stop, results.per_worker[i], seed + i, i);
       setup[i] = worker.Run();
     });
   }

@@ -2,7 +2,7 @@
 // (`physmemctl lease create --ttl_ms=60000`), options are Abseil flags; every numeric argument
 // takes decimal or 0x hex; a LEASE argument is a lease's id or its name. Output is line-oriented
 // key=value text for scripts, or with -o json the API's reply as proto JSON; /proc-style commands
-// (buddyinfo, zoneinfo, extfrag) print the kernel's formats.
+// (buddyinfo, zoneinfo, extfrag, unusable) print the kernel's formats.
 //
 // Exit status: 0 success; 1 the daemon (or the connection) refused, with
 // "physmemctl: <CODE>: <message>" on stderr; 2 usage error (unknown command or flag, missing or
@@ -109,7 +109,8 @@ Machine:
   zoneinfo                                         /proc/zoneinfo's main lines
   buddyinfo                                        /proc/buddyinfo, exactly
   extfrag                                          /sys/kernel/debug/extfrag/extfrag_index
-  watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag
+  unusable                                         /sys/kernel/debug/extfrag/unusable_index
+  watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable
                                                    reprint it every interval, like watch(1)
   target                                           the emulated machine: profile, memory map, arena
   validate                                         run the allocator's invariant check
@@ -355,6 +356,19 @@ std::string FormatExtfrag(const v1::GetZoneInfoResponse& info) {
   return out;
 }
 
+// debugfs extfrag/unusable_index as mm/vmstat.c unusable_show_print() prints it: the same zones
+// and line head as extfrag_index, then "%d.%03d " per order (no width: the index is 0..1000).
+std::string FormatUnusable(const v1::GetZoneInfoResponse& info) {
+  std::string out;
+  for (const v1::ZoneInfo& z : info.zones()) {
+    if (!z.populated()) continue;
+    absl::StrAppendFormat(&out, "Node 0, zone %8s ", z.zone());
+    for (const int32_t index : z.unusable_index()) absl::StrAppendFormat(&out, "%d.%03d ", index / 1000, index % 1000);
+    absl::StrAppend(&out, "\n");
+  }
+  return out;
+}
+
 std::string FormatTarget(const v1::GetTargetResponse& t) {
   const v1::TargetProfile& p = t.profile();
   std::string out;
@@ -406,7 +420,7 @@ absl::StatusOr<uint64_t> ResolveLease(Client& c, const std::string& arg) {
         QuoteName(arg)));
   }
   if (ids.size() > 1) {
-    // Possible when the daemon runs without --unique_lease_names.
+    // Possible when the daemon runs with --nounique_lease_names.
     return absl::FailedPreconditionError(
         absl::StrFormat("%d of your leases are named %s (ids %s): give the id instead", ids.size(), QuoteName(arg),
                         absl::StrJoin(ids, ", ")));
@@ -847,14 +861,15 @@ absl::Status WriteCommand(const Invocation& inv) {
 }
 
 // The views of GetZoneInfo: zoneinfo, buddyinfo (the daemon's exact /proc/buddyinfo text) and
-// extfrag. With -o json every view is the whole GetZoneInfoResponse.
-enum class ZoneView { kZoneinfo, kBuddyinfo, kExtfrag };
+// extfrag and unusable. With -o json every view is the whole GetZoneInfoResponse.
+enum class ZoneView { kZoneinfo, kBuddyinfo, kExtfrag, kUnusable };
 
 std::string RenderZoneView(const v1::GetZoneInfoResponse& info, ZoneView view, bool json) {
   if (json) return Json(info) + "\n";
   switch (view) {
     case ZoneView::kBuddyinfo: return info.buddyinfo();
     case ZoneView::kExtfrag: return FormatExtfrag(info);
+    case ZoneView::kUnusable: return FormatUnusable(info);
     case ZoneView::kZoneinfo: break;
   }
   return FormatZoneinfo(info);
@@ -879,7 +894,8 @@ absl::Status WatchCommand(const Invocation& inv) {
   if (view_name == "buddyinfo") view = ZoneView::kBuddyinfo;
   else if (view_name == "zoneinfo") view = ZoneView::kZoneinfo;
   else if (view_name == "extfrag") view = ZoneView::kExtfrag;
-  else return UsageError(absl::StrFormat("watch shows buddyinfo, zoneinfo or extfrag, not '%s'", view_name));
+  else if (view_name == "unusable") view = ZoneView::kUnusable;
+  else return UsageError(absl::StrFormat("watch shows buddyinfo, zoneinfo, extfrag or unusable, not '%s'", view_name));
   absl::StatusOr<uint64_t> interval =
       NumericFlag(absl::GetFlag(FLAGS_interval_ms), "interval_ms", 1000, uint64_t{1} << 40);
   if (!interval.ok()) return interval.status();
@@ -975,8 +991,10 @@ const std::vector<Command>& Commands() {
       {{"buddyinfo"}, {}, {}, "buddyinfo",
        [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kBuddyinfo); }},
       {{"extfrag"}, {}, {}, "extfrag", [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kExtfrag); }},
+      {{"unusable"}, {}, {}, "unusable",
+       [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kUnusable); }},
       {{"watch"}, {"VIEW"}, {"interval_ms", "count"},
-       "watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag", WatchCommand},
+       "watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable", WatchCommand},
       {{"target"}, {}, {}, "target", TargetCommand},
       {{"validate"}, {}, {}, "validate", ValidateCommand},
       {{"completion"}, {"SHELL"}, {}, "completion bash", CompletionCommand, "", /*json=*/false},
@@ -989,7 +1007,7 @@ const std::vector<Command>& Commands() {
 // What a positional argument completes to, by its name in Command::arg_names.
 std::string ArgCandidates(const std::string& arg_name) {
   if (arg_name == "LEASE") return "$(_physmemctl_leases)";
-  if (arg_name == "VIEW") return "buddyinfo zoneinfo extfrag";
+  if (arg_name == "VIEW") return "buddyinfo zoneinfo extfrag unusable";
   if (arg_name == "SHELL") return "bash";
   return "";
 }

@@ -36,8 +36,9 @@ ABSL_FLAG(int64_t, max_lease_ttl_ms, 24 * 3600 * 1000, "longest lease TTL a clie
 ABSL_FLAG(uint64_t, default_lease_page_quota, 0, "page quota of a lease that asks for none (0: --max_lease_pages)");
 ABSL_FLAG(uint64_t, max_lease_pages, 0, "most pages one lease may hold (0: all of RAM)");
 ABSL_FLAG(uint32_t, max_leases_per_identity, 1024, "most leases one identity may hold at once");
-ABSL_FLAG(bool, unique_lease_names, false,
-          "refuse (ALREADY_EXISTS) a lease whose non-empty name one of the identity's live leases has");
+ABSL_FLAG(bool, unique_lease_names, true,
+          "refuse (ALREADY_EXISTS) a lease whose non-empty name one of the identity's live leases has, so "
+          "the name can stand for the id (--nounique_lease_names lets names repeat)");
 ABSL_FLAG(uint32_t, max_bulk_pages, 65536, "most pages in one AllocPagesBulk, blocks in one FreePagesBulk");
 ABSL_FLAG(int64_t, max_alloc_wait_ms, 10000, "longest wait for memory by a blocking mask (GFP_KERNEL)");
 ABSL_FLAG(std::string, journal, "auto",

@@ -42,9 +42,10 @@ struct LeaseLimits {
   size_t max_name_bytes = 64;
   size_t max_key_bytes = 128;
   // A non-empty lease name names at most one live lease of an identity (--unique_lease_names), so
-  // that clients (physmemctl) can use it wherever the lease's id goes. Off by default: names are
-  // also metric labels that many leases may share on purpose (physmem_lease_held_pages).
-  bool unique_names = false;
+  // that clients (physmemctl) can use it wherever the lease's id goes, as etcdctl does keys. On by
+  // default; off, names may repeat (they are also metric labels, physmem_lease_held_pages, which
+  // then sum the leases that share one).
+  bool unique_names = true;
 };
 
 struct LeaseBlock {

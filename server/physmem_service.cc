@@ -797,6 +797,7 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
     for (unsigned o = 0; o < z.nr_free.size(); ++o) {
       zi->add_nr_free(z.nr_free[o]);
       zi->add_fragmentation_index(FragmentationIndex(z.nr_free, o));
+      zi->add_unusable_index(UnusableFreeIndex(z.nr_free, o));
     }
     zi->set_pcp_batch(z.pcp_batch);
     zi->set_pcp_high(z.pcp_high);

@@ -680,8 +680,13 @@ TEST_F(CtlTest, AnUnknownNameIsNotFound) {
   EXPECT_THAT(r.err, StartsWith("physmemctl: NOT_FOUND: no lease of yours is named \"no-such-lease\""));
 }
 
-TEST_F(CtlTest, ANameTwoLeasesShareIsRefusedWithBothIds) {
-  // This daemon lets names repeat (no --unique_lease_names): the CLI must not pick one.
+class CtlRepeatedNamesTest : public CtlTest {
+ protected:
+  CtlRepeatedNamesTest() : CtlTest({"--target=i386", "--mem_mb=64", "--nounique_lease_names"}) {}
+};
+
+TEST_F(CtlRepeatedNamesTest, ANameTwoLeasesShareIsRefusedWithBothIds) {
+  // A daemon that lets names repeat (--nounique_lease_names): the CLI must not pick one.
   LeaseOptions o = LongLived();
   o.name = "twin";
   const uint64_t a = NewLeaseId(o), b = NewLeaseId(o);
@@ -695,7 +700,7 @@ TEST_F(CtlTest, ANameTwoLeasesShareIsRefusedWithBothIds) {
 
 class CtlUniqueNamesTest : public CtlTest {
  protected:
-  CtlUniqueNamesTest() : CtlTest({"--target=i386", "--mem_mb=64", "--unique_lease_names"}) {}
+  CtlUniqueNamesTest() : CtlTest({"--target=i386", "--mem_mb=64"}) {}  // names are unique by default
 };
 
 TEST_F(CtlUniqueNamesTest, ASecondLeaseWithTheNameIsAlreadyExists) {
@@ -915,6 +920,41 @@ TEST_F(CtlTest, ExtfragIsTheKernelsExtfragIndexLayout) {
   EXPECT_TRUE(fraction_seen) << "the full machine left a block of every order free:\n" << r.out;
 }
 
+// The unusable free space index, recomputed here from the zone's buddyinfo counts with the
+// kernel's formula (mm/vmstat.c unusable_free_index(): (free_pages - (suitable << order)) * 1000
+// / free_pages, 1000 with nothing free), in unusable_show_print()'s layout.
+TEST_F(CtlTest, UnusableIsTheKernelsUnusableIndexLayout) {
+  ASSERT_EQ(Run({"alloc", std::to_string(NewLeaseId()), "--count=20000"}).exit_code, 0);
+  const CtlResult r = Run({"unusable"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok());
+  std::string want;
+  bool between = false;  // an index strictly between 0 and 1: the formula's middle was exercised
+  for (const v1::ZoneInfo& z : info->zones()) {
+    if (!z.populated()) continue;
+    ASSERT_EQ(z.unusable_index_size(), z.nr_free_size());
+    want += absl::StrFormat("Node 0, zone %8s ", z.zone());
+    for (int order = 0; order < z.nr_free_size(); ++order) {
+      uint64_t free_pages = 0, suitable = 0;
+      for (int o = 0; o < z.nr_free_size(); ++o) {
+        free_pages += z.nr_free(o) << o;
+        if (o >= order) suitable += z.nr_free(o) << (o - order);
+      }
+      const int index = free_pages == 0 ? 1000 : static_cast<int>((free_pages - (suitable << order)) * 1000 / free_pages);
+      EXPECT_EQ(z.unusable_index(order), index) << z.zone() << " order " << order;
+      if (index > 0 && index < 1000) between = true;
+      want += absl::StrFormat("%d.%03d ", index / 1000, index % 1000);
+    }
+    want += "\n";
+  }
+  EXPECT_EQ(r.out, want);
+  EXPECT_TRUE(between) << r.out;
+  const CtlResult watched = Run({"watch", "--count=1", "--interval_ms=1", "unusable"});
+  ASSERT_EQ(watched.exit_code, 0) << watched.err;
+  EXPECT_EQ(watched.out, want);
+}
+
 TEST_F(CtlTest, WatchWithCountRefreshesThatManyTimesAndExits) {
   absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
   ASSERT_TRUE(info.ok());
@@ -1038,11 +1078,12 @@ complete_line "physmemctl --target=unix:///x/y ex" --target = unix : ///x/y ex
   const std::vector<std::string> lines = Lines(r.out);
   ASSERT_EQ(lines.size(), 9u) << r.out << r.err;
   EXPECT_EQ(lines[0],
-            "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|watch|target|validate|"
+            "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|unusable|watch|target|"
+            "validate|"
             "completion|version|help");
   EXPECT_EQ(lines[1], "lease");
   EXPECT_EQ(lines[2], "create|keepalive|revoke|get|list");
-  EXPECT_EQ(lines[3], "buddyinfo|zoneinfo|extfrag");
+  EXPECT_EQ(lines[3], "buddyinfo|zoneinfo|extfrag|unusable");
   EXPECT_EQ(lines[4], "--count=");
   EXPECT_EQ(lines[5], "address");
   EXPECT_EQ(lines[6], "json");

@@ -1,9 +1,10 @@
-// Unique lease names (--unique_lease_names, LeaseTable's name index) against the real daemon: a
+// Unique lease names (--unique_lease_names, on by default; LeaseTable's name index) against the
+// real daemon: a
 // second live lease of one identity with the same non-empty name is ALREADY_EXISTS, naming the
 // name and the lease that has it, and changes nothing; the name is free again once that lease has
 // ended, by revoke or by expiry; the empty name never conflicts; another identity has names of its
-// own; leases recovered from the journal keep their names taken. Without the flag (the default)
-// names may repeat, as metric labels shared by many leases do.
+// own; leases recovered from the journal keep their names taken. With --nounique_lease_names names
+// may repeat, as metric labels shared by many leases do.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -27,7 +28,8 @@ using v1::PhysMem;
 // The one that must expire is expired by the test's lease clock.
 constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
 
-const std::vector<std::string> kUnique = {"--target=i386", "--mem_mb=64", "--unique_lease_names"};
+// The default: names are unique.
+const std::vector<std::string> kUnique = {"--target=i386", "--mem_mb=64"};
 
 struct Created {
   grpc::Status status;
@@ -152,8 +154,8 @@ TEST_F(LeaseNames, AnotherIdentityHasNamesOfItsOwn) {
   ExpectDuplicateRefused("rx", "rx", mine.id);
 }
 
-TEST_F(LeaseNames, WithoutTheFlagNamesMayRepeat) {
-  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--target=i386", "--mem_mb=64"}));
+TEST_F(LeaseNames, WithTheFlagOffNamesMayRepeat) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--target=i386", "--mem_mb=64", "--nounique_lease_names"}));
   EXPECT_TRUE(CreateNamed(stub_.get(), "loadgen").status.ok());
   EXPECT_TRUE(CreateNamed(stub_.get(), "loadgen").status.ok());
 }
@@ -182,7 +184,7 @@ class LeaseNamesRecovered : public LeaseNames {
   }
   std::vector<std::string> Args(bool unique) const {
     std::vector<std::string> a = {"--target=i386", "--mem_mb=64", "--arena_path=" + arena_};
-    if (unique) a.push_back("--unique_lease_names");
+    if (!unique) a.push_back("--nounique_lease_names");
     return a;
   }
   // SIGKILL (no orderly shutdown that would revoke the leases), then a new daemon on the journal.

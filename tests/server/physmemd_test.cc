@@ -47,6 +47,7 @@ constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
 
 class Daemon : public testing::DaemonStubTest {
  protected:
+  std::atomic<int> leases_named_{0};  // NewLease's names, "test-N"
   // i386 with 1 GiB: DMA, Normal (lowmem up to 896 MiB) and HighMem; the kmap window has 1024 slots.
   static std::vector<std::string> Args() {
     return {"--target=i386", "--mem_mb=1024", "--max_lease_pages=200000", "--max_alloc_wait_ms=3000"};
@@ -61,7 +62,7 @@ class Daemon : public testing::DaemonStubTest {
     v1::CreateLeaseRequest req;
     req.set_ttl_ms(ttl_ms);
     req.set_page_quota(quota);
-    req.set_name("test");
+    req.set_name("test-" + std::to_string(++leases_named_));  // names are unique per identity
     v1::CreateLeaseResponse resp;
     Ctx ctx;
     grpc::Status s = stub->CreateLease(&ctx, req, &resp);

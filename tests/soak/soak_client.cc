@@ -337,7 +337,8 @@ class Worker {
     v1::CreateLeaseRequest req;
     req.set_ttl_ms(l.ttl_ms);
     if (Pct(10)) req.set_page_quota(256 << (rng_() % 5));  // 256..4096: quota refusals happen
-    req.set_name(absl::StrFormat("soak-%d", client_));
+    // Names are unique per identity (all soak clients share one uid): client, thread, serial.
+    req.set_name(absl::StrFormat("soak-%d-%d-%d", client_, thread_, ++leases_made_));
     v1::CreateLeaseResponse resp;
     grpc::ClientContext ctx;
     Deadline(&ctx, kCallMs);
@@ -814,6 +815,7 @@ class Worker {
   const uint64_t page_size_;
   const uint64_t target_pages_;
   const uint64_t max_wait_ms_ = static_cast<uint64_t>(absl::GetFlag(FLAGS_max_wait_ms));
+  uint64_t leases_made_ = 0;  // this thread's leases so far, for their names
   std::mt19937_64 rng_;
   std::discrete_distribution<int> mask_pick_;
   std::discrete_distribution<int> order_pick_;

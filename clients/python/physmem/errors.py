@@ -47,7 +47,7 @@ class FailedPreconditionError(PhysmemError):
 
 
 class AlreadyExistsError(PhysmemError):
-    """A live lease of this identity has that name already (with --unique_lease_names)."""
+    """A live lease of this identity has that name already (names are unique per identity unless the daemon runs with --nounique_lease_names)."""
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
