@@ -298,6 +298,29 @@ absl::StatusOr<gfp_t> ParseGfp(std::string_view text) {
   return gfp;
 }
 
+absl::StatusOr<gfp_t> ParseKernelGfp(std::string_view text) {
+  static constexpr std::string_view kUnmodelled[] = {"__GFP_NO_OBJ_EXT", "__GFP_SKIP_ZERO",
+                                                     "__GFP_SKIP_KASAN", "__GFP_NOLOCKDEP",
+                                                     "__GFP_ATOMIC"};
+  if (StripBlanks(text) == "none") return 0;
+  gfp_t gfp = 0;
+  std::string_view rest = text;
+  for (bool more = true; more;) {
+    const size_t bar = rest.find('|');
+    more = bar != std::string_view::npos;
+    const std::string_view term = StripBlanks(rest.substr(0, bar));
+    if (more) rest.remove_prefix(bar + 1);
+    if (std::find(std::begin(kUnmodelled), std::end(kUnmodelled), term) != std::end(kUnmodelled)) continue;
+    absl::StatusOr<gfp_t> mask = ParseGfp(term);
+    if (!mask.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GFP mask \"", Absl(text), "\": ", mask.status().message()));
+    }
+    gfp |= *mask;
+  }
+  return gfp;
+}
+
 std::string FormatGfp(gfp_t gfp) {
   if (gfp == 0) return "0";
   std::vector<std::string> parts;

@@ -95,6 +95,15 @@ inline constexpr gfp_t kGfpKnownMask =
 // Zone combinations are not checked here: see ValidateGfp().
 absl::StatusOr<gfp_t> ParseGfp(std::string_view text);
 
+// Parses a mask as the kernel's page-allocation tracepoints print it (show_gfp_flags(),
+// include/trace/events/mmflags.h), for trace replay: ParseGfp()'s grammar, plus "none" (how a
+// zero mask prints), and the names of the config-dependent bits this file does not model, which
+// are dropped: __GFP_NO_OBJ_EXT (bit 24 on 6.18 with SLAB_OBJ_EXT), __GFP_SKIP_ZERO,
+// __GFP_SKIP_KASAN, __GFP_NOLOCKDEP and 6.1's __GFP_ATOMIC. Their bit values move with the
+// kernel config, and none of them changes which zone or free list a page comes from.
+// Unknown names and bits are InvalidArgument as in ParseGfp(), the whole mask quoted.
+absl::StatusOr<gfp_t> ParseKernelGfp(std::string_view text);
+
 // Prints a mask as the kernel's %pGg / show_gfp_flags() does: greedily, in the order of
 // __def_gfpflag_names (include/trace/events/mmflags.h), so the largest compound names come first
 // and leftover bits print alone: 0x2dc2 → "GFP_KERNEL|__GFP_HIGHMEM|__GFP_NOWARN|__GFP_ZERO".

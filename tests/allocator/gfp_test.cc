@@ -127,6 +127,54 @@ INSTANTIATE_TEST_SUITE_P(Mixtures, GfpParses,
                                            ParseCase{"3264 | __GFP_ZERO", 0xdc0},
                                            ParseCase{"GFP_NOWAIT|GFP_NOWAIT", 0x2800}));
 
+// Masks exactly as a 6.18 kernel's kmem:mm_page_alloc printed them (KERNEL-2.md section 7).
+class GfpParsesKernelText : public ::testing::TestWithParam<ParseCase> {};
+
+TEST_P(GfpParsesKernelText, TracepointTextToMask) {
+  absl::StatusOr<gfp_t> parsed = ParseKernelGfp(GetParam().text);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(Hex(*parsed), Hex(GetParam().expected));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    SeenLive, GfpParsesKernelText,
+    ::testing::Values(ParseCase{"GFP_HIGHUSER_MOVABLE|__GFP_ZERO|__GFP_COMP", 0x140dca},
+                      ParseCase{"GFP_KERNEL_ACCOUNT|__GFP_ZERO|__GFP_COMP", 0x440dc0},
+                      ParseCase{"GFP_HIGHUSER|__GFP_ACCOUNT", 0x500cc2},
+                      ParseCase{"GFP_NOWAIT", 0x2800},
+                      ParseCase{"GFP_NOFS|__GFP_HIGHMEM|__GFP_MOVABLE|__GFP_NOWARN|__GFP_NORETRY|"
+                                "__GFP_COMP|__GFP_HARDWALL",
+                                0x152c4a}));
+INSTANTIATE_TEST_SUITE_P(ZeroPrintsNone, GfpParsesKernelText, ::testing::Values(ParseCase{"none", 0}));
+INSTANTIATE_TEST_SUITE_P(
+    ConfigDependentBitsAreDropped, GfpParsesKernelText,
+    ::testing::Values(ParseCase{"GFP_KERNEL|__GFP_NO_OBJ_EXT", 0xcc0},
+                      ParseCase{"GFP_HIGHUSER_MOVABLE|__GFP_SKIP_ZERO|__GFP_SKIP_KASAN", 0x100cca},
+                      ParseCase{"__GFP_NOLOCKDEP|GFP_NOIO", 0xc00},
+                      ParseCase{"GFP_ATOMIC|__GFP_ATOMIC", 0x820}));
+
+TEST(Gfp, KernelTextRoundTripsEveryFormattedSingleBit) {
+  for (gfp_t bit = 1; bit <= __GFP_ZEROTAGS; bit <<= 1) {
+    if (!(bit & kGfpKnownMask)) continue;
+    absl::StatusOr<gfp_t> parsed = ParseKernelGfp(FormatGfp(bit | GFP_KERNEL));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(Hex(*parsed), Hex(bit | GFP_KERNEL));
+  }
+}
+
+TEST(Gfp, KernelTextRejectsUnknownNamesAndBitsQuotingTheMask) {
+  absl::StatusOr<gfp_t> parsed = ParseKernelGfp("GFP_KERNEL|__GFP_BOGUS");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(parsed.status().message(),
+              AllOf(HasSubstr("GFP_KERNEL|__GFP_BOGUS"), HasSubstr("unknown GFP flag \"__GFP_BOGUS\"")));
+  parsed = ParseKernelGfp("GFP_KERNEL|0x1000000");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_THAT(parsed.status().message(), HasSubstr("0x1000000"));
+  EXPECT_FALSE(ParseKernelGfp("").ok());
+  EXPECT_FALSE(ParseKernelGfp("none|GFP_KERNEL").ok());
+  EXPECT_FALSE(ParseKernelGfp("GFP_KERNEL||__GFP_ZERO").ok());
+}
+
 struct ParseErrorCase {
   std::string_view text;
   std::vector<std::string_view> message_parts;
