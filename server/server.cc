@@ -9,12 +9,12 @@
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "server/health.h"
 #include "server/log.h"
 #include "server/recovery.h"
 
@@ -117,7 +117,7 @@ absl::Status Server::Start() {
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits, metrics_.get(), &inflight_);
 
-  grpc::EnableDefaultHealthCheckService(true);
+  EnableHealthChecking();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.RegisterService(service_.get());
@@ -135,6 +135,7 @@ absl::Status Server::Start() {
   }
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr) return absl::InternalError("gRPC server failed to start (see gRPC's log above)");
+  MarkServing(grpc_.get());
   if (!options_.tcp_listen.empty() && tcp_port_ == 0) {
     return absl::UnavailableError(absl::StrFormat("cannot listen on TCP %s", options_.tcp_listen));
   }
@@ -237,6 +238,7 @@ void Server::Shutdown() {
     shut_down_ = true;
   }
   LogInfo("shutting_down", {{"leases", leases_ ? leases_->size() : 0}});
+  if (grpc_) MarkNotServing(grpc_.get());  // health checkers see it before anything stops
   if (unix_) unix_->Stop();  // no new Unix connections
   if (waiters_) waiters_->Stop();  // parked allocations answer UNAVAILABLE now
   // The exporter's web server takes up to a second to stop (civetweb's poll period): overlap it

@@ -1,15 +1,23 @@
 #!/usr/bin/python3
-"""Server reflection, proven with a client that has no proto files: Python's grpcio sends raw
-ServerReflectionRequest bytes to the real daemon and reads the service list and the file
-descriptor of physmem.v1.PhysMem back, as grpcurl and ghz do.
+"""Server reflection and health checking, proven with a client that has no proto files: Python's
+grpcio sends raw ServerReflectionRequest bytes to the real daemon, reads the service list and the
+file descriptors back, builds grpc.health.v1 message classes from what reflection returned (as
+grpcurl, ghz and grpc_health_probe do without --proto), and calls Health/Check and Health/Watch
+with them.
 
-Usage: reflection_test.py PHYSMEMD_BINARY   (run by ctest; prints '1 passed, 0 failed')
+Checked: the service list; physmem.v1.PhysMem and grpc.health.v1.Health described by
+reflection; Check answers SERVING for "" and for "physmem.v1.PhysMem", NOT_FOUND for an unknown
+name; a Watch of "physmem.v1.PhysMem" opened before SIGTERM is told NOT_SERVING when shutdown
+begins (before gRPC stops and cancels the stream).
+
+Usage: reflection_test.py PHYSMEMD_BINARY   (run by ctest; prints 'N passed, M failed')
 """
 import os
 import sys
 import tempfile
 
 import grpc
+from google.protobuf import message_factory
 
 # The shared helpers live in tests/; no __pycache__ left in the source tree.
 sys.dont_write_bytecode = True
@@ -17,31 +25,90 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import grpc_reflection  # noqa: E402  (tests/grpc_reflection.py)
 from physmemd_process import Physmemd, time_scale  # noqa: E402  (tests/physmemd_process.py)
 
+HEALTH = "grpc.health.v1.Health"
+PHYSMEM = "physmem.v1.PhysMem"
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what, detail=""):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print("FAIL: %s%s" % (what, (": " + str(detail)) if detail else ""))
+
+
+def health_classes(channel):
+    """HealthCheckRequest and HealthCheckResponse built from reflection's descriptors alone."""
+    pool = grpc_reflection.reflect_pool(channel, HEALTH)
+    factory = message_factory.MessageFactory(pool)
+    request = factory.GetPrototype(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest"))
+    response = factory.GetPrototype(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse"))
+    return pool, request, response
+
 
 def main():
     binary = sys.argv[1]
+    c = Checks()
+    # Both timeouts only bound a hang; a sanitized daemon answers slower (time_scale()).
+    timeout = 10 * time_scale()
     with tempfile.TemporaryDirectory() as d, Physmemd(binary, d, "--mem_mb=64") as daemon:
         channel = grpc.insecure_channel(daemon.unix_target)
-        # Both timeouts only bound a hang; a sanitized daemon answers slower (time_scale()).
-        grpc.channel_ready_future(channel).result(timeout=10 * time_scale())
+        grpc.channel_ready_future(channel).result(timeout=timeout)
         replies = grpc_reflection.call(channel, [
             grpc_reflection.field(grpc_reflection.REQ_LIST_SERVICES, b""),
-            grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, b"physmem.v1.PhysMem"),
-        ], timeout=10 * time_scale())
-        failures = []
-        if len(replies) != 2:
-            failures.append("expected 2 replies, got %d" % len(replies))
-        else:
-            if b"physmem.v1.PhysMem" not in replies[0]:
-                failures.append("service list lacks physmem.v1.PhysMem")
-            if b"grpc.health.v1.Health" not in replies[0]:
-                failures.append("service list lacks grpc.health.v1.Health")
-            if b"AllocPagesBulk" not in replies[1] or b"physmem/v1/physmem.proto" not in replies[1]:
-                failures.append("file descriptor for physmem.v1.PhysMem lacks its methods")
-        for f in failures:
-            print("FAIL:", f)
-        print("%d passed, %d failed" % (0 if failures else 1, 1 if failures else 0))
-        return 1 if failures else 0
+            grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, PHYSMEM.encode()),
+        ], timeout=timeout)
+        c.check(len(replies) == 2, "two reflection replies", len(replies))
+        if len(replies) == 2:
+            c.check(PHYSMEM.encode() in replies[0], "service list has " + PHYSMEM, replies[0])
+            c.check(HEALTH.encode() in replies[0], "service list has " + HEALTH, replies[0])
+            c.check(b"AllocPagesBulk" in replies[1] and b"physmem/v1/physmem.proto" in replies[1],
+                    "file descriptor for physmem.v1.PhysMem has its methods")
+
+        pool, request, response = health_classes(channel)
+        service = pool.FindServiceByName(HEALTH)
+        c.check(sorted(m.name for m in service.methods) == ["Check", "Watch"], "Health described with Check and Watch",
+                [m.name for m in service.methods])
+        c.check(pool.FindFileContainingSymbol(HEALTH).name == "grpc/health/v1/health.proto",
+                "Health's file has the standard name")
+        serving = response.ServingStatus.Value("SERVING")
+        not_serving = response.ServingStatus.Value("NOT_SERVING")
+        check = channel.unary_unary("/%s/Check" % HEALTH, request_serializer=request.SerializeToString,
+                                    response_deserializer=response.FromString)
+        for name in ("", PHYSMEM):
+            reply = check(request(service=name), timeout=timeout)
+            c.check(reply.status == serving, "Check(%r) is SERVING" % name, reply)
+        try:
+            reply = check(request(service="no.such.Service"), timeout=timeout)
+            c.check(False, "Check of an unknown service is NOT_FOUND", reply)
+        except grpc.RpcError as e:
+            c.check(e.code() == grpc.StatusCode.NOT_FOUND, "Check of an unknown service is NOT_FOUND", e.code())
+
+        # Shutdown: a watcher hears NOT_SERVING before gRPC stops (which would only cancel it).
+        watch = channel.unary_stream("/%s/Watch" % HEALTH, request_serializer=request.SerializeToString,
+                                     response_deserializer=response.FromString)
+        stream = watch(request(service=PHYSMEM), timeout=timeout)
+        first = next(stream)
+        c.check(first.status == serving, "Watch(physmem.v1.PhysMem) starts SERVING", first)
+        daemon.process.terminate()
+        statuses = []
+        try:
+            for reply in stream:
+                statuses.append(reply.status)
+                if reply.status != serving:
+                    break
+        except grpc.RpcError as e:
+            statuses.append(e.code())
+        c.check(statuses[:1] == [not_serving], "Watch is told NOT_SERVING once shutdown begins", statuses)
+        stream.cancel()
+        channel.close()
+    print("%d passed, %d failed" % (c.passed, c.failed))
+    return 1 if c.failed else 0
 
 
 if __name__ == "__main__":
