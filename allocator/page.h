@@ -20,7 +20,8 @@
 //   free in the buddy:  flags == PG_buddy,   order = block order, refcount 0, owner 0 (head only)
 //   on a per-CPU list:  flags == PG_pcp,     order = block order, refcount 0, owner 0 (head only)
 //   allocated:          refcount >= 1, order = block order, owner = caller's id (head only);
-//                       PG_head marks a compound head, whose tails carry PG_tail + head_offset.
+//                       PG_head marks a compound head, whose tails carry PG_tail + head_offset;
+//                       PG_movable a block allocated with gfp_migratetype() == MOVABLE.
 #ifndef PHYSMEM_ALLOCATOR_PAGE_H_
 #define PHYSMEM_ALLOCATOR_PAGE_H_
 
@@ -34,6 +35,9 @@ inline constexpr uint8_t PG_buddy = 0x01;  // head of a free block on a buddy fr
 inline constexpr uint8_t PG_pcp = 0x02;    // head of a free block on a per-CPU list
 inline constexpr uint8_t PG_head = 0x04;   // head of an allocated compound page (__GFP_COMP)
 inline constexpr uint8_t PG_tail = 0x08;   // tail of an allocated compound page
+// Head of a block allocated with a MOVABLE migratetype: our stand-in for PageLRU() /
+// __PageMovable(), which prep_move_freepages_block() counts when deciding a claim.
+inline constexpr uint8_t PG_movable = 0x10;
 
 inline constexpr uint32_t kNilIndex = 0xffffffffu;  // end of a free list
 inline constexpr uint32_t kNoOwner = 0;             // owner id of free pages and ownerless calls
@@ -55,8 +59,9 @@ struct PageState {
   }
   static constexpr uint64_t Buddy(unsigned order) { return PageState{PG_buddy, uint8_t(order), 0, 0}.Pack(); }
   static constexpr uint64_t Pcp(unsigned order) { return PageState{PG_pcp, uint8_t(order), 0, 0}.Pack(); }
-  static constexpr uint64_t Allocated(unsigned order, uint32_t owner, bool compound) {
-    return PageState{compound ? PG_head : uint8_t{0}, uint8_t(order), 1, owner}.Pack();
+  static constexpr uint64_t Allocated(unsigned order, uint32_t owner, bool compound, bool movable = false) {
+    return PageState{static_cast<uint8_t>((compound ? PG_head : 0) | (movable ? PG_movable : 0)), uint8_t(order), 1,
+                     owner}.Pack();
   }
   static constexpr uint64_t Tail() { return PageState{PG_tail, 0, 0, 0}.Pack(); }
 };

@@ -41,7 +41,23 @@ absl::Status PageAllocator::Init() {
   arena_ = *std::move(arena);
 
   const int nr_cpus = options_.nr_cpus > 0 ? options_.nr_cpus : NumPossibleCpus();
+  // Managed pages first: the watermarks, and from them the mobility-grouping decision, are
+  // needed before the zones mark their pageblocks.
   std::array<uint64_t, MAX_NR_ZONES> managed{};
+  for (const Segment& s : mem_map_->segments()) managed[s.zone] += s.nr_pages();
+  uint64_t lowmem_kbytes = 0;
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    if (z != ZONE_HIGHMEM) lowmem_kbytes += managed[z] << (target_.page_shift - 10);
+  }
+  const uint64_t min_free_kbytes =
+      options_.min_free_kbytes ? options_.min_free_kbytes : DefaultMinFreeKbytes(lowmem_kbytes);
+  const auto wmarks = SetupZoneWatermarks(managed, min_free_kbytes, target_.page_shift,
+                                          options_.watermark_scale_factor);
+  const auto reserve = SetupLowmemReserve(managed, options_.lowmem_reserve_ratio);
+  pageblock_order_ = PageblockOrder(target_);
+  group_by_mobility_disabled_ =
+      !options_.page_group_by_mobility || MobilityGroupingTooSmall(managed, wmarks, pageblock_order_);
+
   for (int z = 0; z < MAX_NR_ZONES; ++z) {
     if (!target_.zone_configured[z]) continue;
     ZoneConfig zc;
@@ -65,21 +81,13 @@ absl::Status PageAllocator::Init() {
     zc.pcp_enabled = options_.pcp_enabled;
     zc.pcp_batch = options_.pcp_batch;
     zc.pcp_high = options_.pcp_high;
+    zc.pageblock_order = pageblock_order_;
+    zc.group_by_mobility_disabled = group_by_mobility_disabled_;
     zones_[z] = std::make_unique<Zone>(*mem_map_, std::move(zc));
-    managed[z] = zones_[z]->managed_pages();
   }
   // Zones without RAM end where the previous zone ends, so ZoneOfIndex() never lands in them.
   for (int z = 1; z < MAX_NR_ZONES; ++z) zone_index_end_[z] = std::max(zone_index_end_[z], zone_index_end_[z - 1]);
 
-  uint64_t lowmem_kbytes = 0;
-  for (int z = 0; z < MAX_NR_ZONES; ++z) {
-    if (z != ZONE_HIGHMEM) lowmem_kbytes += managed[z] << (target_.page_shift - 10);
-  }
-  const uint64_t min_free_kbytes =
-      options_.min_free_kbytes ? options_.min_free_kbytes : DefaultMinFreeKbytes(lowmem_kbytes);
-  const auto wmarks = SetupZoneWatermarks(managed, min_free_kbytes, target_.page_shift,
-                                          options_.watermark_scale_factor);
-  const auto reserve = SetupLowmemReserve(managed, options_.lowmem_reserve_ratio);
   for (int z = 0; z < MAX_NR_ZONES; ++z) {
     if (zones_[z]) zones_[z]->SetWatermarks(wmarks[z], reserve[z]);
   }
@@ -97,6 +105,46 @@ absl::Status PageAllocator::Init() {
   }
   lowmem_end_pfn_ = target_.lowmem_end() == UINT64_MAX ? UINT64_MAX : target_.lowmem_end() >> target_.page_shift;
   return absl::OkStatus();
+}
+
+// build_all_zonelists() (6.12): mobility grouping is off when the pages the zonelist of
+// GFP_HIGHUSER_MOVABLE offers, nr_free_zone_pages() = Σ max(0, managed - high watermark), are
+// fewer than pageblock_nr_pages * MIGRATE_TYPES ("the number of pages is too small to make
+// grouping by mobility worthwhile").
+bool PageAllocator::MobilityGroupingTooSmall(const std::array<uint64_t, MAX_NR_ZONES>& managed,
+                                             const std::array<Watermarks, MAX_NR_ZONES>& wmarks,
+                                             unsigned pageblock_order) const {
+  const ZoneType highest = gfp_zone(GFP_HIGHUSER_MOVABLE, target_.zone_configured);
+  uint64_t total = 0;
+  for (int z = 0; z <= highest; ++z) {
+    if (managed[z] > wmarks[z].high) total += managed[z] - wmarks[z].high;
+  }
+  return total < (uint64_t{1} << pageblock_order) * MIGRATE_TYPES;
+}
+
+// alloc_flags_nofragment(): ALLOC_NOFRAGMENT when the preferred zone is ZONE_NORMAL and the
+// kernel has ZONE_DMA32 (on one node, whether or not DMA32 holds pages): spreading into DMA32
+// beats fragmenting Normal, spreading into HIGHMEM or DMA does not. Without ZONE_DMA32 the flag
+// is 0 in the kernel.
+unsigned PageAllocator::AllocFlagsNofragment(ZoneType highest) const {
+  const Zone* preferred = first_zone_[highest];
+  if (preferred == nullptr || preferred->type() != ZONE_NORMAL || !target_.zone_configured[ZONE_DMA32]) return 0;
+  return ALLOC_NOFRAGMENT;
+}
+
+int PageAllocator::AllocMigratetype(gfp_t gfp) const {
+  // gfp_migratetype(): "always UNMOVABLE while mobility grouping is off".
+  if (group_by_mobility_disabled_) return MIGRATE_UNMOVABLE;
+  return static_cast<int>((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) >> 3);
+}
+
+bool PageAllocator::UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force) {
+  for (int z = highest; z >= 0; --z) {
+    Zone* zn = zone(static_cast<ZoneType>(z));
+    if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
+    if (zn->UnreserveHighatomic(force, mt)) return true;
+  }
+  return false;
 }
 
 ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
@@ -124,19 +172,28 @@ absl::Status PageAllocator::ValidateAllocArgs(gfp_t gfp, unsigned order) const {
   return ValidateGfp(gfp);
 }
 
-std::optional<uint32_t> PageAllocator::GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
-                                                           ZoneType* got_zone, uint32_t allowed_zones) {
-  for (int z = highest; z >= 0; --z) {
-    Zone* zn = zone(static_cast<ZoneType>(z));
-    if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
-    const uint64_t mark = zn->watermarks()[static_cast<WatermarkLevel>(alloc_flags & ALLOC_WMARK_MASK)];
-    if (!zn->WatermarkOk(order, mark, highest, alloc_flags)) continue;
-    if (std::optional<uint32_t> idx = zn->Rmqueue(order)) {
-      *got_zone = zn->type();
-      return idx;
+std::optional<uint32_t> PageAllocator::GetPageFromFreelist(unsigned order, int mt, unsigned alloc_flags,
+                                                           ZoneType highest, ZoneType* got_zone,
+                                                           uint32_t allowed_zones) {
+  for (;;) {
+    for (int z = highest; z >= 0; --z) {
+      Zone* zn = zone(static_cast<ZoneType>(z));
+      if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
+      const uint64_t mark = zn->watermarks()[static_cast<WatermarkLevel>(alloc_flags & ALLOC_WMARK_MASK)];
+      if (!zn->WatermarkOk(order, mark, highest, alloc_flags)) continue;
+      if (std::optional<uint32_t> idx = zn->Rmqueue(order, mt, alloc_flags)) {
+        // get_page_from_freelist(): "if (unlikely(alloc_flags & ALLOC_HIGHATOMIC))
+        // reserve_highatomic_pageblock(page, order, zone)" after every successful rmqueue().
+        if (alloc_flags & ALLOC_HIGHATOMIC) zn->ReserveHighatomic(*idx, order);
+        *got_zone = zn->type();
+        return idx;
+      }
     }
+    // "It's possible on a UMA machine to get through all zones that are fragmented. If avoiding
+    // fragmentation, reset and try again."
+    if (!(alloc_flags & ALLOC_NOFRAGMENT)) return std::nullopt;
+    alloc_flags &= ~ALLOC_NOFRAGMENT;
   }
-  return std::nullopt;
 }
 
 Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner) {
@@ -155,31 +212,38 @@ Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32
     vm_events_.CountZeroed(uint64_t{1} << order);
   }
   // Release: the block's contents and tails are ready before anyone can see it allocated.
-  head.state.store(PageState::Allocated(order, owner, compound), std::memory_order_release);
+  head.state.store(PageState::Allocated(order, owner, compound, AllocMigratetype(gfp) == MIGRATE_MOVABLE),
+                   std::memory_order_release);
   return &head;
 }
 
 Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
-  if (highest < 0) [[unlikely]] return nullptr;
+  const int mt = AllocMigratetype(gfp);
+  // __GFP_MOVABLE|__GFP_RECLAIMABLE would be HIGHATOMIC (a VM_WARN in the kernel); ValidateGfp()
+  // refuses it for the StatusOr forms.
+  if (highest < 0 || mt >= MIGRATE_PCPTYPES) [[unlikely]] return nullptr;
   // The fast path: the zonelist's first zone passes the LOW watermark and the current CPU's list
-  // has a block. Nothing but two atomic loads, one restartable sequence and one store.
+  // of this migratetype has a block. Nothing but two atomic loads, one restartable sequence and
+  // one store.
   if (pcp_allowed_order(order) && !(gfp & (__GFP_ZERO | __GFP_COMP))) [[likely]] {
     Zone* zn = first_zone_[highest];
     uint32_t idx;
     if (zn != nullptr && (allowed_zones & (1u << zn->type())) &&
-        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, &idx)) [[likely]] {
+        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
       Page& head = mem_map_->page(idx);
-      head.state.store(PageState::Allocated(order, owner, false), std::memory_order_release);
+      head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
       vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
       return &head;
     }
   }
   ZoneType got;
-  // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does.
+  // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does, avoiding
+  // fragmentation where alloc_flags_nofragment() says so.
+  const unsigned first_flags = ALLOC_WMARK_LOW | AllocFlagsNofragment(static_cast<ZoneType>(highest));
   if (std::optional<uint32_t> idx =
-          GetPageFromFreelist(order, ALLOC_WMARK_LOW, static_cast<ZoneType>(highest), &got, allowed_zones))
+          GetPageFromFreelist(order, mt, first_flags, static_cast<ZoneType>(highest), &got, allowed_zones))
       [[likely]] {
     vm_events_.CountAlloc(got, static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
     return PrepNewPage(*idx, order, gfp, owner);
@@ -189,11 +253,23 @@ Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint
 
 Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones) {
   const unsigned alloc_flags = gfp_to_alloc_flags(gfp, order);
+  const int mt = AllocMigratetype(gfp);
   ZoneType got;
-  std::optional<uint32_t> idx = GetPageFromFreelist(order, alloc_flags, highest, &got, allowed_zones);
-  // The kernel drains every CPU's lists before it gives up (after direct reclaim fails): pages
-  // parked there count as free but cannot be merged or handed to another CPU.
-  if (!idx && drain_all_pages() != 0) idx = GetPageFromFreelist(order, alloc_flags, highest, &got, allowed_zones);
+  std::optional<uint32_t> idx = GetPageFromFreelist(order, mt, alloc_flags, highest, &got, allowed_zones);
+  if (!idx) {
+    // __alloc_pages_direct_reclaim(), when the attempt after reclaim fails: give back highatomic
+    // reserve beyond one pageblock (blocking callers only: only they reach direct reclaim), then
+    // drain every CPU's lists — pages parked there count as free but cannot be merged or handed
+    // to another CPU — and try again.
+    bool changed = gfpflags_allow_blocking(gfp) && UnreserveHighatomic(highest, allowed_zones, mt, /*force=*/false);
+    changed |= drain_all_pages() != 0;
+    if (changed) idx = GetPageFromFreelist(order, mt, alloc_flags, highest, &got, allowed_zones);
+  }
+  // should_reclaim_retry() with no retries left: "Before OOM, exhaust highatomic_reserve", one
+  // pageblock per retry, before the allocation is declared failed.
+  while (!idx && gfpflags_allow_blocking(gfp) && UnreserveHighatomic(highest, allowed_zones, mt, /*force=*/true)) {
+    idx = GetPageFromFreelist(order, mt, alloc_flags, highest, &got, allowed_zones);
+  }
   if (!idx) {
     vm_events_.CountAllocFail(highest, order, gfp_class_index(gfp));
     return nullptr;
@@ -237,7 +313,7 @@ unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_arr
                                          uint32_t allowed_zones) {
   unsigned populated = 0;
   for (unsigned i = 0; i < nr; ++i) populated += page_array[i] != nullptr;
-  if (populated == nr || (gfp & ~kGfpKnownMask) != 0) return populated;
+  if (populated == nr || (gfp & ~kGfpKnownMask) != 0 || AllocMigratetype(gfp) >= MIGRATE_PCPTYPES) return populated;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   if (highest < 0) return populated;
   // __alloc_pages_bulk(): one zone that passes LOW + the pages still wanted, then a tight loop
@@ -254,7 +330,8 @@ unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_arr
   if (bulk_zone != nullptr) {
     for (; i < nr; ++i) {
       if (page_array[i] != nullptr) continue;
-      std::optional<uint32_t> idx = bulk_zone->Rmqueue(0);
+      // __alloc_pages_bulk() takes from the per-CPU list of the request's migratetype.
+      std::optional<uint32_t> idx = bulk_zone->Rmqueue(0, AllocMigratetype(gfp), ALLOC_WMARK_LOW);
       if (!idx) break;
       vm_events_.CountAlloc(bulk_zone->type(), static_cast<ZoneType>(highest), 0, gfp_class_index(gfp));
       page_array[i] = PrepNewPage(*idx, 0, gfp, owner);
@@ -521,6 +598,11 @@ std::string PageAllocator::Buddyinfo() const {
     if (z.populated) absl::StrAppend(&text, FormatBuddyinfoLine(z), "\n");
   }
   return text;
+}
+
+std::string PageAllocator::Pagetypeinfo() const {
+  const std::vector<ZoneStats> zones = Stats();
+  return FormatPagetypeinfo(zones);
 }
 
 absl::StatusOr<PageCensus> PageAllocator::Validate() const {

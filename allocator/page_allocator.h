@@ -60,6 +60,10 @@ struct PageAllocatorOptions {
   uint32_t pcp_batch = 0;   // 0: zone_batchsize()
   uint32_t pcp_high = 0;    // 0: zone_highsize()
   int nr_cpus = 0;          // 0: the machine's possible CPUs
+  // false: page_group_by_mobility_disabled, as the kernel sets it for small machines: every
+  // pageblock and request is UNMOVABLE and claims always succeed. true: grouping on unless the
+  // zones are too small (build_all_zonelists()).
+  bool page_group_by_mobility = true;
 };
 
 // One allocated block to restore after a crash (RestoreAllocated()).
@@ -157,6 +161,14 @@ class PageAllocator {
   bool pcp_active() const;  // per-CPU lists on (requested, and rseq usable in this process)
   std::vector<ZoneStats> Stats() const;  // configured zones, lowest first
   std::string Buddyinfo() const;         // /proc/buddyinfo text, populated zones only
+  std::string Pagetypeinfo() const;      // /proc/pagetypeinfo text (FormatPagetypeinfo())
+  unsigned pageblock_order() const { return pageblock_order_; }
+  bool group_by_mobility_disabled() const { return group_by_mobility_disabled_; }
+  // get_pageblock_migratetype() of the pageblock holding pfn's page (tests, the reference model).
+  int pageblock_migratetype(const Page* page) const {
+    const uint32_t idx = mem_map_->index_of(page);
+    return zone(ZoneOfIndex(idx))->pageblock_migratetype(idx);
+  }
   // Event counters summed over all threads (allocator/vm_event.h): allocations, failures,
   // fallbacks, frees, zeroed pages. Counts of calls still running may or may not be in it.
   VmEventCounts VmEvents() const { return vm_events_.Snapshot(); }
@@ -170,8 +182,15 @@ class PageAllocator {
   ZoneType ZoneOfIndex(uint32_t idx) const;
   Zone* zone(ZoneType z) const { return zones_[z].get(); }
   // get_page_from_freelist(): the first zone from `highest` down that passes the watermark.
-  std::optional<uint32_t> GetPageFromFreelist(unsigned order, unsigned alloc_flags, ZoneType highest,
+  // With ALLOC_NOFRAGMENT, a walk that finds nothing is repeated without it.
+  std::optional<uint32_t> GetPageFromFreelist(unsigned order, int mt, unsigned alloc_flags, ZoneType highest,
                                               ZoneType* got_zone, uint32_t allowed_zones = kAllZones);
+  bool MobilityGroupingTooSmall(const std::array<uint64_t, MAX_NR_ZONES>& managed,
+                                const std::array<Watermarks, MAX_NR_ZONES>& wmarks, unsigned pageblock_order) const;
+  unsigned AllocFlagsNofragment(ZoneType highest) const;
+  int AllocMigratetype(gfp_t gfp) const;
+  // unreserve_highatomic_pageblock() over the zonelist: true after the first conversion.
+  bool UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force);
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;
@@ -192,6 +211,8 @@ class PageAllocator {
   std::array<Zone*, MAX_NR_ZONES> first_zone_{};
   std::unique_ptr<PkmapWindow> pkmap_;
   uint64_t lowmem_end_pfn_ = 0;
+  unsigned pageblock_order_ = 0;
+  bool group_by_mobility_disabled_ = false;
 };
 
 }  // namespace physmem

@@ -28,17 +28,19 @@ PerCpuPages::PerCpuPages(int nr_cpus, uint32_t batch, uint32_t high, bool enable
     high_blocks_[o] = std::max<uint32_t>(high >> o, 2 * batch_blocks_[o]);
     max_blocks = std::max(max_blocks, high_blocks_[o]);
   }
-  rings_ = std::make_unique<PerCpuRings>(nr_cpus, static_cast<int>(NR_PCP_ORDERS), std::bit_ceil(max_blocks + 1));
+  rings_ = std::make_unique<PerCpuRings>(nr_cpus, NR_PCP_LISTS, std::bit_ceil(max_blocks + 1));
   enabled_ = enabled && rings_->enabled();
 }
 
-void PerCpuPages::Snapshot(int cpu, unsigned order, std::vector<uint32_t>* out) const {
-  rings_->Snapshot(cpu, static_cast<int>(order), out);
+void PerCpuPages::Snapshot(int cpu, unsigned order, int mt, std::vector<uint32_t>* out) const {
+  rings_->Snapshot(cpu, order_to_pindex(mt, order), out);
 }
 
 uint64_t PerCpuPages::count_pages(int cpu) const {
   uint64_t pages = 0;
-  for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) pages += uint64_t{rings_->Count(cpu, o)} << o;
+  for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
+    for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) pages += uint64_t{rings_->Count(cpu, order_to_pindex(mt, o))} << o;
+  }
   return pages;
 }
 

@@ -13,9 +13,13 @@ namespace physmem {
 
 void Buddy::RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& allocated) {
   // Forget the current lists: clear the head state of every listed block.
-  ForEachFreeBlock([&](uint32_t idx, unsigned) { mem_map_.page(idx).state.store(0, std::memory_order_relaxed); });
+  ForEachFreeBlock([&](uint32_t idx, unsigned, int) { mem_map_.page(idx).state.store(0, std::memory_order_relaxed); });
   for (FreeArea& a : area_) a = FreeArea{};
   free_pages_ = 0;
+  free_highatomic_ = 0;
+  // Pageblock types and the highatomic reserve are not journaled: they start again as at boot
+  // (memmap_init_range() marks every block MOVABLE), which is what a fresh zone already holds.
+  nr_reserved_highatomic_ = 0;
   size_t next = 0;
   for (const Segment& seg : segments_) {
     uint64_t cursor = seg.start_pfn;

@@ -14,11 +14,33 @@
 #include <string>
 #include <vector>
 
+#include "allocator/migratetype.h"
 #include "allocator/per_cpu_pages.h"
 #include "allocator/watermark.h"
 #include "allocator/zone_type.h"
 
 namespace physmem {
+
+inline constexpr unsigned kMaxNrOrders = 16;  // NR_PAGE_ORDERS is at most 16 (max_page_order 15)
+
+// Mobility-grouping events of one zone, counted under the zone lock on the (slow) fallback paths.
+// Indices: [requested migratetype][migratetype taken from][order of the free block used], the
+// fields of the kernel's mm_page_alloc_extfrag event (alloc_migratetype, fallback_migratetype,
+// fallback_order). Every such event is either a claim or a steal:
+//   claims  __rmqueue_claim() took over the pageblock(s) (try_to_steal_block() succeeded:
+//           change_ownership = 1 in the event);
+//   steals  __rmqueue_steal() took one block and left the pageblock's type alone.
+struct MigrateCounters {
+  using ByOrder = std::array<uint64_t, kMaxNrOrders>;
+  using ByFallback = std::array<std::array<ByOrder, MIGRATE_PCPTYPES>, MIGRATE_PCPTYPES>;
+  ByFallback claims{};
+  ByFallback steals{};
+  // Pageblock type changes [from][to]: claims, highatomic reserve/unreserve, merges that match a
+  // buddy's type (__free_one_page()).
+  std::array<std::array<uint64_t, MIGRATE_TYPES>, MIGRATE_TYPES> pageblock_changes{};
+  uint64_t highatomic_reserves = 0;    // reserve_highatomic_pageblock() calls that reserved
+  uint64_t highatomic_unreserves = 0;  // unreserve_highatomic_pageblock() conversions
+};
 
 struct ZoneStats {
   ZoneType type = ZONE_NORMAL;
@@ -36,6 +58,17 @@ struct ZoneStats {
   uint32_t pcp_batch = 0;
   uint32_t pcp_high = 0;
   std::vector<PcpCpuStats> pcp;  // one per CPU
+  // Mobility grouping (allocator/buddy.h, pageblock.h).
+  unsigned pageblock_order = 0;
+  bool group_by_mobility_disabled = false;  // page_group_by_mobility_disabled
+  // nr_free_by_type[o][t]: blocks on free_area[o].free_list[t] (pagetypeinfo's first section).
+  std::vector<std::array<uint64_t, MIGRATE_TYPES>> nr_free_by_type;
+  // Pageblocks of each type, counted as pagetypeinfo_showblockcount_print() counts them.
+  std::array<uint64_t, MIGRATE_TYPES> nr_pageblocks_by_type{};
+  uint64_t nr_reserved_highatomic = 0;  // pages (whole pageblocks) reserved
+  uint64_t nr_free_highatomic = 0;      // free pages on HIGHATOMIC lists
+  uint64_t highatomic_max = 0;          // ALIGN(managed / 100, pageblock_nr_pages), 0 = never
+  MigrateCounters migrate;
 };
 
 // debugfs extfrag/extfrag_index: -1000 when a suitable block exists (the index is meaningless
@@ -48,6 +81,13 @@ int UnusableFreeIndex(std::span<const uint64_t> nr_free, unsigned order);
 
 // One /proc/buddyinfo line: "Node 0, zone   Normal      1      0 ...".
 std::string FormatBuddyinfoLine(const ZoneStats& z, int node = 0);
+
+// /proc/pagetypeinfo for one node, byte for byte as mm/vmstat.c of 6.12 prints it
+// (pagetypeinfo_show(): the header from pageblock_order, pagetypeinfo_showfree_print() and
+// pagetypeinfo_showblockcount_print()) for `zones` (populated ones are printed, in order). Free
+// counts above 100000 print as ">100000" as the kernel caps its walk. No "mixed blocks" section:
+// that needs CONFIG_PAGE_OWNER with page_owner=on.
+std::string FormatPagetypeinfo(std::span<const ZoneStats> zones, int node = 0);
 
 }  // namespace physmem
 

@@ -133,6 +133,34 @@ MaybeProblem CheckMaxPageOrder(unsigned order) {
                          kMaxMaxPageOrder, " (0 or absent means ", kDefaultMaxPageOrder, ")"));
 }
 
+// The pageblock_order override (CONFIG_PAGE_BLOCK_ORDER: range 1..MAX_PAGE_ORDER, a build error
+// beyond it). A pageblock must also fit the zone layout: a pageblock straddling a zone end could
+// not be moved whole (prep_move_freepages_block() refuses such blocks), so every bounded zone end
+// must be a multiple of the pageblock size.
+MaybeProblem CheckPageblockOrder(const TargetProfile& p, uint64_t page_size) {
+  if (!p.has_pageblock_order()) return std::nullopt;
+  const int order = p.pageblock_order();
+  const unsigned max_order = EffectiveMaxPageOrder(p);
+  if (order < 1 || order > static_cast<int>(max_order)) {
+    return At({{"pageblock_order"}},
+              absl::StrCat("pageblock_order ", order, " is impossible: expected 1..max_page_order (",
+                           max_order, "); ", order < 1 ? "a pageblock holds at least 2 pages"
+                                                       : "a pageblock cannot exceed the largest buddy block"));
+  }
+  if (order > 62 - std::countr_zero(page_size)) return std::nullopt;  // the order check above bounds it
+  const uint64_t block_bytes = page_size << order;
+  for (int i = 0; i < p.zone_size(); ++i) {
+    const uint64_t end = p.zone(i).end();
+    if (end != 0 && end % block_bytes != 0) {
+      return At({{"pageblock_order"}, {"zone", i, "end"}},
+                absl::StrCat("pageblock_order ", order, " does not fit the zone layout: ", ZoneEntryName(p, i),
+                             " ends at ", Hex(end), ", not a multiple of the pageblock size ", Hex(block_bytes),
+                             " (", page_size, " << ", order, ")"));
+    }
+  }
+  return std::nullopt;
+}
+
 MaybeProblem CheckOffsets(const TargetProfile& p, uint64_t page_size) {
   if (!IsPageAligned(p.page_offset(), page_size)) {
     return At({{"page_offset"}}, absl::StrCat("page_offset ", Hex(p.page_offset()),
@@ -387,6 +415,7 @@ MaybeProblem CheckProfile(const TargetProfile& p) {
   if (auto problem = CheckOffsets(p, page_size)) return problem;
   if (auto problem = CheckRamRanges(p, page_size)) return problem;
   if (auto problem = CheckZones(p, page_size)) return problem;
+  if (auto problem = CheckPageblockOrder(p, page_size)) return problem;
   if (auto problem = CheckRamAbovePhysOffset(p)) return problem;
   if (auto problem = CheckTotalPages(p, page_size)) return problem;
   if (auto problem = CheckDirectMap(p)) return problem;
@@ -777,6 +806,7 @@ Target FromProto(const TargetProfile& profile) {
   t.pkmap_base = profile.pkmap_base();
   t.pkmap_slots = profile.pkmap_slots();
   t.max_page_order = EffectiveMaxPageOrder(profile);
+  if (profile.has_pageblock_order()) t.pageblock_order_override = profile.pageblock_order();
   return t;
 }
 
@@ -801,6 +831,7 @@ TargetProfile ToProto(const Target& t) {
   p.set_pkmap_base(t.pkmap_base);
   p.set_pkmap_slots(t.pkmap_slots);
   p.set_max_page_order(t.max_page_order);
+  if (t.pageblock_order_override != -1) p.set_pageblock_order(t.pageblock_order_override);
   return p;
 }
 

@@ -59,6 +59,9 @@ struct Target {
   uint64_t pkmap_base = 0;    // first emulated virtual address of the kmap() window (highmem)
   uint32_t pkmap_slots = 0;   // LAST_PKMAP: pages in that window
   unsigned max_page_order = 10;  // MAX_PAGE_ORDER; NR_PAGE_ORDERS = max_page_order + 1
+  // The profile's pageblock_order override (CONFIG_PAGE_BLOCK_ORDER), or -1: derive it
+  // (PageblockOrder() in allocator/pageblock.h).
+  int pageblock_order_override = -1;
 
   unsigned nr_page_orders() const { return max_page_order + 1; }
   // Physical start of zone z: the end of the highest configured zone below it, or 0.

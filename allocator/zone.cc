@@ -8,7 +8,10 @@
 namespace physmem {
 
 Zone::Zone(const MemMap& mem_map, ZoneConfig config)
-    : mem_map_(mem_map), config_(std::move(config)), buddy_(mem_map, config_.segments, config_.nr_orders) {
+    : mem_map_(mem_map),
+      config_(std::move(config)),
+      pageblocks_(config_.start_pfn, config_.end_pfn, config_.pageblock_order, config_.group_by_mobility_disabled),
+      buddy_(mem_map, config_.segments, config_.nr_orders, pageblocks_, config_.start_pfn, config_.end_pfn) {
   for (const Segment& s : config_.segments) present_pages_ += s.nr_pages();
   {
     std::lock_guard<std::mutex> l(lock_);
@@ -35,22 +38,47 @@ void Zone::SetWatermarks(const Watermarks& w, const std::array<uint64_t, MAX_NR_
 
 void Zone::PublishLocked() {
   free_pages_.store(buddy_.free_pages(), std::memory_order_relaxed);
+  usable_free_.store(buddy_.free_pages() - buddy_.nr_free_highatomic(), std::memory_order_relaxed);
   uint32_t mask = 0;
-  for (unsigned o = 0; o < config_.nr_orders; ++o) mask |= (buddy_.nr_free(o) != 0 ? 1u : 0u) << o;
+  for (unsigned o = 0; o < config_.nr_orders; ++o) {
+    const uint64_t highatomic = buddy_.nr_free(o, MIGRATE_HIGHATOMIC);
+    mask |= (buddy_.nr_free(o) != highatomic ? 1u : 0u) << o;
+    mask |= (highatomic != 0 ? 1u : 0u) << (o + 16);
+  }
   nonempty_orders_.store(mask, std::memory_order_relaxed);
 }
 
 bool Zone::WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned alloc_flags) const {
-  return ZoneWatermarkOk(free_pages_.load(std::memory_order_relaxed),
-                         nonempty_orders_.load(std::memory_order_relaxed), order, mark, lowmem_reserve_[highest],
-                         alloc_flags);
+  // __zone_watermark_unusable_free(): without ALLOC_RESERVES the free highatomic pages are not
+  // usable; __zone_watermark_ok() counts a HIGHATOMIC free list only for ALLOC_HIGHATOMIC/OOM.
+  const uint64_t free = (alloc_flags & ALLOC_RESERVES) ? free_pages_.load(std::memory_order_relaxed)
+                                                       : usable_free_.load(std::memory_order_relaxed);
+  const uint32_t mask = nonempty_orders_.load(std::memory_order_relaxed);
+  const uint32_t orders =
+      (mask & kPcptypeOrderMask) | ((alloc_flags & (ALLOC_HIGHATOMIC | ALLOC_OOM)) ? mask >> 16 : 0);
+  return ZoneWatermarkOk(free, orders, order, mark, lowmem_reserve_[highest], alloc_flags);
 }
 
-std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order) {
+std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order, int mt, unsigned alloc_flags) {
   std::lock_guard<std::mutex> l(lock_);
-  std::optional<uint32_t> idx = buddy_.RmqueueSmallest(order);
+  std::optional<uint32_t> idx = buddy_.RmqueueBuddy(order, mt, alloc_flags);
   PublishLocked();
   return idx;
+}
+
+void Zone::ReserveHighatomic(uint32_t idx, unsigned order) {
+  // The kernel checks the limit once without the lock ("race-prone but harmless") and again
+  // under it; the buddy does the locked check.
+  std::lock_guard<std::mutex> l(lock_);
+  buddy_.ReserveHighatomic(idx, order, present_pages_);
+  PublishLocked();
+}
+
+bool Zone::UnreserveHighatomic(bool force, int mt) {
+  std::lock_guard<std::mutex> l(lock_);
+  const bool converted = buddy_.UnreserveHighatomic(force, mt);
+  PublishLocked();
+  return converted;
 }
 
 void Zone::FreeToBuddy(uint32_t idx, unsigned order) { FreeBlocksToBuddy(&idx, 1, order); }
@@ -62,26 +90,29 @@ void Zone::FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order) {
   PublishLocked();
 }
 
-std::optional<uint32_t> Zone::Rmqueue(unsigned order) {
+std::optional<uint32_t> Zone::Rmqueue(unsigned order, int mt, unsigned alloc_flags) {
   if (pcp_allowed_order(order) && pcp_enabled_) {
     uint32_t idx;
-    if (pcp_->Pop(order, &idx)) [[likely]] return idx;
-    return RefillAndTake(order);
+    if (pcp_->Pop(order, mt, &idx)) [[likely]] return idx;
+    if (!(alloc_flags & ALLOC_HIGHATOMIC)) {
+      if (std::optional<uint32_t> got = RefillAndTake(order, mt, alloc_flags)) return got;
+    }
   }
-  return RmqueueBuddy(order);
+  return RmqueueBuddy(order, mt, alloc_flags);
 }
 
 // rmqueue_bulk(): one lock hold takes a batch; the first block goes to the caller, the rest are
 // appended to the list's cold end in physical order. If the list cannot take them (another
 // thread on this CPU filled it meanwhile, or a remote drain holds it) they go straight back.
-std::optional<uint32_t> Zone::RefillAndTake(unsigned order) {
+std::optional<uint32_t> Zone::RefillAndTake(unsigned order, int mt, unsigned alloc_flags) {
   uint32_t batch[1024];
   const uint32_t want = std::min<uint32_t>(pcp_->batch_blocks(order), std::size(batch));
   uint32_t got = 0;
   {
     std::lock_guard<std::mutex> l(lock_);
+    RmqueueMode mode = RmqueueMode::kNormal;  // kept across the batch, as rmqueue_bulk() does
     while (got < want) {
-      std::optional<uint32_t> idx = buddy_.RmqueueSmallest(order);
+      std::optional<uint32_t> idx = buddy_.Rmqueue(order, mt, alloc_flags, &mode);
       if (!idx) break;
       mem_map_.page(*idx).state.store(PageState::Pcp(order), std::memory_order_relaxed);
       batch[got++] = *idx;
@@ -89,23 +120,24 @@ std::optional<uint32_t> Zone::RefillAndTake(unsigned order) {
     PublishLocked();
   }
   if (got == 0) return std::nullopt;
-  const uint32_t listed = got > 1 ? pcp_->PushCold(order, batch + 1, got - 1) : 0;
+  const uint32_t listed = got > 1 ? pcp_->PushCold(order, mt, batch + 1, got - 1) : 0;
   FreeBlocksToBuddy(batch + 1 + listed, got - 1 - listed, order);
   mem_map_.page(batch[0]).state.store(0, std::memory_order_relaxed);
   return batch[0];
 }
 
-void Zone::DrainBatch(unsigned order) {
+void Zone::DrainBatch(unsigned order, int mt) {
   uint32_t out[1024];
-  const uint32_t n = pcp_->PopCold(order, std::min<uint32_t>(pcp_->batch_blocks(order), std::size(out)), out);
+  const uint32_t n = pcp_->PopCold(order, mt, std::min<uint32_t>(pcp_->batch_blocks(order), std::size(out)), out);
   FreeBlocksToBuddy(out, n, order);
 }
 
 void Zone::FreeBlockSlow(uint32_t idx, unsigned order) {
   if (pcp_allowed_order(order) && pcp_enabled_) {
     // free_frozen_page_commit(): the list is at high; return a batch from its cold end first.
-    DrainBatch(order);
-    if (pcp_->Push(order, idx)) return;
+    const int mt = PcpFreeType(idx);
+    DrainBatch(order, mt);
+    if (pcp_->Push(order, mt, idx)) return;
   }
   FreeToBuddy(idx, order);
 }
@@ -116,10 +148,12 @@ uint64_t Zone::DrainAllPcp() {
   uint32_t out[1024];
   for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
     for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
-      uint32_t n;
-      while ((n = pcp_->DrainRemote(cpu, o, std::size(out), out)) != 0) {
-        FreeBlocksToBuddy(out, n, o);
-        pages += uint64_t{n} << o;
+      for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) {
+        uint32_t n;
+        while ((n = pcp_->DrainRemote(cpu, o, mt, std::size(out), out)) != 0) {
+          FreeBlocksToBuddy(out, n, o);
+          pages += uint64_t{n} << o;
+        }
       }
     }
   }
@@ -139,8 +173,23 @@ ZoneStats Zone::Stats() const {
   {
     std::lock_guard<std::mutex> l(lock_);
     s.buddy_free_pages = buddy_.free_pages();
-    for (unsigned o = 0; o < config_.nr_orders; ++o) s.nr_free.push_back(buddy_.nr_free(o));
+    for (unsigned o = 0; o < config_.nr_orders; ++o) {
+      s.nr_free.push_back(buddy_.nr_free(o));
+      std::array<uint64_t, MIGRATE_TYPES> by_type{};
+      for (int t = 0; t < MIGRATE_TYPES; ++t) by_type[t] = buddy_.nr_free(o, t);
+      s.nr_free_by_type.push_back(by_type);
+    }
+    buddy_.ForEachPageblock([&](uint64_t pfn) {
+      const int t = pageblocks_.Get(pfn);
+      if (t < MIGRATE_TYPES) ++s.nr_pageblocks_by_type[t];
+    });
+    s.nr_reserved_highatomic = buddy_.nr_reserved_highatomic();
+    s.nr_free_highatomic = buddy_.nr_free_highatomic();
+    s.highatomic_max = buddy_.HighatomicMax(present_pages_);
+    s.migrate = buddy_.counters();
   }
+  s.pageblock_order = pageblocks_.order();
+  s.group_by_mobility_disabled = pageblocks_.group_by_mobility_disabled();
   s.pcp_batch = pcp_->batch();
   s.pcp_high = pcp_->high();
   for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
@@ -181,15 +230,32 @@ absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages)
       }
     }
   };
-  buddy_.ForEachFreeBlock([&](uint32_t idx, unsigned order) {
+  std::vector<std::array<uint64_t, MIGRATE_TYPES>> counted_by_type(config_.nr_orders);
+  uint64_t highatomic_pages = 0;
+  const unsigned pb_order = pageblocks_.order();
+  buddy_.ForEachFreeBlock([&](uint32_t idx, unsigned order, int mt) {
     if (mem_map_.page(idx).state.load(std::memory_order_relaxed) != PageState::Buddy(order)) {
       status.Update(absl::InternalError(absl::StrFormat("zone %s: block at index %u on free_area[%u] is not PageBuddy "
                                                         "of that order (state %#x)",
                                                         zname, idx, order, mem_map_.page(idx).state.load())));
     }
-    // A free buddy whose buddy is also free would have merged.
     ++counted[order];
+    ++counted_by_type[order][mt];
     listed_pages += uint64_t{1} << order;
+    if (mt == MIGRATE_HIGHATOMIC) highatomic_pages += uint64_t{1} << order;
+    // 6.10+ freelist hygiene: a free block is on the list of its pageblock's type, and a block
+    // covering several pageblocks has the same type in all of them.
+    const uint64_t pfn = buddy_.pfn_of(idx);
+    const uint64_t span = std::max<uint64_t>(uint64_t{1} << order, 1);
+    for (uint64_t p = pageblocks_.start_of(pfn); p < pfn + span; p += pageblocks_.nr_pages()) {
+      if (pageblocks_.Get(p) != mt) {
+        status.Update(absl::InternalError(absl::StrFormat(
+            "zone %s: free block pfn %#x order %u is on the %s list but pageblock %#x is %s", zname, pfn, order,
+            kMigratetypeNames[mt], p, kMigratetypeNames[std::min(pageblocks_.Get(p), MIGRATE_TYPES - 1)])));
+        break;
+      }
+      if (order < pb_order) break;
+    }
     mark(idx, order, "buddy");
   });
   for (unsigned o = 0; o < config_.nr_orders; ++o) {
@@ -197,18 +263,61 @@ absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages)
       status.Update(absl::InternalError(absl::StrFormat("zone %s: free_area[%u].nr_free = %u but the list holds %u",
                                                         zname, o, buddy_.nr_free(o), counted[o])));
     }
+    uint64_t sum = 0;
+    for (int t = 0; t < MIGRATE_TYPES; ++t) {
+      sum += buddy_.nr_free(o, t);
+      if (counted_by_type[o][t] != buddy_.nr_free(o, t)) {
+        status.Update(absl::InternalError(absl::StrFormat("zone %s: free_area[%u].free_list[%s] counts %u but holds %u",
+                                                          zname, o, kMigratetypeNames[t], buddy_.nr_free(o, t),
+                                                          counted_by_type[o][t])));
+      }
+    }
+    if (sum != buddy_.nr_free(o)) {
+      status.Update(absl::InternalError(absl::StrFormat(
+          "zone %s: Σ_t len(free_area[%u].free_list[t]) = %u != nr_free %u", zname, o, sum, buddy_.nr_free(o))));
+    }
   }
-  if (listed_pages != buddy_.free_pages() || listed_pages != free_pages_.load()) {
+  if (highatomic_pages != buddy_.nr_free_highatomic()) {
+    status.Update(absl::InternalError(absl::StrFormat("zone %s: nr_free_highatomic = %u but HIGHATOMIC lists hold %u",
+                                                      zname, buddy_.nr_free_highatomic(), highatomic_pages)));
+  }
+  // Every pageblock has a type; HIGHATOMIC blocks make up exactly the reserve, which stays within
+  // one reservation step of ALIGN(managed / 100, pageblock_nr_pages).
+  uint64_t highatomic_blocks = 0;
+  for (uint64_t pfn = pageblocks_.start_of(config_.start_pfn); pfn < config_.end_pfn; pfn += pageblocks_.nr_pages()) {
+    const int t = pageblocks_.Get(pfn);
+    if (t >= MIGRATE_TYPES || (pageblocks_.group_by_mobility_disabled() && (t == MIGRATE_MOVABLE || t == MIGRATE_RECLAIMABLE))) {
+      status.Update(absl::InternalError(absl::StrFormat("zone %s: pageblock %#x has type %d%s", zname, pfn, t,
+                                                        t >= MIGRATE_TYPES ? " (no such migratetype)"
+                                                                           : " with mobility grouping off")));
+    }
+    highatomic_blocks += t == MIGRATE_HIGHATOMIC;
+  }
+  const uint64_t reserved = buddy_.nr_reserved_highatomic();
+  if (reserved != highatomic_blocks * pageblocks_.nr_pages()) {
     status.Update(absl::InternalError(absl::StrFormat(
-        "zone %s: Σ nr_free[o] << o = %u, but NR_FREE_PAGES = %u (published %u)", zname, listed_pages,
-        buddy_.free_pages(), free_pages_.load())));
+        "zone %s: nr_reserved_highatomic = %u pages but %u pageblocks of %u pages are HIGHATOMIC", zname, reserved,
+        highatomic_blocks, pageblocks_.nr_pages())));
+  }
+  const uint64_t max = buddy_.HighatomicMax(present_pages_);
+  const uint64_t step = std::max(pageblocks_.nr_pages(), uint64_t{1} << (config_.nr_orders - 1));
+  if (reserved != 0 && (max == 0 || reserved >= max + step)) {
+    status.Update(absl::InternalError(absl::StrFormat(
+        "zone %s: highatomic reserve %u pages exceeds its bound (max %u, one step %u)", zname, reserved, max, step)));
+  }
+  if (listed_pages != buddy_.free_pages() || listed_pages != free_pages_.load() ||
+      listed_pages - highatomic_pages != usable_free_.load()) {
+    status.Update(absl::InternalError(absl::StrFormat(
+        "zone %s: Σ nr_free[o] << o = %u, but NR_FREE_PAGES = %u (published %u, usable %u, highatomic %u)", zname,
+        listed_pages, buddy_.free_pages(), free_pages_.load(), usable_free_.load(), highatomic_pages)));
   }
   *pcp_pages = 0;
   std::vector<uint32_t> items;
   for (int cpu = 0; cpu < pcp_->nr_cpus(); ++cpu) {
-    for (unsigned o = 0; o < NR_PCP_ORDERS; ++o) {
+    for (int list = 0; list < NR_PCP_LISTS; ++list) {
+      const unsigned o = static_cast<unsigned>(list / MIGRATE_PCPTYPES);
       items.clear();
-      pcp_->Snapshot(cpu, o, &items);
+      pcp_->Snapshot(cpu, o, list % MIGRATE_PCPTYPES, &items);
       for (uint32_t idx : items) {
         if (mem_map_.page(idx).state.load(std::memory_order_relaxed) != PageState::Pcp(o)) {
           status.Update(absl::InternalError(absl::StrFormat("zone %s: block at index %u on cpu %d's order-%u list has "

@@ -4,14 +4,19 @@
 // down. Thread-safety: all methods may be called concurrently.
 //
 // Synchronization:
-//   lock_         guards buddy_ (free_area lists, nr_free) and nothing else. Held for one buddy
+//   lock_         guards buddy_ (free_area lists, nr_free, the highatomic reserve, the mobility
+//                 counters) and writes of pageblock types (pageblocks_). Held for one buddy
 //                 operation, or for one batched refill/drain of a per-CPU list. Lock order: a
 //                 thread holds at most one zone lock at a time; no other lock is taken under it.
 //   pcp_          lock-free per-CPU rings (per_cpu_pages.h): the alloc/free fast path for orders
 //                 0..3 takes no lock at all.
-//   free_pages_, nonempty_orders_  atomic mirrors of the buddy's counts, published under lock_ after
-//                 every change and read without it by the watermark check (the kernel reads
-//                 NR_FREE_PAGES and free_area[].nr_free locklessly the same way).
+//   free_pages_, usable_free_, nonempty_orders_  atomic mirrors of the buddy's counts, published
+//                 under lock_ after every change and read without it by the watermark check (the
+//                 kernel reads NR_FREE_PAGES, nr_free_highatomic and free_area[] locklessly the
+//                 same way).
+//   pageblocks_   types read without lock_ by the per-CPU free path (free_unref_page()'s
+//                 get_pfnblock_migratetype() is a READ_ONCE too); a stale read only puts the page
+//                 on another type's per-CPU list, and the buddy re-reads the type when it drains.
 //   Watermarks and lowmem_reserve are set once before the zone is used, then read-only.
 //
 // Free pages of the zone = buddy free pages (Σ nr_free[o] << o, the kernel's NR_FREE_PAGES) +
@@ -29,14 +34,14 @@
 
 #include "allocator/buddy.h"
 #include "allocator/mem_map.h"
+#include "allocator/migratetype.h"
+#include "allocator/pageblock.h"
 #include "allocator/per_cpu_pages.h"
 #include "allocator/stats.h"
 #include "allocator/watermark.h"
 #include "allocator/zone_type.h"
 
 namespace physmem {
-
-inline constexpr unsigned kMaxNrOrders = 16;
 
 struct ZoneConfig {
   ZoneType type = ZONE_NORMAL;
@@ -49,6 +54,8 @@ struct ZoneConfig {
   bool pcp_enabled = true;
   uint32_t pcp_batch = 0;  // 0: zone_batchsize()
   uint32_t pcp_high = 0;   // 0: zone_highsize()
+  unsigned pageblock_order = 9;
+  bool group_by_mobility_disabled = false;  // page_group_by_mobility_disabled
 };
 
 class Zone {
@@ -71,23 +78,27 @@ class Zone {
   bool WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned alloc_flags) const;
 
   // The allocation fast path's watermark check: order <= 3, ALLOC_WMARK_LOW, no reserve
-  // discounts. Reads two atomics; no copying.
+  // discounts, so the free highatomic pages do not count (__zone_watermark_unusable_free()).
+  // Reads two atomics; no copying.
   bool FastWatermarkOk(unsigned order, ZoneType highest) const {
-    const uint64_t free = free_pages_.load(std::memory_order_relaxed);
+    const uint64_t free = usable_free_.load(std::memory_order_relaxed);
     return free > wmark_.low + lowmem_reserve_[highest] + ((uint64_t{1} << order) - 1) &&
-           (order == 0 || (nonempty_orders_.load(std::memory_order_relaxed) >> order) != 0);
+           (order == 0 || ((nonempty_orders_.load(std::memory_order_relaxed) & kPcptypeOrderMask) >> order) != 0);
   }
-  // A block from the current CPU's list, or false (empty, or the lists are off): no lock.
-  bool PcpPop(unsigned order, uint32_t* idx) { return pcp_enabled_ && pcp_->Pop(order, idx); }
+  // A block from the current CPU's list of (order, mt), or false (empty, or the lists are off):
+  // no lock. mt < MIGRATE_PCPTYPES.
+  bool PcpPop(unsigned order, int mt, uint32_t* idx) { return pcp_enabled_ && pcp_->Pop(order, mt, idx); }
 
-  // rmqueue(): a free block of `order`, or nullopt. Orders 0..3 come from the current CPU's list
-  // (refilled from the buddy in one lock hold when empty); larger orders from the buddy.
-  // The returned block belongs to the caller, who overwrites its head state (left PG_pcp or 0).
-  std::optional<uint32_t> Rmqueue(unsigned order);
+  // rmqueue(): a free block of `order` for migratetype `mt`, or nullopt. Orders 0..3 come from
+  // the current CPU's list (refilled from the buddy in one lock hold when empty; an
+  // ALLOC_HIGHATOMIC request is not refilled and goes to the buddy); larger orders from the buddy
+  // (rmqueue_buddy()). The returned block belongs to the caller, who overwrites its head state.
+  std::optional<uint32_t> Rmqueue(unsigned order, int mt, unsigned alloc_flags);
   // Takes back a block the caller has claimed by moving its head state to FreeState(order):
-  // onto the current CPU's list, draining a batch to the buddy first when the list is at high.
+  // onto the current CPU's list of its pageblock's type, draining a batch to the buddy first
+  // when the list is at high.
   void FreeBlock(uint32_t idx, unsigned order) {
-    if (pcp_allowed_order(order) && pcp_enabled_ && pcp_->Push(order, idx)) [[likely]] return;
+    if (pcp_allowed_order(order) && pcp_enabled_ && pcp_->Push(order, PcpFreeType(idx), idx)) [[likely]] return;
     FreeBlockSlow(idx, order);
   }
   // The head state a block must carry when handed to FreeBlock(): PagePcp for orders the per-CPU
@@ -96,8 +107,17 @@ class Zone {
     return pcp_allowed_order(order) && pcp_enabled_ ? PageState::Pcp(order) : 0;
   }
   // The buddy-only path (pcp bypassed), used for non-pcp orders and as the fallback.
-  std::optional<uint32_t> RmqueueBuddy(unsigned order);
+  std::optional<uint32_t> RmqueueBuddy(unsigned order, int mt, unsigned alloc_flags);
   void FreeToBuddy(uint32_t idx, unsigned order);
+
+  // reserve_highatomic_pageblock() after a successful ALLOC_HIGHATOMIC allocation of `idx`.
+  void ReserveHighatomic(uint32_t idx, unsigned order);
+  // unreserve_highatomic_pageblock() for this zone; true if a pageblock was converted to `mt`.
+  bool UnreserveHighatomic(bool force, int mt);
+  // The migratetype of the pageblock holding page `idx` (get_pageblock_migratetype()).
+  int pageblock_migratetype(uint32_t idx) const { return pageblocks_.Get(PfnOf(idx)); }
+  unsigned pageblock_order() const { return pageblocks_.order(); }
+  bool group_by_mobility_disabled() const { return pageblocks_.group_by_mobility_disabled(); }
 
   // Crash recovery (allocator/restore.cc): on a zone that has served nothing yet, rebuilds the
   // buddy lists around `allocated` (page index, order; ascending). The caller writes the
@@ -113,10 +133,25 @@ class Zone {
   absl::Status ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const;
 
  private:
+  // Bits 0..15 of nonempty_orders_: order o has a free block of an UNMOVABLE/MOVABLE/RECLAIMABLE
+  // list; bits 16..31: of the HIGHATOMIC list (__zone_watermark_ok() counts those only for
+  // ALLOC_HIGHATOMIC and ALLOC_OOM).
+  static constexpr uint32_t kPcptypeOrderMask = 0xffff;
+
+  uint64_t PfnOf(uint32_t idx) const {
+    const Segment& s = config_.segments.front();  // most zones are one segment
+    return s.contains_index(idx) ? s.pfn_of(idx) : buddy_.pfn_of(idx);
+  }
+  // free_unref_page(): the per-CPU list a freed block joins is its pageblock's type, HIGHATOMIC
+  // (and CMA) on MOVABLE's. (ISOLATE would bypass the lists; nothing isolates here.)
+  int PcpFreeType(uint32_t idx) const {
+    const int mt = pageblocks_.Get(PfnOf(idx));
+    return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE;
+  }
   void PublishLocked();  // copies buddy counts into the lock-free mirrors
   void FreeBlockSlow(uint32_t idx, unsigned order);
-  std::optional<uint32_t> RefillAndTake(unsigned order);
-  void DrainBatch(unsigned order);
+  std::optional<uint32_t> RefillAndTake(unsigned order, int mt, unsigned alloc_flags);
+  void DrainBatch(unsigned order, int mt);
   void FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order);
 
   const MemMap& mem_map_;
@@ -126,9 +161,11 @@ class Zone {
   std::array<uint64_t, MAX_NR_ZONES> lowmem_reserve_{};
 
   mutable std::mutex lock_;
-  Buddy buddy_;  // guarded by lock_
+  Pageblocks pageblocks_;  // writes under lock_
+  Buddy buddy_;            // guarded by lock_
   std::atomic<uint64_t> free_pages_{0};
-  std::atomic<uint32_t> nonempty_orders_{0};  // bit o: free_area[o] has a block
+  std::atomic<uint64_t> usable_free_{0};      // free_pages_ - nr_free_highatomic
+  std::atomic<uint32_t> nonempty_orders_{0};  // see kPcptypeOrderMask
   std::unique_ptr<PerCpuPages> pcp_;
   bool pcp_enabled_ = false;  // pcp_->enabled(), cached: read on every fast-path call
 };

@@ -1,0 +1,65 @@
+// Pageblocks: pageblock_order for a target, and the per-pageblock migratetype of one zone
+// (include/linux/pageblock-flags.h; mm/page_alloc.c get_pfnblock_flags_mask(),
+// set_pfnblock_flags_mask(), set_pageblock_migratetype() of the reference kernel, 6.12 LTS).
+//
+// Who uses it: Zone owns one Pageblocks for its span; the buddy (allocator/buddy.h) reads and
+// changes block types under the zone lock; the per-CPU free path reads a block's type without
+// any lock to pick the list (free_unref_page() does the same with a READ_ONCE).
+// Thread-safety: Get() may run concurrently with anything (relaxed atomic byte loads); Set() needs
+// the zone lock (the kernel uses a cmpxchg loop on the word because the other flag bits share it;
+// our byte per block has nothing to share, so a plain atomic store does).
+//
+// Layout as the kernel's FLATMEM zone->pageblock_flags: block i covers pfns
+// [base + i * pageblock_nr_pages, base + (i + 1) * pageblock_nr_pages) with base = zone_start_pfn
+// rounded down to a pageblock. The kernel keeps 4 bits per block (3 migratetype bits and
+// PB_migrate_skip); we keep one byte holding only the migratetype (no compaction here).
+#ifndef PHYSMEM_ALLOCATOR_PAGEBLOCK_H_
+#define PHYSMEM_ALLOCATOR_PAGEBLOCK_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "allocator/migratetype.h"
+#include "allocator/target.h"
+
+namespace physmem {
+
+// pageblock_order as the reference kernel derives it for `t` ([PBF 6.12]): with HUGETLB/THP,
+// min(HPAGE_PMD_ORDER, MAX_PAGE_ORDER), HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT. PMD_SHIFT for a
+// 64-bit target with 8-byte page-table entries is (PAGE_SHIFT - 3) * 2 + 3 (x86_64 21; arm64
+// 21/25/29 for 4/16/64 KiB pages), for 32-bit i386 21 with PAE (RAM above 4 GiB, as the i386
+// profile decides) and 22 without (the PMD folds into PGDIR_SHIFT). A profile's override
+// (Target::pageblock_order_override, validated by ValidateTarget()) wins.
+unsigned PageblockOrder(const Target& t);
+
+class Pageblocks {
+ public:
+  Pageblocks(uint64_t zone_start_pfn, uint64_t zone_end_pfn, unsigned pageblock_order,
+             bool group_by_mobility_disabled);
+
+  unsigned order() const { return order_; }
+  uint64_t nr_pages() const { return uint64_t{1} << order_; }  // pageblock_nr_pages
+  bool group_by_mobility_disabled() const { return grouping_disabled_; }
+  uint64_t start_of(uint64_t pfn) const { return pfn & ~(nr_pages() - 1); }  // pageblock_start_pfn()
+  uint64_t nr_blocks() const { return nr_blocks_; }
+
+  // get_pfnblock_migratetype(): lock-free.
+  int Get(uint64_t pfn) const { return types_[Slot(pfn)].load(std::memory_order_relaxed); }
+  // set_pageblock_migratetype(): with grouping disabled, UNMOVABLE/MOVABLE/RECLAIMABLE are all
+  // stored as UNMOVABLE, as in the kernel. Zone lock held. Returns whether the type changed.
+  bool Set(uint64_t pfn, int mt);
+
+ private:
+  uint64_t Slot(uint64_t pfn) const { return (pfn - base_pfn_) >> order_; }
+
+  uint64_t base_pfn_;
+  unsigned order_;
+  bool grouping_disabled_;
+  uint64_t nr_blocks_;
+  std::unique_ptr<std::atomic<uint8_t>[]> types_;
+};
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_ALLOCATOR_PAGEBLOCK_H_
