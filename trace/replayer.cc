@@ -1,0 +1,241 @@
+#include "trace/replayer.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "allocator/stats.h"
+
+namespace physmem::trace {
+namespace {
+
+// A block's slot: 0 while its allocation has not run, kRefused if the emulated machine refused
+// it, else the Page*. Atomic because in per-CPU mode a free may run on another thread than its
+// allocation (release on store, acquire on load; plain moves on x86).
+constexpr uintptr_t kPending = 0;
+constexpr uintptr_t kRefused = 1;
+
+std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    }
+  }
+  return cpus;
+}
+
+// Why an allocation was refused, from the machine's state right after the refusal.
+std::string FailureReason(const PageAllocator& pa, gfp_t gfp, unsigned order) {
+  if (!ValidateGfp(gfp).ok()) return "invalid_gfp";
+  const ZoneType highest = gfp_zone(gfp, pa.target().zone_configured);
+  uint64_t free_pages = 0;
+  bool block = false;
+  for (const ZoneStats& z : pa.Stats()) {
+    if (!z.populated || z.type > highest) continue;
+    free_pages += z.free_pages;
+    for (size_t o = order; o < z.nr_free.size(); ++o) block |= z.nr_free[o] > 0;
+  }
+  if (block) return "below_watermark";
+  if (free_pages >= (uint64_t{1} << order)) return "fragmented";
+  return "exhausted";
+}
+
+class Run {
+ public:
+  Run(const ReplayPlan& plan, const ReplayConfig& config, PageAllocator& pa)
+      : plan_(plan), pa_(pa), blocks_(plan.nr_blocks) {
+    const uint64_t n = plan.ops.size();
+    const uint64_t samples = static_cast<uint64_t>(std::max(config.samples, 1));
+    sample_every_ = std::max<uint64_t>(1, (n + samples - 1) / samples);
+    gfp_mask_ = config.zero_pages ? ~gfp_t{0} : ~__GFP_ZERO;
+  }
+
+  // Replays ops[indices[k]] in order (all ops when indices is null); counts into `counts`.
+  void Ops(const std::vector<uint32_t>* indices, ReplayCounts& counts) {
+    const uint64_t n = indices ? indices->size() : plan_.ops.size();
+    for (uint64_t k = 0; k < n; ++k) {
+      const uint64_t i = indices ? (*indices)[k] : k;
+      const ReplayOp& op = plan_.ops[i];
+      if (op.kind == ReplayOpKind::kAlloc) {
+        Alloc(op, counts);
+      } else {
+        Free(op, counts);
+      }
+      if ((i + 1) % sample_every_ == 0 && i + 1 < plan_.ops.size()) Sample(i + 1, op.time_us);
+    }
+  }
+
+  void Sample(uint64_t ops_done, uint32_t time_us) {
+    FragmentationSample s;
+    s.ops_done = ops_done;
+    s.trace_seconds = time_us / 1e6;
+    for (const ZoneStats& z : pa_.Stats()) {
+      if (!z.populated) continue;
+      FragmentationSample::Zone zone{std::string(zone_name(z.type)), z.managed_pages, z.free_pages, {}};
+      for (unsigned o = 0; o < z.nr_free.size(); ++o) zone.fragmentation_index.push_back(FragmentationIndex(z.nr_free, o));
+      s.zones.push_back(std::move(zone));
+    }
+    absl::MutexLock lock(&samples_mu_);
+    samples_.push_back(std::move(s));
+  }
+
+  std::vector<FragmentationSample> TakeSamples() {
+    absl::MutexLock lock(&samples_mu_);
+    std::sort(samples_.begin(), samples_.end(),
+              [](const FragmentationSample& a, const FragmentationSample& b) { return a.ops_done < b.ops_done; });
+    return std::move(samples_);
+  }
+
+  uint64_t BlocksHeld() const {
+    uint64_t n = 0;
+    for (const auto& b : blocks_) n += b.load(std::memory_order_relaxed) > kRefused;
+    return n;
+  }
+
+ private:
+  void Alloc(const ReplayOp& op, ReplayCounts& c) {
+    const gfp_t gfp = op.gfp & gfp_mask_;
+    const int cls = gfp_class_index(gfp);
+    const bool has_mt = op.migratetype >= 0 && op.migratetype < kNrTraceMigratetypes;
+    ++c.allocs_by_order[op.order];
+    ++c.allocs_by_gfp_class[cls];
+    if (has_mt) ++c.allocs_by_migratetype[op.migratetype];
+    Page* page = op.order < pa_.target().nr_page_orders() ? pa_.alloc_pages(gfp, op.order) : nullptr;
+    if (page != nullptr) [[likely]] {
+      ++c.allocs;
+      blocks_[op.block].store(reinterpret_cast<uintptr_t>(page), std::memory_order_release);
+      return;
+    }
+    ++c.alloc_failures;
+    ++c.failures_by_order[op.order];
+    ++c.failures_by_gfp_class[cls];
+    if (has_mt) ++c.failures_by_migratetype[op.migratetype];
+    ++c.failures_by_reason[op.order >= pa_.target().nr_page_orders() ? "order_above_target_max"
+                                                                      : FailureReason(pa_, gfp, op.order)];
+    blocks_[op.block].store(kRefused, std::memory_order_release);
+  }
+
+  void Free(const ReplayOp& op, ReplayCounts& c) {
+    std::atomic<uintptr_t>& slot = blocks_[op.block];
+    uintptr_t v;
+    while ((v = slot.load(std::memory_order_acquire)) == kPending) std::this_thread::yield();
+    if (v == kRefused) {
+      ++c.free_of_refused;
+      return;
+    }
+    absl::Status s = pa_.__free_pages(reinterpret_cast<Page*>(v), op.order);
+    if (!s.ok()) [[unlikely]] {
+      ++c.free_errors;
+      if (c.first_free_error.empty()) c.first_free_error = std::string(s.message());
+      return;
+    }
+    ++c.frees;
+    ++c.frees_by_order[op.order];
+    slot.store(kRefused, std::memory_order_relaxed);  // freed: a stale second free is not replayed
+  }
+
+  const ReplayPlan& plan_;
+  PageAllocator& pa_;
+  std::vector<std::atomic<uintptr_t>> blocks_;
+  uint64_t sample_every_ = 1;
+  gfp_t gfp_mask_ = ~gfp_t{0};
+  absl::Mutex samples_mu_;
+  std::vector<FragmentationSample> samples_ ABSL_GUARDED_BY(samples_mu_);
+};
+
+}  // namespace
+
+void ReplayCounts::Add(const ReplayCounts& o) {
+  allocs += o.allocs;
+  alloc_failures += o.alloc_failures;
+  frees += o.frees;
+  free_of_refused += o.free_of_refused;
+  free_errors += o.free_errors;
+  for (int i = 0; i < kNrTraceOrders; ++i) {
+    allocs_by_order[i] += o.allocs_by_order[i];
+    failures_by_order[i] += o.failures_by_order[i];
+    frees_by_order[i] += o.frees_by_order[i];
+  }
+  for (int i = 0; i < kNrGfpClasses; ++i) {
+    allocs_by_gfp_class[i] += o.allocs_by_gfp_class[i];
+    failures_by_gfp_class[i] += o.failures_by_gfp_class[i];
+  }
+  for (int i = 0; i < kNrTraceMigratetypes; ++i) {
+    allocs_by_migratetype[i] += o.allocs_by_migratetype[i];
+    failures_by_migratetype[i] += o.failures_by_migratetype[i];
+  }
+  for (const auto& [reason, n] : o.failures_by_reason) failures_by_reason[reason] += n;
+  if (first_free_error.empty()) first_free_error = o.first_free_error;
+}
+
+absl::StatusOr<ReplayResult> Replay(const ReplayPlan& plan, const ReplayConfig& config) {
+  absl::StatusOr<std::unique_ptr<PageAllocator>> created = PageAllocator::Create(config.allocator);
+  if (!created.ok()) {
+    return absl::Status(created.status().code(),
+                        absl::StrCat("configuration \"", config.name, "\": ", created.status().message()));
+  }
+  PageAllocator& pa = **created;
+  ReplayResult result;
+  result.config_name = config.name;
+  result.target = absl::StrFormat("%s %d MiB", pa.target().name, pa.target().total_ram_bytes() >> 20);
+  result.pcp_requested = config.allocator.pcp_enabled;
+  result.pcp_active = pa.pcp_active();
+  for (const ZoneStats& z : pa.Stats()) result.min_free_kbytes += z.watermarks.min * pa.target().page_size / 1024;
+
+  Run run(plan, config, pa);
+  const auto start = std::chrono::steady_clock::now();
+  if (!config.per_cpu_threads || plan.nr_cpus <= 1) {
+    result.threads = 1;
+    result.cpu_mapping = absl::StrCat("every traced CPU (", plan.nr_cpus, ") on one replay thread");
+    run.Ops(nullptr, result.counts);
+  } else {
+    const std::vector<int> host = AllowedCpus();
+    std::vector<std::vector<uint32_t>> per_cpu(plan.nr_cpus);
+    for (uint32_t i = 0; i < plan.ops.size(); ++i) per_cpu[plan.ops[i].cpu % plan.nr_cpus].push_back(i);
+    std::vector<ReplayCounts> counts(plan.nr_cpus);
+    std::vector<std::string> pin_errors(plan.nr_cpus);
+    std::vector<std::thread> threads;
+    for (int c = 0; c < plan.nr_cpus; ++c) {
+      threads.emplace_back([&, c] {
+        if (!host.empty()) {
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          CPU_SET(host[c % host.size()], &set);
+          if (sched_setaffinity(0, sizeof(set), &set) != 0) pin_errors[c] = "sched_setaffinity failed";
+        }
+        run.Ops(&per_cpu[c], counts[c]);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const ReplayCounts& c : counts) result.counts.Add(c);
+    result.threads = plan.nr_cpus;
+    int unpinned = 0;
+    for (const std::string& e : pin_errors) unpinned += !e.empty();
+    result.cpu_mapping = absl::StrCat(plan.nr_cpus, " traced CPUs on ", plan.nr_cpus, " threads, thread c pinned to host CPU #(c mod ",
+                                      host.size(), ")", unpinned ? absl::StrCat(" (", unpinned, " could not be pinned)") : "");
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.wall_seconds = wall;
+  result.ops_per_second = wall > 0 ? static_cast<double>(plan.ops.size()) / wall : 0;
+  run.Sample(plan.ops.size(), plan.ops.empty() ? 0 : plan.ops.back().time_us);
+  result.samples = run.TakeSamples();
+  result.final_buddyinfo = pa.Buddyinfo();
+  result.blocks_allocated_at_end = run.BlocksHeld();
+  return result;
+}
+
+}  // namespace physmem::trace
