@@ -11,8 +11,12 @@ namespace physmem {
 // through Debian's gRPC, which ThreadSanitizer cannot see: hand the object over around Finish
 // (tsan_annotations.h; empty outside a TSan build).
 void UnaryCall::Reply(const grpc::Status& status) {
+  grpc::Status s = status;
+  if (s.ok() && sink_ != nullptr && !sink_->Serialize()) {
+    s = grpc::Status(grpc::StatusCode::INTERNAL, "the response could not be serialized");
+  }
   TsanHandOff(this);
-  Finish(status);
+  Finish(s);
   TsanHandOff(this);
 }
 
@@ -22,9 +26,16 @@ void UnaryCall::OnDone() {
   delete this;
 }
 
+namespace {
+thread_local std::unique_ptr<ResponseSink> next_sink;
+}  // namespace
+
+void InflightCalls::SetNextSink(std::unique_ptr<ResponseSink> sink) { next_sink = std::move(sink); }
+std::unique_ptr<ResponseSink> InflightCalls::TakeUnclaimedSink() { return std::move(next_sink); }
+
 UnaryCall* InflightCalls::Begin() {
   count_.fetch_add(1, std::memory_order_acq_rel);
-  auto* call = new UnaryCall(this);
+  auto* call = new UnaryCall(this, std::move(next_sink));
   TsanHandOff(call);
   return call;
 }

@@ -20,12 +20,22 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 
 #include <grpcpp/support/server_callback.h>
 
 namespace physmem {
 
 class InflightCalls;
+
+// What a self-decoding call (server/request_decoding.h) must do before its status goes out:
+// serialize its typed response into the reply gRPC sends. It also owns the call's typed request
+// and response, so they live exactly as long as the call.
+class ResponseSink {
+ public:
+  virtual ~ResponseSink() = default;
+  virtual bool Serialize() = 0;  // false: the response could not be serialized
+};
 
 // The reactor of one unary call. Reply() may be called once, from the handler or later from any
 // thread (a parked allocation); gRPC deletes nothing — OnDone deletes the call.
@@ -36,14 +46,20 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 
  private:
   friend class InflightCalls;
-  explicit UnaryCall(InflightCalls* calls) : calls_(calls) {}
+  UnaryCall(InflightCalls* calls, std::unique_ptr<ResponseSink> sink) : calls_(calls), sink_(std::move(sink)) {}
   InflightCalls* const calls_;
+  std::unique_ptr<ResponseSink> sink_;  // null for a call gRPC decoded
 };
 
 class InflightCalls {
  public:
-  // A new call, counted until gRPC is done with it. Return it from the handler.
+  // A new call, counted until gRPC is done with it. Return it from the handler. It takes the sink
+  // set on this thread by SetNextSink, if any.
   UnaryCall* Begin();
+  // The sink of the call whose typed handler this thread is about to run (request_decoding.cc):
+  // the handler's Begin() takes it. TakeUnclaimedSink returns it if Begin() was not called.
+  static void SetNextSink(std::unique_ptr<ResponseSink> sink);
+  static std::unique_ptr<ResponseSink> TakeUnclaimedSink();
   // True once no unary call is in flight; false if `deadline` came first.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline) const;
   int64_t count() const { return count_.load(std::memory_order_acquire); }

@@ -17,6 +17,7 @@
 #include "server/health.h"
 #include "server/log.h"
 #include "server/recovery.h"
+#include "server/request_decoding.h"
 
 namespace physmem {
 namespace {
@@ -116,6 +117,9 @@ absl::Status Server::Start() {
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
   service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
                                               options_.service_limits, metrics_.get(), &inflight_);
+  // Unary requests are decoded by us, so a body that does not parse is INVALID_ARGUMENT, not
+  // gRPC's empty UNIMPLEMENTED (server/request_decoding.h).
+  if (absl::Status st = InstallRequestDecoding(service_.get(), &inflight_); !st.ok()) return st;
 
   EnableHealthChecking();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
