@@ -67,8 +67,17 @@ enum Form { kPfn, kAddress, kZeroed };
 // The daemon's limit for a reply (--max_message_bytes): a large bulk allocation or a long lease
 // list is bigger than gRPC's 4 MiB default.
 constexpr int kMaxMessageBytes = 64 << 20;
-// Keep-alive stream retry after an error: from this, doubling up to a third of the TTL.
+// The keep-alive's rhythm (docs/recovery.md, "What a restart does to clients"). A renewal every
+// ttl/4. When the stream breaks, a new one after 50 ms (doubling up to ttl/20, at most 1 s, while
+// streams keep failing on a daemon that answers), which waits for the channel: it reconnects every
+// 200 ms at most, so the renewal comes at most ~200 ms after the daemon is back, and a restart of
+// D ms plus the daemon's start-up S is survived whenever D + S < TTL - ttl/4 - 200 ms.
+constexpr int64_t kRenewDivisor = 4;
+constexpr int kReconnectInitialMs = 50;
+constexpr int kReconnectMaxMs = 200;
 constexpr int64_t kMinBackoffMs = 50;
+constexpr int64_t kMaxBackoffMs = 1000;
+constexpr int64_t kBackoffTtlDivisor = 20;
 
 // Runs one unary call with a deadline `timeout_ms` from now.
 template <typename Resp, typename Fn>
@@ -300,15 +309,21 @@ bool Lease::SleepUnlessStopping(int64_t ms) {
 }
 
 void Lease::KeepAliveLoop(const KeepAliveCallback& on_keepalive) {
+  const int64_t max_backoff_ms = std::clamp(granted_ttl_ms_ / kBackoffTtlDivisor, kMinBackoffMs, kMaxBackoffMs);
   int64_t backoff_ms = kMinBackoffMs;
   while (KeepAliveStream(on_keepalive, &backoff_ms)) {
     if (!SleepUnlessStopping(backoff_ms)) return;
-    backoff_ms = std::min(backoff_ms * 2, std::max(kMinBackoffMs, granted_ttl_ms_ / 3));
+    backoff_ms = std::min(backoff_ms * 2, max_backoff_ms);
   }
 }
 
 bool Lease::KeepAliveStream(const KeepAliveCallback& on_keepalive, int64_t* backoff_ms) {
   grpc::ClientContext ctx;
+  // While the daemon is away (a restart) the stream waits for the channel to connect — it retries
+  // every 200 ms at most (Client::Connect) — instead of failing at once: a call failed in
+  // TRANSIENT_FAILURE never tries, and without a call waiting nobody drives a new connection's
+  // handshake, which then sat unread for seconds. StopKeepAlive() cancels the wait.
+  ctx.set_wait_for_ready(true);
   {
     std::lock_guard<std::mutex> l(ka_mu_);
     if (ka_stop_) return false;
@@ -341,7 +356,7 @@ bool Lease::KeepAliveStream(const KeepAliveCallback& on_keepalive, int64_t* back
       std::lock_guard<std::mutex> l(ka_mu_);
       ka_status_ = absl::OkStatus();
     }
-    stop = !SleepUnlessStopping(std::max<int64_t>(resp.ttl_ms() / 3, 1));
+    stop = !SleepUnlessStopping(std::max<int64_t>(resp.ttl_ms() / kRenewDivisor, 1));
   }
   if (!broken) stream->WritesDone();
   const grpc::Status status = stream->Finish();
@@ -609,6 +624,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& giv
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Reconnection every 50 ms growing to at most 200 ms (gRPC's default: 1 s growing to 2 min): a
+  // lease's keep-alive waits on the channel while the daemon restarts (Lease::KeepAliveStream),
+  // and must get through well within the TTL once it is back.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kReconnectInitialMs);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kReconnectMaxMs);
   auto conn = std::make_shared<Connection>();
   conn->options = options;
   conn->channel = grpc::CreateCustomChannel(options.target, *creds, args);

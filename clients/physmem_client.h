@@ -82,7 +82,7 @@ struct LeaseOptions {
   int64_t ttl_ms = 10000;   // time to live; the daemon allows [--min_lease_ttl_ms, --max_lease_ttl_ms]
   uint64_t page_quota = 0;  // most pages held at once; 0 = the daemon's default
   std::string name;         // free text, at most 64 bytes
-  bool keepalive = true;    // renew over the KeepAlive stream every ttl/3 while the Lease lives
+  bool keepalive = true;    // renew over the KeepAlive stream every ttl/4 while the Lease lives
   KeepAliveCallback on_keepalive;
 };
 
@@ -144,7 +144,11 @@ class PageHandle {
 };
 
 // A lease owned by this process. While it lives, a background thread renews it over the
-// KeepAlive stream every ttl/3 (reconnecting after stream errors). When the daemon answers
+// KeepAlive stream every ttl/4. When the stream breaks (the daemon restarted, the connection
+// dropped) a new stream waits for the channel, which reconnects every 200 ms at most, and renews
+// as soon as the daemon is back: a lease survives a daemon restart (kill -9 with a journal,
+// docs/recovery.md) of D ms, start-up included, whenever D < TTL - ttl/4 - 200 ms;
+// keepalive_status() is UNAVAILABLE meanwhile. When the daemon answers
 // ttl_ms = 0 the lease is gone (expired, revoked elsewhere, or the daemon restarted): the Lease
 // records it and every later call fails fast with NOT_FOUND. The destructor stops the keep-alive
 // and revokes the lease, freeing everything it holds, unless Release() was called.

@@ -6,7 +6,7 @@
 // Time: a physmemctl process takes its time to start (much more under a sanitizer on a loaded
 // machine), so the leases it works on get TTLs no slow machine outruns, or are held by the test's
 // own keep-alive until the CLI holds them; a lease that must expire is expired by the daemon's
-// lease clock (CtlLeaseClockTest). `lease keepalive` renews every ttl/3 in real time: its tests
+// lease clock (CtlLeaseClockTest). `lease keepalive` renews every ttl/4 in real time: its tests
 // scale the TTL and their waits by TimeScale() (tests/time_scale.h).
 
 #include <fcntl.h>
@@ -294,7 +294,7 @@ TEST_F(CtlLeaseClockTest, ALeaseCreatedByTheCliLivesForItsTtlThenExpires) {
 }
 
 TEST_F(CtlTest, LeaseKeepAliveRenewsForTheDuration) {
-  // Renewals every ttl/3 in real time: the TTL and the duration are scaled to the build, so that
+  // Renewals every ttl/4 in real time: the TTL and the duration are scaled to the build, so that
   // a slow machine sees as many renewals as a fast one. The test's own keep-alive holds the lease
   // until the CLI has renewed it once; from then on only the CLI renews it.
   const int64_t ttl_ms = 600 * TimeScale();
@@ -308,14 +308,14 @@ TEST_F(CtlTest, LeaseKeepAliveRenewsForTheDuration) {
   ASSERT_TRUE(r.has_value()) << "keepalive went on past its duration";
   ASSERT_EQ(r->exit_code, 0) << r->err;
   const std::vector<std::string> lines = Lines(r->out);
-  EXPECT_GE(lines.size(), 3u);  // one every ttl/3
+  EXPECT_GE(lines.size(), 3u);  // one every ttl/4
   for (const std::string& line : lines) EXPECT_EQ(line, absl::StrFormat("lease=%d ttl_ms=%d", id, ttl_ms));
   // Its own keep-alive stopped long ago; the CLI's renewals kept it.
   EXPECT_TRUE(client_->GetLease(id).ok());
 }
 
 TEST_F(CtlTest, LeaseKeepAliveStopsCleanlyOnSigterm) {
-  // A long TTL: the keep-alive sleeps ttl/3 (20 min) between renewals, and SIGTERM must not wait
+  // A long TTL: the keep-alive sleeps ttl/4 (15 min) between renewals, and SIGTERM must not wait
   // for it.
   const uint64_t id = NewLeaseId();
   CtlProcess p(Args({"lease", "keepalive", std::to_string(id)}));
@@ -328,7 +328,7 @@ TEST_F(CtlTest, LeaseKeepAliveStopsCleanlyOnSigterm) {
 }
 
 TEST_F(CtlTest, LeaseKeepAliveFailsWithNotFoundWhenTheLeaseIsRevoked) {
-  // Renewals every ttl/3 in real time, scaled like the wait for the one that finds the lease
+  // Renewals every ttl/4 in real time, scaled like the wait for the one that finds the lease
   // gone; the test's own keep-alive holds the lease while the CLI starts.
   const int64_t ttl_ms = 600 * TimeScale();
   std::unique_ptr<Lease> own = KeptAliveLease(ttl_ms);

@@ -65,8 +65,13 @@ class Client:
         problem = _unix_socket_problem(self.target)
         if problem:
             raise UnavailableError("cannot connect to physmemd at %s: %s" % (self.target, problem))
+        # Reconnection every 50 ms growing to at most 200 ms (gRPC's default: 1 s growing to 2 min):
+        # after a daemon restart a lease's keep-alive must get through well within the TTL, and a
+        # call made while the channel waits out its backoff fails without trying (lease.py).
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)]
+                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.initial_reconnect_backoff_ms", 50),
+                   ("grpc.max_reconnect_backoff_ms", 200)]
         if credentials is None:
             self.channel = grpc.insecure_channel(self.target, options=options)
         else:

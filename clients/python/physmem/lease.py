@@ -1,8 +1,12 @@
 """Lease: a lease this process owns, kept alive by a background thread over the KeepAlive stream
 and revoked when its `with` block ends. The Python twin of clients/physmem_client.h's Lease: the
-same renewal rhythm (every ttl/3), the same reconnection (backoff from 50 ms doubling up to a
-third of the TTL), the same "gone" rule (a renewal answered with ttl_ms 0 means the lease expired,
-was revoked elsewhere, or the daemon restarted; later calls then fail fast with NotFoundError).
+same renewal rhythm (every ttl/4), the same reconnection (a broken stream is reopened after 50 ms,
+doubling up to ttl/20, at most 1 s, and waits for the channel, which retries its connection every
+200 ms at most, see client.py: a lease survives a daemon restart of D ms, start-up included,
+whenever D < TTL - ttl/4 - 200 ms), the same "gone" rule (a
+renewal answered with ttl_ms 0 means the lease expired, was revoked elsewhere, or a daemon without
+its journal restarted; later calls then fail fast with NotFoundError). docs/recovery.md says what a
+restart does to clients.
 
 Thread-safety: a Lease may be used from several threads; the keep-alive runs on its own thread.
 """
@@ -14,7 +18,12 @@ import grpc
 from physmem.errors import NotFoundError, UnavailableError, from_rpc_error
 from physmem.v1 import physmem_pb2
 
+# docs/recovery.md, "What a restart does to clients": renew every ttl/4; reopen a broken stream after
+# 50 ms, doubling up to ttl/20 (at most 1 s) while streams keep failing on a daemon that answers.
+_RENEW_DIVISOR = 4
 _MIN_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 1.0
+_BACKOFF_TTL_DIVISOR = 20
 # Codes a reconnection cannot cure: not our lease, not authenticated, not served.
 _FATAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                 grpc.StatusCode.UNIMPLEMENTED)
@@ -147,7 +156,8 @@ class Lease:
         while self._keepalive_stream():
             if self._stop.wait(self._backoff):
                 return
-            self._backoff = min(self._backoff * 2, max(_MIN_BACKOFF_S, self.granted_ttl_ms / 3000.0))
+            cap = min(max(_MIN_BACKOFF_S, self.granted_ttl_ms / 1000.0 / _BACKOFF_TTL_DIVISOR), _MAX_BACKOFF_S)
+            self._backoff = min(self._backoff * 2, cap)
 
     def _keepalive_stream(self):
         """Runs one KeepAlive stream until it breaks (True: retry after the backoff), or the lease
@@ -166,7 +176,11 @@ class Lease:
         with self._lock:
             if self._stop.is_set():
                 return False
-            call = self._client.stub.KeepAlive(request_iterator())
+            # wait_for_ready: while the daemon is away the stream waits for the channel to
+            # connect (it retries at least every 200 ms, client.py) instead of failing at once; a
+            # pending call also keeps gRPC Python polling the channel, without which a new
+            # connection's handshake sat unread for seconds. stop_keepalive() cancels it.
+            call = self._client.stub.KeepAlive(request_iterator(), wait_for_ready=True)
             self._call = call
         req = physmem_pb2.KeepAliveRequest(lease_id=self.id)
         try:
@@ -181,7 +195,7 @@ class Lease:
                     self._renewals += 1
                     self._error = None
                 self._backoff = _MIN_BACKOFF_S
-                if self._stop.wait(max(resp.ttl_ms // 3, 1) / 1000.0):
+                if self._stop.wait(max(resp.ttl_ms // _RENEW_DIVISOR, 1) / 1000.0):
                     return False
         except StopIteration:
             error = UnavailableError("the KeepAlive stream closed without an answer")
