@@ -459,6 +459,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"bad_page_size_2mib.textproto",
                 "page_size 2097152 (0x200000) is not allowed: expected a power of two from 4096"},
         BadCase{"bad_max_page_order.textproto", "max_page_order 16 is out of range"},
+        // CONFIG_PAGE_BLOCK_ORDER's range is 1..MAX_PAGE_ORDER (include/linux/pageblock-flags.h).
+        BadCase{"bad_pageblock_order_too_large.textproto",
+                "pageblock_order 11 is impossible: expected 1..max_page_order (10); a pageblock cannot "
+                "exceed the largest buddy block"},
+        BadCase{"bad_pageblock_order_negative.textproto",
+                "pageblock_order -1 is impossible: expected 1..max_page_order (10); a pageblock holds at "
+                "least 2 pages"},
+        BadCase{"bad_pageblock_order_zone_alignment.textproto",
+                "pageblock_order 9 does not fit the zone layout: zone[0] (ZONE_DMA) ends at 0x100000, not a "
+                "multiple of the pageblock size 0x200000 (4096 << 9)"},
         BadCase{"bad_zones_out_of_order.textproto",
                 "zone[1] (ZONE_DMA) is out of order: it comes after zone[0] (ZONE_DMA32)"},
         BadCase{"bad_zone_twice.textproto",
