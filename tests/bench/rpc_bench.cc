@@ -31,6 +31,7 @@
 
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "server/server.h"
+#include "server/unix_listener.h"
 
 namespace physmem {
 namespace {
@@ -292,7 +293,8 @@ class ClosedLoop {
 
 // The floor table: for each depth, interleaved rounds of the trivial server's Nop, physmemd's Nop
 // and physmemd's AllocPages + FreePages; medians, and each against the trivial Nop.
-void FloorTable(const Config& cfg, const std::string& physmemd, const std::string& trivial) {
+void FloorTable(const Config& cfg, const std::string& physmemd, const std::string& trivial,
+                const std::string& trivial_fd) {
   constexpr int kRounds = 3;
   std::printf("\nthe floor: closed loop, N calls in flight over 2 connections, %.1f s each, median of %d rounds\n\n",
               cfg.floor_seconds, kRounds);
@@ -306,6 +308,7 @@ void FloorTable(const Config& cfg, const std::string& physmemd, const std::strin
       std::vector<FloorResult> runs;
     };
     std::vector<Row> rows = {{"trivial: Nop", trivial, Calls::kNop, {}},
+                             {"trivial, connections accepted as physmemd does: Nop", trivial_fd, Calls::kNop, {}},
                              {"physmemd: Nop", physmemd, Calls::kNop, {}},
                              {"physmemd: AllocPages + FreePages", physmemd, Calls::kAllocFree, {}}};
     for (int r = 0; r < kRounds; ++r) {
@@ -402,7 +405,16 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "trivial server did not start\n");
     return 1;
   }
-  FloorTable(cfg, target, trivial);
+  // The same trivial server, its Unix connections accepted the way physmemd accepts them (our
+  // listener reads the peer's uid, then hands the fd to gRPC): what that path costs by itself.
+  PeerRegistry peers;
+  UnixListener fd_listener(dir + "/trivial-fd.sock", &peers);
+  if (absl::Status st = fd_listener.Start(trivial_server.get()); !st.ok()) {
+    std::fprintf(stderr, "trivial fd listener: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  FloorTable(cfg, target, trivial, "unix://" + dir + "/trivial-fd.sock");
+  fd_listener.Stop();
   trivial_server->Shutdown(std::chrono::system_clock::now());
   (*server)->Shutdown();
   std::filesystem::remove_all(dir);
