@@ -17,11 +17,11 @@
 // How the cap binds without a check-then-act race: AllowedZones() gives the allocator the zones
 // where the identity has room for the request (the allocator skips the others, as a cpuset does),
 // and Charge() then books the page count with a compare-and-swap that fails if a concurrent call
-// of the same identity took the room meanwhile; the service then frees the block and retries, so
+// of the same identity took the room meanwhile; the lessor then frees the block and retries, so
 // the counters never exceed a cap and a refused call leaves nothing behind.
 //
-// Who uses it: the service (charge on allocation, uncharge on free) and the lease table
-// (uncharge when a lease ends). Thread-safety: all methods may be called concurrently; the
+// Who uses it: the lessor alone (server/lessor.h: charge on allocation, uncharge on free and when
+// a lease ends; Lessor::CheckInvariants checks the charges against the books). Thread-safety: all methods may be called concurrently; the
 // counters are atomics, the identity map has its own mutex (taken once per lease creation).
 #ifndef PHYSMEM_SERVER_IDENTITY_LIMITS_H_
 #define PHYSMEM_SERVER_IDENTITY_LIMITS_H_

@@ -7,8 +7,8 @@
 // etcd's lessor reads its clock through the same kind of seam (lessor.go's `clock`), so that its
 // tests decide when a lease expires instead of sleeping past a TTL.
 //
-// Who uses it: LeaseTable (grant, renew, expiry), RestoreFromJournal (deadlines that passed while
-// the daemon was down), and the service through LeaseTable. Server builds the table with
+// Who uses it: the Lessor (grant, renew, expiry), RestoreFromJournal (deadlines that passed while
+// the daemon was down), and the service through the Lessor. Server builds the lessor with
 // ServerOptions::lease_clock, null meaning Monotonic(). Only test programs pass another clock:
 // tests/server/physmemd_test_main.cc starts a daemon whose clock runs ahead by an offset its test
 // sets (tests/daemon_process.h, AdvanceLeaseClock).
@@ -27,6 +27,11 @@ class LeaseClock {
   virtual ~LeaseClock() = default;
   // Nanoseconds on CLOCK_MONOTONIC's scale; never decreases.
   virtual int64_t Now() const = 0;
+  // How long (ns) a sleeper waiting for a deadline on this clock may sleep before it looks at the
+  // clock again; 0 = until the deadline. The monotonic clock's deadlines are real time, so the
+  // lessor's reaper sleeps until the earliest one; a clock a test moves forward says how soon a
+  // jump must be noticed.
+  virtual int64_t MaxNapNs() const { return 0; }
 
   // The production clock: std::chrono::steady_clock (CLOCK_MONOTONIC on Linux).
   static const LeaseClock& Monotonic();

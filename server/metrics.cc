@@ -69,10 +69,10 @@ std::string_view WaitOutcomeName(WaitOutcome o) {
   return kNames[static_cast<int>(o)];
 }
 
-// Builds every snapshot family from the allocator and the lease table when Prometheus scrapes.
+// Builds every snapshot family from the allocator and the lessor when Prometheus scrapes.
 class Metrics::SnapshotCollector final : public prometheus::Collectable {
  public:
-  SnapshotCollector(const PageAllocator* pa, const LeaseTable* leases, size_t max_lease_names)
+  SnapshotCollector(const PageAllocator* pa, const Lessor* leases, size_t max_lease_names)
       : pa_(pa),
         leases_(leases),
         max_lease_names_(max_lease_names),
@@ -217,15 +217,9 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
   // blow up the series count.
   MetricFamily LeaseHeldPages() const {
     absl::flat_hash_map<std::string, uint64_t> by_name;
-    for (const std::shared_ptr<Lease>& l : leases_->All()) {
-      uint64_t pages;
-      {
-        std::lock_guard<std::mutex> lock(l->mu);
-        if (l->dead) continue;
-        pages = l->pages_held;
-      }
-      by_name[l->name.empty() ? std::string("(unnamed)") : l->name] += pages;
-    }
+    leases_->ForEachLive([&](const Lease& l, uint64_t pages) {
+      by_name[l.name.empty() ? std::string("(unnamed)") : l.name] += pages;
+    });
     std::vector<std::pair<std::string, uint64_t>> names(by_name.begin(), by_name.end());
     std::sort(names.begin(), names.end(), [](const auto& a, const auto& b) {
       return a.second != b.second ? a.second > b.second : a.first < b.first;
@@ -267,12 +261,12 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
   }
 
   const PageAllocator* const pa_;
-  const LeaseTable* const leases_;
+  const Lessor* const leases_;
   const size_t max_lease_names_;
   const double start_time_;
 };
 
-Metrics::Metrics(const PageAllocator* pa, const LeaseTable* leases, MetricsOptions options)
+Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, MetricsOptions options)
     : options_(std::move(options)),
       registry_(std::make_shared<prometheus::Registry>()),
       snapshot_(std::make_shared<SnapshotCollector>(pa, leases, options_.max_lease_names)) {

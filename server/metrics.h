@@ -3,7 +3,7 @@
 // Two kinds of metric live here:
 //   * Snapshot metrics — zones, buddyinfo, per-CPU lists, allocator event counters, leases, arena,
 //     process — are built AT SCRAPE TIME by SnapshotCollector from PageAllocator::Stats(),
-//     PageAllocator::VmEvents() and the lease table. Nothing updates them in the background and
+//     PageAllocator::VmEvents() and the lessor. Nothing updates them in the background and
 //     the allocator's fast path never touches Prometheus.
 //   * Service events that happen off the allocator's fast path (refused frees, allocation waits,
 //     and the RPC metrics of server/rpc_metrics.h) are prometheus-cpp counters and histograms in
@@ -30,7 +30,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-#include "server/lease_table.h"
+#include "server/lessor.h"
 #include "server/rpc_metrics.h"
 
 namespace physmem {
@@ -61,7 +61,7 @@ std::string_view WaitOutcomeName(WaitOutcome o);
 class Metrics {
  public:
   // Never fails: the exporter is started separately by StartExposer().
-  Metrics(const PageAllocator* pa, const LeaseTable* leases, MetricsOptions options);
+  Metrics(const PageAllocator* pa, const Lessor* lessor, MetricsOptions options);
   ~Metrics();
 
   // Starts serving /metrics on options.listen (nothing if it is empty). UNAVAILABLE if the

@@ -1,9 +1,10 @@
-// The PhysMem gRPC service (proto/physmem/v1/physmem.proto): thin callback handlers that
-// validate a request, check the caller's lease, delegate to the allocator and the lease table,
-// and reply. Waiting allocations are parked in AllocWaiters, so no handler blocks a thread.
+// The PhysMem gRPC service (proto/physmem/v1/physmem.proto): thin callback handlers that decode a
+// request, make one call to the lessor (server/lessor.h: leases and their books) or the allocator,
+// and reply. No handler touches a lease's book. Waiting allocations are parked in AllocWaiters, so
+// no handler blocks a thread.
 //
 // Who uses it: Server registers it. Thread-safety: handlers run concurrently on gRPC's threads;
-// all shared state lives in the (thread-safe) allocator, lease table and waiter queue.
+// all shared state lives in the (thread-safe) allocator, lessor and waiter queue.
 #ifndef PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
 #define PHYSMEM_SERVER_PHYSMEM_SERVICE_H_
 
@@ -17,7 +18,7 @@
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
 #include "server/inflight_calls.h"
-#include "server/lease_table.h"
+#include "server/lessor.h"
 #include "server/metrics.h"
 
 namespace physmem {
@@ -32,9 +33,9 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
  public:
   // `metrics` counts refused frees and allocation waits; it must outlive the service.
   // `calls` counts the unary calls in flight (each handler answers through one of its UnaryCalls).
-  PhysMemService(PageAllocator* pa, LeaseTable* leases, AllocWaiters* waiters, const PeerRegistry* peers,
+  PhysMemService(PageAllocator* pa, Lessor* lessor, AllocWaiters* waiters, const PeerRegistry* peers,
                  ServiceLimits limits, Metrics* metrics, InflightCalls* calls)
-      : pa_(pa), leases_(leases), waiters_(waiters), peers_(peers), limits_(limits), metrics_(metrics), calls_(calls) {}
+      : pa_(pa), lessor_(lessor), waiters_(waiters), peers_(peers), limits_(limits), metrics_(metrics), calls_(calls) {}
 
   grpc::ServerUnaryReactor* CreateLease(grpc::CallbackServerContext* ctx, const v1::CreateLeaseRequest* req,
                                         v1::CreateLeaseResponse* resp) override;
@@ -97,23 +98,24 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const absl::Status& s);
   grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* ctx, const v1::AllocPagesRequest* req,
                                      v1::Allocation* resp, Form form);
+  // The request's gfp mask, checked against the form (__get_free_pages() has no highmem page,
+  // get_zeroed_page() is order 0 and adds __GFP_ZERO).
+  absl::StatusOr<gfp_t> AllocGfp(const v1::AllocPagesRequest& req, Form form) const;
   // One attempt; nullopt means "no memory now" (the caller may wait), else the final status.
   std::optional<absl::Status> TryAllocate(const AllocCall& call, v1::Allocation* out);
-  absl::Status FreeInLease(Lease& lease, const v1::FreePagesRequest& req, uint64_t* pages_freed);
-  // The same with the stop-machine Operation and lease.mu held (bulk frees take it once for all blocks).
-  // Validate's work, run while the machine is stopped (LeaseTable::stop_machine()).
-  absl::Status TakeCensus(v1::ValidateResponse* resp);
-  absl::Status FreeInLeaseLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
-                                 uint64_t* pages_freed);
-  // The host bytes [offset, offset + length) from the start of page `pfn`, which must lie in one
-  // block of `lease`; lease.mu held, so the block cannot be freed (and handed to someone else)
-  // while the caller copies.
-  absl::StatusOr<std::byte*> LeaseBytesLocked(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length) const;
-  // Books an allocation of 2^order pages against the lease's identity and allocates it: the
-  // allocator only sees zones where the identity has room. nullopt = no memory (may wait).
-  std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order);
-  // AllocPagesBulk's fill under the identity's limits; `why_short` says why it stopped early.
-  unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short);
+  // An allocation that found no memory: fails it now if its mask cannot wait, reclaims once for
+  // __GFP_NORETRY, else parks it in the waiters until memory is freed or its time is up.
+  grpc::ServerUnaryReactor* NoMemory(grpc::CallbackServerContext* ctx, std::shared_ptr<AllocCall> call,
+                                     v1::Allocation* resp);
+  grpc::ServerUnaryReactor* Park(grpc::CallbackServerContext* ctx, std::shared_ptr<AllocCall> call,
+                                 v1::Allocation* resp);
+  // How long a parked allocation may wait: the caller's deadline less a margin, and at most
+  // --max_alloc_wait_ms unless __GFP_NOFAIL.
+  std::chrono::system_clock::duration WaitBudget(grpc::CallbackServerContext* ctx, gfp_t gfp) const;
+  void FillBulk(const std::vector<Page*>& pages, v1::AllocPagesBulkResponse* resp) const;
+  // Frees one block of the caller's lease and replies (FreePages, FreePagesByAddress).
+  grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* ctx, uint64_t lease_id, uint64_t pfn, unsigned order,
+                                 const std::string& key, v1::FreePagesResponse* resp);
   // Counts a refused free under its physmem_free_refused_total reason and returns `s`. `pfn` and
   // `order` are what the allocator was asked to free.
   absl::Status RefuseFree(absl::Status s, uint64_t pfn, unsigned order) const;
@@ -122,11 +124,13 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
     metrics_->FreeRefused(FreeRefusal::kBadRequest);
     return s;
   }
-  void FillAllocation(uint64_t pfn, const LeaseBlock& block, v1::Allocation* out) const;
+  // FreePagesByAddress's address that is no page of the direct map: counted by why.
+  absl::Status RefuseFreeAddress(absl::Status s, uint64_t addr) const;
+  void FillAllocation(const AttachedBlock& block, v1::Allocation* out) const;
   void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
 
   PageAllocator* const pa_;
-  LeaseTable* const leases_;
+  Lessor* const lessor_;
   AllocWaiters* const waiters_;
   const PeerRegistry* const peers_;
   const ServiceLimits limits_;

@@ -1,5 +1,5 @@
 // Crash recovery: turns what the journal read back (JournalState, server/journal.h) into a live
-// allocator and lease table, before the daemon serves.
+// allocator and lessor, before the daemon serves.
 //
 // Who uses it: Server::Start. Thread-safety: single-threaded, before serving.
 //
@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "allocator/page_allocator.h"
 #include "server/journal.h"
-#include "server/lease_table.h"
+#include "server/lessor.h"
 
 namespace physmem {
 
@@ -32,9 +32,10 @@ struct RecoveryReport {
 // map, page size, zone limits and orders.
 uint64_t TargetFingerprint(const Target& t);
 
-// Restores `state` into a fresh allocator and lease table. DATA_LOSS if the journal's blocks are
-// inconsistent (overlap, not RAM): then nothing is restored.
-absl::StatusOr<RecoveryReport> RestoreFromJournal(JournalState& state, PageAllocator* pa, LeaseTable* leases);
+// Restores `state` into a fresh allocator and lessor: the allocator marks the blocks allocated,
+// the lessor adopts each live lease (its book and charges: Lessor::Adopt). DATA_LOSS if the
+// journal's blocks are inconsistent (overlap, not RAM): then nothing is restored.
+absl::StatusOr<RecoveryReport> RestoreFromJournal(JournalState& state, PageAllocator* pa, Lessor* lessor);
 
 }  // namespace physmem
 

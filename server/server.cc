@@ -113,9 +113,9 @@ absl::Status Server::Start() {
   }
   if (absl::Status st = CheckIdentityLimitsOptions(options_.identity_limits); !st.ok()) return st;
   if (absl::Status s = StartJournal(); !s.ok()) return s;
-  metrics_ = std::make_unique<Metrics>(pa_.get(), leases_.get(), options_.metrics);
+  metrics_ = std::make_unique<Metrics>(pa_.get(), lessor_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
-  service_ = std::make_unique<PhysMemService>(pa_.get(), leases_.get(), waiters_.get(), &peers_,
+  service_ = std::make_unique<PhysMemService>(pa_.get(), lessor_.get(), waiters_.get(), &peers_,
                                               options_.service_limits, metrics_.get(), &inflight_);
   // Unary requests are decoded by us, so a body that does not parse is INVALID_ARGUMENT, not
   // gRPC's empty UNIMPLEMENTED (server/request_decoding.h).
@@ -148,7 +148,7 @@ absl::Status Server::Start() {
     unix_ = std::make_unique<UnixListener>(options_.unix_socket, &peers_);
     if (absl::Status st = unix_->Start(grpc_.get(), options_.unix_socket_mode); !st.ok()) return st;
   }
-  leases_->StartReaper();
+  lessor_->StartReaper();
 
   const Target& t = pa_->target();
   std::vector<std::string> zones;
@@ -199,16 +199,15 @@ absl::Status Server::StartJournal() {
   if (!pa.ok()) return pa.status();
   pa_ = *std::move(pa);
   waiters_ = std::make_unique<AllocWaiters>();
-  leases_ = std::make_unique<LeaseTable>(
-      pa_.get(), options_.lease_limits, [this] { waiters_->Kick(); },
-      options_.lease_clock != nullptr ? options_.lease_clock : &LeaseClock::Monotonic());
   identity_limits_ = std::make_unique<IdentityLimits>(*pa_, options_.identity_limits);
-  leases_->set_identity_limits(identity_limits_.get());
+  // The journal (null when off) takes no appends before Start below: recovery adopts without them.
+  lessor_ = std::make_unique<Lessor>(
+      pa_.get(), options_.lease_limits, identity_limits_.get(), journal_.get(), [this] { waiters_->Kick(); },
+      options_.lease_clock != nullptr ? options_.lease_clock : &LeaseClock::Monotonic());
   if (!on) return absl::OkStatus();
-  absl::StatusOr<RecoveryReport> report = RestoreFromJournal(state, pa_.get(), leases_.get());
+  absl::StatusOr<RecoveryReport> report = RestoreFromJournal(state, pa_.get(), lessor_.get());
   if (!report.ok()) return report.status();
-  leases_->set_journal(journal_.get());
-  if (absl::Status s = journal_->Start(leases_->boot_nonce(), leases_->next_id()); !s.ok()) return s;
+  if (absl::Status s = journal_->Start(lessor_->boot_nonce(), lessor_->next_id()); !s.ok()) return s;
   for (uint64_t id : report->expired) {
     journal_->LeaseEnded(id);
     LogInfo("lease_expired", {{"lease", id}, {"while", "daemon down"}});
@@ -241,7 +240,7 @@ void Server::Shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
   }
-  LogInfo("shutting_down", {{"leases", leases_ ? leases_->size() : 0}});
+  LogInfo("shutting_down", {{"leases", lessor_ ? lessor_->size() : 0}});
   if (grpc_) MarkNotServing(grpc_.get());  // health checkers see it before anything stops
   if (unix_) unix_->Stop();  // no new Unix connections
   if (waiters_) waiters_->Stop();  // parked allocations answer UNAVAILABLE now
@@ -260,9 +259,9 @@ void Server::Shutdown() {
     grpc_->Shutdown(std::chrono::system_clock::now());
   }
   metrics_stop.join();
-  if (leases_) {
-    leases_->StopReaper();
-    const uint64_t pages = leases_->RevokeAll();
+  if (lessor_) {
+    lessor_->StopReaper();
+    const uint64_t pages = lessor_->RevokeAll();
     LogInfo("stopped", {{"pages_returned", pages}});
   }
 }

@@ -1,4 +1,4 @@
-// The physmemd server: builds the allocator, the lease table, the waiter queue and the gRPC
+// The physmemd server: builds the allocator, the lessor, the waiter queue and the gRPC
 // server (PhysMem service, grpc.health.v1, server reflection) and serves them on a Unix socket
 // (default) and, on request, on TCP with TLS, mutual TLS, or — only with --allow_insecure_tcp —
 // plaintext.
@@ -24,7 +24,7 @@
 #include "server/identity_limits.h"
 #include "server/inflight_calls.h"
 #include "server/lease_clock.h"
-#include "server/lease_table.h"
+#include "server/lessor.h"
 #include "server/metrics.h"
 #include "server/physmem_service.h"
 #include "server/unix_listener.h"
@@ -70,7 +70,7 @@ class Server {
   int tcp_port() const { return tcp_port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   PageAllocator& allocator() { return *pa_; }
-  LeaseTable& leases() { return *leases_; }
+  Lessor& lessor() { return *lessor_; }
 
  private:
   explicit Server(ServerOptions options) : options_(std::move(options)) {}
@@ -79,13 +79,13 @@ class Server {
   ServerOptions options_;
   absl::Status StartJournal();  // recovery, before serving
 
-  std::unique_ptr<Journal> journal_;  // outlives the lease table, which appends to it
+  std::unique_ptr<Journal> journal_;  // outlives the lessor, which appends to it
   std::unique_ptr<PageAllocator> pa_;
   PeerRegistry peers_;
   std::unique_ptr<AllocWaiters> waiters_;
   std::unique_ptr<IdentityLimits> identity_limits_;
-  std::unique_ptr<LeaseTable> leases_;
-  // After the allocator and the lease table (its collector reads them), before the service and the
+  std::unique_ptr<Lessor> lessor_;
+  // After the allocator and the lessor (its collector reads them), before the service and the
   // gRPC server (they count into it): destroyed in the opposite order.
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<PhysMemService> service_;

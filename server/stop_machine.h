@@ -7,9 +7,9 @@
 // it the allocator's checker, which walks the page map, could see a block between the buddy lists
 // and its lease and report a "lost page" that is only in transit.
 //
-// Who uses it: LeaseTable (owns it; End and its callers), PhysMemService (allocation and free
-// paths, Validate). Thread-safety: everything may be called from any thread. Lock order: an
-// Operation is taken before the lease's mutex and the lease table's, never while holding either,
+// Who uses it: the Lessor (owns it: every Attach, Detach and End; Census runs Stopped).
+// Thread-safety: everything may be called from any thread. Lock order: an Operation is taken
+// before the lessor's mutex and a lease's, never while holding either,
 // and never twice by one thread; Stopped's function may take lease mutexes.
 // Operations are many and short (no waiting for memory happens inside one); Stopped is rare. A
 // shared lock costs an Operation two atomic read-modify-writes; under a stream of Operations that

@@ -1,5 +1,6 @@
 // The reaper's real-time guarantee, on the real clock: a lease nobody renews is ended within
-// TTL + 20 ms (LeaseTable::ReaperLoop's period), never before its TTL, and all its pages are back.
+// TTL + 20 ms (the bound Lessor::ReaperLoop keeps by sleeping until the earliest deadline), never
+// before its TTL, and all its pages are back.
 // Every other test decides when its leases expire by advancing the daemon's lease clock
 // (tests/daemon_process.h); this is the one place where the wall clock is the point. The daemon's
 // own `late_ms` on each `event=lease_expired` line is measured, not the test's view of it, so the

@@ -1,4 +1,4 @@
-// Unique lease names (--unique_lease_names, on by default; LeaseTable's name index) against the
+// Unique lease names (--unique_lease_names, on by default; the Lessor's name index) against the
 // real daemon: a
 // second live lease of one identity with the same non-empty name is ALREADY_EXISTS, naming the
 // name and the lease that has it, and changes nothing; the name is free again once that lease has
@@ -161,7 +161,7 @@ TEST_F(LeaseNames, WithTheFlagOffNamesMayRepeat) {
 }
 
 // A daemon with a journal (a shared arena in /dev/shm), killed and restarted: the leases it
-// recovers (server/recovery.cc, LeaseTable::Restore) hold their names as created ones do.
+// recovers (server/recovery.cc, Lessor::Adopt) hold their names as created ones do.
 class LeaseNamesRecovered : public LeaseNames {
  protected:
   void SetUp() override {
