@@ -524,8 +524,11 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Recover(JournalOptions options
     ++it;
   }
   j->live_gen_ = state->last_gen;
-  // Segments past the threshold already: compact soon after Start().
-  j->compact_wanted_.store(state->bytes - snapshot_bytes > j->options_.compact_bytes);
+  // Compact soon after Start() when the segments are past the threshold already, or when earlier
+  // runs left more than one: every start opens a new segment (64 MiB apparent each), and a daemon
+  // that restarts often with a small journal would otherwise never reach the threshold and keep
+  // them all. Compaction folds them into the snapshot and deletes them.
+  j->compact_wanted_.store(state->bytes - snapshot_bytes > j->options_.compact_bytes || state->segments > 1);
   return j;
 }
 
