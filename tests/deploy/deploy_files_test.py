@@ -250,6 +250,18 @@ def main():
         check("127.0.0.1:%d:%d" % (metrics_port, metrics_port) in pd.get("ports", []), "compose publishes 9464 on loopback")
         mounts = {v.split(":")[1]: v.split(":")[0] for v in pd["volumes"]}
         check(mounts.get(os.path.dirname(socket_path)) == "physmemd-run", "compose: the socket directory is a volume")
+        # Crash-safe: arena + journal on the host's tmpfs, which outlives the container.
+        state_dir = os.path.dirname(cargs.get("arena_path") or "/none/x")
+        check(mounts.get(state_dir, "").startswith("/dev/shm/"),
+              "compose: --arena_path is on a bind of the host's /dev/shm (survives a container restart)")
+        check(cargs.get("journal") in ("on", "auto") and not cargs.get("journal_path"),
+              "compose: the journal is on, beside the arena")
+        init = svc.get("physmemd-state", {})
+        check(str(init.get("user")) == "0:0" and "chown 10001:10001 " + state_dir in " ".join(init.get("entrypoint", [])) and
+              mounts[state_dir] + ":" + state_dir in init.get("volumes", []),
+              "compose: a root one-shot hands the state directory to uid 10001")
+        check(pd.get("depends_on", {}).get("physmemd-state", {}).get("condition") == "service_completed_successfully",
+              "compose: the daemon starts after the state directory is its own")
         lg = svc.get("loadgen")
         if lg:
             check(lg["image"] == image, "compose loadgen uses the same image")
@@ -304,8 +316,9 @@ def main():
 
         # ---- Kubernetes ----
         k8s = {}
+        patches = {p: ds_[0] for p, ds_ in docs.items() if p.startswith("deploy/kubernetes/") and p.endswith("-patch.yaml")}
         for p, ds_ in docs.items():
-            if p.startswith("deploy/kubernetes/"):
+            if p.startswith("deploy/kubernetes/") and p not in patches:
                 for obj in ds_:
                     check("apiVersion" in obj and "kind" in obj and "name" in obj.get("metadata", {}),
                           "%s: object has apiVersion, kind, metadata.name" % p)
@@ -324,7 +337,11 @@ def main():
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             check(ports.get("metrics") == metrics_port == port_of(kargs.get("metrics_listen", ":0")),
                   "DaemonSet metrics port 9464 = --metrics_listen")
-            check(ports.get("grpc") == grpc_port == port_of(kargs.get("tcp", ":0")), "DaemonSet gRPC port 7070 = --tcp")
+            check("tcp" not in kargs and "allow_insecure_tcp" not in kargs and "grpc" not in ports,
+                  "DaemonSet: no TCP by default (the node's Unix socket only)")
+            probe = c.get("readinessProbe", {}).get("exec", {}).get("command", [])
+            check(probe[:1] == ["/usr/local/bin/physmemctl"] and "--target=unix://" + socket_path in probe,
+                  "DaemonSet: readiness asks the daemon on its socket")
             res = c["resources"]
             check(res["requests"].get("hugepages-2Mi") and res["requests"]["hugepages-2Mi"] == res["limits"].get("hugepages-2Mi"),
                   "hugepages-2Mi requested = limit")
@@ -341,6 +358,30 @@ def main():
             arena_dir = os.path.dirname(kargs.get("arena_path", "/x/y"))
             check(vols.get(mounts.get(arena_dir, ""), {}).get("emptyDir", {}).get("medium", "").startswith("HugePages"),
                   "--arena_path is on the hugepages emptyDir")
+            # The journal (hugetlbfs cannot hold it) on a memory emptyDir: both live as long as the
+            # pod, so a container restart after a crash recovers.
+            journal_dir = os.path.dirname(kargs.get("journal_path") or "/none/x")
+            check(kargs.get("journal") in ("on", "auto") and
+                  vols.get(mounts.get(journal_dir, ""), {}).get("emptyDir", {}).get("medium") == "Memory",
+                  "DaemonSet: the journal is on, on a memory emptyDir")
+            # TCP only with mutual TLS, from the example patch.
+            patch = patches.get("deploy/kubernetes/examples/tcp-mtls-patch.yaml")
+            if check(patch is not None, "deploy/kubernetes/examples/tcp-mtls-patch.yaml exists"):
+                pspec = patch["spec"]["template"]["spec"]
+                pc = [x for x in pspec["containers"] if x["name"] == "physmemd"][0]
+                pargs = daemon_args_ok(pc["args"], "tcp-mtls-patch")
+                check({k: v for k, v in pargs.items() if k not in ("tcp", "tls_cert", "tls_key", "tls_client_ca")} == kargs,
+                      "the mTLS patch repeats the DaemonSet's flags (args is replaced whole)")
+                check("allow_insecure_tcp" not in pargs and all(pargs.get(f) for f in ("tls_cert", "tls_key", "tls_client_ca")),
+                      "the mTLS patch serves TCP with mutual TLS only")
+                tls_mount = [m for m in pc["volumeMounts"] if m["mountPath"] == os.path.dirname(pargs.get("tls_cert", "/x/y"))]
+                pvols = {v["name"]: v for v in pspec["volumes"]}
+                check(len(tls_mount) == 1 and "secret" in pvols.get(tls_mount[0]["name"], {}) and
+                      all(os.path.dirname(pargs[f]) == tls_mount[0]["mountPath"] for f in ("tls_key", "tls_client_ca")),
+                      "the mTLS patch's certificates come from a Secret")
+                pports = {x["name"]: x["containerPort"] for x in pc["ports"]}
+                check(pports.get("grpc") == grpc_port == port_of(pargs.get("tcp", ":0")), "the mTLS patch: port grpc 7070 = --tcp")
+                ports.update(pports)
             run_group = tpl["spec"]["securityContext"].get("runAsGroup")
         for (kind, name), svc_ in k8s.items():
             if kind != "Service":
@@ -352,7 +393,9 @@ def main():
         hl = k8s.get(("Service", "physmemd"), {})
         check(hl.get("spec", {}).get("clusterIP") == "None", "Service physmemd is headless")
         check(k8s.get(("Service", "physmemd-local"), {}).get("spec", {}).get("internalTrafficPolicy") == "Local",
-              "Service physmemd-local routes to the caller's node only")
+              "Service physmemd-local (examples, with the mTLS patch) routes to the caller's node only")
+        check(all(sp["name"] != "grpc" for sp in hl.get("spec", {}).get("ports", [])),
+              "Service physmemd has no gRPC port (TCP is off by default)")
         sm = k8s.get(("ServiceMonitor", "physmemd"))
         if check(sm is not None, "a ServiceMonitor"):
             check(sm["spec"]["selector"]["matchLabels"].items() <= hl["metadata"]["labels"].items(),
@@ -373,6 +416,11 @@ def main():
         check(os.path.dirname(uargs.get("unix_socket", "")) == "/run/" + re.search(r"^RuntimeDirectory=(\S+)", unit, re.M).group(1),
               "systemd: the socket is in RuntimeDirectory")
         check(port_of(uargs.get("metrics_listen", ":0")) == metrics_port, "systemd: metrics on 9464")
+        check((uargs.get("arena_path") or "").startswith("/dev/shm/") and uargs.get("journal") in ("on", "auto"),
+              "systemd: a file-backed arena in /dev/shm with its journal (Restart=on-failure recovers)")
+        check(re.search(r"^Restart=on-failure$", unit, re.M) is not None, "systemd: Restart=on-failure")
+        check(re.search(r"^RemoveIPC=yes", unit, re.M) is None,
+              "systemd: no RemoveIPC=yes (it deletes the user's /dev/shm files whenever the unit stops)")
         check(re.search(r"^User=physmemd$", unit, re.M) is not None and
               "u physmemd" in open(os.path.join(deploy, "systemd/physmemd.sysusers.conf")).read(),
               "systemd: dedicated user physmemd, created by sysusers")
