@@ -13,6 +13,7 @@
 #      TSan: their reports are written to build-tsan/tsan-reports and judged afterwards by
 #      tests/tsan/tsan_reports.py, which fails the run on any race between two accesses made by
 #      our code and on every report that is not a data race (docs/sanitizers.md explains).
+# Last, tests/leftover_files.py checks that no test left physmem* files in /dev/shm or /tmp.
 # Each stage prints its time, and a table of all of them ends the run (also when a stage fails).
 #
 #   bash scripts/test.sh --quick   # daily work: the normal build and the tests not labelled slow
@@ -66,8 +67,12 @@ configure_and_build() {
 stage "install dependencies" bash scripts/install-deps.sh
 
 stage "normal build (warnings are errors)" configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# No test may leave files behind: physmem* entries of /dev/shm and /tmp now, checked at the end.
+LEFTOVERS_BEFORE=$PWD/build/leftovers-before-tests.txt
+/usr/bin/python3 tests/leftover_files.py snapshot "$LEFTOVERS_BEFORE"
 if [ "$QUICK" = 1 ]; then
   stage "tests not labelled slow" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900 -LE 'slow|deploy|soak'
+  stage "no files left behind in /dev/shm and /tmp" /usr/bin/python3 tests/leftover_files.py check "$LEFTOVERS_BEFORE"
   exit 0
 fi
 stage "normal tests" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900
@@ -97,3 +102,4 @@ stage "TSan server and client tests" env \
   PHYSMEM_TEST_TIME_SCALE=20 \
   setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j"$TEST_JOBS" -L server --timeout 1800
 stage "TSan reports judged" /usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
+stage "no files left behind in /dev/shm and /tmp" /usr/bin/python3 tests/leftover_files.py check "$LEFTOVERS_BEFORE"

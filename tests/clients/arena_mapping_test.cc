@@ -63,8 +63,11 @@ class ArenaMappingTest : public ::testing::Test {
     lease_.reset();  // revokes, while the daemon still runs
     client_.reset();
     daemon_.Stop();
+    // The daemon keeps its arena file and journal (<path>.journal.*: they outlive a crash).
     std::error_code ec;
-    std::filesystem::remove(path_, ec);  // the daemon keeps its arena file (it may outlive a crash)
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+      if (e.path().string().rfind(path_, 0) == 0) std::filesystem::remove(e.path(), ec);
+    }
   }
   void SetUp() override {
     ASSERT_TRUE(daemon_.Start()) << daemon_.log();
