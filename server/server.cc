@@ -8,7 +8,6 @@
 #include <sstream>
 #include <thread>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
@@ -17,6 +16,7 @@
 #include "server/health.h"
 #include "server/log.h"
 #include "server/recovery.h"
+#include "server/server_reflection.h"
 #include "server/request_decoding.h"
 
 namespace physmem {
@@ -122,7 +122,7 @@ absl::Status Server::Start() {
   if (absl::Status st = InstallRequestDecoding(service_.get(), &inflight_); !st.ok()) return st;
 
   EnableHealthChecking();
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  EnableServerReflection();  // v1alpha and v1
   grpc::ServerBuilder builder;
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);

@@ -10,6 +10,8 @@ python3-protobuf (run under /usr/bin/python3). Thread-safety: plain functions, n
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+# v1: the same messages under another package name (physmemd serves both, server/server_reflection.h).
+METHOD_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 # Field numbers of ServerReflectionRequest and ServerReflectionResponse (reflection.proto).
 REQ_FILE_CONTAINING_SYMBOL = 4
 REQ_LIST_SERVICES = 7
@@ -64,16 +66,16 @@ def fields(buf):
         yield num, v
 
 
-def call(channel, requests, timeout=10):
+def call(channel, requests, timeout=10, method=METHOD):
     """Sends serialized ServerReflectionRequests on one stream; the serialized replies, in order."""
-    stream = channel.stream_stream(METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    stream = channel.stream_stream(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
     return list(stream(iter(requests), timeout=timeout))
 
 
-def reflect_pool(channel, symbol):
+def reflect_pool(channel, symbol, method=METHOD):
     """A DescriptorPool with the file that defines `symbol` and its dependencies, from reflection."""
     files = []
-    for reply in call(channel, [field(REQ_FILE_CONTAINING_SYMBOL, symbol.encode())]):
+    for reply in call(channel, [field(REQ_FILE_CONTAINING_SYMBOL, symbol.encode())], method=method):
         for num, v in fields(reply):
             if num == RESP_ERROR:
                 raise RuntimeError("reflection error for %s: %r" % (symbol, v))

@@ -5,8 +5,9 @@ file descriptors back, builds grpc.health.v1 message classes from what reflectio
 grpcurl, ghz and grpc_health_probe do without --proto), and calls Health/Check and Health/Watch
 with them.
 
-Checked: the service list; physmem.v1.PhysMem and grpc.health.v1.Health described by
-reflection; Check answers SERVING for "" and for "physmem.v1.PhysMem", NOT_FOUND for an unknown
+Checked, over reflection v1alpha and v1 alike: the service list (PhysMem, Health, both reflection
+services); physmem.v1.PhysMem and grpc.health.v1.Health described; an unknown symbol NOT_FOUND
+inside the stream. Then: Check answers SERVING for "" and for "physmem.v1.PhysMem", NOT_FOUND for an unknown
 name; a Watch of "physmem.v1.PhysMem" opened before SIGTERM is told NOT_SERVING when shutdown
 begins (before gRPC stops and cancels the stream).
 
@@ -59,16 +60,31 @@ def main():
     with tempfile.TemporaryDirectory() as d, Physmemd(binary, d, "--mem_mb=64") as daemon:
         channel = grpc.insecure_channel(daemon.unix_target)
         grpc.channel_ready_future(channel).result(timeout=timeout)
-        replies = grpc_reflection.call(channel, [
-            grpc_reflection.field(grpc_reflection.REQ_LIST_SERVICES, b""),
-            grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, PHYSMEM.encode()),
-        ], timeout=timeout)
-        c.check(len(replies) == 2, "two reflection replies", len(replies))
-        if len(replies) == 2:
-            c.check(PHYSMEM.encode() in replies[0], "service list has " + PHYSMEM, replies[0])
-            c.check(HEALTH.encode() in replies[0], "service list has " + HEALTH, replies[0])
+        for version, method in (("v1alpha", grpc_reflection.METHOD), ("v1", grpc_reflection.METHOD_V1)):
+            replies = grpc_reflection.call(channel, [
+                grpc_reflection.field(grpc_reflection.REQ_LIST_SERVICES, b""),
+                grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, PHYSMEM.encode()),
+                grpc_reflection.field(grpc_reflection.REQ_FILE_CONTAINING_SYMBOL, b"no.such.Symbol"),
+            ], timeout=timeout, method=method)
+            c.check(len(replies) == 3, "%s: three reflection replies" % version, len(replies))
+            if len(replies) != 3:
+                continue
+            services = sorted(v.decode() for num, resp in grpc_reflection.fields(replies[0]) if num == 6
+                              for n, svc in grpc_reflection.fields(resp) if n == 1
+                              for m, v in grpc_reflection.fields(svc) if m == 1)
+            c.check(services == sorted([PHYSMEM, HEALTH, "grpc.reflection.v1alpha.ServerReflection",
+                                        "grpc.reflection.v1.ServerReflection"]),
+                    "%s: lists PhysMem, Health and both reflection services" % version, services)
             c.check(b"AllocPagesBulk" in replies[1] and b"physmem/v1/physmem.proto" in replies[1],
-                    "file descriptor for physmem.v1.PhysMem has its methods")
+                    "%s: file descriptor for physmem.v1.PhysMem has its methods" % version)
+            errors = [dict(grpc_reflection.fields(v)) for num, v in grpc_reflection.fields(replies[2])
+                      if num == grpc_reflection.RESP_ERROR]
+            # (gRPC's v1alpha says only "Symbol not found."; our v1 names it.)
+            c.check(len(errors) == 1 and errors[0].get(1) == 5 and
+                    (version == "v1alpha" or b"no.such.Symbol" in errors[0].get(2, b"")),
+                    "%s: an unknown symbol is NOT_FOUND inside the stream" % version, errors)
+            pool = grpc_reflection.reflect_pool(channel, HEALTH, method=method)
+            c.check(pool.FindServiceByName(HEALTH).full_name == HEALTH, "%s: describes %s" % (version, HEALTH))
 
         pool, request, response = health_classes(channel)
         service = pool.FindServiceByName(HEALTH)
