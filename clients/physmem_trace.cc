@@ -119,9 +119,12 @@ int Record() {
   std::unique_ptr<gzFile_s, int (*)(gzFile)> file(gzopen(out.c_str(), absl::EndsWith(out, ".gz") ? "wb3" : "wbT"), gzclose);
   if (file == nullptr) return Fail(kBadUsage, absl::StrCat("record: cannot create ", out, ": ", std::strerror(errno)));
 
-  const TracefsLoss before = (*session)->Loss();
   absl::StatusOr<std::vector<std::string>> enabled = (*session)->Start();
   if (!enabled.ok()) return Fail(kNoTracefs, absl::StrCat("record: ", enabled.status().message(), " (tracefs restored)"));
+  // After Start(): resizing the buffer resets the kernel's per-CPU counters.
+  const TracefsLoss before = (*session)->Loss();
+  // A counter below its start value was reset (someone resized the buffer): count from zero.
+  auto since = [](uint64_t now, uint64_t start) { return now >= start ? now - start : now; };
   absl::StatusOr<int> pipe = (*session)->OpenPipe();
   if (!pipe.ok()) return Fail(kNoTracefs, absl::StrCat("record: ", pipe.status().message()));
   std::cerr << "physmem_trace: recording kmem:" << absl::StrJoin(*enabled, ", kmem:") << " for " << seconds << " s into "
@@ -154,7 +157,7 @@ int Record() {
     if (elapsed() >= next_progress) {
       const TracefsLoss now = (*session)->Loss();
       absl::FPrintF(stderr, "physmem_trace: %5.1f s  %10u lines  %8u lines/s  lost so far: %u overrun, %u dropped\n", elapsed(),
-                    lines, lines - lines_at_last, now.overrun - before.overrun, now.dropped - before.dropped);
+                    lines, lines - lines_at_last, since(now.overrun, before.overrun), since(now.dropped, before.dropped));
       lines_at_last = lines;
       next_progress += 1;
     }
@@ -170,7 +173,7 @@ int Record() {
   if (write_failed || close_result != Z_OK) return Fail(kUnreadable, absl::StrCat("record: writing ", out, " failed"));
   absl::FPrintF(stderr, "physmem_trace: wrote %u lines (%u bytes of text) in %.1f s to %s; tracefs restored\n", lines, bytes,
                 recorded, out);
-  const uint64_t overrun = after.overrun - before.overrun, dropped = after.dropped - before.dropped;
+  const uint64_t overrun = since(after.overrun, before.overrun), dropped = since(after.dropped, before.dropped);
   if (overrun + dropped + lost_lines > 0) {
     return Fail(kLost, absl::StrCat("record: the kernel lost events: ", overrun, " overwritten, ", dropped, " dropped (", lost_lines,
                                     " LOST notices in the file). Use a larger --buffer_kb or a shorter recording; the file "

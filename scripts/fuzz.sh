@@ -26,7 +26,7 @@ for arg in "$@"; do
     *) SECONDS_PER_TARGET=$arg ;;
   esac
 done
-ALL_TARGETS=(gfp_parse_fuzz target_profile_fuzz page_allocator_fuzz service_fuzz)
+ALL_TARGETS=(gfp_parse_fuzz target_profile_fuzz page_allocator_fuzz service_fuzz trace_reader_fuzz)
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL_TARGETS[@]}")
 
 if [ -z "${PHYSMEM_SKIP_DEPS:-}" ]; then bash scripts/install-deps.sh; fi

@@ -16,6 +16,7 @@ PACKAGES=(
   prometheus
   python3-grpcio python3-protobuf python3-yaml jq systemd
   valgrind util-linux openssl
+  linux-perf zlib1g-dev
 )
 
 missing=()

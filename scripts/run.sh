@@ -9,5 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > build.configure.log 2>&1 || { cat build.configure.log; exit 1; }
-ninja -C build -j"$(nproc)" physmemd physmemctl physmem_loadgen
+ninja -C build -j"$(nproc)" physmemd physmemctl physmem_loadgen physmem_trace
 exec ./build/physmemd "$@"

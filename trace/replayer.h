@@ -50,7 +50,7 @@ struct ReplayConfig {
   // __GFP_ZERO makes the allocator memset every page; contents are not what a replay measures
   // and zeroing costs more than the allocation, so it is stripped unless this is set.
   bool zero_pages = false;
-  int samples = 16;  // fragmentation snapshots over the replay (plus one at the end)
+  int samples = 16;  // fragmentation snapshots, evenly spaced over the ops, the last at the end
 };
 
 // One snapshot of the emulated machine during the replay.

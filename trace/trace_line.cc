@@ -194,8 +194,11 @@ absl::StatusOr<gfp_t> TraceLineParser::Gfp(std::string_view text) {
   absl::StatusOr<gfp_t> gfp = ParseKernelGfp(text);
   if (!gfp.ok()) {
     // Keep messages short: the parser quotes the whole mask, which can be long.
-    gfp = absl::InvalidArgumentError(absl::StrCat("gfp_flags=\"", Excerpt(text), "\": ",
-                                                  Excerpt(std::string(gfp.status().message()))));
+    // ParseKernelGfp's message quotes the whole mask again: keep its reason, cut to a line.
+    std::string reason(gfp.status().message());
+    if (const size_t at = reason.find("\": "); at != std::string::npos) reason = reason.substr(at + 3);
+    if (reason.size() > 160) reason = absl::StrCat(reason.substr(0, 160), "...");
+    gfp = absl::InvalidArgumentError(absl::StrCat("gfp_flags=\"", Excerpt(text), "\": ", reason));
   }
   // Bounded: a hostile file could make every line's mask different.
   if (gfp_cache_.size() < 4096) gfp_cache_.emplace(std::string(text), gfp);
