@@ -65,9 +65,11 @@ void ServerReflectionV1::Answer(const ServerReflectionRequest& req, std::vector<
   resp->set_valid_host(req.host());
   *resp->mutable_original_request() = req;
   switch (req.message_request_case()) {
-    case ServerReflectionRequest::kListServices:
+    case ServerReflectionRequest::kListServices: {
+      std::lock_guard<std::mutex> l(mu_);
       for (const std::string& s : services_) resp->mutable_list_services_response()->add_service()->set_name(s);
       return;
+    }
     case ServerReflectionRequest::kFileByFilename: {
       const google::protobuf::FileDescriptor* f = pool_->FindFileByName(req.file_by_filename());
       if (f == nullptr) return NotFound("file not found: " + req.file_by_filename(), resp);

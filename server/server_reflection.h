@@ -14,11 +14,12 @@
 // Who uses it: server/server.cc calls EnableServerReflection() before building its gRPC server; a
 // ServerBuilder plugin then registers the v1 service and, once the server is built, hands it the
 // list of registered services. Thread-safety: EnableServerReflection() before any server is built
-// (it registers process-wide plugin factories); the service answers streams concurrently and
-// keeps no state between them.
+// (it registers process-wide plugin factories); the service answers streams concurrently (its
+// service list under a mutex) and keeps no other state between them.
 #ifndef PHYSMEM_SERVER_SERVER_REFLECTION_H_
 #define PHYSMEM_SERVER_SERVER_REFLECTION_H_
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,12 @@ class ServerReflectionV1 final : public grpc::reflection::v1::ServerReflection::
  public:
   ServerReflectionV1();
 
-  // The services list_services answers with; set once, before the server serves.
-  void set_services(const std::vector<std::string>& services) { services_ = services; }
+  // The services list_services answers with. Set when the server's build finishes, which is
+  // after it started: a stream that comes before gets an empty list rather than a race.
+  void set_services(const std::vector<std::string>& services) {
+    std::lock_guard<std::mutex> l(mu_);
+    services_ = services;
+  }
 
   grpc::Status ServerReflectionInfo(
       grpc::ServerContext* context,
@@ -53,7 +58,8 @@ class ServerReflectionV1 final : public grpc::reflection::v1::ServerReflection::
   static void NotFound(const std::string& message, Response* resp);
 
   const google::protobuf::DescriptorPool* pool_;
-  std::vector<std::string> services_;
+  mutable std::mutex mu_;
+  std::vector<std::string> services_;  // guarded by mu_
 };
 
 }  // namespace physmem
