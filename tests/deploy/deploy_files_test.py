@@ -16,6 +16,9 @@ Parses every YAML and JSON file in deploy/ and checks:
   * dashboards have what Grafana needs (uid, title, panels with datasource/targets/gridPos,
     variables job/instance/zone), every query filters by the variables, and they are exactly
     what deploy/grafana/make_dashboards.py writes;
+  * crash safety: each deployment keeps its arena and journal on a file system that outlives the
+    daemon, and the daemon run with the systemd unit's and compose's flags keeps a lease with its
+    pages across kill -9 and restart;
   * the systemd unit passes `systemd-analyze verify`; the Kubernetes Prometheus config passes
     `promtool check config` (with static targets in place of Kubernetes discovery, which Debian's
     promtool is built without); the Dockerfile's runtime packages cover the libraries the built
@@ -88,6 +91,58 @@ def base_metric(name, histograms):
         if name.endswith(suffix) and name[: -len(suffix)] in histograms:
             return name[: -len(suffix)]
     return name
+
+
+def crash_safe_run(physmemd, physmemctl, given, tmp, where):
+    """Starts physmemd with a deployment's flags (socket, metrics and the arena's and journal's
+    directory moved into this test's reach; the file names kept), makes a lease holding a block,
+    kills the daemon with SIGKILL and starts it again: the lease must be recovered with its
+    pages. The /dev/shm files are removed afterwards."""
+    shm = "/dev/shm/physmemd-deploy-test-%d-%s-" % (os.getpid(), where)
+    args = dict(given)
+    args.update({"unix_socket": os.path.join(tmp, where + ".sock"), "metrics_listen": "", "mem_mb": "64"})
+    for f in ("arena_path", "journal_path"):
+        if args.get(f):
+            args[f] = shm + os.path.basename(args[f])
+    argv = [physmemd] + ["--%s=%s" % (k, v) if v is not None else "--" + k for k, v in args.items()]
+    log = os.path.join(tmp, where + ".log")
+    ctl = [physmemctl, "--target=unix://" + args["unix_socket"]]
+    scale = time_scale()
+
+    def start():
+        p = subprocess.Popen(argv, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20 * scale
+        while time.monotonic() < deadline and p.poll() is None:
+            if open(log).read().count("event=started") > start.count:
+                start.count += 1
+                return p
+            time.sleep(0.05)
+        return p
+    start.count = 0
+
+    p = start()
+    try:
+        if not check(p.poll() is None and start.count == 1, "%s flags: the daemon starts (%s)" % (where, open(log).read())):
+            return
+        r = subprocess.run(ctl + ["lease", "create", "--ttl_ms=600000", "--name=deploy-" + where],
+                           capture_output=True, text=True, timeout=30 * scale)
+        a = subprocess.run(ctl + ["alloc", "deploy-" + where, "--order=2"], capture_output=True, text=True,
+                           timeout=30 * scale)
+        check(r.returncode == 0 and a.returncode == 0, "%s flags: a lease holding a block (%s %s)" % (where, r.stderr, a.stderr))
+        p.kill()
+        p.wait(timeout=10 * scale)
+        p = start()
+        check(start.count == 2 and "event=recovered leases=1 " in open(log).read(),
+              "%s flags: after kill -9 the daemon recovers the lease from its journal (%s)" % (where, open(log).read()))
+        g = subprocess.run(ctl + ["lease", "get", "deploy-" + where], capture_output=True, text=True, timeout=30 * scale)
+        check(g.returncode == 0 and "pages_held=4" in g.stdout,
+              "%s flags: the lease is there with its 4 pages: %s%s" % (where, g.stdout, g.stderr))
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(timeout=10 * scale)
+        for path in glob.glob(shm + "*"):
+            os.remove(path)
 
 
 def main():
@@ -431,6 +486,12 @@ def main():
             open(u, "w").write(unit.replace(exec_start[0], exe))
             r = subprocess.run([sa, "verify", u], capture_output=True, text=True)
             check(r.returncode == 0 and not r.stderr.strip(), "systemd-analyze verify physmemd.service: " + r.stderr)
+
+        # ---- crash safety for real: the daemon with the unit's and compose's arena and journal
+        # flags (paths moved to this test's /dev/shm files) survives kill -9 with its lease ----
+        if binaries:
+            for where, given in (("systemd", uargs), ("compose", cargs)):
+                crash_safe_run(binaries[0], binaries[1], given, tmp, where)
 
         # ---- Dockerfile ----
         dockerfile = open(os.path.join(deploy, "container/Dockerfile")).read()
