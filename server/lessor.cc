@@ -247,7 +247,7 @@ uint64_t Lessor::End(Lease& lease) {
     }
     freed[zone] += uint64_t{1} << order;
   };
-  for (uint32_t head : lease.order0_) free_block(head, 0);
+  ForEachInIndexOrder(lease.order0_, [&](uint32_t head) { free_block(head, 0); });
   for (const auto& [head, order] : lease.higher_) free_block(head, order);
   uint64_t pages = 0;
   for (int z = 0; z < MAX_NR_ZONES; ++z) {
@@ -260,6 +260,29 @@ uint64_t Lessor::End(Lease& lease) {
   lease.keys_.reset();
   lease.pages_held_ = 0;
   return pages;
+}
+
+void Lessor::ForEachInIndexOrder(const absl::flat_hash_set<uint32_t>& heads,
+                                 absl::FunctionRef<void(uint32_t)> fn) const {
+  // A hash set's order is random: freeing a big lease in it walks the page metadata (and each
+  // buddy) with a cache and TLB miss per block, ~600 ns a page. In index order the frees walk it
+  // sequentially and merge with buddies just touched. A lease holding a good part of the machine
+  // is ordered by a bitmap over the mem_map (one bit a page, 256 KiB for 8 GiB of 4 KiB pages),
+  // a smaller one by sorting.
+  const uint32_t nr = pa_->mem_map().nr_pages();
+  if (heads.size() >= nr / 64) {
+    std::vector<uint64_t> bits((size_t{nr} + 63) / 64);
+    for (uint32_t h : heads) bits[h >> 6] |= uint64_t{1} << (h & 63);
+    for (size_t w = 0; w < bits.size(); ++w) {
+      for (uint64_t word = bits[w]; word != 0; word &= word - 1) {
+        fn(static_cast<uint32_t>(w * 64 + __builtin_ctzll(word)));
+      }
+    }
+    return;
+  }
+  std::vector<uint32_t> sorted(heads.begin(), heads.end());
+  std::sort(sorted.begin(), sorted.end());
+  for (uint32_t h : sorted) fn(h);
 }
 
 void Lessor::IndexName(const Lease& lease) {

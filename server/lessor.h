@@ -271,9 +271,9 @@ class Lessor {
   uint64_t boot_nonce() const;
   uint32_t next_id() const;
 
+  // The clock deadlines are read from (recovery expires the leases whose deadline passed while
+  // the daemon was down).
   const LeaseClock& clock() const { return *clock_; }
-  bool Expired(const Lease& l) const { return l.deadline() <= clock_->Now(); }
-  const LeaseLimits& limits() const { return limits_; }
   const LeaseCounters& counters() const { return counters_; }
   size_t size() const;
 
@@ -285,8 +285,11 @@ class Lessor {
   uint64_t End(Lease& lease);
   void IndexName(const Lease& lease);
   void UnindexName(const Lease& lease);
+  // Calls fn(head) for every index in `heads`, lowest first.
+  void ForEachInIndexOrder(const absl::flat_hash_set<uint32_t>& heads, absl::FunctionRef<void(uint32_t)> fn) const;
   void ReaperLoop();
   static absl::Status Gone(const Lease& lease);
+  bool Expired(const Lease& l) const { return l.deadline() <= clock_->Now(); }
 
   // Book helpers; lease.mu_ held.
   void AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key);

@@ -226,6 +226,27 @@ TEST_F(LessorTest, RevokeReturnsEveryPageAndTheLeaseTakesNoMore) {
   ExpectBooksBalance();
 }
 
+// A lease holding a good part of the machine is freed in index order through a bitmap, a small
+// one through a sorted copy (Lessor::End): both return every page.
+TEST_F(LessorTest, RevokingALeaseThatHoldsTheWholeMachineReturnsEveryPage) {
+  std::shared_ptr<Lease> l = Grant();
+  Alloc(*l, 5);
+  uint64_t held = 32;
+  for (;;) {
+    absl::StatusOr<std::vector<Page*>> pages = lessor_->AttachBulk(*l, GFP_KERNEL | __GFP_HIGH, 512);
+    if (!pages.ok()) break;
+    held += pages->size();
+  }
+  ASSERT_GT(held, pa_->mem_map().nr_pages() / 2);
+  EXPECT_EQ(Held(*l), held);
+  ExpectBooksBalance();
+  absl::StatusOr<uint64_t> freed = lessor_->Revoke(l->id, "uid:1");
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, held);
+  EXPECT_EQ(Allocated(), 0u);
+  EXPECT_EQ(identity_limits_->TotalPages(), 0u);
+}
+
 TEST_F(LessorTest, IdentityChargesFollowTheBookThroughAttachDetachAndEnd) {
   std::shared_ptr<Lease> a = Grant("uid:7");
   std::shared_ptr<Lease> b = Grant("uid:7");
