@@ -1,8 +1,10 @@
 #include "trace/trace_reader.h"
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <string_view>
@@ -28,17 +30,30 @@ uint64_t Accounted(const TraceReadStats& s) {
          s.malformed_lines;
 }
 
-std::string TempFile(const std::string& name, std::string_view content, bool gzip) {
-  const std::string path = ::testing::TempDir() + "/" + name;
-  if (gzip) {
-    gzFile f = gzopen(path.c_str(), "wb");
-    gzwrite(f, content.data(), static_cast<unsigned>(content.size()));
-    gzclose(f);
-  } else {
-    std::ofstream(path, std::ios::binary) << content;
+// A file under the test's own temporary directory, removed when the test ends.
+class TempFile {
+ public:
+  TempFile(const std::string& name, std::string_view content, bool gzip) : path_(MakePath(name)) { Write(content, gzip); }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  static std::string MakePath(const std::string& name) {
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    return ::testing::TempDir() + "/trace_reader_test." + info->name() + "." + std::to_string(getpid()) + "." + name;
   }
-  return path;
-}
+  void Write(std::string_view content, bool gzip) {
+    const std::string& path = path_;
+    if (gzip) {
+      gzFile f = gzopen(path.c_str(), "wb");
+      gzwrite(f, content.data(), static_cast<unsigned>(content.size()));
+      gzclose(f);
+    } else {
+      std::ofstream(path, std::ios::binary) << content;
+    }
+  }
+  std::string path_;
+};
 
 TEST(TraceReader, EveryLineIsAccountedForOnce) {
   const std::string text = std::string("# tracer: nop\n") + std::string(kAlloc) + "CPU:1 [LOST 7 EVENTS]\n" +
@@ -128,7 +143,8 @@ TEST(TraceReader, OnlyTheFirstErrorsAreKeptButAllAreCounted) {
 TEST(TraceReader, ReadsPlainAndGzipFilesAlike) {
   const std::string text = std::string(kAlloc) + std::string(kFree);
   for (bool gzip : {false, true}) {
-    absl::StatusOr<Trace> t = ReadTraceFile(TempFile(gzip ? "t.txt.gz" : "t.txt", text, gzip));
+    const TempFile file(gzip ? "t.txt.gz" : "t.txt", text, gzip);
+    absl::StatusOr<Trace> t = ReadTraceFile(file.path());
     ASSERT_TRUE(t.ok()) << t.status();
     EXPECT_EQ(t->events.size(), 2u);
     EXPECT_EQ(t->stats.bytes, text.size());
@@ -144,11 +160,11 @@ TEST(TraceReader, MissingFileIsNotFound) {
 TEST(TraceReader, ATruncatedGzipFileIsDataLoss) {
   std::string text;
   for (int i = 0; i < 5000; ++i) text += kAlloc;
-  const std::string whole = TempFile("whole.gz", text, true);
-  std::ifstream in(whole, std::ios::binary);
+  const TempFile whole("whole.gz", text, true);
+  std::ifstream in(whole.path(), std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string cut = TempFile("cut.gz", std::string_view(bytes).substr(0, bytes.size() / 2), false);
-  absl::StatusOr<Trace> t = ReadTraceFile(cut);
+  const TempFile cut("cut.gz", std::string_view(bytes).substr(0, bytes.size() / 2), false);
+  absl::StatusOr<Trace> t = ReadTraceFile(cut.path());
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(t.status().message(), HasSubstr("gzip"));
