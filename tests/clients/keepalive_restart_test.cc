@@ -7,9 +7,13 @@
 // Time: the TTL and the downtime are scaled together by TimeScale() (tests/time_scale.h): a
 // sanitized daemon starts 5-20x slower, and keeping their ratio keeps the test as hard as on the
 // normal build (downtime half the TTL). The kill is placed at the worst moment, just before a
-// renewal was due, so the lease has the least time left when the daemon goes away.
+// renewal was due, so the lease has the least time left when the daemon goes away. The library's
+// Lease and `physmemctl lease keepalive` (the CLI on top of it) are each tested.
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "clients/physmem_client.h"
 #include "gtest/gtest.h"
 #include "tests/daemon_process.h"
@@ -148,6 +153,114 @@ TEST_P(KeepAliveAcrossRestart, ALeaseKeptAliveSurvivesAKillAndRestartShorterThan
   EXPECT_TRUE((*lease)->keepalive_status().ok()) << (*lease)->keepalive_status();
   EXPECT_TRUE(block->Free().ok());
   EXPECT_TRUE((*lease)->Revoke().ok());
+}
+
+// `physmemctl lease keepalive` (the library's keep-alive behind a CLI) through the same restart:
+// it keeps running, prints renewals from the new daemon, and the lease is still there with its
+// pages; SIGTERM then ends it with exit 0.
+TEST_P(KeepAliveAcrossRestart, PhysmemctlLeaseKeepaliveKeepsTheLeaseThroughAKillAndRestart) {
+  const std::chrono::milliseconds ttl(GetParam().ttl_ms * TimeScale());
+  const std::chrono::milliseconds down(GetParam().down_ms * TimeScale());
+  ASSERT_TRUE(daemon_.Start()) << daemon_.log();
+  ClientOptions co;
+  co.target = daemon_.unix_target();
+  co.connect_timeout_ms = co.call_timeout_ms = ScaledTimeout(std::chrono::seconds(20)).count();
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(co);
+  ASSERT_TRUE(client.ok()) << client.status();
+  LeaseOptions lo;
+  lo.ttl_ms = ttl.count();
+  lo.name = "ctl-keepalive";
+  lo.keepalive = false;  // physmemctl keeps it alive
+  absl::StatusOr<std::unique_ptr<Lease>> lease = (*client)->CreateLease(lo);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  absl::StatusOr<PageHandle> block = (*lease)->AllocPages("GFP_KERNEL", 1);
+  ASSERT_TRUE(block.ok()) << block.status();
+  block->Release();
+  const uint64_t id = (*lease)->Release();
+
+  // physmemctl's stdout through a pipe; a reader thread timestamps each renewal line.
+  int out[2];
+  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+  std::vector<std::string> args = {PHYSMEMCTL_BINARY, "--target=" + daemon_.unix_target(), "lease", "keepalive",
+                                   lo.name};
+  const pid_t ctl = ::fork();
+  if (ctl == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::dup2(out[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::thread reader([&] {
+    std::string line;
+    char c;
+    while (::read(out[0], &c, 1) == 1) {
+      if (c != '\n') {
+        line += c;
+        continue;
+      }
+      std::lock_guard<std::mutex> l(mu_);
+      const size_t at = line.find("ttl_ms=");
+      renewals_.push_back({Clock::now(), at == std::string::npos ? -1 : std::stoll(line.substr(at + 7))});
+      line.clear();
+    }
+  });
+  // Stops physmemctl (SIGTERM) and the reader, also when an assertion ends the test early.
+  bool stopped = false;
+  const auto stop_ctl = [&] {
+    stopped = true;
+    ::kill(ctl, SIGTERM);
+    int status = 0;
+    const pid_t r = ::waitpid(ctl, &status, 0);
+    reader.join();
+    ::close(out[0]);
+    return r == ctl ? status : -1;
+  };
+  absl::Cleanup stop_on_return = [&] {
+    if (!stopped) stop_ctl();
+  };
+
+  const auto period = ttl / 4;
+  ASSERT_TRUE(Eventually(ScaledTimeout(std::chrono::seconds(20)), [&] { return Renewals().size() >= 2; }))
+      << "physmemctl printed no renewals";
+  size_t before_kill = 0;
+  for (int attempt = 0; attempt < 10 && before_kill == 0; ++attempt) {
+    const std::vector<Renewal> seen = Renewals();
+    std::this_thread::sleep_until(seen.back().at + period * 9 / 10);
+    if (Renewals().size() == seen.size()) before_kill = seen.size();
+  }
+  daemon_.Kill(SIGKILL);
+  const auto killed = Clock::now();
+  ASSERT_TRUE(daemon_.WaitExit(ScaledTimeout(std::chrono::seconds(10))).has_value());
+  std::this_thread::sleep_until(killed + down);
+  ASSERT_TRUE(daemon_.Start()) << daemon_.log();
+  const bool renewed =
+      Eventually(ScaledTimeout(std::chrono::seconds(20)), [&] { return Renewals().size() > before_kill + 1; });
+  int status = 0;
+  const bool running = ::waitpid(ctl, &status, WNOHANG) == 0;
+  EXPECT_TRUE(running) << "physmemctl exited (status " << status << ") during the restart";
+  EXPECT_TRUE(renewed) << "no renewal after the restart\n" << daemon_.log();
+  for (const Renewal& r : Renewals()) EXPECT_GT(r.ttl_ms, 0) << "a renewal line without a live TTL";
+  EXPECT_EQ(daemon_.LogCount("event=lease_expired"), 0u) << daemon_.log();
+  // The lease, from a new connection (its first call may meet the old connection's end).
+  absl::StatusOr<std::unique_ptr<Client>> other = Client::Connect(co);
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<v1::LeaseInfo> info;
+  EXPECT_TRUE(Eventually(ScaledTimeout(std::chrono::seconds(10)), [&] {
+    info = (*other)->GetLease(id);
+    return info.ok();
+  })) << info.status();
+  if (info.ok()) {
+    EXPECT_EQ(info->pages_held(), 2u);
+  }
+  if (running) {
+    const int exit_status = stop_ctl();
+    EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0) << exit_status;
+  }
+  EXPECT_TRUE((*other)->RevokeLease(id).ok());
 }
 
 // The two cases: a 2 s lease across a 1 s restart, a 6 s lease across a 3 s one.
