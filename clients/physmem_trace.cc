@@ -8,7 +8,8 @@
 // Exit status: 0 done; 1 usage or configuration error; 2 record: not root; 3 record: no tracefs;
 // 4 record: a required kmem event is missing on this kernel; 5 record: the kernel lost events
 // (the file is complete otherwise and marks where, with "CPU:N [LOST M EVENTS]" lines);
-// 6 the trace cannot be read (missing, corrupt gzip, or a malformed line with --strict);
+// 6 the trace cannot be read (missing, corrupt gzip, or a malformed line with --strict), or
+// record's output cannot be written; 7 record: a tracefs setting could not be put back (named);
 // 130 record interrupted (Ctrl-C / SIGTERM; the file holds what was read, tracefs restored).
 #include <poll.h>
 #include <signal.h>
@@ -76,9 +77,10 @@ constexpr char kUsage[] = R"(physmem_trace: record kernel page-allocation traces
       e.g. physmem_trace compare --trace=t.gz name=small,mem_mb=512 name=big,mem_mb=4096 name=nopcp,pcp=off
 
 Exit: 0 ok, 1 usage, 2 not root, 3 no tracefs, 4 kmem events missing, 5 events lost,
-      6 trace unreadable, 130 interrupted. docs/trace.md has the details.)";
+      6 trace unreadable / output unwritable, 7 tracefs not restored, 130 interrupted.
+      docs/trace.md has the details.)";
 
-enum Exit { kOk = 0, kBadUsage = 1, kNotRoot = 2, kNoTracefs = 3, kNoEvents = 4, kLost = 5, kUnreadable = 6, kInterrupted = 130 };
+enum Exit { kOk = 0, kBadUsage = 1, kNotRoot = 2, kNoTracefs = 3, kNoEvents = 4, kLost = 5, kUnreadable = 6, kRestoreFailed = 7, kInterrupted = 130 };
 
 std::atomic<int> g_signal{0};
 void OnSignal(int sig) { g_signal.store(sig); }
@@ -165,11 +167,14 @@ int Record() {
   const double recorded = elapsed();
   const TracefsLoss after = (*session)->Loss();
   // Events off first, then read what is still buffered: nothing new arrives meanwhile.
-  const absl::Status restored = (*session)->Restore();
+  absl::Status restored = (*session)->Restore();
   drain(false);
   close(*pipe);
+  if (absl::Status s = (*session)->Unmount(); restored.ok()) restored = s;
   const int close_result = gzclose(file.release());
-  if (!restored.ok()) std::cerr << "physmem_trace: record: restoring tracefs: " << restored.message() << "\n";
+  if (!restored.ok()) {
+    return Fail(kRestoreFailed, absl::StrCat("record: restoring tracefs: ", restored.message(), " (the trace in ", out, " is complete)"));
+  }
   if (write_failed || close_result != Z_OK) return Fail(kUnreadable, absl::StrCat("record: writing ", out, " failed"));
   absl::FPrintF(stderr, "physmem_trace: wrote %u lines (%u bytes of text) in %.1f s to %s; tracefs restored\n", lines, bytes,
                 recorded, out);

@@ -76,7 +76,10 @@ absl::StatusOr<std::unique_ptr<TracefsSession>> TracefsSession::Open(const Trace
   return std::unique_ptr<TracefsSession>(new TracefsSession(options.dir, mounted, options.buffer_size_kb));
 }
 
-TracefsSession::~TracefsSession() { Restore().IgnoreError(); }
+TracefsSession::~TracefsSession() {
+  Restore().IgnoreError();
+  Unmount().IgnoreError();
+}
 
 absl::Status TracefsSession::Set(const std::string& relative, const std::string& value) {
   const std::string path = absl::StrCat(dir_, "/", relative);
@@ -142,13 +145,16 @@ absl::Status TracefsSession::Restore() {
     if (first.ok() && !s.ok()) first = s;
   }
   saved_.clear();
-  if (mounted_) {
-    if (umount(dir_.c_str()) != 0 && first.ok()) {
-      first = absl::FailedPreconditionError(absl::StrCat("umount ", dir_, ": ", std::strerror(errno)));
-    }
-    mounted_ = false;
-  }
   return first;
+}
+
+absl::Status TracefsSession::Unmount() {
+  if (!mounted_) return absl::OkStatus();
+  mounted_ = false;
+  if (umount(dir_.c_str()) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("umount ", dir_, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace physmem::trace

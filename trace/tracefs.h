@@ -58,6 +58,9 @@ class TracefsSession {
   TracefsLoss Loss() const;
   // Writes back every setting changed, in reverse order; reports the first failure but tries all.
   absl::Status Restore();
+  // Unmounts tracefs if this session mounted it. Close trace_pipe first (an open file keeps the
+  // mount busy). The destructor does Restore() then Unmount().
+  absl::Status Unmount();
 
   const std::string& dir() const { return dir_; }
   bool mounted_by_us() const { return mounted_; }

@@ -263,6 +263,7 @@ def live_record_one_second_and_replay():
     tracefs = tracefs_dir_or_skip()
     enable = [f"{tracefs}/events/kmem/{e}/enable" for e in ("mm_page_alloc", "mm_page_free", "mm_page_free_batched")]
     before = {p: open(p).read() for p in enable if os.path.exists(p)}
+    mounted_before = os.path.exists(f"{tracefs}/trace_pipe")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "live.txt.gz")
         w = workload(3)
@@ -278,6 +279,8 @@ def live_record_one_second_and_replay():
         check("tracefs restored" in err, "record restored tracefs")
         after = {p: open(p).read() for p in before}
         check(after == before, f"enable files as before: {before} -> {after}")
+        check(os.path.exists(f"{tracefs}/trace_pipe") == mounted_before,
+              f"tracefs {'still mounted' if mounted_before else 'unmounted again'}: {err}")
         counted = count_file(path)
         check(counted["alloc"] > 0, "a second with a workload has page allocations")
         rc, out, err = run(["replay", "--trace=" + path, "--json=-"])
@@ -307,7 +310,18 @@ def agrees_with_perf_kmem_page_stat():
     if perf is None:
         print("SKIPPED: perf is not installed (Debian package linux-perf; scripts/install-deps.sh installs it)")
         sys.exit(SKIP)
-    tracefs_dir_or_skip()
+    tracefs = tracefs_dir_or_skip()
+    mounted_before = os.path.exists(f"{tracefs}/trace_pipe")
+    try:
+        perf_kmem_comparison(perf)
+    finally:
+        # perf mounts tracefs by itself to read the tracepoint formats; leave the machine as found.
+        if not mounted_before and os.path.exists(f"{tracefs}/trace_pipe"):
+            subprocess.run(["umount", tracefs], check=False)
+    print("ok")
+
+
+def perf_kmem_comparison(perf):
     with tempfile.TemporaryDirectory() as d:
         data = os.path.join(d, "perf.data")
         code = "x=[bytearray(1<<20) for _ in range(64)]\ndel x\nimport subprocess\nsubprocess.run(['ls','-R','/usr/include'],capture_output=True)\n"
@@ -333,7 +347,6 @@ def agrees_with_perf_kmem_page_stat():
         print("ours:     ", ours_rows)
         check(ours_rows == perf_rows, "the summary lines agree with perf kmem --page stat")
         check(ours_table == perf_table, f"the order x migratetype table agrees: perf {perf_table} ours {ours_table}")
-    print("ok")
 
 
 def docs_commands_work():
