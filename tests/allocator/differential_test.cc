@@ -12,7 +12,12 @@
 //   - every free succeeds or fails exactly as the model says, with the model's status code, and a
 //     refused free changes nothing;
 //   - free pages per zone always equal the model's, and Validate() passes (checked periodically
-//     and at the end).
+//     and at the end);
+//   - migratetypes: PG_movable follows the request's migratetype, pageblock counts and the
+//     highatomic reserve stay consistent, failures are judged with the reserve set aside as the
+//     kernel does (reference_model.h). One run uses 8-page pageblocks (a target-file override), so
+//     that a 2848-page machine has room for claims, steals and a highatomic reserve.
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -31,7 +36,16 @@ struct DiffParam {
   Target (*target)();
   bool pcp;
   int ops;
+  bool expect_highatomic = false;  // the run must have reserved and released highatomic blocks
 };
+
+// SmallX86 with pageblock_order 3: Normal's 2048 pages hold 256 pageblocks, 1% of it (20 pages)
+// rounds up to a 24-page highatomic reserve, and grouping needs only 8 * 5 pages.
+Target SmallX86SmallPageblocks() {
+  Target t = testing::SmallX86();
+  t.pageblock_order_override = 3;
+  return t;
+}
 
 class Differential : public ::testing::TestWithParam<DiffParam> {};
 
@@ -50,6 +64,7 @@ TEST_P(Differential, AgreesWithTheReferenceModel) {
   const uint32_t owners[] = {1, 2, 3};
   const uint64_t last_pfn = (pa.target().ram.back().end() >> pa.target().page_shift);
   int allocs = 0, fails = 0, frees = 0, refused = 0;
+  uint64_t reserved_seen = 0;
 
   for (int step = 0; step < GetParam().ops; ++step) {
     const unsigned r = rng() % 100;
@@ -109,6 +124,11 @@ TEST_P(Differential, AgreesWithTheReferenceModel) {
       auto c = pa.Validate();
       ASSERT_TRUE(c.ok()) << "step " << step << ": " << c.status();
     }
+    if (step % 256 == 0) {
+      const std::vector<ZoneStats> stats = pa.Stats();
+      ASSERT_TRUE(model.MigratetypesConsistent(stats)) << "step " << step;
+      for (const ZoneStats& z : stats) reserved_seen = std::max(reserved_seen, z.nr_reserved_highatomic);
+    }
   }
   for (auto it = model.blocks().begin(); it != model.blocks().end(); it = model.blocks().begin()) {
     ASSERT_TRUE(pa.FreePfn(it->first, it->second.order, it->second.owner).ok());
@@ -123,6 +143,32 @@ TEST_P(Differential, AgreesWithTheReferenceModel) {
   EXPECT_GT(allocs, GetParam().ops / 5);
   EXPECT_GT(fails, 100);
   EXPECT_GT(refused, GetParam().ops / 50);
+  uint64_t claims = 0, steals = 0, reserves = 0, unreserves = 0;
+  for (const ZoneStats& z : pa.Stats()) {
+    for (int a = 0; a < MIGRATE_PCPTYPES; ++a) {
+      for (int b = 0; b < MIGRATE_PCPTYPES; ++b) {
+        for (uint64_t n : z.migrate.claims[a][b]) claims += n;
+        for (uint64_t n : z.migrate.steals[a][b]) steals += n;
+      }
+    }
+    reserves += z.migrate.highatomic_reserves;
+    unreserves += z.migrate.highatomic_unreserves;
+  }
+  if (!pa.group_by_mobility_disabled()) {
+    EXPECT_GT(claims, 0u);
+    // With 8-page pageblocks can_steal_fallback() lets every order >= 1 claim, and an order-0
+    // MOVABLE request nearly always finds a claimable block first: steals need real pageblocks.
+    if (pa.pageblock_order() >= 4) {
+      EXPECT_GT(steals, 0u);
+    }
+  }
+  if (GetParam().expect_highatomic) {
+    EXPECT_GT(reserved_seen, 0u);
+    EXPECT_GT(reserves, 0u);
+    EXPECT_GT(unreserves, 0u);
+  }
+  std::printf("%s: grouping %s, %lu claims, %lu steals, %lu highatomic reserves, %lu unreserves\n", GetParam().name,
+              pa.group_by_mobility_disabled() ? "off" : "on", claims, steals, reserves, unreserves);
   std::printf("%s: %d ops: %d allocations, %d failures, %d frees, %d refused frees\n", GetParam().name,
               GetParam().ops, allocs, fails, frees, refused);
 }
@@ -131,7 +177,11 @@ INSTANTIATE_TEST_SUITE_P(
     Targets, Differential,
     ::testing::Values(DiffParam{"x86_pcp", &testing::SmallX86, true, 600000},
                       DiffParam{"x86_buddy_only", &testing::SmallX86, false, 200000},
-                      DiffParam{"i386_highmem_pcp", &testing::SmallI386, true, 400000}),
+                      DiffParam{"i386_highmem_pcp", &testing::SmallI386, true, 400000},
+                      DiffParam{"x86_8page_pageblocks_pcp", &SmallX86SmallPageblocks, true, 400000, true},
+                      // Without per-CPU lists every zone rarely sits below LOW at once, so this
+                      // run seldom reaches the slow path where ALLOC_HIGHATOMIC exists.
+                      DiffParam{"x86_8page_pageblocks_buddy_only", &SmallX86SmallPageblocks, false, 200000}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -2,7 +2,9 @@
 // the reference model the differential test uses (tests/allocator/reference_model.h).
 //
 // Input: byte 0 picks the machine (small x86 with holes, or small i386 with HIGHMEM and a
-// 16-slot kmap window) and whether the per-CPU lists are on; every following op starts with one
+// 16-slot kmap window), whether the per-CPU lists are on, 8-page pageblocks (a pageblock_order
+// override, so that claims, steals and a highatomic reserve happen on a small machine), and
+// mobility grouping off (page_group_by_mobility = false); every following op starts with one
 // byte choosing among: alloc (order, gfp from a table or raw bits, owner), free a held block,
 // a free the model may refuse (pfn near a block, any order and owner), drain, alloc_pages_bulk,
 // kmap/kunmap of a held page (with a free attempted while mapped), and the address forms
@@ -11,7 +13,9 @@
 // Checked after every op: every allocation is one the model accepts (aligned, RAM, allowed zone,
 // not handed out twice); every failure is justified after a drain; every free answers with the
 // model's code and a refused one changes nothing; free pages per zone equal the model's. Every
-// 16 ops and at the end Validate() must pass; at the end everything is freed and the census must
+// 16 ops and at the end Validate() (which checks the migratetype invariants: per-type counts,
+// every pageblock typed, free blocks on their pageblock's list, the highatomic bound) and the
+// model's MigratetypesConsistent() must pass; at the end everything is freed and the census must
 // show all pages free.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -230,6 +234,7 @@ class Driver {
     absl::StatusOr<PageCensus> c = pa_.Validate();
     if (!c.ok()) Fail(op_, "Validate: " + c.status().ToString());
     if (c->allocated_pages + c->buddy_free_pages + c->pcp_pages != c->total_pages) Fail(op_, "census does not add up");
+    Check(op_, model_.MigratetypesConsistent(pa_.Stats()));
   }
 
   void FreeEverything() {
@@ -260,9 +265,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace physmem;
   FuzzedDataProvider in(data, size);
   const uint8_t setup = in.ConsumeIntegral<uint8_t>();
-  PageAllocatorOptions o = physmem::testing::SmallOptions(
-      (setup & 1) ? physmem::testing::SmallI386() : physmem::testing::SmallX86(),
-      /*pcp=*/(setup & 2) == 0);
+  Target t = (setup & 1) ? physmem::testing::SmallI386() : physmem::testing::SmallX86();
+  if (setup & 4) t.pageblock_order_override = 3;
+  PageAllocatorOptions o = physmem::testing::SmallOptions(std::move(t), /*pcp=*/(setup & 2) == 0);
+  o.page_group_by_mobility = (setup & 8) == 0;
   o.pcp_batch = 7;
   o.pcp_high = 48;
   o.nr_cpus = 2;
