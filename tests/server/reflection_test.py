@@ -11,6 +11,9 @@ inside the stream. Then: Check answers SERVING for "" and for "physmem.v1.PhysMe
 name; a Watch of "physmem.v1.PhysMem" opened before SIGTERM is told NOT_SERVING when shutdown
 begins (before gRPC stops and cancels the stream).
 
+grpcurl would be the natural client, but Debian 12 does not package it (`apt-cache policy grpcurl`
+finds nothing), so this script plays its part.
+
 Usage: reflection_test.py PHYSMEMD_BINARY   (run by ctest; prints 'N passed, M failed')
 """
 import os
