@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -62,6 +63,7 @@ class Run {
     const uint64_t samples = static_cast<uint64_t>(std::max(config.samples, 1));
     sample_every_ = std::max<uint64_t>(1, (n + samples - 1) / samples);
     gfp_mask_ = config.zero_pages ? ~gfp_t{0} : ~__GFP_ZERO;
+    cache_reasons_ = !config.per_cpu_threads;
   }
 
   // Replays ops[indices[k]] in order (all ops when indices is null); counts into `counts`.
@@ -117,6 +119,7 @@ class Run {
     Page* page = op.order < pa_.target().nr_page_orders() ? pa_.alloc_pages(gfp, op.order) : nullptr;
     if (page != nullptr) [[likely]] {
       ++c.allocs;
+      ++generation_;
       blocks_[op.block].store(reinterpret_cast<uintptr_t>(page), std::memory_order_release);
       return;
     }
@@ -124,8 +127,8 @@ class Run {
     ++c.failures_by_order[op.order];
     ++c.failures_by_gfp_class[cls];
     if (has_mt) ++c.failures_by_migratetype[op.migratetype];
-    ++c.failures_by_reason[op.order >= pa_.target().nr_page_orders() ? "order_above_target_max"
-                                                                      : FailureReason(pa_, gfp, op.order)];
+    ++c.failures_by_reason[op.order >= pa_.target().nr_page_orders() ? std::string("order_above_target_max")
+                                                                      : Reason(gfp, op.order)];
     blocks_[op.block].store(kRefused, std::memory_order_release);
   }
 
@@ -144,6 +147,7 @@ class Run {
       return;
     }
     ++c.frees;
+    ++generation_;
     ++c.frees_by_order[op.order];
     slot.store(kRefused, std::memory_order_relaxed);  // freed: a stale second free is not replayed
   }
@@ -151,8 +155,28 @@ class Run {
   const ReplayPlan& plan_;
   PageAllocator& pa_;
   std::vector<std::atomic<uintptr_t>> blocks_;
+  // FailureReason() snapshots every zone: costly when most allocations fail (a small target).
+  // Single-threaded, the reason for (zone, order) cannot change until an allocation or a free
+  // succeeds, so it is kept per generation of the machine's state.
+  std::string Reason(gfp_t gfp, unsigned order) {
+    if (!cache_reasons_ || !ValidateGfp(gfp).ok()) return FailureReason(pa_, gfp, order);
+    CachedReason& cached = reason_cache_[gfp_zone(gfp, pa_.target().zone_configured)][order];
+    if (cached.generation != generation_ || cached.reason.empty()) {
+      cached.reason = FailureReason(pa_, gfp, order);
+      cached.generation = generation_;
+    }
+    return cached.reason;
+  }
+  struct CachedReason {
+    uint64_t generation = 0;
+    std::string reason;
+  };
+
   uint64_t sample_every_ = 1;
   gfp_t gfp_mask_ = ~gfp_t{0};
+  bool cache_reasons_ = false;
+  uint64_t generation_ = 0;  // successful allocations + frees so far (single-threaded mode only)
+  std::array<std::array<CachedReason, kNrTraceOrders>, MAX_NR_ZONES> reason_cache_;
   absl::Mutex samples_mu_;
   std::vector<FragmentationSample> samples_ ABSL_GUARDED_BY(samples_mu_);
 };
