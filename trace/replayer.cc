@@ -119,7 +119,7 @@ class Run {
     Page* page = op.order < pa_.target().nr_page_orders() ? pa_.alloc_pages(gfp, op.order) : nullptr;
     if (page != nullptr) [[likely]] {
       ++c.allocs;
-      ++generation_;
+      if (cache_reasons_) ++generation_;
       blocks_[op.block].store(reinterpret_cast<uintptr_t>(page), std::memory_order_release);
       return;
     }
@@ -147,7 +147,7 @@ class Run {
       return;
     }
     ++c.frees;
-    ++generation_;
+    if (cache_reasons_) ++generation_;
     ++c.frees_by_order[op.order];
     slot.store(kRefused, std::memory_order_relaxed);  // freed: a stale second free is not replayed
   }
