@@ -82,7 +82,9 @@ void ExpiryHeap::Down(size_t i) {
 
 std::string ExpiryHeap::Check() const {
   for (size_t i = 0; i < heap_.size(); ++i) {
-    if (heap_[i]->heap_index_ != i) return absl::StrFormat("lease %d at heap slot %d says %d", heap_[i]->id, i, heap_[i]->heap_index_);
+    if (heap_[i]->heap_index_ != i) {
+      return absl::StrFormat("lease %d at heap slot %d says %d", heap_[i]->id, i, heap_[i]->heap_index_);
+    }
     if (i > 0 && heap_[(i - 1) / 2]->deadline() > heap_[i]->deadline()) {
       return absl::StrFormat("lease %d's deadline is earlier than its heap parent's", heap_[i]->id);
     }

@@ -339,7 +339,7 @@ void PhysMemService::FillBulk(const std::vector<Page*>& pages, v1::AllocPagesBul
   for (Page* page : pages) {
     const uint64_t pfn = pa_->page_to_pfn(page);
     resp->add_pfn(pfn);
-    resp->add_zone(static_cast<v1::Zone>(pa_->page_zonenum(page) + 1));  // proto zones start at 1 (0 = unspecified)
+    resp->add_zone(static_cast<v1::Zone>(pa_->page_zonenum(page) + 1));  // proto zones from 1 (0 = unspecified)
     resp->add_phys_addr(pfn << pa_->target().page_shift);
     resp->add_virt_addr(pa_->page_address(page));
     resp->add_arena_offset(pa_->arena_offset(page));

@@ -173,7 +173,8 @@ void Book(const Config& cfg, int nleases) {
   for (auto& book : old) {
     for (uint64_t got = 0; got < per_lease;) {
       std::fill(pages.begin(), pages.end(), nullptr);
-      const unsigned n = pa->alloc_pages_bulk(GFP_KERNEL, std::min<uint64_t>(4096, per_lease - got), pages.data(), owner);
+      const unsigned n =
+          pa->alloc_pages_bulk(GFP_KERNEL, std::min<uint64_t>(4096, per_lease - got), pages.data(), owner);
       if (n == 0) break;
       for (unsigned i = 0; i < n; ++i) {
         (void)il.ChargeTotal(*usage, 1);
