@@ -155,12 +155,18 @@ def cli_replay_compare_and_exit_codes():
         rc, out, err = run(args)
         check(rc == code and needle in err, f"{args}: expected exit {code} and {needle!r}, got {rc}: {err}")
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", TOOL, "record", "--seconds=1",
-                            "--out=/tmp/never-written.gz"], capture_output=True, text=True, timeout=60)
-        check(p.returncode == 2 and "needs root" in p.stderr, f"not root: exit 2, got {p.returncode}: {p.stderr}")
+        # A copy uid 65534 can execute: the checkout may sit below a directory it cannot enter (/root).
+        with tempfile.TemporaryDirectory() as d:
+            os.chmod(d, 0o755)
+            tool = shutil.copy(TOOL, os.path.join(d, "physmem_trace"))
+            p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", tool, "record", "--seconds=1",
+                                "--out=" + os.path.join(d, "never-written.gz")], capture_output=True, text=True, timeout=60)
+            check(p.returncode == 2 and "needs root" in p.stderr, f"not root: exit 2, got {p.returncode}: {p.stderr}")
+            check(not os.path.exists(os.path.join(d, "never-written.gz")), "nothing written when refused")
     elif os.geteuid() != 0:
-        rc, out, err = run(["record", "--seconds=1", "--out=/tmp/never-written.gz"])
-        check(rc == 2 and "needs root" in err, f"not root: exit 2, got {rc}: {err}")
+        with tempfile.TemporaryDirectory() as d:
+            rc, out, err = run(["record", "--seconds=1", "--out=" + os.path.join(d, "never-written.gz")])
+            check(rc == 2 and "needs root" in err, f"not root: exit 2, got {rc}: {err}")
     print("ok")
 
 
