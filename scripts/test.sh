@@ -84,7 +84,7 @@ stage "ASan + UBSan build" configure_and_build build-asan -DCMAKE_BUILD_TYPE=Rel
   -DPHYSMEM_SANITIZE=address -DPHYSMEM_BUILD_BENCH=OFF
 stage "ASan + UBSan tests" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PHYSMEM_TEST_TIME_SCALE=5 \
-  ctest --test-dir build-asan --output-on-failure -j"$TEST_JOBS" -L 'allocator|server' --timeout 1800
+  ctest --test-dir build-asan --output-on-failure -j"$TEST_JOBS" -L 'allocator|server|trace' --timeout 1800
 
 stage "fuzzing (${FUZZ_SECONDS:-30} s per target)" env PHYSMEM_SKIP_DEPS=1 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
@@ -94,7 +94,7 @@ stage "TSan build" configure_and_build build-tsan -DCMAKE_BUILD_TYPE=RelWithDebI
 # setarch's personality and TSAN_OPTIONS are inherited by any process a test starts.
 stage "TSan allocator tests" env TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
   PHYSMEM_TEST_TIME_SCALE=20 \
-  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L allocator --timeout 1800
+  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j2 -L 'allocator|trace' --timeout 1800
 tsan_reports=$PWD/build-tsan/tsan-reports
 rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
 stage "TSan server and client tests" env \
