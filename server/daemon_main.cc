@@ -21,6 +21,9 @@ ABSL_FLAG(std::string, arena, "best", "arena backing: best, hugetlb, thp or ordi
 ABSL_FLAG(std::string, arena_path, "", "file for a shared arena (on hugetlbfs or /dev/shm)");
 ABSL_FLAG(uint64_t, min_free_kbytes, 0, "vm.min_free_kbytes (0: the kernel's default formula)");
 ABSL_FLAG(bool, pcp, true, "per-CPU page lists in front of the buddy");
+ABSL_FLAG(bool, page_group_by_mobility, true,
+          "group pages by mobility (migratetypes, pageblocks, fallback, highatomic reserve); "
+          "--nopage_group_by_mobility behaves as the kernel's page_group_by_mobility_disabled");
 ABSL_FLAG(std::string, unix_socket, physmem::DefaultDaemonSocket(),
           "Unix socket to serve on ('' = none); the default is /run/physmemd/physmemd.sock for root (or a user "
           "who may write to /run/physmemd), else $XDG_RUNTIME_DIR/physmemd.sock or /tmp/physmemd-UID/physmemd.sock, "
@@ -75,6 +78,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.allocator.arena_path = absl::GetFlag(FLAGS_arena_path);
   o.allocator.min_free_kbytes = absl::GetFlag(FLAGS_min_free_kbytes);
   o.allocator.pcp_enabled = absl::GetFlag(FLAGS_pcp);
+  o.allocator.page_group_by_mobility = absl::GetFlag(FLAGS_page_group_by_mobility);
   o.unix_socket = absl::GetFlag(FLAGS_unix_socket);
   try {
     o.unix_socket_mode = static_cast<unsigned>(std::stoul(absl::GetFlag(FLAGS_unix_socket_mode), nullptr, 8));
