@@ -2,7 +2,7 @@
 // (`physmemctl lease create --ttl_ms=60000`), options are Abseil flags; every numeric argument
 // takes decimal or 0x hex; a LEASE argument is a lease's id or its name. Output is line-oriented
 // key=value text for scripts, or with -o json the API's reply as proto JSON; /proc-style commands
-// (buddyinfo, zoneinfo, extfrag, unusable) print the kernel's formats.
+// (buddyinfo, pagetypeinfo, zoneinfo, extfrag, unusable) print the kernel's formats.
 //
 // Exit status: 0 success; 1 the daemon (or the connection) refused, with
 // "physmemctl: <CODE>: <message>" on stderr; 2 usage error (unknown command or flag, missing or
@@ -110,7 +110,8 @@ Machine:
   buddyinfo                                        /proc/buddyinfo, exactly
   extfrag                                          /sys/kernel/debug/extfrag/extfrag_index
   unusable                                         /sys/kernel/debug/extfrag/unusable_index
-  watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable
+  pagetypeinfo                                     /proc/pagetypeinfo, exactly (free blocks and pageblocks per migratetype)
+  watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable|pagetypeinfo
                                                    reprint it every interval, like watch(1)
   target                                           the emulated machine: profile, memory map, arena
   validate                                         run the allocator's invariant check
@@ -860,9 +861,10 @@ absl::Status WriteCommand(const Invocation& inv) {
   return absl::OkStatus();
 }
 
-// The views of GetZoneInfo: zoneinfo, buddyinfo (the daemon's exact /proc/buddyinfo text) and
-// extfrag and unusable. With -o json every view is the whole GetZoneInfoResponse.
-enum class ZoneView { kZoneinfo, kBuddyinfo, kExtfrag, kUnusable };
+// The views of GetZoneInfo: zoneinfo, buddyinfo and pagetypeinfo (the daemon's exact
+// /proc/buddyinfo and /proc/pagetypeinfo texts) and extfrag and unusable. With -o json every view
+// is the whole GetZoneInfoResponse.
+enum class ZoneView { kZoneinfo, kBuddyinfo, kExtfrag, kUnusable, kPagetypeinfo };
 
 std::string RenderZoneView(const v1::GetZoneInfoResponse& info, ZoneView view, bool json) {
   if (json) return Json(info) + "\n";
@@ -870,6 +872,7 @@ std::string RenderZoneView(const v1::GetZoneInfoResponse& info, ZoneView view, b
     case ZoneView::kBuddyinfo: return info.buddyinfo();
     case ZoneView::kExtfrag: return FormatExtfrag(info);
     case ZoneView::kUnusable: return FormatUnusable(info);
+    case ZoneView::kPagetypeinfo: return info.pagetypeinfo();
     case ZoneView::kZoneinfo: break;
   }
   return FormatZoneinfo(info);
@@ -895,7 +898,9 @@ absl::Status WatchCommand(const Invocation& inv) {
   else if (view_name == "zoneinfo") view = ZoneView::kZoneinfo;
   else if (view_name == "extfrag") view = ZoneView::kExtfrag;
   else if (view_name == "unusable") view = ZoneView::kUnusable;
-  else return UsageError(absl::StrFormat("watch shows buddyinfo, zoneinfo, extfrag or unusable, not '%s'", view_name));
+  else if (view_name == "pagetypeinfo") view = ZoneView::kPagetypeinfo;
+  else return UsageError(absl::StrFormat(
+      "watch shows buddyinfo, zoneinfo, extfrag, unusable or pagetypeinfo, not '%s'", view_name));
   absl::StatusOr<uint64_t> interval =
       NumericFlag(absl::GetFlag(FLAGS_interval_ms), "interval_ms", 1000, uint64_t{1} << 40);
   if (!interval.ok()) return interval.status();
@@ -993,8 +998,10 @@ const std::vector<Command>& Commands() {
       {{"extfrag"}, {}, {}, "extfrag", [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kExtfrag); }},
       {{"unusable"}, {}, {}, "unusable",
        [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kUnusable); }},
+      {{"pagetypeinfo"}, {}, {}, "pagetypeinfo",
+       [](const Invocation& inv) { return ZoneinfoCommand(inv, ZoneView::kPagetypeinfo); }},
       {{"watch"}, {"VIEW"}, {"interval_ms", "count"},
-       "watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable", WatchCommand},
+       "watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable|pagetypeinfo", WatchCommand},
       {{"target"}, {}, {}, "target", TargetCommand},
       {{"validate"}, {}, {}, "validate", ValidateCommand},
       {{"completion"}, {"SHELL"}, {}, "completion bash", CompletionCommand, "", /*json=*/false},
@@ -1007,7 +1014,7 @@ const std::vector<Command>& Commands() {
 // What a positional argument completes to, by its name in Command::arg_names.
 std::string ArgCandidates(const std::string& arg_name) {
   if (arg_name == "LEASE") return "$(_physmemctl_leases)";
-  if (arg_name == "VIEW") return "buddyinfo zoneinfo extfrag unusable";
+  if (arg_name == "VIEW") return "buddyinfo zoneinfo extfrag unusable pagetypeinfo";
   if (arg_name == "SHELL") return "bash";
   return "";
 }

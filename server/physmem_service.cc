@@ -520,9 +520,10 @@ grpc::ServerUnaryReactor* PhysMemService::WritePages(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContext* ctx,
                                                       const v1::GetZoneInfoRequest*, v1::GetZoneInfoResponse* resp) {
-  // One snapshot for both the structured zones and the buddyinfo text, so they agree.
+  // One snapshot for the structured zones and the buddyinfo and pagetypeinfo texts, so they agree.
   std::string buddyinfo;
-  for (const ZoneStats& z : pa_->Stats()) {
+  const std::vector<ZoneStats> stats = pa_->Stats();
+  for (const ZoneStats& z : stats) {
     if (z.populated) buddyinfo += FormatBuddyinfoLine(z) + "\n";
     v1::ZoneInfo* zi = resp->add_zones();
     zi->set_zone(std::string(zone_name(z.type)));
@@ -555,6 +556,7 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
     }
   }
   resp->set_buddyinfo(buddyinfo);
+  resp->set_pagetypeinfo(FormatPagetypeinfo(stats));
   return Reply(ctx, absl::OkStatus());
 }
 

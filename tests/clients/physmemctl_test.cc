@@ -955,6 +955,72 @@ TEST_F(CtlTest, UnusableIsTheKernelsUnusableIndexLayout) {
   EXPECT_EQ(watched.out, want);
 }
 
+// /proc/pagetypeinfo through GetZoneInfo.pagetypeinfo: the daemon's FormatPagetypeinfo() text
+// (allocator/stats.h; checked against mm/vmstat.c's format strings and this machine's file in
+// tests/allocator/stats_test.cc) printed verbatim. Its free counts per migratetype add up to the
+// buddyinfo counts of the same state, and the GFP_KERNEL pages allocated here made a fallback
+// claim pageblocks for UNMOVABLE (everything is MOVABLE at boot, as memmap_init_range() marks it).
+std::vector<std::vector<std::string>> PagetypeinfoRows(const std::string& text, const std::string& prefix) {
+  std::vector<std::vector<std::string>> rows;
+  for (const std::string& line : Lines(text)) {
+    if (line.rfind(prefix, 0) == 0) rows.push_back(absl::StrSplit(line, ' ', absl::SkipEmpty()));
+  }
+  return rows;
+}
+
+TEST_F(CtlTest, PagetypeinfoIsTheKernelsLayoutForTheDaemonsZones) {
+  ASSERT_EQ(Run({"alloc", std::to_string(NewLeaseId()), "--count=2000"}).exit_code, 0);
+  const CtlResult r = Run({"pagetypeinfo"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(r.out, info->pagetypeinfo());
+  // i386 without PAE: pageblock_order 10 (PGDIR_SHIFT 22 - PAGE_SHIFT 12).
+  EXPECT_THAT(r.out, ::testing::StartsWith("Page block order: 10\nPages per block:  1024\n\n"
+                                           "Free pages count per migrate type at order       0      1      2      3"
+                                           "      4      5      6      7      8      9     10 \n"));
+  const auto free_rows = PagetypeinfoRows(r.out, "Node    0, zone ");
+  const auto block_rows = PagetypeinfoRows(r.out, "Node 0, zone ");
+  int populated = 0;
+  uint64_t unmovable_blocks = 0;
+  for (const v1::ZoneInfo& z : info->zones()) {
+    if (!z.populated()) continue;
+    for (int o = 0; o < z.nr_free_size(); ++o) {
+      uint64_t sum = 0;
+      for (int t = 0; t < 5; ++t) sum += std::stoull(free_rows[populated * 5 + t][6 + o]);
+      EXPECT_EQ(sum, z.nr_free(o)) << z.zone() << " order " << o;
+    }
+    EXPECT_EQ(block_rows[populated][3], z.zone());
+    unmovable_blocks += std::stoull(block_rows[populated][4]);
+    ++populated;
+  }
+  EXPECT_EQ(free_rows.size(), 5u * populated);
+  EXPECT_GT(unmovable_blocks, 0u) << r.out;
+  const CtlResult watched = Run({"watch", "--count=1", "--interval_ms=1", "pagetypeinfo"});
+  ASSERT_EQ(watched.exit_code, 0) << watched.err;
+  EXPECT_EQ(watched.out, r.out);
+}
+
+// physmemd --nopage_group_by_mobility: the kernel's page_group_by_mobility_disabled, under which
+// set_pageblock_migratetype() stores UNMOVABLE for every type.
+class CtlNoMobilityGroupingTest : public CtlTest {
+ protected:
+  CtlNoMobilityGroupingTest() : CtlTest({"--target=i386", "--mem_mb=64", "--nopage_group_by_mobility"}) {}
+};
+
+TEST_F(CtlNoMobilityGroupingTest, PagetypeinfoShowsEveryPageblockUnmovable) {
+  ASSERT_EQ(Run({"alloc", std::to_string(NewLeaseId()), "--count=100", "--gfp=GFP_HIGHUSER_MOVABLE"}).exit_code, 0);
+  const CtlResult r = Run({"pagetypeinfo"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto block_rows = PagetypeinfoRows(r.out, "Node 0, zone ");
+  ASSERT_FALSE(block_rows.empty()) << r.out;
+  for (const auto& row : block_rows) {
+    EXPECT_GT(std::stoull(row[4]), 0u) << r.out;   // Unmovable
+    EXPECT_EQ(row[5], "0") << r.out;               // Movable
+    EXPECT_EQ(row[6], "0") << r.out;               // Reclaimable
+  }
+}
+
 TEST_F(CtlTest, WatchWithCountRefreshesThatManyTimesAndExits) {
   absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
   ASSERT_TRUE(info.ok());
@@ -1078,12 +1144,13 @@ complete_line "physmemctl --target=unix:///x/y ex" --target = unix : ///x/y ex
   const std::vector<std::string> lines = Lines(r.out);
   ASSERT_EQ(lines.size(), 9u) << r.out << r.err;
   EXPECT_EQ(lines[0],
-            "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|unusable|watch|target|"
+            "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|unusable|pagetypeinfo|watch|"
+            "target|"
             "validate|"
             "completion|version|help");
   EXPECT_EQ(lines[1], "lease");
   EXPECT_EQ(lines[2], "create|keepalive|revoke|get|list");
-  EXPECT_EQ(lines[3], "buddyinfo|zoneinfo|extfrag|unusable");
+  EXPECT_EQ(lines[3], "buddyinfo|zoneinfo|extfrag|unusable|pagetypeinfo");
   EXPECT_EQ(lines[4], "--count=");
   EXPECT_EQ(lines[5], "address");
   EXPECT_EQ(lines[6], "json");
