@@ -110,6 +110,28 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
                          MetricType::Counter);
     auto remote = Family("physmem_pcp_remote_drains_total", "drain_all_pages() visits that found pages on a CPU",
                          MetricType::Counter);
+    // Mobility grouping (issue #11, kernel 6.12): pageblocks per migratetype (pagetypeinfo's second
+    // section), the highatomic reserve, and fallbacks into other types' pageblocks by (requested
+    // type, type taken from, order of the free block used). Fallback and type-change series exist
+    // once non-zero: 3 x 2 type pairs x 11 orders per zone would be mostly zeros.
+    auto pageblocks = Family("physmem_pageblocks", "Pageblocks per migratetype (/proc/pagetypeinfo block counts)",
+                             MetricType::Gauge);
+    auto ha_reserved = Family("physmem_highatomic_reserved_pages",
+                              "Pages in pageblocks reserved for high-order atomic allocations (nr_reserved_highatomic)",
+                              MetricType::Gauge);
+    auto ha_free = Family("physmem_highatomic_free_pages", "Free pages on HIGHATOMIC free lists (nr_free_highatomic)",
+                          MetricType::Gauge);
+    auto ha_max = Family("physmem_highatomic_max_pages",
+                         "Most the reserve grows to: ALIGN(managed / 100, pageblock pages), 0 = never",
+                         MetricType::Gauge);
+    auto claims = Family("physmem_migrate_claims_total",
+                         "Fallbacks that took over the pageblock(s) of another migratetype (try_to_steal_block)",
+                         MetricType::Counter);
+    auto steals = Family("physmem_migrate_steals_total",
+                         "Fallbacks that took one block from another migratetype's pageblock (__rmqueue_steal)",
+                         MetricType::Counter);
+    auto changes = Family("physmem_pageblock_type_changes_total", "Pageblock migratetype changes by old and new type",
+                          MetricType::Counter);
     for (const ZoneStats& z : pa_->Stats()) {
       if (!z.populated) continue;
       const std::string zn = Z(z.type);
@@ -145,9 +167,38 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
       Add(refills, {{"zone", zn}}, static_cast<double>(sum.refills));
       Add(drains, {{"zone", zn}}, static_cast<double>(sum.drains));
       Add(remote, {{"zone", zn}}, static_cast<double>(sum.remote_drains));
+      for (int t = 0; t < MIGRATE_TYPES; ++t) {
+        Add(pageblocks, {{"zone", zn}, {"migratetype", std::string(kMigratetypeNames[t])}},
+            static_cast<double>(z.nr_pageblocks_by_type[t]));
+      }
+      Add(ha_reserved, {{"zone", zn}}, static_cast<double>(z.nr_reserved_highatomic));
+      Add(ha_free, {{"zone", zn}}, static_cast<double>(z.nr_free_highatomic));
+      Add(ha_max, {{"zone", zn}}, static_cast<double>(z.highatomic_max));
+      for (int a = 0; a < MIGRATE_PCPTYPES; ++a) {
+        for (int b = 0; b < MIGRATE_PCPTYPES; ++b) {
+          for (unsigned o = 0; o < z.nr_free.size(); ++o) {
+            const std::vector<ClientMetric::Label> l = {{"zone", zn},
+                              {"alloc_migratetype", std::string(kMigratetypeNames[a])},
+                              {"fallback_migratetype", std::string(kMigratetypeNames[b])},
+                              {"order", std::to_string(o)}};
+            if (const uint64_t n = z.migrate.claims[a][b][o]) Add(claims, l, static_cast<double>(n));
+            if (const uint64_t n = z.migrate.steals[a][b][o]) Add(steals, l, static_cast<double>(n));
+          }
+        }
+      }
+      for (int a = 0; a < MIGRATE_TYPES; ++a) {
+        for (int b = 0; b < MIGRATE_TYPES; ++b) {
+          if (const uint64_t n = z.migrate.pageblock_changes[a][b]) {
+            Add(changes,
+                {{"zone", zn}, {"from", std::string(kMigratetypeNames[a])}, {"to", std::string(kMigratetypeNames[b])}},
+                static_cast<double>(n));
+          }
+        }
+      }
     }
     for (auto* f : {&free, &managed, &present, &spanned, &wmark, &reserve, &buddy, &frag, &pcp, &hits, &frees,
-                    &refills, &drains, &remote}) {
+                    &refills, &drains, &remote, &pageblocks, &ha_reserved, &ha_free, &ha_max, &claims, &steals,
+                    &changes}) {
       out.push_back(std::move(*f));
     }
   }

@@ -267,6 +267,31 @@ TEST_F(Metrics, ZoneGaugesMatchTheTarget) {
   EXPECT_EQ(s.Sum("physmem_zone_fragmentation_index", {{"zone", "Normal"}, {"order", "3"}}), -1);
 }
 
+// Mobility grouping (kernel 6.12): every pageblock starts MOVABLE (memmap_init_range()); the
+// first GFP_KERNEL page makes __rmqueue_claim() take a free MOVABLE block of MAX_PAGE_ORDER for
+// UNMOVABLE (i386 without PAE: pageblock_order 10, so one pageblock), which the claim, pageblock
+// and type-change series show.
+TEST_F(Metrics, PageblocksAndFallbacksByMigratetype) {
+  const Scrape before = Get();
+  EXPECT_GT(before.Sum("physmem_pageblocks", {{"zone", "Normal"}, {"migratetype", "Movable"}}), 0);
+  EXPECT_EQ(before.Sum("physmem_pageblocks", {{"zone", "Normal"}, {"migratetype", "Unmovable"}}), 0);
+  EXPECT_EQ(before.Sum("physmem_highatomic_reserved_pages"), 0);
+  // Normal spans 16..896 MiB = 225280 pages: 1% = 2252, aligned up to 1024-page pageblocks.
+  EXPECT_EQ(before.Sum("physmem_highatomic_max_pages", {{"zone", "Normal"}}), 3072);
+  ASSERT_TRUE(Alloc(NewLease(), "GFP_KERNEL", 0).ok());
+  const Scrape after = Get();
+  EXPECT_EQ(after.Sum("physmem_pageblocks", {{"zone", "Normal"}, {"migratetype", "Unmovable"}}), 1);
+  EXPECT_EQ(after.Sum("physmem_migrate_claims_total", {{"zone", "Normal"},
+                                                       {"alloc_migratetype", "Unmovable"},
+                                                       {"fallback_migratetype", "Movable"},
+                                                       {"order", "10"}}),
+            1);
+  EXPECT_EQ(after.Sum("physmem_pageblock_type_changes_total",
+                      {{"zone", "Normal"}, {"from", "Movable"}, {"to", "Unmovable"}}),
+            1);
+  EXPECT_EQ(after.Sum("physmem_migrate_steals_total"), 0);
+}
+
 TEST_F(Metrics, FailuresFallbacksAndZeroedPagesAreCounted) {
   const uint64_t lease = NewLease();
   // GFP_DMA cannot wait: order-10 blocks until DMA (4096 pages) has none left, then one failure.
