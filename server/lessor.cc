@@ -1,13 +1,16 @@
 #include "server/lessor.h"
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "server/log.h"
+#include "server/status_util.h"
 
 namespace physmem {
 namespace {
@@ -358,7 +361,8 @@ void Lessor::ForEachLive(absl::FunctionRef<void(const Lease&, uint64_t)> fn) con
 
 // ---- The book ----
 
-void Lessor::AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key) {
+void Lessor::AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key,
+                      const Lease::KeyedRequest* request) {
   if (order == 0) {
     lease.order0_.insert(head);
   } else {
@@ -369,6 +373,23 @@ void Lessor::AddBlock(Lease& lease, uint32_t head, unsigned order, const std::st
   if (lease.keys_ == nullptr) lease.keys_ = std::make_unique<Lease::Keys>();
   lease.keys_->block_of[key] = head;
   lease.keys_->key_of[head] = key;
+  if (request != nullptr) lease.keys_->request_of[head] = *request;
+}
+
+std::string Lessor::RetryDifference(const Lease& lease, uint32_t head, unsigned order, gfp_t gfp,
+                                    const char* form) const {
+  std::vector<std::string> diffs;
+  const unsigned b = *BlockOrder(lease, head);
+  if (b != order) diffs.push_back(absl::StrFormat("order %d (it was %d)", order, b));
+  if (auto r = lease.keys_->request_of.find(head); r != lease.keys_->request_of.end()) {
+    if (r->second.gfp != gfp) {
+      diffs.push_back(absl::StrFormat("GFP mask %s (it was %s)", FormatGfp(gfp), FormatGfp(r->second.gfp)));
+    }
+    if (std::strcmp(r->second.form, form) != 0) {
+      diffs.push_back(absl::StrFormat("call %s (it was %s)", form, r->second.form));
+    }
+  }
+  return absl::StrJoin(diffs, ", ");
 }
 
 std::optional<uint32_t> Lessor::KeyedBlock(const Lease& lease, const std::string& key) const {
@@ -393,6 +414,7 @@ void Lessor::RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType z
   if (auto k = lease.keys_->key_of.find(head); k != lease.keys_->key_of.end()) {
     lease.keys_->block_of.erase(k->second);
     lease.keys_->key_of.erase(k);
+    lease.keys_->request_of.erase(head);
   }
 }
 
@@ -485,7 +507,7 @@ unsigned Lessor::AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page**
 }
 
 std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned order, const std::string& key,
-                                           AttachedBlock* out) {
+                                           AttachedBlock* out, const char* form) {
   if (order > pa_->target().max_page_order) {
     return absl::InvalidArgumentError(
         absl::StrFormat("order %d exceeds MAX_PAGE_ORDER %d", order, pa_->target().max_page_order));
@@ -498,11 +520,15 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
   std::lock_guard<std::mutex> l(lease.mu_);
   if (lease.dead_ || Expired(lease)) return Gone(lease);
   if (const std::optional<uint32_t> keyed = KeyedBlock(lease, key)) {
-    const unsigned b = *BlockOrder(lease, *keyed);
-    if (b != order) {
+    // A retry returns the block only if it is the same request: otherwise the caller would take
+    // a block it did not ask for (a GFP_DMA retry given a Normal page) for its own.
+    if (const std::string diff = RetryDifference(lease, *keyed, order, gfp, form); !diff.empty()) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "key '%s' already names an order-%d block in lease %d, not order %d", key, b, lease.id, order));
+          "key %s already names a block of lease %d made by a different request: this one asks %s; a retry must "
+          "repeat the request, and a new request needs a new key",
+          QuoteInput(key), lease.id, diff));
     }
+    const unsigned b = *BlockOrder(lease, *keyed);
     *out = AttachedBlock{&pa_->mem_map().page(*keyed), pfn_of(*keyed), b, zone_of(*keyed), key, true};
     return absl::OkStatus();
   }
@@ -521,7 +547,8 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
     const JournalEntry e{pfn, static_cast<uint8_t>(order), (page->Load().flags & PG_head) != 0, key};
     journal_->Allocated(lease.id, {&e, 1});
   }
-  AddBlock(lease, pa_->mem_map().index_of(page), order, key);
+  const Lease::KeyedRequest request{gfp, form};
+  AddBlock(lease, pa_->mem_map().index_of(page), order, key, &request);
   *out = AttachedBlock{page, pfn, order, pa_->page_zonenum(page), key, false};
   return absl::OkStatus();
 }
@@ -580,13 +607,19 @@ uint64_t Lessor::DetachBulk(Lease& lease, std::span<const uint64_t> pfns, std::s
 
 absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key) {
   if (lease.dead_) return Gone(lease);
+  if (key.size() > limits_.max_key_bytes) {  // as Attach checks it: every call that takes a key
+    return absl::InvalidArgumentError(
+        absl::StrFormat("key is %d bytes; at most %d allowed", key.size(), limits_.max_key_bytes));
+  }
   if (!key.empty()) {
     const std::optional<uint32_t> keyed = KeyedBlock(lease, key);
-    if (!keyed) return absl::NotFoundError(absl::StrFormat("no allocation with key '%s' in lease %d", key, lease.id));
+    if (!keyed) {
+      return absl::NotFoundError(absl::StrFormat("no allocation with key %s in lease %d", QuoteInput(key), lease.id));
+    }
     const unsigned key_order = *BlockOrder(lease, *keyed);
     if (order != 0 && order != key_order) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("key '%s' names an order-%d block, not order %d", key, key_order, order));
+          absl::StrFormat("key %s names an order-%d block, not order %d", QuoteInput(key), key_order, order));
     }
     pfn = pfn_of(*keyed);
     order = key_order;
@@ -615,6 +648,24 @@ absl::StatusOr<uint64_t> Lessor::Kmap(Lease& lease, uint64_t pfn) {
   absl::StatusOr<uint64_t> v = pa_->kmap(*page, lease.owner());
   if (!v.ok()) return HideOtherOwner(v.status(), pfn);
   return v;
+}
+
+absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
+  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
+  if (!page.ok()) return page.status();
+  std::lock_guard<std::mutex> l(lease.mu_);  // as Kmap: the lease's end drops kmaps under it
+  if (lease.dead_) return Gone(lease);
+  // Kmap's checks (PageAllocator::kmap), for lowmem pages too, where kunmap() has nothing to undo
+  // but a pfn that is free, or another lease's, is still a wrong call.
+  Page* head = pa_->AllocatedBlockContaining(pfn);
+  if (head == nullptr) {
+    return absl::FailedPreconditionError(absl::StrFormat("kunmap: pfn %#x is not allocated", pfn));
+  }
+  const std::optional<unsigned> order = BlockOrder(lease, pa_->mem_map().index_of(head));
+  if (!order || head->Load().owner != lease.owner()) {
+    return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
+  }
+  return HideOtherOwner(pa_->kunmap(*page, lease.owner()), pfn);
 }
 
 absl::Status Lessor::AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
@@ -785,6 +836,12 @@ absl::Status Lessor::CheckLeaseLocked(
       if (!BlockOrder(lease, head) || back == lease.keys_->key_of.end() || back->second != key) {
         return absl::InternalError(absl::StrFormat("lease %d: key '%s' names no block of the lease", lease.id,
                                                    absl::CEscape(key.substr(0, 32))));
+      }
+    }
+    for (const auto& [head, request] : lease.keys_->request_of) {
+      if (!lease.keys_->key_of.contains(head)) {
+        return absl::InternalError(absl::StrFormat("lease %d: a keyed request is kept for block %d, which has no key",
+                                                   lease.id, head));
       }
     }
   }

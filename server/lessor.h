@@ -107,10 +107,18 @@ class Lease {
   friend class Lessor;
   friend class ExpiryHeap;
 
-  // Allocation keys, only in leases that use them: key -> block and block -> key.
+  // What a keyed allocation asked for, so that a retry with the key must ask the same. Unknown
+  // for a block recovered from the journal (which records order and key only): only its order is
+  // compared then.
+  struct KeyedRequest {
+    gfp_t gfp = 0;
+    const char* form = "";  // the call: "AllocPages", "GetFreePages", "GetZeroedPage" (a literal)
+  };
+  // Allocation keys, only in leases that use them: key -> block, block -> key, block -> request.
   struct Keys {
     absl::flat_hash_map<std::string, uint32_t> block_of;
     absl::flat_hash_map<uint32_t, std::string> key_of;
+    absl::flat_hash_map<uint32_t, KeyedRequest> request_of;
   };
 
   std::atomic<int64_t> deadline_{0};
@@ -216,11 +224,12 @@ class Lessor {
 
   // ---- The book (etcd's Attach/Detach: blocks instead of keys). ----
   // Allocates a block of 2^order pages into the lease (or, if `key` names one of its blocks
-  // already, replays it). nullopt: no memory now (the caller may wait and call again); otherwise
-  // the final status. INVALID_ARGUMENT (order, key), NOT_FOUND (the lease ended),
-  // RESOURCE_EXHAUSTED (quota, identity limits).
+  // already, replays it — if the retry asks exactly what the first call asked: order, GFP mask and
+  // `form`, the call's name, a string literal). nullopt: no memory now (the caller may wait and
+  // call again); otherwise the final status. INVALID_ARGUMENT (order, key, a retry that differs),
+  // NOT_FOUND (the lease ended), RESOURCE_EXHAUSTED (quota, identity limits).
   std::optional<absl::Status> Attach(Lease& lease, gfp_t gfp, unsigned order, const std::string& key,
-                                     AttachedBlock* out);
+                                     AttachedBlock* out, const char* form = "AllocPages");
   // alloc_pages_bulk() into the lease: up to `count` order-0 pages (fewer if the quota, the
   // identity's limits or memory run out; RESOURCE_EXHAUSTED if none).
   absl::StatusOr<std::vector<Page*>> AttachBulk(Lease& lease, gfp_t gfp, unsigned count);
@@ -234,6 +243,9 @@ class Lessor {
                       absl::FunctionRef<void(size_t, const absl::Status&)> on_refused);
   // kmap() of a page of the lease's, refused once the lease has ended (its kmaps end with it).
   absl::StatusOr<uint64_t> Kmap(Lease& lease, uint64_t pfn);
+  // kunmap() with the same checks as Kmap for every pfn, lowmem too (where there is nothing to
+  // unmap): the page must be allocated (FAILED_PRECONDITION) to this lease (PERMISSION_DENIED).
+  absl::Status Kunmap(Lease& lease, uint64_t pfn);
   // Runs fn(host bytes) over [offset, offset + length) from the start of page `pfn`, which must lie
   // in one block of the lease; the block cannot be freed while fn runs. `max_length` bounds length.
   absl::Status AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
@@ -292,7 +304,11 @@ class Lessor {
   bool Expired(const Lease& l) const { return l.deadline() <= clock_->Now(); }
 
   // Book helpers; lease.mu_ held.
-  void AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key);
+  void AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key,
+                const Lease::KeyedRequest* request = nullptr);
+  // Why a retry with `key` of the block at `head` (order `order`) is not the request that made it,
+  // or "" if it is the same.
+  std::string RetryDifference(const Lease& lease, uint32_t head, unsigned order, gfp_t gfp, const char* form) const;
   // The head of the block `key` names in the lease, if any.
   std::optional<uint32_t> KeyedBlock(const Lease& lease, const std::string& key) const;
   // The order of the lease's block headed at `head`, if it has one.

@@ -97,6 +97,7 @@ struct PhysMemService::AllocCall {
   gfp_t gfp = 0;
   unsigned order = 0;
   std::string key;
+  const char* form = "AllocPages";  // the call's name: a keyed retry must repeat it
 };
 
 // Finishes a unary call. Refusals are logged (one line each, with the code and the reason) so an
@@ -223,7 +224,7 @@ absl::StatusOr<gfp_t> PhysMemService::AllocGfp(const v1::AllocPagesRequest& req,
 
 std::optional<absl::Status> PhysMemService::TryAllocate(const AllocCall& call, v1::Allocation* out) {
   AttachedBlock block;
-  std::optional<absl::Status> done = lessor_->Attach(*call.lease, call.gfp, call.order, call.key, &block);
+  std::optional<absl::Status> done = lessor_->Attach(*call.lease, call.gfp, call.order, call.key, &block, call.form);
   if (done && done->ok()) FillAllocation(block, out);
   return done;
 }
@@ -235,7 +236,8 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
   if (!lease.ok()) return Reply(ctx, lease.status());
   absl::StatusOr<gfp_t> gfp = AllocGfp(*req, form);
   if (!gfp.ok()) return Reply(ctx, gfp.status());
-  auto call = std::make_shared<AllocCall>(AllocCall{*std::move(lease), *gfp, req->order(), req->key()});
+  const char* name = form == Form::kPfn ? "AllocPages" : form == Form::kAddress ? "GetFreePages" : "GetZeroedPage";
+  auto call = std::make_shared<AllocCall>(AllocCall{*std::move(lease), *gfp, req->order(), req->key(), name});
   if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
   return NoMemory(ctx, std::move(call), resp);
 }
@@ -482,14 +484,7 @@ grpc::ServerUnaryReactor* PhysMemService::Kunmap(grpc::CallbackServerContext* ct
                                                  v1::KunmapResponse*) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
   if (!lease.ok()) return Reply(ctx, lease.status());
-  absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
-  if (!page.ok()) return Reply(ctx, page.status());
-  absl::Status s = pa_->kunmap(*page, (*lease)->owner());
-  // The allocator names the owning lease; the caller should not learn another identity's lease ids.
-  if (s.code() == absl::StatusCode::kPermissionDenied) {
-    s = absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", req->pfn()));
-  }
-  return Reply(ctx, s);
+  return Reply(ctx, lessor_->Kunmap(**lease, req->pfn()));
 }
 
 // ---- Page contents ----

@@ -414,9 +414,12 @@ TEST_F(LessorTest, ConcurrentCallsAndCensusesKeepTheBooksBalanced) {
   std::atomic<int> censuses{0};
   std::vector<std::thread> workers;
   for (int t = 0; t < 3; ++t) {
-    workers.emplace_back([this, t] {
+    workers.emplace_back([this, t, &censuses] {
       const std::string identity = "uid:" + std::to_string(t);
       for (int round = 0; round < 40; ++round) {
+        // Halfway, wait for a census to have run: at least one then overlaps the work, however
+        // the threads are scheduled (on a loaded machine the workers could otherwise finish first).
+        while (round == 20 && censuses.load() == 0) std::this_thread::yield();
         std::shared_ptr<Lease> l = Grant(identity, 20);
         std::vector<AttachedBlock> held;
         for (int i = 0; i < 8; ++i) {
