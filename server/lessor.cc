@@ -105,6 +105,9 @@ Lessor::Lessor(PageAllocator* pa, LeaseLimits limits, IdentityLimits* identity_l
       journal_(journal),
       on_pages_freed_(std::move(on_pages_freed)),
       clock_(clock),
+      // An anonymous arena is a fresh zero-filled mapping; a file-backed one may hold a previous
+      // run's bytes (server/page_tenancy.h).
+      tenancy_(pa, pa->arena().path().empty()),
       boot_nonce_(NewBootNonce()) {}
 
 Lessor::~Lessor() { StopReaper(); }
@@ -158,6 +161,7 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Grant(const std::string& identity
   const uint64_t id = boot_nonce_ | n;
   auto lease = std::make_shared<Lease>(id, identity, name, ttl_ms, quota);
   lease->deadline_.store(DeadlineIn(*clock_, ttl_ms));
+  lease->tenant_ = tenancy_.TagOf(identity);
   if (identity_limits_ != nullptr) lease->usage_ = identity_limits_->For(identity);
   // Journaled before the lease can be found (or listed), so its allocations come after it.
   if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline());
@@ -547,6 +551,8 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
     const JournalEntry e{pfn, static_cast<uint8_t>(order), (page->Load().flags & PG_head) != 0, key};
     journal_->Allocated(lease.id, {&e, 1});
   }
+  // Before the block is in the book (and its pfn in any reply): another identity's bytes go.
+  tenancy_.Claim(pa_->mem_map().index_of(page), order, lease.tenant_, (gfp & __GFP_ZERO) != 0);
   const Lease::KeyedRequest request{gfp, form};
   AddBlock(lease, pa_->mem_map().index_of(page), order, key, &request);
   *out = AttachedBlock{page, pfn, order, pa_->page_zonenum(page), key, false};
@@ -578,7 +584,11 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
     journal_->Allocated(lease.id, entries);
   }
   lease.order0_.reserve(lease.order0_.size() + got);
-  for (Page* p : pages) lease.order0_.insert(pa_->mem_map().index_of(p));
+  for (Page* p : pages) {
+    const uint32_t idx = pa_->mem_map().index_of(p);
+    tenancy_.Claim(idx, 0, lease.tenant_, (gfp & __GFP_ZERO) != 0);
+    lease.order0_.insert(idx);
+  }
   lease.pages_held_ += got;
   return pages;
 }
@@ -925,11 +935,13 @@ absl::StatusOr<BookCensus> Lessor::Census(std::chrono::steady_clock::time_point 
 void Lessor::Adopt(JournalLease& jl) {
   auto lease = std::make_shared<Lease>(jl.id, jl.identity, jl.name, jl.ttl_ms, jl.quota);
   lease->deadline_.store(jl.deadline_ns);
+  lease->tenant_ = tenancy_.TagOf(jl.identity);
   if (identity_limits_ != nullptr) lease->usage_ = identity_limits_->For(jl.identity);
   {
     std::lock_guard<std::mutex> l(lease->mu_);
     for (auto& [pfn, b] : jl.blocks) {
       const uint32_t head = *pa_->mem_map().pfn_to_index(pfn);  // RestoreAllocated checked it is RAM
+      tenancy_.Adopt(head, b.order, lease->tenant_);
       AddBlock(*lease, head, b.order, b.key);
       if (lease->usage_ != nullptr) {
         identity_limits_->ChargeRecovered(*lease->usage_, zone_of(head), uint64_t{1} << b.order);

@@ -64,6 +64,7 @@
 #include "server/identity_limits.h"
 #include "server/journal.h"
 #include "server/lease_clock.h"
+#include "server/page_tenancy.h"
 #include "server/stop_machine.h"
 
 namespace physmem {
@@ -125,6 +126,7 @@ class Lease {
   size_t heap_index_ = 0;  // position in the lessor's ExpiryHeap; guarded by Lessor::mu_
   // The identity's page counters (server/identity_limits.h); null if the lessor has no limits.
   std::shared_ptr<IdentityUsage> usage_;
+  uint16_t tenant_ = PageTenancy::kUnknown;  // the identity's tag in the lessor's PageTenancy
 
   std::mutex mu_;
   // Guarded by mu_:
@@ -287,6 +289,8 @@ class Lessor {
   // the daemon was down).
   const LeaseClock& clock() const { return *clock_; }
   const LeaseCounters& counters() const { return counters_; }
+  // Pages zeroed because they passed to another identity (server/page_tenancy.h).
+  uint64_t pages_scrubbed() const { return tenancy_.pages_scrubbed(); }
   size_t size() const;
 
  private:
@@ -337,6 +341,7 @@ class Lessor {
   LeaseCounters counters_;
 
   StopMachine stop_machine_;
+  PageTenancy tenancy_;  // scrubs a page passing to another identity (Attach, AttachBulk)
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
   absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_

@@ -259,7 +259,12 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
     auto reclaimed = Family("physmem_lease_pages_reclaimed_total",
                             "Pages freed because their lease expired or was revoked", MetricType::Counter);
     Add(reclaimed, {}, static_cast<double>(c.pages_reclaimed.load(std::memory_order_relaxed)));
-    for (auto* f : {&active, &created, &expired, &revoked, &reclaimed}) out.push_back(std::move(*f));
+    auto scrubbed = Family("physmem_pages_scrubbed_total",
+                           "Pages zeroed on their way to a lease because their last owner was another identity "
+                           "(or unknown)",
+                           MetricType::Counter);
+    Add(scrubbed, {}, static_cast<double>(leases_->pages_scrubbed()));
+    for (auto* f : {&active, &created, &expired, &revoked, &reclaimed, &scrubbed}) out.push_back(std::move(*f));
     out.push_back(LeaseHeldPages());
   }
 
