@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <bit>
-#include <cassert>
 
+#include "allocator/check.h"
 #include "allocator/gfp.h"
 
 namespace physmem {
@@ -23,8 +23,8 @@ const Segment& Buddy::segment_of(uint32_t idx) const {
   for (const Segment& s : segments_) {
     if (s.contains_index(idx)) return s;
   }
-  assert(false && "page index outside this zone");
-  return segments_.front();
+  PHYSMEM_DCHECK(false, "page index outside this zone");
+  return segments_.front();  // not reached where checks are on
 }
 
 bool Buddy::IsRam(uint64_t pfn) const {
@@ -131,7 +131,7 @@ bool Buddy::BuddyMergeLikely(const Segment& seg, uint64_t pfn, unsigned order) c
 void Buddy::FreeOne(uint32_t idx, unsigned order) {
   const Segment& seg = segment_of(idx);
   uint64_t pfn = seg.pfn_of(idx);
-  assert(pfn % (uint64_t{1} << order) == 0);
+  PHYSMEM_DCHECK(pfn % (uint64_t{1} << order) == 0, "a freed block must be aligned to its order");
   // free_pcppages_bulk() / free_one_page() re-read the block's type now (6.10+): a pcp list may
   // have held the page while its block changed type.
   const int mt = pageblocks_.Get(pfn);

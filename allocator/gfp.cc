@@ -1,7 +1,6 @@
 #include "allocator/gfp.h"
 
 #include <algorithm>
-#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -351,8 +350,8 @@ absl::Status ValidateGfp(gfp_t gfp) {
 }
 
 ZoneType gfp_zone(gfp_t gfp, const std::array<bool, MAX_NR_ZONES>& configured) {
-  assert(configured[ZONE_NORMAL]);
-  assert(ValidateGfp(gfp).ok());
+  PHYSMEM_DCHECK(configured[ZONE_NORMAL], "every target has ZONE_NORMAL");
+  PHYSMEM_DCHECK(ValidateGfp(gfp).ok(), "gfp_zone() of a mask ValidateGfp() refuses");
   const ZoneType zone = kGfpZoneTable[gfp & GFP_ZONEMASK];
   // OPT_ZONE_DMA/OPT_ZONE_DMA32/OPT_ZONE_HIGHMEM: a zone the kernel is built without reads as
   // ZONE_NORMAL, e.g. __GFP_DMA32 on i386 or __GFP_HIGHMEM on x86_64.

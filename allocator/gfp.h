@@ -17,13 +17,13 @@
 #define PHYSMEM_ALLOCATOR_GFP_H_
 
 #include <array>
-#include <cassert>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "allocator/check.h"
 #include "allocator/zone_type.h"
 
 namespace physmem {
@@ -132,9 +132,10 @@ inline constexpr int MIGRATE_MOVABLE = 1;
 inline constexpr int MIGRATE_RECLAIMABLE = 2;
 
 // MOVABLE (0x08) → 1 and RECLAIMABLE (0x10) → 2 by a shift, as the kernel does. Both set would
-// give 3 (HIGHATOMIC); ValidateGfp() rejects that, and debug builds assert it here.
+// give 3 (HIGHATOMIC); ValidateGfp() rejects that, and PHYSMEM_DCHECK catches it here.
 constexpr int gfp_migratetype(gfp_t gfp) {
-  assert((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) != (__GFP_RECLAIMABLE | __GFP_MOVABLE));
+  PHYSMEM_DCHECK((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) != (__GFP_RECLAIMABLE | __GFP_MOVABLE),
+                 "__GFP_MOVABLE|__GFP_RECLAIMABLE (ValidateGfp refuses it)");
   return static_cast<int>((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) >> 3);
 }
 

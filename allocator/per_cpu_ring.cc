@@ -85,7 +85,7 @@ void PerCpuRings::Note(std::atomic<uint64_t> SlowCounters::*counter, uint32_t cp
 }
 
 uint32_t PerCpuRings::PushCold(int list, const uint32_t* items, uint32_t n, uint32_t limit) {
-  assert(list >= 0 && list < nr_lists_);
+  PHYSMEM_DCHECK(list >= 0 && list < nr_lists_, "per-CPU list index out of range");
 #if PHYSMEM_RSEQ_X86_64
   if (!enabled_ || n == 0) return 0;
   const uint64_t bound = std::min(limit, capacity_);
@@ -142,7 +142,7 @@ fail:
 }
 
 uint32_t PerCpuRings::PopCold(int list, uint32_t n, uint32_t* out) {
-  assert(list >= 0 && list < nr_lists_);
+  PHYSMEM_DCHECK(list >= 0 && list < nr_lists_, "per-CPU list index out of range");
 #if PHYSMEM_RSEQ_X86_64
   if (!enabled_ || n == 0) return 0;
   const uint64_t want = n;

@@ -88,7 +88,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -97,6 +96,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "allocator/check.h"
 #include "allocator/rseq.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -297,7 +297,7 @@ class PerCpuRings {
 #endif  // PHYSMEM_RSEQ_X86_64
 
 inline bool PerCpuRings::PushHot(int list, uint32_t item, uint32_t limit) {
-  assert(list >= 0 && list < nr_lists_);
+  PHYSMEM_DCHECK(list >= 0 && list < nr_lists_, "per-CPU list index out of range");
 #if PHYSMEM_RSEQ_X86_64
   const uint64_t bound = std::min(limit, capacity_);
   TsanRelease(RingOf(0, list));
@@ -335,7 +335,7 @@ fail:
 }
 
 inline bool PerCpuRings::PopHot(int list, uint32_t* item) {
-  assert(list >= 0 && list < nr_lists_);
+  PHYSMEM_DCHECK(list >= 0 && list < nr_lists_, "per-CPU list index out of range");
 #if PHYSMEM_RSEQ_X86_64
   uint32_t value;
 restart:

@@ -445,9 +445,11 @@ TEST(Gfp, GfpZoneIgnoresBitsAboveTheZoneModifiers) {
 
 class GfpZoneBad : public ::testing::TestWithParam<gfp_t> {};
 
-// The kernel VM_BUG_ONs; we assert in debug builds (release builds return a defined zone).
-TEST_P(GfpZoneBad, GfpZoneAssertsOnABadCombinationInDebugBuilds) {
-  EXPECT_DEBUG_DEATH(gfp_zone(GFP_KERNEL | GetParam(), kAllZones), "ValidateGfp");
+// The kernel VM_BUG_ONs; PHYSMEM_DCHECK aborts wherever tests run (allocator/check.h; a Release
+// build returns a defined zone).
+TEST_P(GfpZoneBad, GfpZoneChecksABadCombination) {
+  ASSERT_TRUE(kPhysmemDchecks);
+  EXPECT_DEATH(gfp_zone(GFP_KERNEL | GetParam(), kAllZones), "PHYSMEM_DCHECK.*ValidateGfp");
 }
 
 INSTANTIATE_TEST_SUITE_P(Gfp, GfpZoneBad, ::testing::ValuesIn(kZoneBad),
@@ -467,8 +469,9 @@ TEST(Gfp, MigratetypeComesFromTheMobilityBits) {
   EXPECT_EQ(gfp_migratetype(GFP_KERNEL | __GFP_RECLAIMABLE), MIGRATE_RECLAIMABLE);
 }
 
-TEST(Gfp, MigratetypeAssertsOnBothMobilityBitsInDebugBuilds) {
-  EXPECT_DEBUG_DEATH(gfp_migratetype(__GFP_MOVABLE | __GFP_RECLAIMABLE), "RECLAIMABLE");
+TEST(Gfp, MigratetypeChecksBothMobilityBits) {
+  ASSERT_TRUE(kPhysmemDchecks);
+  EXPECT_DEATH(gfp_migratetype(__GFP_MOVABLE | __GFP_RECLAIMABLE), "PHYSMEM_DCHECK.*RECLAIMABLE");
 }
 
 TEST(Gfp, OnlyDirectReclaimAllowsBlocking) {
