@@ -195,7 +195,8 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Lookup(uint64_t id, const std::st
   return lease;
 }
 
-absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity) {
+absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity,
+                                      std::optional<uint64_t> client_cached_pages) {
   absl::StatusOr<std::shared_ptr<Lease>> found = Lookup(id, identity);
   if (!found.ok()) return found.status();
   Lease& lease = **found;
@@ -206,6 +207,7 @@ absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity) 
   lease.deadline_.store(DeadlineIn(*clock_, lease.granted_ttl_ms), std::memory_order_release);
   heap_.Fix(&lease);
   if (journal_) journal_->LeaseRenewed(id, lease.deadline());
+  if (client_cached_pages) lease.client_cached_pages_.store(*client_cached_pages, std::memory_order_relaxed);
   return lease.granted_ttl_ms;
 }
 

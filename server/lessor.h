@@ -97,6 +97,10 @@ class Lease {
   uint32_t owner() const { return static_cast<uint32_t>(id); }
   // Expiry, LeaseClock nanoseconds (server/lease_clock.h). Written under Lessor::mu_.
   int64_t deadline() const { return deadline_.load(std::memory_order_acquire); }
+  // Of the pages held, those idle in the client's own page cache (clients/page_cache.h), as the
+  // client last reported with a renewal (KeepAliveRequest.client_cached_pages): a report, not a
+  // count the daemon keeps, so it may lag and is capped at nothing. 0 until the first report.
+  uint64_t client_cached_pages() const { return client_cached_pages_.load(std::memory_order_relaxed); }
 
   const uint64_t id;
   const std::string identity;
@@ -123,6 +127,7 @@ class Lease {
   };
 
   std::atomic<int64_t> deadline_{0};
+  std::atomic<uint64_t> client_cached_pages_{0};  // written by Renew, read by metrics and GetLease
   size_t heap_index_ = 0;  // position in the lessor's ExpiryHeap; guarded by Lessor::mu_
   // The identity's page counters (server/identity_limits.h); null if the lessor has no limits.
   std::shared_ptr<IdentityUsage> usage_;
@@ -213,8 +218,10 @@ class Lessor {
   // belongs to another identity. A lease whose TTL has passed is reclaimed here if the reaper has
   // not got to it yet, so that "not found" always means its pages are already back.
   absl::StatusOr<std::shared_ptr<Lease>> Lookup(uint64_t id, const std::string& identity);
-  // Renews for the lease's full TTL; returns it in ms.
-  absl::StatusOr<int64_t> Renew(uint64_t id, const std::string& identity);
+  // Renews for the lease's full TTL; returns it in ms. `client_cached_pages`, when given, is the
+  // client's report of the pages idle in its page cache (Lease::client_cached_pages()).
+  absl::StatusOr<int64_t> Renew(uint64_t id, const std::string& identity,
+                                std::optional<uint64_t> client_cached_pages = std::nullopt);
   // Ends the lease now; returns the pages freed.
   absl::StatusOr<uint64_t> Revoke(uint64_t id, const std::string& identity);
   // The identity's leases, by id.

@@ -264,7 +264,16 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
                            "(or unknown)",
                            MetricType::Counter);
     Add(scrubbed, {}, static_cast<double>(leases_->pages_scrubbed()));
-    for (auto* f : {&active, &created, &expired, &revoked, &reclaimed, &scrubbed}) out.push_back(std::move(*f));
+    // Reported by the clients with their renewals (clients/page_cache.h), not counted here.
+    auto cached = Family("physmem_client_cached_pages",
+                         "Pages held by leases but idle in their clients' page caches, as the clients last reported",
+                         MetricType::Gauge);
+    uint64_t cached_pages = 0;
+    leases_->ForEachLive([&](const Lease& l, uint64_t) { cached_pages += l.client_cached_pages(); });
+    Add(cached, {}, static_cast<double>(cached_pages));
+    for (auto* f : {&active, &created, &expired, &revoked, &reclaimed, &scrubbed, &cached}) {
+      out.push_back(std::move(*f));
+    }
     out.push_back(LeaseHeldPages());
   }
 

@@ -12,6 +12,12 @@
 namespace physmem {
 namespace {
 
+// The client's report of the pages idle in its page cache, if it made one.
+std::optional<uint64_t> CachedPages(const v1::KeepAliveRequest& req) {
+  if (!req.has_client_cached_pages()) return std::nullopt;
+  return req.client_cached_pages();
+}
+
 // One KeepAlive stream. gRPC constructs it on one of its threads, runs each reaction on whichever
 // thread the event lands, and OnDone (which deletes it) after every other reaction; at most one
 // of StartRead/StartWrite is outstanding, so reactions never overlap. Every reaction takes the
@@ -35,7 +41,7 @@ class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveReque
       End(grpc::Status::OK);
       return;
     }
-    absl::StatusOr<int64_t> ttl = lessor_->Renew(req_.lease_id(), identity_);
+    absl::StatusOr<int64_t> ttl = lessor_->Renew(req_.lease_id(), identity_, CachedPages(req_));
     if (!ttl.ok() && ttl.status().code() == absl::StatusCode::kPermissionDenied) {
       End(ToGrpcStatus(ttl.status()));
       return;
@@ -154,7 +160,7 @@ grpc::ServerUnaryReactor* PhysMemService::RenewLease(grpc::CallbackServerContext
                                                      const v1::KeepAliveRequest* req, v1::KeepAliveResponse* resp) {
   absl::StatusOr<std::string> id = Identity(ctx);
   if (!id.ok()) return Reply(ctx, id.status());
-  absl::StatusOr<int64_t> ttl = lessor_->Renew(req->lease_id(), *id);
+  absl::StatusOr<int64_t> ttl = lessor_->Renew(req->lease_id(), *id, CachedPages(*req));
   if (!ttl.ok()) return Reply(ctx, ttl.status());
   resp->set_lease_id(req->lease_id());
   resp->set_ttl_ms(*ttl);
@@ -181,6 +187,7 @@ void PhysMemService::FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const {
   out->set_granted_ttl_ms(lease.granted_ttl_ms);
   out->set_page_quota(lease.page_quota);
   out->set_pages_held(status.pages_held);
+  out->set_client_cached_pages(lease.client_cached_pages());
   for (const auto& [zone_order, n] : status.holdings) {
     v1::LeaseHolding* h = out->add_holdings();
     h->set_zone(std::string(zone_name(zone_order.first)));
@@ -540,6 +547,18 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
     }
     zi->set_pcp_batch(z.pcp_batch);
     zi->set_pcp_high(z.pcp_high);
+    for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) {
+      uint64_t claims = 0, steals = 0;
+      for (int from = 0; from < MIGRATE_PCPTYPES; ++from) {
+        for (unsigned o = 0; o < kMaxNrOrders; ++o) {
+          claims += z.migrate.claims[mt][from][o];
+          steals += z.migrate.steals[mt][from][o];
+        }
+      }
+      zi->add_migrate_claims(claims);
+      zi->add_migrate_steals(steals);
+    }
+    zi->set_page_group_by_mobility(!z.group_by_mobility_disabled);
     for (const PcpCpuStats& c : z.pcp) {
       v1::PerCpuPageset* ps = zi->add_pagesets();
       ps->set_cpu(c.cpu);
