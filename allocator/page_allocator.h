@@ -176,6 +176,8 @@ class PageAllocator {
   absl::StatusOr<PageCensus> Validate() const;
 
  private:
+  friend class ArenaMapWalker;  // allocator/arena_map.cc: reads the zones for the arena map
+
   explicit PageAllocator(PageAllocatorOptions options);
   absl::Status Init();
 

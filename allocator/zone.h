@@ -133,6 +133,8 @@ class Zone {
   absl::Status ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const;
 
  private:
+  friend class ArenaMapWalker;  // allocator/arena_map.cc: walks page states under lock_, pageblock by pageblock
+
   // Bits 0..15 of nonempty_orders_: order o has a free block of an UNMOVABLE/MOVABLE/RECLAIMABLE
   // list; bits 16..31: of the HIGHATOMIC list (__zone_watermark_ok() counts those only for
   // ALLOC_HIGHATOMIC and ALLOC_OOM).
