@@ -256,12 +256,13 @@ Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneTy
   const int mt = AllocMigratetype(gfp);
   ZoneType got;
   std::optional<uint32_t> idx = GetPageFromFreelist(order, mt, alloc_flags, highest, &got, allowed_zones);
-  if (!idx) {
+  if (!idx && gfpflags_allow_blocking(gfp)) {
     // __alloc_pages_direct_reclaim(), when the attempt after reclaim fails: give back highatomic
-    // reserve beyond one pageblock (blocking callers only: only they reach direct reclaim), then
-    // drain every CPU's lists — pages parked there count as free but cannot be merged or handed
-    // to another CPU — and try again.
-    bool changed = gfpflags_allow_blocking(gfp) && UnreserveHighatomic(highest, allowed_zones, mt, /*force=*/false);
+    // reserve beyond one pageblock, then drain every CPU's lists — pages parked there count as
+    // free but cannot be merged or handed to another CPU — and try again. Only callers that may
+    // block get here (__alloc_pages_slowpath() skips direct reclaim without
+    // __GFP_DIRECT_RECLAIM): GFP_ATOMIC and GFP_NOWAIT fail without draining other CPUs' lists.
+    bool changed = UnreserveHighatomic(highest, allowed_zones, mt, /*force=*/false);
     changed |= drain_all_pages() != 0;
     if (changed) idx = GetPageFromFreelist(order, mt, alloc_flags, highest, &got, allowed_zones);
   }
@@ -311,38 +312,62 @@ uint64_t PageAllocator::__get_free_pages(gfp_t gfp, unsigned order, uint32_t own
 
 unsigned PageAllocator::alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner,
                                          uint32_t allowed_zones) {
-  unsigned populated = 0;
-  for (unsigned i = 0; i < nr; ++i) populated += page_array[i] != nullptr;
-  if (populated == nr || (gfp & ~kGfpKnownMask) != 0 || AllocMigratetype(gfp) >= MIGRATE_PCPTYPES) return populated;
+  // alloc_pages_bulk_noprof() (mm/page_alloc.c, 6.12). nr_populated is an index: the populated
+  // prefix is skipped, then the walk counts every slot it passes, populated or filled.
+  unsigned nr_populated = 0;
+  while (nr_populated < nr && page_array[nr_populated] != nullptr) ++nr_populated;
+  if (nr_populated == nr || (gfp & ~kGfpKnownMask) != 0 || AllocMigratetype(gfp) >= MIGRATE_PCPTYPES) {
+    return nr_populated;
+  }
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
-  if (highest < 0) return populated;
-  // __alloc_pages_bulk(): one zone that passes LOW + the pages still wanted, then a tight loop
-  // over its per-CPU list; whatever that cannot supply goes through the full allocator.
+  if (highest < 0) return nr_populated;
+  // "Use the single page allocator for one page."
+  if (nr - nr_populated == 1) return BulkFallbackOnePage(gfp, nr_populated, page_array, owner, allowed_zones);
+  // The first zone of the zonelist that passes LOW + nr_pages (the whole request, not what is
+  // left of it), as zone_watermark_fast(zone, 0, wmark + nr_pages, ...) does.
   Zone* bulk_zone = nullptr;
   for (int z = highest; z >= 0 && bulk_zone == nullptr; --z) {
     Zone* zn = zone(static_cast<ZoneType>(z));
     if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
-    if (zn->WatermarkOk(0, zn->watermarks().low + (nr - populated), static_cast<ZoneType>(highest), ALLOC_WMARK_LOW)) {
+    if (zn->WatermarkOk(0, zn->watermarks().low + nr, static_cast<ZoneType>(highest), ALLOC_WMARK_LOW)) {
       bulk_zone = zn;
     }
   }
-  unsigned i = 0;
-  if (bulk_zone != nullptr) {
-    for (; i < nr; ++i) {
-      if (page_array[i] != nullptr) continue;
-      // __alloc_pages_bulk() takes from the per-CPU list of the request's migratetype.
-      std::optional<uint32_t> idx = bulk_zone->Rmqueue(0, AllocMigratetype(gfp), ALLOC_WMARK_LOW);
-      if (!idx) break;
-      vm_events_.CountAlloc(bulk_zone->type(), static_cast<ZoneType>(highest), 0, gfp_class_index(gfp));
-      page_array[i] = PrepNewPage(*idx, 0, gfp, owner);
-      ++populated;
+  // "If there are no allowed local zones that meets the watermarks then try to allocate a single
+  // page and reclaim if necessary."
+  if (bulk_zone == nullptr) return BulkFallbackOnePage(gfp, nr_populated, page_array, owner, allowed_zones);
+  unsigned nr_account = 0;
+  for (; nr_populated < nr; ++nr_populated) {
+    if (page_array[nr_populated] != nullptr) continue;  // "Skip existing pages"
+    // __rmqueue_pcplist(): the per-CPU list of the request's migratetype, refilled from the buddy.
+    std::optional<uint32_t> idx = bulk_zone->Rmqueue(0, AllocMigratetype(gfp), ALLOC_WMARK_LOW);
+    if (!idx) {
+      // "Try and allocate at least one page": only when the loop got nothing; otherwise stop.
+      if (nr_account == 0) return BulkFallbackOnePage(gfp, nr_populated, page_array, owner, allowed_zones);
+      break;
     }
+    ++nr_account;
+    vm_events_.CountAlloc(bulk_zone->type(), static_cast<ZoneType>(highest), 0, gfp_class_index(gfp));
+    page_array[nr_populated] = PrepNewPage(*idx, 0, gfp, owner);
   }
-  for (; i < nr; ++i) {
-    if (page_array[i] != nullptr) continue;
-    page_array[i] = alloc_pages(gfp | __GFP_NOWARN, 0, owner, allowed_zones);
-    if (page_array[i] == nullptr) break;
-    ++populated;
+  return nr_populated;
+}
+
+// The `failed:` label of alloc_pages_bulk_noprof(): one page through the full allocator (slow
+// path included) into the first empty slot, then return.
+unsigned PageAllocator::BulkFallbackOnePage(gfp_t gfp, unsigned nr_populated, Page** page_array, uint32_t owner,
+                                            uint32_t allowed_zones) {
+  if (Page* page = alloc_pages(gfp, 0, owner, allowed_zones)) page_array[nr_populated++] = page;
+  return nr_populated;
+}
+
+unsigned PageAllocator::AllocPagesBulkFill(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner,
+                                           uint32_t allowed_zones) {
+  unsigned populated = alloc_pages_bulk(gfp, nr, page_array, owner, allowed_zones);
+  while (populated < nr) {
+    const unsigned again = alloc_pages_bulk(gfp, nr, page_array, owner, allowed_zones);
+    if (again <= populated) break;  // no progress: even the full allocator found nothing
+    populated = again;
   }
   return populated;
 }

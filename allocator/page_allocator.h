@@ -10,7 +10,8 @@
 // down from it (HIGHMEM -> NORMAL -> DMA32 -> DMA, skipping zones the target lacks). The first
 // pass takes a zone only above its LOW watermark + lowmem_reserve[highest]; the slow pass uses
 // the MIN watermark with the reserve discounts of gfp_to_alloc_flags() (__GFP_HIGH: half,
-// GFP_ATOMIC: a further quarter), then drains every CPU's lists and tries once more. Waiting
+// GFP_ATOMIC: a further quarter); a caller that may block (__GFP_DIRECT_RECLAIM) then has every
+// CPU's lists drained and tries once more, as direct reclaim does in the kernel. Waiting
 // (direct reclaim) is not the allocator's business: the service decides whether to wait.
 //
 // Owners: every allocated block records a 32-bit owner id (the server's lease); a free must name
@@ -108,10 +109,20 @@ class PageAllocator {
   // free_pages(0, order) does nothing, as in the kernel.
   absl::Status free_pages(uint64_t addr, unsigned order, uint32_t owner = kNoOwner);
   absl::Status free_page(uint64_t addr, uint32_t owner = kNoOwner) { return free_pages(addr, 0, owner); }
-  // alloc_pages_bulk(): order-0 pages into the null slots of page_array[0..nr); returns how many
-  // slots are populated afterwards, counting those that already were. May return fewer than nr.
+  // alloc_pages_bulk() (6.12 alloc_pages_bulk_noprof()): order-0 pages into the null slots of
+  // page_array[0..nr). One zone that passes LOW + nr serves them from its per-CPU list; when no
+  // zone qualifies, one page is wanted, or the list cannot give even the first page, exactly one
+  // page goes through the full allocator and the call returns. A list that runs dry after giving
+  // some pages ends the call. Returns the kernel's nr_populated: slots [0, result) are all
+  // populated (those that already were count too); a null slot may follow. Often fewer than nr:
+  // callers that need them all loop, as AllocPagesBulkFill() does.
   unsigned alloc_pages_bulk(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner = kNoOwner,
                             uint32_t allowed_zones = kAllZones);
+  // alloc_pages_bulk() again while it makes progress, as the kernel's callers do
+  // (vm_area_alloc_pages(), svc_alloc_arg()): returns less than nr only when a call added nothing,
+  // i.e. even the full allocator found no page. The service's AllocPagesBulk uses this.
+  unsigned AllocPagesBulkFill(gfp_t gfp, unsigned nr, Page** page_array, uint32_t owner = kNoOwner,
+                              uint32_t allowed_zones = kAllZones);
   // Emulated kernel virtual address: PAGE_OFFSET + (phys - PHYS_OFFSET) for lowmem; for highmem
   // the kmap() address if mapped, else 0 (null).
   uint64_t page_address(const Page* page) const;
@@ -193,6 +204,8 @@ class PageAllocator {
   int AllocMigratetype(gfp_t gfp) const;
   // unreserve_highatomic_pageblock() over the zonelist: true after the first conversion.
   bool UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force);
+  unsigned BulkFallbackOnePage(gfp_t gfp, unsigned nr_populated, Page** page_array, uint32_t owner,
+                               uint32_t allowed_zones);
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;

@@ -33,13 +33,18 @@ std::array<Watermarks, MAX_NR_ZONES> SetupZoneWatermarks(const std::array<uint64
   std::array<Watermarks, MAX_NR_ZONES> w{};
   for (int z = 0; z < MAX_NR_ZONES; ++z) {
     if (managed[z] == 0) continue;
-    uint64_t min;
-    if (z == ZONE_HIGHMEM) {
-      min = std::clamp<uint64_t>(managed[z] / 1024, 32 /* SWAP_CLUSTER_MAX */, 128);
-    } else {
-      min = pages_min * managed[z] / lowmem_pages;
-    }
-    const uint64_t gap = std::max(min / 4, managed[z] * watermark_scale_factor / 10000);
+    // The zone's share of pages_min, computed for every zone, HIGHMEM included: the kernel caps
+    // only WMARK_MIN of HIGHMEM (and MOVABLE) zones and keeps this uncapped share for the
+    // low/high gap, because "The WMARK_HIGH-WMARK_LOW and (WMARK_LOW-WMARK_MIN) deltas control
+    // async page reclaim, and so should not be capped for highmem and movable zones"
+    // (__setup_per_zone_wmarks(), 6.12).
+    const uint64_t share = lowmem_pages == 0 ? 0 : pages_min * managed[z] / lowmem_pages;
+    const uint64_t min = z == ZONE_HIGHMEM ? std::clamp<uint64_t>(managed[z] / 1024, 32 /* SWAP_CLUSTER_MAX */, 128)
+                                           : share;
+    // mult_frac(managed, watermark_scale_factor, 10000): managed * factor / 10000 without overflow.
+    const uint64_t scaled =
+        managed[z] / 10000 * watermark_scale_factor + managed[z] % 10000 * watermark_scale_factor / 10000;
+    const uint64_t gap = std::max(share >> 2, scaled);
     w[z].min = min;
     w[z].low = min + gap;
     w[z].high = min + 2 * gap;

@@ -34,9 +34,10 @@ uint64_t DefaultMinFreeKbytes(uint64_t lowmem_kbytes);
 
 // __setup_per_zone_wmarks(). `managed[z]` are the managed pages of every zone (0 if absent).
 // Lowmem zones share pages_min = min_free_kbytes / (PAGE_SIZE / 1024) in proportion to their
-// size; HIGHMEM gets clamp(managed / 1024, 32, 128) because only __GFP_HIGH callers need it.
-// Then gap = max(min / 4, managed * watermark_scale_factor / 10000); low = min + gap;
-// high = low + gap.
+// size (share = pages_min * managed / lowmem_pages); HIGHMEM's MIN is clamp(managed / 1024, 32,
+// 128) instead, because only __GFP_HIGH callers need it. The gap comes from the uncapped share in
+// every zone: gap = max(share / 4, managed * watermark_scale_factor / 10000); low = min + gap;
+// high = low + gap. E.g. i386 with 1 GiB: HighMem 32/66/100, not 32/64/96.
 std::array<Watermarks, MAX_NR_ZONES> SetupZoneWatermarks(const std::array<uint64_t, MAX_NR_ZONES>& managed,
                                                          uint64_t min_free_kbytes, unsigned page_shift,
                                                          uint32_t watermark_scale_factor);

@@ -462,7 +462,7 @@ std::optional<absl::StatusOr<Page*>> Lessor::AllocCharged(Lease& lease, gfp_t gf
 
 unsigned Lessor::AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short) {
   IdentityLimits* il = identity_limits_;
-  if (lease.usage_ == nullptr || il == nullptr) return pa_->alloc_pages_bulk(gfp, want, pages, lease.owner());
+  if (lease.usage_ == nullptr || il == nullptr) return pa_->AllocPagesBulkFill(gfp, want, pages, lease.owner());
   IdentityUsage& u = *lease.usage_;
   const uint32_t zonelist = il->ZonelistZones(gfp);
   unsigned got = 0;
@@ -491,7 +491,7 @@ unsigned Lessor::AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page**
       *why_short = std::string(s.message());
       break;
     }
-    const unsigned n = pa_->alloc_pages_bulk(gfp, static_cast<unsigned>(chunk), pages + got, lease.owner(), allowed);
+    const unsigned n = pa_->AllocPagesBulkFill(gfp, static_cast<unsigned>(chunk), pages + got, lease.owner(), allowed);
     unsigned kept = 0;
     for (unsigned i = 0; i < n; ++i) {
       Page*& p = pages[got + i];

@@ -321,15 +321,55 @@ TEST_F(PageAllocatorTest, BulkFillsOnlyEmptySlotsAndCountsThemAll) {
   FreeAll(arr, 0);
 }
 
-TEST_F(PageAllocatorTest, BulkReturnsFewerWhenMemoryRunsOut) {
+// alloc_pages_bulk_noprof() (mm/page_alloc.c, 6.12): a zone qualifies only if it passes
+// "wmark_pages(zone, ALLOC_WMARK_LOW) + nr_pages"; when none does, "try to allocate a single page
+// and reclaim if necessary" (the failed: label: one __alloc_pages() call) and return.
+TEST_F(PageAllocatorTest, BulkTakesOnePageThroughTheFullAllocatorWhenNoZonePassesLowPlusNr) {
+  BootX86();
+  std::vector<Page*> arr(4000, nullptr);  // more than the machine's 2848 pages
+  EXPECT_EQ(pa_->alloc_pages_bulk(GFP_KERNEL, 4000, arr.data()), 1u);
+  EXPECT_NE(arr[0], nullptr);
+  for (unsigned i = 1; i < 4000; ++i) ASSERT_EQ(arr[i], nullptr) << i;
+  EXPECT_EQ(ExpectValid().allocated_pages, 1u);
+  arr.resize(1);
+  FreeAll(arr, 0);
+  ExpectValid();
+}
+
+// The service's loop (AllocPagesBulkFill): calls again while a call adds pages, so it stops
+// only where the full allocator fails too, i.e. at the MIN watermark of every zone.
+TEST_F(PageAllocatorTest, BulkFillLoopsUntilTheFullAllocatorFails) {
   BootX86();
   std::vector<Page*> arr(4000, nullptr);
-  const unsigned got = pa_->alloc_pages_bulk(GFP_KERNEL, 4000, arr.data());
+  const unsigned got = pa_->AllocPagesBulkFill(GFP_KERNEL, 4000, arr.data());
   EXPECT_GT(got, 2000u);
   EXPECT_LT(got, 2848u);  // watermarks keep some back
-  for (unsigned i = 0; i < 4000; ++i) EXPECT_EQ(arr[i] != nullptr, i < got) << i;
+  for (unsigned i = 0; i < 4000; ++i) ASSERT_EQ(arr[i] != nullptr, i < got) << i;
+  EXPECT_EQ(pa_->alloc_page(GFP_KERNEL), nullptr) << "the loop stopped before the allocator did";
   arr.resize(got);
   FreeAll(arr, 0);
+  ExpectValid();
+}
+
+// The return value is the kernel's nr_populated, an index: the fallback fills the first null slot
+// and returns the index after it, not counting a populated slot further on.
+TEST_F(PageAllocatorTest, BulkReturnsTheKernelsNrPopulatedIndex) {
+  BootX86();
+  std::vector<Page*> held = Exhaust(GFP_KERNEL, 0);
+  ASSERT_GE(held.size(), 8u);
+  std::vector<Page*> back(held.end() - 8, held.end());
+  held.resize(held.size() - 8);
+  FreeAll(back, 0);  // 8 pages above MIN, far below LOW + 3: no zone qualifies
+  Page* const kept = held.back();
+  held.pop_back();
+  std::vector<Page*> arr = {nullptr, kept, nullptr};
+  EXPECT_EQ(pa_->alloc_pages_bulk(GFP_KERNEL, 3, arr.data()), 1u);
+  EXPECT_NE(arr[0], nullptr);
+  EXPECT_EQ(arr[1], kept);
+  EXPECT_EQ(arr[2], nullptr);
+  held.push_back(arr[0]);
+  held.push_back(kept);
+  FreeAll(held, 0);
   ExpectValid();
 }
 
@@ -494,6 +534,38 @@ TEST_F(PageAllocatorTest, DrainsEveryCpuBeforeDeclaringFailure) {
   listed = 0;
   for (const PcpCpuStats& c : ZoneOf(ZONE_NORMAL).pcp) listed += c.count;
   EXPECT_EQ(listed, 0u);
+  ASSERT_TRUE(pa_->__free_pages(big, 9).ok());
+  ExpectValid();
+}
+
+// __alloc_pages_slowpath() (6.12) reaches __alloc_pages_direct_reclaim(), whose "If an
+// allocation failed after direct reclaim ... drain_all_pages(NULL)" is the only drain before
+// failure, only with __GFP_DIRECT_RECLAIM: GFP_ATOMIC and GFP_NOWAIT fail with the pages still on
+// the lists; GFP_KERNEL drains and succeeds.
+TEST_F(PageAllocatorTest, OnlyCallersThatMayBlockDrainTheListsBeforeFailing) {
+  Target t = testing::SmallX86();
+  t.zone_configured = {false, false, true, false};
+  t.zone_end = {0, 0, UINT64_MAX, 0};
+  PageAllocatorOptions o = testing::SmallOptions(t);
+  o.pcp_batch = 31;
+  o.pcp_high = 4096;
+  Boot(std::move(o));
+  if (!pa_->pcp_active()) GTEST_SKIP() << "rseq unavailable: no per-CPU lists to drain";
+  std::vector<Page*> pages = Exhaust(GFP_KERNEL, 0);
+  FreeAll(pages, 0);
+  auto listed = [&] {
+    uint64_t n = 0;
+    for (const PcpCpuStats& c : ZoneOf(ZONE_NORMAL).pcp) n += c.count;
+    return n;
+  };
+  const uint64_t before = listed();
+  ASSERT_GT(before, 512u);
+  EXPECT_EQ(pa_->alloc_pages(GFP_ATOMIC, 9), nullptr);
+  EXPECT_EQ(pa_->alloc_pages(GFP_NOWAIT, 9), nullptr);
+  EXPECT_EQ(listed(), before) << "a non-blocking failure drained the per-CPU lists";
+  Page* big = pa_->alloc_pages(GFP_KERNEL, 9);
+  ASSERT_NE(big, nullptr);
+  EXPECT_EQ(listed(), 0u);
   ASSERT_TRUE(pa_->__free_pages(big, 9).ok());
   ExpectValid();
 }

@@ -5,7 +5,9 @@
 //     disjoint from every block the model holds (Allocated);
 //   - a failure is justified: for every zone on the zonelist, either the watermark check fails
 //     (computed from the model's own free count) or the model has no naturally aligned free run
-//     of that order in the zone (FailureJustified, to call after drain_all_pages());
+//     of that order in the zone (FailureJustified, to call after drain_all_pages(); a caller that
+//     cannot block is not drained for, so its failure is also explained by pages that sat on
+//     per-CPU lists when it failed: ListedPagesOnZonelist);
 //   - a free succeeds or fails with the code the model predicts (ExpectedFree);
 //   - free pages per zone equal the model's (free_pages);
 //   - migratetypes (kernel 6.12 LTS rules): a block carries PG_movable exactly when its request's
@@ -174,6 +176,19 @@ class ReferenceModel {
       }
     }
     return ::testing::AssertionSuccess();
+  }
+
+  // Pages parked on per-CPU lists in the zones of gfp's zonelist. A caller that cannot block
+  // fails without drain_all_pages() (the kernel drains only in __alloc_pages_direct_reclaim()),
+  // so such a failure is explained whenever pages sat on the lists when it failed: call this
+  // with the stats taken before draining, and judge with FailureJustified() only when it is 0.
+  uint64_t ListedPagesOnZonelist(gfp_t gfp, const std::vector<ZoneStats>& stats) const {
+    const ZoneType highest = gfp_zone(gfp, pa_.target().zone_configured);
+    uint64_t listed = 0;
+    for (const ZoneStats& z : stats) {
+      if (z.type <= highest) listed += z.pcp_pages;
+    }
+    return listed;
   }
 
   // True if no zone of the zonelist could have served the request.

@@ -49,6 +49,26 @@ TEST(SetupZoneWatermarks, HighmemMinIsClampedBetween32And128Pages) {
   EXPECT_EQ(SetupZoneWatermarks(big, 1024, 12, 10)[ZONE_HIGHMEM].min, 128u);   // 1024 -> 128
 }
 
+// __setup_per_zone_wmarks() (mm/page_alloc.c, 6.12) caps only WMARK_MIN of a HIGHMEM zone:
+// "The WMARK_HIGH-WMARK_LOW and (WMARK_LOW-WMARK_MIN) deltas control async page reclaim, and so
+// should not be capped for highmem and movable zones." The gap is
+// max(tmp >> 2, mult_frac(managed, watermark_scale_factor, 10000)) with tmp the zone's uncapped
+// share of pages_min. i386 with 1 GiB (4 KiB pages): DMA 4096, Normal 225280, HighMem 32768
+// managed pages; min_free_kbytes = int_sqrt(917504 * 16) = 3831, pages_min 957; HighMem's share
+// 957 * 32768 / 229376 = 136, gap max(34, 32) = 34: 32/66/100 (a capped share gave 32/64/96).
+TEST(SetupZoneWatermarks, HighmemGapComesFromTheUncappedShareOfPagesMin) {
+  const std::array<uint64_t, MAX_NR_ZONES> managed = {4096, 0, 225280, 32768};
+  const uint64_t min_free_kbytes = DefaultMinFreeKbytes((4096 + 225280) * 4);
+  ASSERT_EQ(min_free_kbytes, 3831u);
+  const auto w = SetupZoneWatermarks(managed, min_free_kbytes, 12, 10);
+  EXPECT_EQ(w[ZONE_HIGHMEM].min, 32u);
+  EXPECT_EQ(w[ZONE_HIGHMEM].low, 66u);
+  EXPECT_EQ(w[ZONE_HIGHMEM].high, 100u);
+  // Lowmem zones are unchanged by the rule: MIN is the share itself (957 * 225280 / 229376 = 939).
+  EXPECT_EQ(w[ZONE_NORMAL].min, 939u);
+  EXPECT_EQ(w[ZONE_NORMAL].low, 939u + 234u);  // max(939 / 4, 225280 * 10 / 10000 = 225)
+}
+
 TEST(SetupLowmemReserve, MatchesTheKernelsI386Example) {
   // mm/page_alloc.c's comment: 1 GiB i386 with 16M DMA, 784M NORMAL, 224M HIGHMEM (4 KiB pages).
   const uint64_t mib = 256;  // pages per MiB

@@ -104,8 +104,10 @@ class Driver {
       return;
     }
     if (p.status().code() != absl::StatusCode::kResourceExhausted) Fail(op_, "alloc: " + p.status().ToString());
+    // Only a blocking caller is drained for before failing (__alloc_pages_direct_reclaim()).
+    const uint64_t listed = gfpflags_allow_blocking(gfp) ? 0 : model_.ListedPagesOnZonelist(gfp, pa_.Stats());
     pa_.drain_all_pages();
-    Check(op_, model_.FailureJustified(gfp, order, pa_.Stats()));
+    if (listed == 0) Check(op_, model_.FailureJustified(gfp, order, pa_.Stats()));
   }
 
   void FreeHeld() {
@@ -150,15 +152,26 @@ class Driver {
     }
     unsigned preset = 0;
     for (Page* p : array) preset += p != nullptr;
+    unsigned preset_prefix = 0;
+    while (preset_prefix < nr && array[preset_prefix] != nullptr) ++preset_prefix;
+    const std::vector<Page*> before = array;
     const unsigned got = pa_.alloc_pages_bulk(gfp, nr, array.data(), owner);
     unsigned populated = 0;
     for (unsigned i = 0; i < nr; ++i) {
       if (array[i] == nullptr) continue;
       ++populated;
-      if (array[i] == sentinel) continue;
+      if (before[i] != nullptr) {
+        if (array[i] != before[i]) Fail(op_, "alloc_pages_bulk overwrote a populated slot");
+        continue;
+      }
+      if (i >= got) Fail(op_, "alloc_pages_bulk filled a slot beyond the count it returned");
       Check(op_, model_.Allocated(pa_.page_to_pfn(array[i]), 0, owner, gfp));
     }
-    if (got != populated || got < preset) Fail(op_, "alloc_pages_bulk count does not match the array");
+    // alloc_pages_bulk_noprof() returns nr_populated, an index: every slot below it is populated.
+    for (unsigned i = 0; i < got && i < nr; ++i) {
+      if (array[i] == nullptr) Fail(op_, "alloc_pages_bulk returned a count past a null slot");
+    }
+    if (got > nr || got < preset_prefix || populated < preset) Fail(op_, "alloc_pages_bulk count out of range");
   }
 
   void KmapCycle() {
