@@ -55,6 +55,20 @@ std::string FailureReason(const PageAllocator& pa, gfp_t gfp, unsigned order) {
   return "exhausted";
 }
 
+// The zones' claims and steals, by requested migratetype (allocator/stats.h MigrateCounters).
+MigrateFallbacks Fallbacks(const std::vector<ZoneStats>& zones) {
+  MigrateFallbacks f;
+  for (const ZoneStats& z : zones) {
+    for (int mt = 0; mt < kNrPcpMigratetypes; ++mt) {
+      for (int from = 0; from < MIGRATE_PCPTYPES; ++from) {
+        for (uint64_t n : z.migrate.claims[mt][from]) f.claims[mt] += n;
+        for (uint64_t n : z.migrate.steals[mt][from]) f.steals[mt] += n;
+      }
+    }
+  }
+  return f;
+}
+
 class Run {
  public:
   Run(const ReplayPlan& plan, const ReplayConfig& config, PageAllocator& pa)
@@ -85,12 +99,14 @@ class Run {
     FragmentationSample s;
     s.ops_done = ops_done;
     s.trace_seconds = time_us / 1e6;
-    for (const ZoneStats& z : pa_.Stats()) {
+    const std::vector<ZoneStats> stats = pa_.Stats();
+    for (const ZoneStats& z : stats) {
       if (!z.populated) continue;
       FragmentationSample::Zone zone{std::string(zone_name(z.type)), z.managed_pages, z.free_pages, {}};
       for (unsigned o = 0; o < z.nr_free.size(); ++o) zone.fragmentation_index.push_back(FragmentationIndex(z.nr_free, o));
       s.zones.push_back(std::move(zone));
     }
+    s.migrate = Fallbacks(stats);
     absl::MutexLock lock(&samples_mu_);
     samples_.push_back(std::move(s));
   }
@@ -258,6 +274,11 @@ absl::StatusOr<ReplayResult> Replay(const ReplayPlan& plan, const ReplayConfig& 
   run.Sample(plan.ops.size(), plan.ops.empty() ? 0 : plan.ops.back().time_us);
   result.samples = run.TakeSamples();
   result.final_buddyinfo = pa.Buddyinfo();
+  result.final_pagetypeinfo = pa.Pagetypeinfo();
+  result.migrate = result.samples.empty() ? MigrateFallbacks{} : result.samples.back().migrate;
+  for (const ZoneStats& z : pa.Stats()) {
+    if (z.populated) result.group_by_mobility = !z.group_by_mobility_disabled;
+  }
   result.blocks_allocated_at_end = run.BlocksHeld();
   return result;
 }

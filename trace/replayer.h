@@ -53,6 +53,18 @@ struct ReplayConfig {
   int samples = 16;  // fragmentation snapshots, evenly spaced over the ops, the last at the end
 };
 
+// Mobility grouping's fallbacks so far (the kernel's mm_page_alloc_extfrag events), summed over
+// zones, by requested migratetype (Unmovable, Movable, Reclaimable): every fallback is a claim
+// (the pageblock became the requested type, __rmqueue_claim()) or a steal (one block taken, the
+// pageblock's type left alone, __rmqueue_steal()). With grouping off there are none.
+inline constexpr int kNrPcpMigratetypes = 3;
+struct MigrateFallbacks {
+  std::array<uint64_t, kNrPcpMigratetypes> claims{}, steals{};
+  uint64_t total_claims() const { return claims[0] + claims[1] + claims[2]; }
+  uint64_t total_steals() const { return steals[0] + steals[1] + steals[2]; }
+  uint64_t fallbacks() const { return total_claims() + total_steals(); }
+};
+
 // One snapshot of the emulated machine during the replay.
 struct FragmentationSample {
   uint64_t ops_done = 0;
@@ -64,6 +76,7 @@ struct FragmentationSample {
     std::vector<int> fragmentation_index;  // per order, thousandths (debugfs extfrag_index)
   };
   std::vector<Zone> zones;  // populated zones, lowest first
+  MigrateFallbacks migrate;  // cumulative, all zones
 };
 
 struct ReplayCounts {
@@ -77,8 +90,23 @@ struct ReplayCounts {
   void Add(const ReplayCounts& other);
 };
 
+// How a replay over gRPC (trace/daemon_replayer.h) went; empty for in-process replays.
+struct DaemonReplayInfo {
+  std::string address;
+  uint64_t lease_id = 0;
+  double pace = 0;  // 0: full speed
+  uint64_t alloc_bulk_calls = 0, bulk_pages = 0, bulk_short = 0;  // bulk_short: calls that filled fewer
+  uint64_t alloc_calls = 0, free_bulk_calls = 0;
+  uint64_t pages_allocated_at_end = 0;  // Σ 2^order over the blocks this replay holds
+  uint64_t lease_pages_at_end = 0;      // what the daemon says the lease holds (GetLease)
+  bool lease_kept = false;
+  double slept_seconds = 0;  // pacing
+};
+
 struct ReplayResult {
   std::string config_name;
+  std::string mode = "in_process";  // or "daemon"
+  bool group_by_mobility = true;    // false: page_group_by_mobility_disabled
   std::string target;          // e.g. "x86_64 2048 MiB"
   uint64_t min_free_kbytes = 0;  // the value in effect (the kernel formula's when 0 was asked)
   bool pcp_requested = false;
@@ -88,7 +116,10 @@ struct ReplayResult {
   ReplayCounts counts;
   std::vector<FragmentationSample> samples;
   std::string final_buddyinfo;
+  std::string final_pagetypeinfo;
+  MigrateFallbacks migrate;  // at the end
   uint64_t blocks_allocated_at_end = 0;
+  DaemonReplayInfo daemon;
   double wall_seconds = 0;
   double ops_per_second = 0;
 };
