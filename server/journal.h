@@ -18,26 +18,31 @@
 // switch to a new segment, replay snapshot + sealed segments, write P.snap.tmp, rename() it over
 // P.snap (atomic), delete the folded segments. A crash at any point leaves a readable set.
 //
-// Segment layout: a 4 KiB superblock (magic, kind, gen, boot id, target fingerprint, capacity,
-// the reservation tail), then 64-byte slots. A record is 1..n slots. Slot 0 starts with the
-// header word {magic 'JREC', nslots, type}, then seq, payload length, CRC32C, and 40 payload
-// bytes; every further slot starts with a continuation word {magic 'JCON', index} and carries
-// 56 payload bytes. So client-chosen bytes (names, keys) never sit where a header could be read.
-// An append reserves its slots with one fetch_add on the tail (in the superblock, so it survives
-// too), writes the continuation slots and the body, and stores the header word last (release).
-// Recovery scans [first slot, tail): a slot whose header is absent or whose CRC fails is a record
-// that was being written when the daemon died (never acknowledged) and is skipped slot by slot.
-// seq = gen << 32 | slot index: checked on read, so a stale record can never be taken for a new one.
+// The parts, one concept a file: server/journal_record.h (CRC32C, payloads, slot framing: what a
+// record is), server/journal_segment.h (the files: superblock, preallocation, reservation, the
+// reserve kept for frees), server/journal_compaction.h (snapshots), server/recovery.h (reading
+// the files back: ReadJournalFiles; and the state into the allocator and lessor). This class
+// ties them together: the live segment, rotation, the compactor thread, and the fault state.
+// An append reserves its slots in the live segment (one compare-and-swap on the tail, which is
+// in the superblock so it survives too), writes the continuation slots and the body, and stores
+// the header word last (release). Recovery scans [first slot, tail): a slot whose header is
+// absent or whose CRC fails is a record that was being written when the daemon died (never
+// acknowledged) and is skipped slot by slot.
 //
 // Deadlines are steady_clock (CLOCK_MONOTONIC) nanoseconds: the same clock in every process of
 // one boot, and it keeps running while the daemon is down. The superblock records the boot id
 // (/proc/sys/kernel/random/boot_id); a journal from another boot is discarded.
 //
 // Thread-safety: the Append methods may be called from any thread concurrently (one shared lock
-// + one atomic add each; the shared lock only keeps them off a segment being switched). Recover()
+// + one compare-and-swap each; the shared lock only keeps them off a segment being switched). Recover()
 // and Start() run once, before serving; the compactor runs on its own thread.
-// Failure policy: if a segment cannot be created, the journal logs event=journal_failed and the
-// process exits (74) rather than acknowledge state it could not recover; a restart recovers.
+// Failure policy (docs/recovery.md "When the journal cannot be written"): an append that cannot
+// be written (the file system is full, an I/O error) returns UNAVAILABLE "journal: write to
+// <segment> failed: <strerror> (<call>)" having written nothing, and its caller refuses the
+// change it was about to acknowledge. Frees and lease ends draw on a reserve that allocations may
+// not use, so they keep working longer. The first failure logs event=journal_failing, the first
+// success after it event=journal_writable; every append retries the file system, so the journal
+// heals by itself once space returns.
 #ifndef PHYSMEM_SERVER_JOURNAL_H_
 #define PHYSMEM_SERVER_JOURNAL_H_
 
@@ -53,69 +58,30 @@
 #include <string_view>
 #include <thread>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/journal_record.h"
+#include "server/journal_segment.h"
 
 namespace physmem {
 
-// CRC32C (Castagnoli), SSE4.2 when the CPU has it.
-uint32_t Crc32c(uint32_t crc, const void* data, size_t n);
-
-// A block as the journal knows it.
-struct JournalBlock {
-  uint8_t order = 0;
-  bool compound = false;
-  std::string key;
-};
-
-struct JournalLease {
-  uint64_t id = 0;
-  std::string identity;
-  std::string name;
-  int64_t ttl_ms = 0;
-  uint64_t quota = 0;
-  int64_t deadline_ns = 0;  // steady_clock
-  absl::flat_hash_map<uint64_t, JournalBlock> blocks;  // pfn -> block
-};
-
-// The state a journal describes, and what reading it found.
-struct JournalState {
-  uint64_t nonce = 0;    // lease id high half (0: none recorded)
-  uint32_t next_id = 1;  // next lease number (low half)
-  absl::flat_hash_map<uint64_t, JournalLease> leases;
-  uint64_t last_gen = 0;  // highest segment or snapshot gen seen
-
-  // Statistics of the read.
-  uint64_t records = 0;
-  uint64_t bytes = 0;
-  uint64_t skipped_slots = 0;  // torn or unfinished records (never acknowledged)
-  uint64_t anomalies = 0;      // records naming unknown leases/blocks (a bug if ever non-zero)
-  uint64_t segments = 0;
-  bool from_snapshot = false;
-};
-
-// One allocated block in an Allocated() record.
-struct JournalEntry {
-  uint64_t pfn = 0;
-  uint8_t order = 0;
-  bool compound = false;
-  std::string_view key;
-};
-
 struct JournalOptions {
-  std::string path;                       // P: segment and snapshot files are P.<gen>, P.snap
-  uint64_t compact_bytes = 32ull << 20;   // compact when the live segment holds more than this
-  uint64_t target_fingerprint = 0;        // a journal written for another target is refused
+  std::string path;                      // P: segment and snapshot files are P.<gen>, P.snap
+  uint64_t compact_bytes = 32ull << 20;  // compact when the live segment holds more than this
+  uint64_t target_fingerprint = 0;       // a journal written for another target is refused
+  uint64_t reserve_bytes = 256 << 10;    // per segment, for frees and lease ends only
   // Called at each step of a compaction with the step's name: "compact_after_switch",
   // "compact_mid_snapshot", "compact_after_rename", "compact_mid_unlink". Null in physmemd; the
   // crash tests' daemon (tests/server/physmemd_test_main.cc) SIGKILLs itself at a chosen step.
   std::function<void(std::string_view step)> step_hook;
+  // Tests only (JournalSegmentOptions::fault_hook): an errno to fail a file-system call with.
+  std::function<int(std::string_view op)> fault_hook;
 };
 
 class Journal {
  public:
-  // Reads P.snap and the segments into *state (empty state if there are none). Removes leftover
-  // P.snap.tmp, folded segments and segments whose creation never finished. Errors:
+  // Reads P.snap and the segments into *state (empty state if there are none) through
+  // ReadJournalFiles (server/recovery.h), which also removes leftovers. Errors:
   // FAILED_PRECONDITION (written for another target), DATA_LOSS (an unreadable snapshot).
   static absl::StatusOr<std::unique_ptr<Journal>> Recover(JournalOptions options, JournalState* state);
   ~Journal();  // stops the compactor; the files stay (they are the point)
@@ -124,28 +90,37 @@ class Journal {
   absl::Status Start(uint64_t nonce, uint32_t next_id);
 
   // ---- Appends: return once the record is in the shared mapping. ----
-  void LeaseCreated(uint64_t id, std::string_view identity, std::string_view name, int64_t ttl_ms, uint64_t quota,
-                    int64_t deadline_ns);
-  void LeaseRenewed(uint64_t id, int64_t deadline_ns);
-  void LeaseEnded(uint64_t id);
-  void Allocated(uint64_t lease_id, std::span<const JournalEntry> entries);
-  void Freed(uint64_t lease_id, uint64_t pfn);
+  // Each returns OK, or UNAVAILABLE naming the segment and the errno with nothing written: the
+  // caller must then not acknowledge the change (server/lessor.cc refuses it).
+  absl::Status LeaseCreated(uint64_t id, std::string_view identity, std::string_view name, int64_t ttl_ms,
+                            uint64_t quota, int64_t deadline_ns);
+  absl::Status LeaseRenewed(uint64_t id, int64_t deadline_ns);
+  absl::Status LeaseEnded(uint64_t id);
+  absl::Status Allocated(uint64_t lease_id, std::span<const JournalEntry> entries);
+  absl::Status Freed(uint64_t lease_id, uint64_t pfn);
 
   // Runs one compaction now (tests; the background thread calls it too). `stop_at` names a
   // crash point at which to return early, leaving the files exactly as a crash there would.
+  // Defined in server/journal_compaction.cc.
   absl::Status Compact(std::string_view stop_at = "");
 
   const std::string& path() const { return options_.path; }
   uint64_t live_bytes() const;  // bytes reserved in the live segment
   uint64_t compactions() const { return compactions_.load(); }
+  // Fault state: whether the last append that gives something out failed, and how many appends
+  // failed in all (a metrics exporter may show both).
+  bool failing() const { return failing_.load(std::memory_order_relaxed); }
+  uint64_t failed_appends() const { return failed_appends_.load(std::memory_order_relaxed); }
 
  private:
-  struct Segment;
   explicit Journal(JournalOptions options);
 
-  void Append(uint8_t type, const std::string& payload);
-  absl::StatusOr<std::unique_ptr<Segment>> CreateSegment(uint64_t gen, uint64_t min_capacity);
-  void SwitchSegment(const Segment* full, uint64_t min_capacity);  // if `full` is still live
+  absl::Status Append(uint8_t type, std::string_view payload);
+  absl::StatusOr<std::unique_ptr<JournalSegment>> CreateSegment(uint64_t gen, uint64_t min_capacity);
+  // Rotates to a new segment if `full` is still the live one.
+  absl::Status SwitchSegment(const JournalSegment* full, uint64_t min_capacity);
+  absl::Status NoteFailure(absl::Status s);
+  void NoteSuccess();
   void CompactorLoop();
   void CrashPoint(std::string_view point, std::string_view stop_at, bool* stop) const;
 
@@ -176,14 +151,17 @@ class Journal {
     std::atomic<int> pending_{0};
   };
   mutable SwitchLock switch_mu_;
-  std::unique_ptr<Segment> live_;  // guarded by switch_mu_
-  uint64_t live_gen_ = 0;          // guarded by switch_mu_
-  std::mutex compact_mu_;                // one compaction at a time
-  uint64_t snapshot_gen_ = 0;            // guarded by compact_mu_: segments <= it are folded in
+  std::unique_ptr<JournalSegment> live_;  // guarded by switch_mu_
+  uint64_t live_gen_ = 0;                 // guarded by switch_mu_
+  std::mutex compact_mu_;                 // one compaction at a time
+  uint64_t snapshot_gen_ = 0;             // guarded by compact_mu_: segments <= it are folded in
+
+  std::atomic<bool> failing_{false};
+  std::atomic<uint64_t> failed_appends_{0};
 
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
-  bool stop_ = false;                    // guarded by wake_mu_
+  bool stop_ = false;  // guarded by wake_mu_
   std::atomic<bool> compact_wanted_{false};
   std::atomic<uint64_t> compactions_{0};
   std::thread compactor_;

@@ -163,8 +163,14 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Grant(const std::string& identity
   lease->deadline_.store(DeadlineIn(*clock_, ttl_ms));
   lease->tenant_ = tenancy_.TagOf(identity);
   if (identity_limits_ != nullptr) lease->usage_ = identity_limits_->For(identity);
-  // Journaled before the lease can be found (or listed), so its allocations come after it.
-  if (journal_) journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline());
+  // Journaled before the lease can be found (or listed), so its allocations come after it. Not
+  // journaled, not granted: the journal's status (UNAVAILABLE, naming it) is the answer.
+  if (journal_) {
+    if (absl::Status s = journal_->LeaseCreated(id, identity, name, ttl_ms, quota, lease->deadline()); !s.ok()) {
+      if (count == 0) per_identity_.erase(identity);
+      return s;
+    }
+  }
   leases_[id] = lease;
   IndexName(*lease);
   heap_.Push(lease.get());
@@ -204,9 +210,12 @@ absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity,
   // resurrect it. In the map under mu_ means not dead.
   std::lock_guard<std::mutex> l(mu_);
   if (!leases_.contains(id) || Expired(lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
-  lease.deadline_.store(DeadlineIn(*clock_, lease.granted_ttl_ms), std::memory_order_release);
+  const int64_t deadline = DeadlineIn(*clock_, lease.granted_ttl_ms);
+  if (journal_) {  // not journaled, not renewed: the old deadline stands
+    if (absl::Status s = journal_->LeaseRenewed(id, deadline); !s.ok()) return s;
+  }
+  lease.deadline_.store(deadline, std::memory_order_release);
   heap_.Fix(&lease);
-  if (journal_) journal_->LeaseRenewed(id, lease.deadline());
   if (client_cached_pages) lease.client_cached_pages_.store(*client_cached_pages, std::memory_order_relaxed);
   return lease.granted_ttl_ms;
 }
@@ -224,8 +233,10 @@ absl::StatusOr<uint64_t> Lessor::Revoke(uint64_t id, const std::string& identity
     lease = it->second;
     UnlinkLocked(*lease);
   }
-  const uint64_t pages = End(*lease);
+  absl::StatusOr<uint64_t> ended = End(*lease);
   op.unlock();
+  if (!ended.ok()) return ended.status();
+  const uint64_t pages = *ended;
   counters_.revoked.fetch_add(1, std::memory_order_relaxed);
   counters_.pages_reclaimed.fetch_add(pages, std::memory_order_relaxed);
   LogInfo("lease_revoked", {{"lease", id}, {"identity", identity}, {"pages", pages}});
@@ -240,10 +251,20 @@ void Lessor::UnlinkLocked(Lease& lease) {
   heap_.Remove(&lease);
 }
 
-uint64_t Lessor::End(Lease& lease) {
+absl::StatusOr<uint64_t> Lessor::End(Lease& lease) {
   std::lock_guard<std::mutex> l(lease.mu_);
   // Journaled before any page is freed: once a page can go to another lease, replay knows it left.
-  if (journal_ && !lease.dead_) journal_->LeaseEnded(lease.id);
+  // Not journaled: the lease is dead here, but its pages stay allocated, since the journal still
+  // gives them to it; the next start frees them (docs/recovery.md).
+  if (journal_ && !lease.dead_) {
+    if (absl::Status s = journal_->LeaseEnded(lease.id); !s.ok()) {
+      lease.dead_ = true;
+      LogError("lease_end_not_journaled",
+               {{"lease", lease.id}, {"pages_kept", lease.pages_held_}, {"error", std::string(s.message())}});
+      return absl::UnavailableError(absl::StrCat(s.message(), "; lease ", lease.id,
+                                                 " is ended but keeps its pages until the journal can record it"));
+    }
+  }
   lease.dead_ = true;
   std::array<uint64_t, MAX_NR_ZONES> freed{};
   auto free_block = [&](uint32_t head, unsigned order) {
@@ -424,6 +445,15 @@ void Lessor::RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType z
   }
 }
 
+void Lessor::GiveBack(Lease& lease, Page* page, unsigned order) {
+  const ZoneType zone = pa_->page_zonenum(page);
+  if (absl::Status s = pa_->FreePfn(pa_->page_to_pfn(page), order, lease.owner()); !s.ok()) {
+    LogError("lease_give_back_failed", {{"lease", lease.id}, {"error", s.ToString()}});
+    return;
+  }
+  if (lease.usage_ != nullptr) identity_limits_->Uncharge(*lease.usage_, zone, uint64_t{1} << order);
+}
+
 std::optional<absl::StatusOr<Page*>> Lessor::AllocCharged(Lease& lease, gfp_t gfp, unsigned order) {
   IdentityLimits* il = identity_limits_;
   if (lease.usage_ == nullptr || il == nullptr) {
@@ -551,7 +581,10 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
   const uint64_t pfn = pa_->page_to_pfn(page);
   if (journal_) {  // before the reply: see server/journal.cc
     const JournalEntry e{pfn, static_cast<uint8_t>(order), (page->Load().flags & PG_head) != 0, key};
-    journal_->Allocated(lease.id, {&e, 1});
+    if (absl::Status s = journal_->Allocated(lease.id, {&e, 1}); !s.ok()) {
+      GiveBack(lease, page, order);  // never acknowledged: as if it had not been allocated
+      return s;
+    }
   }
   // Before the block is in the book (and its pfn in any reply): another identity's bytes go.
   tenancy_.Claim(pa_->mem_map().index_of(page), order, lease.tenant_, (gfp & __GFP_ZERO) != 0);
@@ -583,7 +616,10 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
   if (journal_) {
     std::vector<JournalEntry> entries(got);
     for (unsigned i = 0; i < got; ++i) entries[i].pfn = pa_->page_to_pfn(pages[i]);
-    journal_->Allocated(lease.id, entries);
+    if (absl::Status s = journal_->Allocated(lease.id, entries); !s.ok()) {
+      for (Page* p : pages) GiveBack(lease, p, 0);
+      return s;
+    }
   }
   lease.order0_.reserve(lease.order0_.size() + got);
   for (Page* p : pages) {
@@ -638,12 +674,11 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
   }
   // The allocator checks everything (range, alignment, allocated, order, owner) and changes
   // nothing when it refuses; the book follows only a successful free. With a journal, the free
-  // is recorded once it is certain and before the block can be reused.
+  // is recorded once it is certain and before the block can be reused; a free the journal cannot
+  // record is refused with its status, the block still allocated and in the book.
   absl::Status s = journal_ == nullptr ? pa_->FreePfn(pfn, order, lease.owner())
-                                       : pa_->FreePfn(pfn, order, lease.owner(), [this, &lease, pfn] {
-                                           journal_->Freed(lease.id, pfn);
-                                           return absl::OkStatus();
-                                         });
+                                       : pa_->FreePfn(pfn, order, lease.owner(),
+                                                      [this, &lease, pfn] { return journal_->Freed(lease.id, pfn); });
   if (!s.ok()) return HideOtherOwner(s, pfn);
   const uint32_t head = *pa_->mem_map().pfn_to_index(pfn);  // the free succeeded: pfn is RAM
   RemoveBlock(lease, head, order, zone_of(head));
@@ -743,7 +778,7 @@ uint64_t Lessor::ExpireDue() {
   }
   uint64_t pages = 0;
   for (const auto& lease : due) {
-    const uint64_t freed = End(*lease);
+    const uint64_t freed = End(*lease).value_or(0);
     pages += freed;
     counters_.expired.fetch_add(1, std::memory_order_relaxed);
     // late_ms: how long after its deadline the lease was ended (the reaper's wake-up latency);
@@ -766,7 +801,7 @@ uint64_t Lessor::RevokeAll() {
     for (auto& lease : all) UnlinkLocked(*lease);
   }
   uint64_t pages = 0;
-  for (const auto& lease : all) pages += End(*lease);
+  for (const auto& lease : all) pages += End(*lease).value_or(0);
   return pages;
 }
 

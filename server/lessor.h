@@ -304,8 +304,9 @@ class Lessor {
   // Removes the lease from the map, the name index, the per-identity count and the heap; mu_ held.
   void UnlinkLocked(Lease& lease);
   // Frees its pages; call after UnlinkLocked, within the same stop_machine_ Operation (so that
-  // Census never sees a lease gone from the map with its pages still allocated).
-  uint64_t End(Lease& lease);
+  // Census never sees a lease gone from the map with its pages still allocated). The journal's
+  // UNAVAILABLE if the end could not be journaled: then the lease is dead but keeps its pages.
+  absl::StatusOr<uint64_t> End(Lease& lease);
   void IndexName(const Lease& lease);
   void UnindexName(const Lease& lease);
   // Calls fn(head) for every index in `heads`, lowest first.
@@ -327,6 +328,8 @@ class Lessor {
   void RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType zone);
   absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key);
   // Charges 2^order pages to the lease's identity and allocates them in the zones where it has room.
+  // Undoes an allocation the journal refused to record: frees the block and its identity charge.
+  void GiveBack(Lease& lease, Page* page, unsigned order);
   std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order);
   unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short);
   // Drops a HIGHMEM block's kmaps before End frees it (or the free would be refused, "still

@@ -1,7 +1,10 @@
-// Crash recovery: turns what the journal read back (JournalState, server/journal.h) into a live
-// allocator and lessor, before the daemon serves.
+// Crash recovery, in two halves: reading the journal's files back into a JournalState
+// (ReadJournalFiles, through the segment and record API of server/journal_segment.h and
+// server/journal_record.h), and turning that state into a live allocator and lessor
+// (RestoreFromJournal), before the daemon serves.
 //
-// Who uses it: Server::Start. Thread-safety: single-threaded, before serving.
+// Who uses it: Journal::Recover (the first half), Server::Start (the second). Thread-safety:
+// single-threaded, before serving.
 //
 // Leases whose deadline passed while the daemon was down are expired here (their pages stay
 // free; the caller journals their end); the rest keep their deadline, so a restart costs a lease
@@ -12,6 +15,7 @@
 #define PHYSMEM_SERVER_RECOVERY_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,6 +24,21 @@
 #include "server/lessor.h"
 
 namespace physmem {
+
+// What ReadJournalFiles found besides the state.
+struct JournalFiles {
+  uint64_t snapshot_gen = 0;    // segments <= this are folded into P.snap (0: no snapshot)
+  uint64_t snapshot_bytes = 0;  // of records read from P.snap
+};
+
+// Reads P.snap, then every segment P.<gen> after the snapshot's, in gen order, into *state
+// (cleared first). Removes what a crash leaves behind and no reader needs: P.snap.tmp, segments
+// folded into the snapshot, segments whose creation never finished (no magic). Discards the whole
+// journal, with event=journal_discarded, if it was written before the last reboot. Errors:
+// FAILED_PRECONDITION (written for another target: the message says what to do), DATA_LOSS (a
+// snapshot or segment header that does not parse, or a snapshot with a torn record).
+absl::StatusOr<JournalFiles> ReadJournalFiles(const std::string& prefix, uint64_t target_fingerprint,
+                                              JournalState* state);
 
 struct RecoveryReport {
   uint64_t leases = 0;   // restored

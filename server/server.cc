@@ -115,6 +115,8 @@ absl::Status Server::Start() {
   if (absl::Status s = StartJournal(); !s.ok()) return s;
   metrics_ = std::make_unique<Metrics>(pa_.get(), lessor_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
+  // A cancelled call wakes the waiters, so a parked allocation answers CANCELLED at once.
+  inflight_.SetCancelHook([this] { waiters_->Kick(); });
   service_ = std::make_unique<PhysMemService>(pa_.get(), lessor_.get(), waiters_.get(), &peers_,
                                               options_.service_limits, metrics_.get(), &inflight_);
   // Unary requests are decoded by us, so a body that does not parse is INVALID_ARGUMENT, not
@@ -209,7 +211,9 @@ absl::Status Server::StartJournal() {
   if (!report.ok()) return report.status();
   if (absl::Status s = journal_->Start(lessor_->boot_nonce(), lessor_->next_id()); !s.ok()) return s;
   for (uint64_t id : report->expired) {
-    journal_->LeaseEnded(id);
+    // Its pages are free here: not journaled, they could be handed out while the journal still
+    // gives them to it. So a journal that cannot record the end stops the start.
+    if (absl::Status s = journal_->LeaseEnded(id); !s.ok()) return s;
     LogInfo("lease_expired", {{"lease", id}, {"while", "daemon down"}});
   }
   const auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };

@@ -52,7 +52,7 @@ class Model {
  public:
   explicit Model(Journal* j) : j_(j) {}
   void Create(uint64_t id, const std::string& who, int64_t deadline) {
-    j_->LeaseCreated(id, who, "name-" + who, 1000, 99, deadline);
+    EXPECT_TRUE(j_->LeaseCreated(id, who, "name-" + who, 1000, 99, deadline).ok());
     JournalLease& l = st_.leases[id];
     l.id = id;
     l.identity = who;
@@ -62,19 +62,19 @@ class Model {
     l.deadline_ns = deadline;
   }
   void Renew(uint64_t id, int64_t deadline) {
-    j_->LeaseRenewed(id, deadline);
+    EXPECT_TRUE(j_->LeaseRenewed(id, deadline).ok());
     st_.leases[id].deadline_ns = deadline;
   }
   void End(uint64_t id) {
-    j_->LeaseEnded(id);
+    EXPECT_TRUE(j_->LeaseEnded(id).ok());
     st_.leases.erase(id);
   }
   void Alloc(uint64_t id, std::vector<JournalEntry> entries) {
-    j_->Allocated(id, entries);
+    EXPECT_TRUE(j_->Allocated(id, entries).ok());
     for (const JournalEntry& e : entries) st_.leases[id].blocks[e.pfn] = {e.order, e.compound, std::string(e.key)};
   }
   void Free(uint64_t id, uint64_t pfn) {
-    j_->Freed(id, pfn);
+    EXPECT_TRUE(j_->Freed(id, pfn).ok());
     st_.leases[id].blocks.erase(pfn);
   }
   void set_journal(Journal* j) { j_ = j; }
@@ -182,11 +182,13 @@ TEST_F(JournalTest, ConcurrentAppendsAllReadBack) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       const uint64_t id = (uint64_t{7} << 32) | (t + 1);
-      j->LeaseCreated(id, "t", "", 1000, 0, 1);
+      EXPECT_TRUE(j->LeaseCreated(id, "t", "", 1000, 0, 1).ok());
       for (int i = 0; i < kPerThread; ++i) {
         const JournalEntry e{uint64_t(t) << 32 | uint64_t(i), 0, false, {}};
-        j->Allocated(id, {&e, 1});
-        if (i % 3 == 0) j->Freed(id, e.pfn);
+        EXPECT_TRUE(j->Allocated(id, {&e, 1}).ok());
+        if (i % 3 == 0) {
+          EXPECT_TRUE(j->Freed(id, e.pfn).ok());
+        }
         if (i == kPerThread / 2 && t == 0) {
           EXPECT_TRUE(j->Compact().ok());  // compaction under load
         }
@@ -225,14 +227,14 @@ TEST_F(JournalTest, TornAndCorruptRecordsAreSkippedAndLaterOnesKept) {
   JournalState st;
   auto j = OpenAndStart(&st);  // slot 0: the meta record
   const uint64_t id = (uint64_t{7} << 32) | 1;
-  j->LeaseCreated(id, "u", "", 1000, 0, 5);       // slot 1 (37 payload bytes: one slot)
+  EXPECT_TRUE(j->LeaseCreated(id, "u", "", 1000, 0, 5).ok());       // slot 1 (37 payload bytes: one slot)
   for (uint64_t pfn = 0; pfn < 10; ++pfn) {       // slots 2..11
     const JournalEntry e{pfn, 0, false, {}};
-    j->Allocated(id, {&e, 1});
+    EXPECT_TRUE(j->Allocated(id, {&e, 1}).ok());
   }
   const std::string long_key(300, 'z');  // 322 payload bytes, 7 slots: 12..18
   const JournalEntry e{100, 2, false, long_key};
-  j->Allocated(id, {&e, 1});
+  EXPECT_TRUE(j->Allocated(id, {&e, 1}).ok());
   j.reset();
   {
     SegmentBytes seg(dir_ + "/j.1");
@@ -287,7 +289,7 @@ TEST_F(JournalTest, RefusesAJournalWrittenForAnotherTarget) {
   JournalState st;
   {
     auto j = OpenAndStart(&st);
-    j->LeaseCreated(1, "a", "b", 1000, 0, 5);
+    EXPECT_TRUE(j->LeaseCreated(1, "a", "b", 1000, 0, 5).ok());
   }
   JournalOptions o = Options();
   o.target_fingerprint = 43;

@@ -133,10 +133,10 @@ TEST_F(RecoveryTime, OneGibFromOneRecordPerPage) {
     const uint64_t lease = (uint64_t{5} << 32) | 1;
     // On the daemon's lease clock, CLOCK_MONOTONIC (steady_clock), as the daemon writes them.
     const int64_t deadline = std::chrono::steady_clock::now().time_since_epoch().count() + kDayMs * 1000000;
-    (*j)->LeaseCreated(lease, "uid:" + std::to_string(::getuid()), "full", kDayMs, 0, deadline);
+    ASSERT_TRUE((*j)->LeaseCreated(lease, "uid:" + std::to_string(::getuid()), "full", kDayMs, 0, deadline).ok());
     for (uint64_t pfn : pfns) {
       const JournalEntry e{pfn, 0, false, {}};
-      (*j)->Allocated(lease, {&e, 1});
+      ASSERT_TRUE((*j)->Allocated(lease, {&e, 1}).ok());
     }
   }
   auto d = std::make_unique<DaemonProcess>(Args());
