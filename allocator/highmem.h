@@ -1,15 +1,22 @@
-// Highmem: the kmap() window (mm/highmem.c: kmap_high(), kunmap_high(), page_address() for
-// HASHED_PAGE_VIRTUAL).
+// Highmem: the kmap() window (mm/highmem.c: kmap_high(), kunmap_high(), map_new_virtual(),
+// flush_all_zero_pkmaps(), page_address() for HASHED_PAGE_VIRTUAL), kernel 6.12.
 //
 // A HIGHMEM page has no permanent kernel virtual address. kmap() gives it one from a small window
-// of LAST_PKMAP slots at PKMAP_BASE; page_address() of an unmapped highmem page is null.
-// Mapping a page that is already mapped returns the same address and counts one more user
-// (the kernel's pkmap_count[]); kunmap() releases one. When every slot is in use the kernel
-// sleeps in kmap(); a service cannot, so we return RESOURCE_EXHAUSTED instead.
+// of LAST_PKMAP slots at PKMAP_BASE. Each slot has the kernel's pkmap_count[]:
+//   0   free: nothing mapped;
+//   1   mapped, no user: kunmap() dropped the last user but the mapping stays (lazy unmap);
+//   n>1 mapped with n - 1 users.
+// Mapping a page that is still mapped (count >= 1) reuses its slot and adds a user. A new mapping
+// takes the next slot after the last one handed out (last_pkmap_nr; the first kmap() gets slot 1,
+// slot 0 comes after the window wraps). When the search wraps to slot 0, every count-1 slot is
+// unmapped at once (flush_all_zero_pkmaps(): one global TLB flush) and becomes free. So
+// page_address() of a page kunmap()ed since the last wrap still returns its old address, as the
+// kernel's does. When no slot is free even after a flush the kernel sleeps in kmap(); a service
+// cannot, so we return RESOURCE_EXHAUSTED instead (and change nothing).
 //
 // Who uses it: PageAllocator (kmap/kunmap/page_address, and the free path, which refuses to free
-// a page that is still mapped). Thread-safety: all methods are safe to call concurrently; one
-// mutex guards the slot table (the kernel's kmap_lock), held only by kmap/kunmap/lookups of
+// a page that still has kmap() users). Thread-safety: all methods are safe to call concurrently;
+// one mutex guards the slot table (the kernel's kmap_lock), held only by kmap/kunmap/lookups of
 // highmem pages — lowmem pages never reach this class.
 #ifndef PHYSMEM_ALLOCATOR_HIGHMEM_H_
 #define PHYSMEM_ALLOCATOR_HIGHMEM_H_
@@ -28,35 +35,40 @@ class PkmapWindow {
  public:
   PkmapWindow(uint64_t pkmap_base, uint32_t nr_slots, uint64_t page_size);
 
-  // Maps pfn (or adds a user to its mapping); returns its emulated virtual address.
+  // kmap_high(): maps pfn (or adds a user to its mapping); returns its emulated virtual address.
   absl::StatusOr<uint64_t> Kmap(uint64_t pfn);
-  // Drops one user; the slot frees when the last user is gone.
+  // kunmap_high(): drops one user; the slot stays mapped at count 1 until the next wrap flushes
+  // it. FAILED_PRECONDITION if pfn has no kmap() user.
   absl::Status Kunmap(uint64_t pfn);
-  // The mapped address, or nullopt if the page is not mapped.
+  // page_address(): the mapped address (users or not, until flushed), or nullopt.
   std::optional<uint64_t> Lookup(uint64_t pfn) const;
   // The page mapped at a window address (for address-form calls that receive a kmap address).
   std::optional<uint64_t> PfnAt(uint64_t vaddr) const;
-  // Pages of [pfn, pfn + nr_pages) that are mapped now.
-  uint32_t MappedIn(uint64_t pfn, uint64_t nr_pages) const;
+  // kmap() users of pfn (pkmap_count - 1; 0 when unmapped or mapped without users).
+  uint32_t Users(uint64_t pfn) const;
 
   bool Contains(uint64_t vaddr) const { return vaddr >= base_ && vaddr - base_ < uint64_t{nr_slots_} * page_size_; }
   uint32_t nr_slots() const { return nr_slots_; }
-  uint32_t slots_in_use() const;
+  uint32_t slots_in_use() const;  // slots with users (count > 1)
+  uint32_t slots_mapped() const;  // slots mapped, with or without users (count >= 1)
   uint64_t base() const { return base_; }
 
  private:
   struct Slot {
     uint64_t pfn = 0;
-    uint32_t users = 0;  // 0: free
+    uint32_t count = 0;  // pkmap_count[]: 0 free, 1 mapped without users, n > 1: n - 1 users
   };
+  // map_new_virtual(); nullopt when every slot has users.
+  std::optional<uint32_t> MapNewVirtualLocked(uint64_t pfn);
+  void FlushAllZeroPkmapsLocked();
 
   const uint64_t base_;
   const uint32_t nr_slots_;
   const uint64_t page_size_;
   mutable std::mutex lock_;
   std::vector<Slot> slots_;                             // guarded by lock_
-  absl::flat_hash_map<uint64_t, uint32_t> slot_of_pfn_;  // guarded by lock_
-  uint32_t next_ = 0;  // guarded by lock_: where the search for a free slot starts (last_pkmap_nr)
+  absl::flat_hash_map<uint64_t, uint32_t> slot_of_pfn_;  // guarded by lock_: slots with count >= 1
+  uint32_t last_pkmap_nr_ = 0;  // guarded by lock_: the slot handed out last (starts at 0)
 };
 
 }  // namespace physmem

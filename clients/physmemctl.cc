@@ -67,7 +67,7 @@ ABSL_FLAG(std::string, count, "",
 ABSL_FLAG(std::string, pfn, "", "free: the block's first pfn");
 ABSL_FLAG(std::string, addr, "", "free: the block's direct-map kernel virtual address");
 ABSL_FLAG(std::string, offset, "", "read, write: bytes from the start of page PFN (default 0)");
-ABSL_FLAG(std::string, length, "", "read: bytes to read (default one page's worth, 4096)");
+ABSL_FLAG(std::string, length, "", "read: bytes to read (default one page of the daemon's target)");
 ABSL_FLAG(std::string, out, "", "read: write the raw bytes to this file instead of hex to stdout");
 ABSL_FLAG(std::string, hex, "", "write: the bytes to write, as hex (48656c6c6f)");
 ABSL_FLAG(std::string, in, "", "write: write this file's bytes");
@@ -790,14 +790,30 @@ absl::Status PfnCommand(const Invocation& inv, PfnOp op) {
   return absl::OkStatus();
 }
 
+// The page size of the daemon's target (GetTarget).
+absl::StatusOr<uint64_t> TargetPageSize(const Invocation& inv) {
+  absl::StatusOr<std::unique_ptr<Client>> c = inv.Connect();
+  if (!c.ok()) return c.status();
+  absl::StatusOr<v1::GetTargetResponse> t = (*c)->GetTarget();
+  if (!t.ok()) return t.status();
+  return uint64_t{t->profile().page_size()};
+}
+
 // read LEASE PFN: ReadPages, printed as hex (or written raw to --out).
 absl::Status ReadCommand(const Invocation& inv) {
   absl::StatusOr<uint64_t> pfn = ParsePfnArg(inv);
   if (!pfn.ok()) return pfn.status();
   absl::StatusOr<uint64_t> offset = OffsetFlag();
   if (!offset.ok()) return offset.status();
+  // Without --length, one page of the daemon's target (8 KiB on alpha, 64 KiB on arm64 64K).
+  uint64_t page_size = 0;
+  if (absl::GetFlag(FLAGS_length).empty()) {
+    absl::StatusOr<uint64_t> size = TargetPageSize(inv);
+    if (!size.ok()) return size.status();
+    page_size = *size;
+  }
   absl::StatusOr<uint64_t> length =
-      NumericFlag(absl::GetFlag(FLAGS_length), "length", 4096, std::numeric_limits<uint64_t>::max());
+      NumericFlag(absl::GetFlag(FLAGS_length), "length", page_size, std::numeric_limits<uint64_t>::max());
   if (!length.ok()) return length.status();
   const std::string out = absl::GetFlag(FLAGS_out);
   if (inv.json && !out.empty()) {

@@ -245,9 +245,51 @@ TEST_F(PageAllocatorTest, HighmemPageHasNoAddressUntilKmapped) {
   ASSERT_TRUE(pa_->kunmap(p, kAlice).ok());
   EXPECT_EQ(pa_->page_address(p), *v);  // one user left
   ASSERT_TRUE(pa_->kunmap(p, kAlice).ok());
-  EXPECT_EQ(pa_->page_address(p), 0u);
+  // kunmap_high() (mm/highmem.c) leaves pkmap_count at 1: the mapping stays until the window
+  // wraps, so page_address() still returns it; there is no user left to kunmap.
+  EXPECT_EQ(pa_->page_address(p), *v);
   EXPECT_EQ(pa_->kunmap(p, kAlice).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(pa_->__free_pages(p, 0, kAlice).ok());
+}
+
+// map_new_virtual() (mm/highmem.c, 6.12) advances last_pkmap_nr before looking, from 0: the first
+// kmap() gets slot 1 (PKMAP_ADDR(1)), the next slot 2, and slot 0 only after the wrap.
+TEST_F(PageAllocatorTest, KmapHandsOutSlotsFromOneUpwardThenSlotZero) {
+  BootI386();
+  std::vector<Page*> pages;
+  for (int i = 0; i < 16; ++i) pages.push_back(pa_->alloc_pages(GFP_HIGHUSER, 0));
+  for (int i = 0; i < 16; ++i) {
+    absl::StatusOr<uint64_t> v = pa_->kmap(pages[i]);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(*v, 0xff800000u + uint64_t((i + 1) % 16) * 4096) << "kmap #" << i;
+  }
+  for (Page* p : pages) ASSERT_TRUE(pa_->kunmap(p).ok());
+  FreeAll(pages, 0);
+  ExpectValid();
+}
+
+// kunmap_high() only drops pkmap_count to 1; the slot is unmapped (set_page_address(page, NULL))
+// by flush_all_zero_pkmaps() when map_new_virtual() wraps to slot 0. Until then page_address()
+// returns the old address, and a new kmap() of the page reuses the slot.
+TEST_F(PageAllocatorTest, KunmappedPageKeepsItsAddressUntilTheWindowWrapsAndFlushes) {
+  BootI386();
+  std::vector<Page*> pages;
+  for (int i = 0; i < 17; ++i) pages.push_back(pa_->alloc_pages(GFP_HIGHUSER, 0));
+  const uint64_t first = *pa_->kmap(pages[0]);  // slot 1
+  ASSERT_TRUE(pa_->kunmap(pages[0]).ok());
+  EXPECT_EQ(pa_->page_address(pages[0]), first) << "kunmap must not unmap before a flush";
+  EXPECT_EQ(*pa_->kmap(pages[0]), first) << "a lazily kept mapping is reused";
+  ASSERT_TRUE(pa_->kunmap(pages[0]).ok());
+  // Slots 2..15 for pages 1..14; page 15 takes slot 0 after the wrap, whose flush unmaps page 0.
+  for (int i = 1; i < 15; ++i) ASSERT_TRUE(pa_->kmap(pages[i]).ok());
+  EXPECT_EQ(pa_->page_address(pages[0]), first);
+  EXPECT_EQ(*pa_->kmap(pages[15]), 0xff800000u);
+  EXPECT_EQ(pa_->page_address(pages[0]), 0u) << "the wrap's flush_all_zero_pkmaps() unmaps count-1 slots";
+  // Slot 1 is free again: the next new mapping takes it.
+  EXPECT_EQ(*pa_->kmap(pages[16]), first);
+  for (int i = 1; i < 17; ++i) ASSERT_TRUE(pa_->kunmap(pages[i]).ok());
+  FreeAll(pages, 0);
+  ExpectValid();
 }
 
 TEST_F(PageAllocatorTest, LowmemPageAddressIsPageOffsetPlusPhys) {

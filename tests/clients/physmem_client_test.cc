@@ -547,7 +547,7 @@ TEST_F(HighmemClientTest, KmapMapsAHighmemPageIntoThePkmapWindowUntilKunmap) {
   ASSERT_TRUE(lease->Kunmap(p->pfn()).ok());
   absl::StatusOr<uint64_t> after = lease->PageAddress(p->pfn());
   ASSERT_TRUE(after.ok()) << after.status();
-  EXPECT_EQ(*after, 0u);
+  EXPECT_EQ(*after, *mapped);  // kunmap_high() leaves the slot mapped until the window wraps
 }
 
 TEST_F(ClientTest, InfoReportsHoldingsByZoneAndOrder) {

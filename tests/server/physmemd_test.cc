@@ -244,7 +244,7 @@ TEST_F(Daemon, KmapGivesHighmemPagesAnAddressUntilKunmap) {
     Ctx ctx;
     ASSERT_TRUE(stub_->PageAddress(&ctx, pr, &pa).ok());
   }
-  EXPECT_EQ(pa.virt_addr(), 0u);
+  EXPECT_EQ(pa.virt_addr(), km.virt_addr());  // kunmap_high(): mapped lazily until the window wraps
   EXPECT_TRUE(Free(lease, h.pfn(), 0).ok());
 }
 
