@@ -337,6 +337,7 @@ bool Lease::KeepAliveStream(const KeepAliveCallback& on_keepalive, int64_t* back
   bool broken = false;  // the stream failed: Finish() says why, and we retry
   bool stop = false;    // the lease is gone, or we are told to stop
   while (!stop) {
+    AddCachedPagesReport(req);
     if (!stream->Write(req) || !stream->Read(&resp)) {
       broken = true;
       break;
@@ -437,6 +438,75 @@ absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string&
     pages.push_back(PageHandle(core_, std::move(a)));
   }
   return pages;
+}
+
+absl::StatusOr<v1::AllocPagesBulkResponse> Lease::AllocBulkRaw(uint32_t gfp_mask, uint32_t count) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::AllocPagesBulkRequest req;
+  req.set_lease_id(core_->id);
+  req.set_gfp_mask(gfp_mask);
+  req.set_count(count);
+  Connection& c = *core_->conn;
+  absl::StatusOr<v1::AllocPagesBulkResponse> r = Call<v1::AllocPagesBulkResponse>(
+      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::AllocPagesBulkResponse* resp) {
+        return c.stub->AllocPagesBulk(ctx, req, resp);
+      });
+  if (!r.ok()) return r.status();
+  const int n = r->pfn_size();
+  if (r->zone_size() != n || r->virt_addr_size() != n || r->arena_offset_size() != n) {
+    return absl::InternalError(absl::StrFormat(
+        "malformed AllocPagesBulk reply: %d pfns but %d zones, %d virt_addrs, %d arena_offsets", n, r->zone_size(),
+        r->virt_addr_size(), r->arena_offset_size()));
+  }
+  return r;
+}
+
+absl::StatusOr<v1::Allocation> Lease::AllocRaw(uint32_t gfp_mask, uint32_t order) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::AllocPagesRequest req;
+  req.set_lease_id(core_->id);
+  req.set_gfp_mask(gfp_mask);
+  req.set_order(order);
+  Connection& c = *core_->conn;
+  return Call<v1::Allocation>(c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::Allocation* resp) {
+    return c.stub->AllocPages(ctx, req, resp);
+  });
+}
+
+absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreeRaw(const std::vector<uint64_t>& pfns,
+                                                         const std::vector<uint32_t>& orders) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::FreePagesBulkRequest req;
+  req.set_lease_id(core_->id);
+  req.mutable_pfn()->Add(pfns.begin(), pfns.end());
+  req.mutable_order()->Add(orders.begin(), orders.end());
+  Connection& c = *core_->conn;
+  return Call<v1::FreePagesBulkResponse>(
+      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::FreePagesBulkResponse* resp) {
+        return c.stub->FreePagesBulk(ctx, req, resp);
+      });
+}
+
+const std::atomic<bool>& Lease::gone_flag() const { return core_->gone; }
+
+void Lease::MarkGone(std::string why) { core_->MarkGone(std::move(why)); }
+
+bool Lease::SetCachedPagesReporter(std::function<uint64_t()> reporter) {
+  std::lock_guard<std::mutex> l(report_mu_);
+  if (!reporter) {
+    cached_pages_reporter_ = [] { return uint64_t{0}; };
+    cache_attached_ = false;
+    return true;
+  }
+  if (cache_attached_) return false;
+  cached_pages_reporter_ = std::move(reporter);
+  cache_attached_ = true;
+  return true;
+}
+
+void Lease::AddCachedPagesReport(v1::KeepAliveRequest& req) {
+  std::lock_guard<std::mutex> l(report_mu_);
+  if (cached_pages_reporter_) req.set_client_cached_pages(cached_pages_reporter_());
 }
 
 absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreePagesBulk(std::vector<PageHandle>& pages) {
@@ -579,6 +649,7 @@ absl::StatusOr<v1::KeepAliveResponse> Lease::Renew() {
   if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
   v1::KeepAliveRequest req;
   req.set_lease_id(core_->id);
+  AddCachedPagesReport(req);
   Connection& c = *core_->conn;
   return Call<v1::KeepAliveResponse>(c.options.call_timeout_ms,
                                      [&](grpc::ClientContext* ctx, v1::KeepAliveResponse* resp) {

@@ -100,6 +100,7 @@ struct LeaseCore;   // a lease's id and liveness, shared by a Lease and its Page
 }  // namespace internal
 
 class Lease;
+class PageCache;
 
 // One allocated block (2^order pages) held by a lease. Move-only; the destructor frees the block
 // unless Free() or Release() was called. The accessors keep the block's values after either.
@@ -215,7 +216,21 @@ class Lease {
 
  private:
   friend class Client;
+  friend class PageCache;  // the raw calls below, and the report of its cached pages
   Lease(std::shared_ptr<internal::LeaseCore> core, int64_t granted_ttl_ms, uint64_t page_quota, bool revoke_on_destroy);
+  // For PageCache: the calls without PageHandles (it keeps pages as plain values), the lease's
+  // liveness flag (true once known gone), and the source of the count every renewal reports
+  // (KeepAliveRequest.client_cached_pages); an empty function stops the reports.
+  absl::StatusOr<v1::AllocPagesBulkResponse> AllocBulkRaw(uint32_t gfp_mask, uint32_t count);
+  absl::StatusOr<v1::Allocation> AllocRaw(uint32_t gfp_mask, uint32_t order);
+  absl::StatusOr<v1::FreePagesBulkResponse> FreeRaw(const std::vector<uint64_t>& pfns,
+                                                   const std::vector<uint32_t>& orders);
+  const std::atomic<bool>& gone_flag() const;
+  void MarkGone(std::string why);
+  // False if another PageCache already reports for this lease (one cache per lease). Detaching
+  // (an empty reporter) keeps reporting 0, so the daemon's figure does not stay at the last count.
+  bool SetCachedPagesReporter(std::function<uint64_t()> reporter);
+  void AddCachedPagesReport(v1::KeepAliveRequest& req);
   void StartKeepAlive(KeepAliveCallback on_keepalive);
   void StopKeepAlive();  // idempotent
   void KeepAliveLoop(const KeepAliveCallback& on_keepalive);
@@ -237,6 +252,9 @@ class Lease {
   bool ka_stop_ = false;                      // guarded by ka_mu_
   grpc::ClientContext* ka_context_ = nullptr; // guarded by ka_mu_: the live stream's, to cancel it
   absl::Status ka_status_;                    // guarded by ka_mu_
+  std::mutex report_mu_;
+  std::function<uint64_t()> cached_pages_reporter_;  // guarded by report_mu_
+  bool cache_attached_ = false;                      // guarded by report_mu_
   std::mutex ka_join_mu_;  // one joiner at a time
   std::thread ka_thread_;
 };
