@@ -126,6 +126,12 @@ class PageAllocator {
   // Emulated kernel virtual address: PAGE_OFFSET + (phys - PHYS_OFFSET) for lowmem; for highmem
   // the kmap() address if mapped, else 0 (null).
   uint64_t page_address(const Page* page) const;
+  // page_count() = folio_ref_count(page_folio(page)): the real reference count. An allocated
+  // block's head holds the one reference the allocation gave it (set_page_refcounted() in
+  // post_alloc_hook()); nothing else takes references (we model no get_page()/put_page() sharing,
+  // and __free_pages() drops that one reference), so it is 1 while allocated and 0 when free. A
+  // compound (__GFP_COMP) tail reports its head's count; a tail of a non-compound block reports
+  // 0, as the kernel's does (only the first page is refcounted).
   int page_count(const Page* page) const;
   absl::StatusOr<uint64_t> kmap(Page* page, uint32_t owner = kNoOwner);
   absl::Status kunmap(Page* page, uint32_t owner = kNoOwner);

@@ -350,6 +350,26 @@ TEST_F(PageAllocatorTest, CompoundPagesMarkTheirTails) {
   ExpectValid();
 }
 
+// page_count() is folio_ref_count(page_folio(page)) (include/linux/mm.h, 6.12): the allocation's
+// one reference on the head page (post_alloc_hook() -> set_page_refcounted()); a tail of a
+// non-compound order-N block is not refcounted (0); a compound tail resolves to its head (1).
+TEST_F(PageAllocatorTest, PageCountIsTheHeadsReferenceCount) {
+  BootX86();
+  Page* plain = pa_->alloc_pages(GFP_KERNEL, 2);
+  Page* comp = pa_->alloc_pages(GFP_KERNEL | __GFP_COMP, 2);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(comp, nullptr);
+  EXPECT_EQ(pa_->page_count(plain), 1);
+  EXPECT_EQ(pa_->page_count(plain + 1), 0) << "a non-compound tail carries no reference";
+  EXPECT_EQ(pa_->page_count(comp), 1);
+  EXPECT_EQ(pa_->page_count(comp + 3), 1) << "a compound tail reports its head's count";
+  ASSERT_TRUE(pa_->__free_pages(plain, 2).ok());
+  ASSERT_TRUE(pa_->__free_pages(comp, 2).ok());
+  EXPECT_EQ(pa_->page_count(plain), 0);
+  EXPECT_EQ(pa_->page_count(comp + 3), 0);
+  ExpectValid();
+}
+
 TEST_F(PageAllocatorTest, BulkFillsOnlyEmptySlotsAndCountsThemAll) {
   BootX86();
   std::vector<Page*> arr(64, nullptr);
