@@ -39,6 +39,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "clients/physmem_client.h"
+#include "picture/arena_map_proto.h"
+#include "picture/arena_map_render.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/version.h"
 
@@ -68,10 +70,14 @@ ABSL_FLAG(std::string, pfn, "", "free: the block's first pfn");
 ABSL_FLAG(std::string, addr, "", "free: the block's direct-map kernel virtual address");
 ABSL_FLAG(std::string, offset, "", "read, write: bytes from the start of page PFN (default 0)");
 ABSL_FLAG(std::string, length, "", "read: bytes to read (default one page of the daemon's target)");
-ABSL_FLAG(std::string, out, "", "read: write the raw bytes to this file instead of hex to stdout");
+ABSL_FLAG(std::string, out, "",
+          "read: write the raw bytes to this file instead of hex to stdout; map: the picture's file (.png or .svg)");
 ABSL_FLAG(std::string, hex, "", "write: the bytes to write, as hex (48656c6c6f)");
 ABSL_FLAG(std::string, in, "", "write: write this file's bytes");
 ABSL_FLAG(std::string, interval_ms, "", "watch: ms between refreshes (default 1000)");
+ABSL_FLAG(std::string, max_cells, "",
+          "map: most cells in the picture (default 4096); above it a cell covers 2, 4, ... pageblocks");
+ABSL_FLAG(std::string, columns, "", "map: cells a row (default 64)");
 
 namespace physmem::ctl {
 namespace {
@@ -114,6 +120,10 @@ Machine:
   watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable|pagetypeinfo
                                                    reprint it every interval, like watch(1)
   target                                           the emulated machine: profile, memory map, arena
+  map --out=FILE.png|FILE.svg [--max_cells=4096] [--columns=64]
+                                                   a picture of the arena: every pageblock a cell,
+                                                   coloured free (by order), allocated (by
+                                                   migratetype), mixed or hole; zones and a legend
   validate                                         run the allocator's invariant check
 Other:
   completion bash                                  a bash completion script:
@@ -960,6 +970,45 @@ absl::Status TargetCommand(const Invocation& inv) {
   return absl::OkStatus();
 }
 
+// map: the GetArenaMap snapshot drawn by picture/arena_map_render.h into --out (PNG or SVG, by the
+// file's extension). With -o json, the RPC's reply instead (and the file, if --out is given).
+absl::Status MapCommand(const Invocation& inv) {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty() && !inv.json) return UsageError("map needs --out=FILE.png or --out=FILE.svg");
+  if (!out.empty() && !absl::EndsWithIgnoreCase(out, ".png") && !absl::EndsWithIgnoreCase(out, ".svg")) {
+    return UsageError(absl::StrFormat("--out=%s: name the picture .png or .svg", absl::CHexEscape(out.substr(0, 200))));
+  }
+  RenderOptions ro;
+  absl::StatusOr<uint64_t> max_cells = NumericFlag(absl::GetFlag(FLAGS_max_cells), "max_cells", ro.max_cells, 65536);
+  if (!max_cells.ok()) return max_cells.status();
+  absl::StatusOr<uint64_t> columns = NumericFlag(absl::GetFlag(FLAGS_columns), "columns", ro.columns, 1024);
+  if (!columns.ok()) return columns.status();
+  if (*max_cells == 0 || *columns == 0) return UsageError("--max_cells and --columns must be at least 1");
+  ro.max_cells = static_cast<uint32_t>(*max_cells);
+  ro.columns = static_cast<int>(*columns);
+  absl::StatusOr<std::unique_ptr<Client>> c = inv.Connect();
+  if (!c.ok()) return c.status();
+  v1::GetArenaMapRequest req;
+  v1::GetArenaMapResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(inv.options.call_timeout_ms));
+  if (absl::Status s = client::ToAbslStatus((*c)->stub().GetArenaMap(&ctx, req, &resp)); !s.ok()) return s;
+  if (inv.json) PrintJson(resp);
+  if (out.empty()) return absl::OkStatus();
+  absl::StatusOr<ArenaMap> map = ArenaMapFromProto(resp);
+  if (!map.ok()) return map.status();
+  absl::StatusOr<MapLayout> layout = LayoutArenaMap(*map, ro);
+  if (!layout.ok()) return layout.status();
+  if (absl::Status s = WriteArenaMapFile(*layout, out); !s.ok()) return s;
+  if (!inv.json) {
+    size_t cells = 0;
+    for (const MapLayout::ZoneBand& z : layout->zones) cells += z.cells.size();
+    absl::PrintF("wrote %s: %dx%d pixels, %d cells of %d pageblock%s\n", out, layout->width, layout->height, cells,
+                 layout->pageblocks_per_cell, layout->pageblocks_per_cell == 1 ? "" : "s");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateCommand(const Invocation& inv) {
   absl::StatusOr<std::unique_ptr<Client>> c = inv.Connect();
   if (!c.ok()) return c.status();
@@ -1019,6 +1068,8 @@ const std::vector<Command>& Commands() {
       {{"watch"}, {"VIEW"}, {"interval_ms", "count"},
        "watch [--interval_ms=1000] [--count=N] buddyinfo|zoneinfo|extfrag|unusable|pagetypeinfo", WatchCommand},
       {{"target"}, {}, {}, "target", TargetCommand},
+      {{"map"}, {}, {"out", "max_cells", "columns"}, "map --out=FILE.png|FILE.svg [--max_cells=4096] [--columns=64]",
+       MapCommand},
       {{"validate"}, {}, {}, "validate", ValidateCommand},
       {{"completion"}, {"SHELL"}, {}, "completion bash", CompletionCommand, "", /*json=*/false},
   };

@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/arena_map.h"
+#include "picture/arena_map_proto.h"
 #include "server/log.h"
 #include "server/status_util.h"
 #include "server/tsan_annotations.h"
@@ -571,6 +573,17 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
   }
   resp->set_buddyinfo(buddyinfo);
   resp->set_pagetypeinfo(FormatPagetypeinfo(stats));
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::GetArenaMap(grpc::CallbackServerContext* ctx,
+                                                      const v1::GetArenaMapRequest* req, v1::GetArenaMapResponse* resp) {
+  if (req->max_entries() > kArenaMapMaxRequestEntries) {
+    return Reply(ctx, absl::InvalidArgumentError(absl::StrFormat("max_entries %u is above %u (0 means %u)",
+                                                                 req->max_entries(), kArenaMapMaxRequestEntries,
+                                                                 kArenaMapMaxEntries)));
+  }
+  ArenaMapToProto(TakeArenaMap(*pa_, req->max_entries() == 0 ? kArenaMapMaxEntries : req->max_entries()), resp);
   return Reply(ctx, absl::OkStatus());
 }
 

@@ -78,6 +78,8 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
                                         v1::GetZoneInfoResponse* resp) override;
   grpc::ServerUnaryReactor* GetTarget(grpc::CallbackServerContext* ctx, const v1::GetTargetRequest* req,
                                       v1::GetTargetResponse* resp) override;
+  grpc::ServerUnaryReactor* GetArenaMap(grpc::CallbackServerContext* ctx, const v1::GetArenaMapRequest* req,
+                                        v1::GetArenaMapResponse* resp) override;
   grpc::ServerUnaryReactor* Validate(grpc::CallbackServerContext* ctx, const v1::ValidateRequest* req,
                                      v1::ValidateResponse* resp) override;
   grpc::ServerUnaryReactor* Nop(grpc::CallbackServerContext* ctx, const v1::NopRequest* req,

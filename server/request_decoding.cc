@@ -262,6 +262,7 @@ absl::Status InstallRequestDecoding(v1::PhysMem::CallbackService* service, Infli
   in.Add("WritePages", &Service::WritePages);
   in.Add("GetZoneInfo", &Service::GetZoneInfo);
   in.Add("GetTarget", &Service::GetTarget);
+  in.Add("GetArenaMap", &Service::GetArenaMap);
   in.Add("Validate", &Service::Validate);
   in.Add("Nop", &Service::Nop);
   return in.Done();
