@@ -4,12 +4,14 @@
 //   physmem_trace record --seconds=5 --out=trace.txt.gz           (root: tracefs)
 //   physmem_trace replay --trace=trace.txt.gz --mem_mb=2048 [--json=report.json]
 //   physmem_trace compare --trace=trace.txt.gz name=small,mem_mb=512 name=big,mem_mb=4096,pcp=off
+//   physmem_trace replay --trace=trace.txt.gz --daemon=unix:///run/physmemd.sock --pace=1
 //
 // Exit status: 0 done; 1 usage or configuration error; 2 record: not root; 3 record: no tracefs;
 // 4 record: a required kmem event is missing on this kernel; 5 record: the kernel lost events
 // (the file is complete otherwise and marks where, with "CPU:N [LOST M EVENTS]" lines);
 // 6 the trace cannot be read (missing, corrupt gzip, or a malformed line with --strict), or
 // record's output cannot be written; 7 record: a tracefs setting could not be put back (named);
+// 8 --daemon: the daemon cannot be reached, or the replay's lease ended under it (named);
 // 130 record interrupted (Ctrl-C / SIGTERM; the file holds what was read, tracefs restored).
 #include <poll.h>
 #include <signal.h>
@@ -41,6 +43,8 @@
 #include "allocator/page_allocator.h"
 #include "allocator/target.h"
 #include "server/version.h"
+#include "trace/daemon_replayer.h"
+#include "trace/replay_pacer.h"
 #include "trace/replay_plan.h"
 #include "trace/replay_report.h"
 #include "trace/replayer.h"
@@ -58,9 +62,24 @@ ABSL_FLAG(std::string, target, "x86_64", "replay: emulated target, a built-in na
 ABSL_FLAG(uint64_t, mem_mb, 2048, "replay: emulated RAM in MiB (built-in targets)");
 ABSL_FLAG(uint64_t, min_free_kbytes, 0, "replay: vm.min_free_kbytes (0: the kernel's formula)");
 ABSL_FLAG(bool, pcp, true, "replay: per-CPU page lists on");
+ABSL_FLAG(bool, page_group_by_mobility, true,
+          "replay: mobility grouping (migratetypes, fallbacks); false = the kernel's page_group_by_mobility_disabled");
 ABSL_FLAG(bool, per_cpu, false, "replay: one pinned thread per traced CPU instead of one thread for all");
 ABSL_FLAG(bool, zero_pages, false, "replay: honour __GFP_ZERO (memset each page; slow, and contents are not measured)");
 ABSL_FLAG(int32_t, samples, 16, "replay: fragmentation snapshots over the replay");
+ABSL_FLAG(std::string, daemon, "",
+          "replay/compare: replay over gRPC against this running physmemd (unix:/path, /path or host:port) "
+          "under one lease, instead of in-process; the daemon's own target and settings apply");
+ABSL_FLAG(double, pace, 0,
+          "--daemon: 0 = full speed; else the trace's own rate times this factor (1 = as the kernel ran, 2 = twice as fast)");
+ABSL_FLAG(int64_t, lease_ttl_ms, 10000, "--daemon: the replay's lease TTL (kept alive while the replay runs)");
+ABSL_FLAG(bool, keep_lease, false,
+          "--daemon: leave the lease holding what the trace left allocated (it expires one TTL later) instead of revoking it");
+ABSL_FLAG(uint32_t, max_batch, 4096, "--daemon: most ops in one AllocPagesBulk / FreePagesBulk (<= the daemon's --max_bulk_pages)");
+ABSL_FLAG(bool, bulk, true, "--daemon: bulk calls for consecutive order-0 allocations of one mask and consecutive frees");
+ABSL_FLAG(int64_t, alloc_timeout_ms, 10000,
+          "--daemon: deadline of each allocating call (a mask that may sleep waits in the daemon for memory up to "
+          "min(this, its --max_alloc_wait_ms))");
 ABSL_FLAG(std::string, json, "", "replay/compare: also write the report as JSON to this file ('-': stdout, instead of text)");
 
 namespace physmem::trace {
@@ -70,17 +89,23 @@ constexpr char kUsage[] = R"(physmem_trace: record kernel page-allocation traces
 
   physmem_trace record --seconds=N --out=FILE[.gz] [--buffer_kb=K] [--tracefs=DIR]
   physmem_trace replay --trace=FILE [--target=x86_64] [--mem_mb=2048] [--min_free_kbytes=K]
-                       [--pcp=true|false] [--per_cpu] [--strict] [--json=FILE|-]
+                       [--pcp=true|false] [--page_group_by_mobility=true|false] [--per_cpu] [--strict]
+                       [--json=FILE|-]
+  physmem_trace replay --trace=FILE --daemon=unix:/path/physmemd.sock [--pace=0|F] [--lease_ttl_ms=MS]
+                       [--keep_lease] [--max_batch=N] [--bulk=true|false] [--json=FILE|-]
   physmem_trace compare --trace=FILE CONFIG CONFIG...
       CONFIG = comma-separated key=value: name, target, mem_mb, min_free_kbytes, pcp (on/off),
-               per_cpu (on/off); unset keys take the flags' values.
-      e.g. physmem_trace compare --trace=t.gz name=small,mem_mb=512 name=big,mem_mb=4096 name=nopcp,pcp=off
+               mobility (on/off: page_group_by_mobility), per_cpu (on/off), daemon (a physmemd address:
+               replay there over gRPC); unset keys take the flags' values.
+      e.g. physmem_trace compare --trace=t.gz name=small,mem_mb=512 name=big,mem_mb=4096 name=nogroup,mobility=off
 
 Exit: 0 ok, 1 usage, 2 not root, 3 no tracefs, 4 kmem events missing, 5 events lost,
-      6 trace unreadable / output unwritable, 7 tracefs not restored, 130 interrupted.
+      6 trace unreadable / output unwritable, 7 tracefs not restored, 8 daemon unreachable or lease lost,
+      130 interrupted.
       docs/trace.md has the details.)";
 
-enum Exit { kOk = 0, kBadUsage = 1, kNotRoot = 2, kNoTracefs = 3, kNoEvents = 4, kLost = 5, kUnreadable = 6, kRestoreFailed = 7, kInterrupted = 130 };
+enum Exit { kOk = 0, kBadUsage = 1, kNotRoot = 2, kNoTracefs = 3, kNoEvents = 4, kLost = 5, kUnreadable = 6, kRestoreFailed = 7,
+            kDaemon = 8, kInterrupted = 130 };
 
 std::atomic<int> g_signal{0};
 void OnSignal(int sig) { g_signal.store(sig); }
@@ -194,6 +219,7 @@ absl::StatusOr<ReplayConfig> ConfigFromFlags() {
   ReplayConfig config;
   config.allocator.min_free_kbytes = absl::GetFlag(FLAGS_min_free_kbytes);
   config.allocator.pcp_enabled = absl::GetFlag(FLAGS_pcp);
+  config.allocator.page_group_by_mobility = absl::GetFlag(FLAGS_page_group_by_mobility);
   config.allocator.arena_backing = ArenaOptions::Backing::kOrdinary;  // untouched unless --zero_pages
   config.per_cpu_threads = absl::GetFlag(FLAGS_per_cpu);
   config.zero_pages = absl::GetFlag(FLAGS_zero_pages);
@@ -212,10 +238,31 @@ bool ParseOnOff(std::string_view v, bool* out) {
   return false;
 }
 
+// One column of a replay or comparison: in-process (config), or on a daemon (daemon.address set).
+struct RunSpec {
+  ReplayConfig config;
+  DaemonReplayOptions daemon;
+};
+
+DaemonReplayOptions DaemonFromFlags() {
+  DaemonReplayOptions d;
+  d.address = absl::GetFlag(FLAGS_daemon);
+  d.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
+  d.keep_lease = absl::GetFlag(FLAGS_keep_lease);
+  d.alloc_timeout_ms = absl::GetFlag(FLAGS_alloc_timeout_ms);
+  d.pace.pace = absl::GetFlag(FLAGS_pace);
+  d.pace.max_batch = absl::GetFlag(FLAGS_max_batch);
+  d.pace.bulk = absl::GetFlag(FLAGS_bulk);
+  d.zero_pages = absl::GetFlag(FLAGS_zero_pages);
+  d.samples = absl::GetFlag(FLAGS_samples);
+  return d;
+}
+
 // "name=small,mem_mb=512,pcp=off" on top of the flags' configuration.
-absl::StatusOr<ReplayConfig> ParseConfig(const std::string& spec, int index) {
+absl::StatusOr<RunSpec> ParseConfig(const std::string& spec, int index) {
   absl::StatusOr<ReplayConfig> config = ConfigFromFlags();
   if (!config.ok()) return config.status();
+  DaemonReplayOptions daemon = DaemonFromFlags();
   std::string target = absl::GetFlag(FLAGS_target);
   uint64_t mem_mb = absl::GetFlag(FLAGS_mem_mb);
   config->name = absl::StrCat("config", index);
@@ -234,34 +281,44 @@ absl::StatusOr<ReplayConfig> ParseConfig(const std::string& spec, int index) {
       ok = absl::SimpleAtoi(value, &config->allocator.min_free_kbytes);
     } else if (key == "pcp") {
       ok = ParseOnOff(value, &config->allocator.pcp_enabled);
+    } else if (key == "mobility") {
+      ok = ParseOnOff(value, &config->allocator.page_group_by_mobility);
     } else if (key == "per_cpu") {
       ok = ParseOnOff(value, &config->per_cpu_threads);
+    } else if (key == "daemon") {
+      ok = !value.empty();
+      daemon.address = value;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": unknown key \"", key,
-                                                     "\" (known: name, target, mem_mb, min_free_kbytes, pcp, per_cpu)"));
+                                                     "\" (known: name, target, mem_mb, min_free_kbytes, pcp, mobility, "
+                                                     "per_cpu, daemon)"));
     }
     if (!ok) return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": bad value for ", key, ": \"", value, "\""));
   }
   absl::StatusOr<Target> t = MakeTarget(target, mem_mb);
   if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": ", t.status().message()));
   config->allocator.target = *t;
-  return config;
+  daemon.name = config->name;
+  if (!daemon.address.empty() && daemon.pace.pace < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--pace must be 0 (full speed) or positive, not ", daemon.pace.pace));
+  }
+  return RunSpec{*std::move(config), std::move(daemon)};
 }
 
 int ReplayOrCompare(bool compare, const std::vector<char*>& args) {
   const std::string path = absl::GetFlag(FLAGS_trace);
   if (path.empty()) return Fail(kBadUsage, "--trace=FILE is required");
-  std::vector<ReplayConfig> configs;
+  std::vector<RunSpec> configs;
   if (compare) {
     if (args.size() < 4) return Fail(kBadUsage, "compare: give two or more configurations, e.g. name=a,mem_mb=512 name=b,mem_mb=4096");
     for (size_t i = 2; i < args.size(); ++i) {
-      absl::StatusOr<ReplayConfig> c = ParseConfig(args[i], static_cast<int>(i - 1));
+      absl::StatusOr<RunSpec> c = ParseConfig(args[i], static_cast<int>(i - 1));
       if (!c.ok()) return Fail(kBadUsage, c.status().message());
       configs.push_back(*c);
     }
   } else {
     if (args.size() > 2) return Fail(kBadUsage, absl::StrCat("replay: unexpected argument \"", args[2], "\" (compare takes configurations)"));
-    absl::StatusOr<ReplayConfig> c = ParseConfig("name=replay", 0);
+    absl::StatusOr<RunSpec> c = ParseConfig("name=replay", 0);
     if (!c.ok()) return Fail(kBadUsage, c.status().message());
     configs.push_back(*c);
   }
@@ -271,9 +328,15 @@ int ReplayOrCompare(bool compare, const std::vector<char*>& args) {
   if (!trace.ok()) return Fail(kUnreadable, trace.status().message());
   const ReplayPlan plan = BuildReplayPlan(*trace);
   std::vector<ReplayResult> results;
-  for (const ReplayConfig& config : configs) {
-    absl::StatusOr<ReplayResult> r = Replay(plan, config);
-    if (!r.ok()) return Fail(kBadUsage, r.status().message());
+  for (const RunSpec& spec : configs) {
+    if (!spec.daemon.address.empty()) {
+      std::cerr << "physmem_trace: replaying " << plan.ops.size() << " ops on " << spec.daemon.address
+                << (spec.daemon.pace.pace > 0 ? absl::StrFormat(" at %gx the trace's pace", spec.daemon.pace.pace)
+                                              : std::string(" at full speed"))
+                << "\n";
+    }
+    absl::StatusOr<ReplayResult> r = spec.daemon.address.empty() ? Replay(plan, spec.config) : ReplayOnDaemon(plan, spec.daemon);
+    if (!r.ok()) return Fail(spec.daemon.address.empty() ? kBadUsage : kDaemon, r.status().message());
     results.push_back(std::move(*r));
   }
   const std::string json_path = absl::GetFlag(FLAGS_json);

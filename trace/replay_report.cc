@@ -54,6 +54,26 @@ std::string JsonCountsByName(const auto& names, const auto& values) {
   return absl::StrCat("{", absl::StrJoin(parts, ","), "}");
 }
 
+constexpr const char* kPcpTypeNames[kNrPcpMigratetypes] = {"Unmovable", "Movable", "Reclaimable"};
+
+// {"fallbacks":F,"claims":C,"steals":S,"claims_by_migratetype":{...},"steals_by_migratetype":{...}}
+std::string JsonMigrate(const MigrateFallbacks& m) {
+  return absl::StrCat("{\"fallbacks\":", m.fallbacks(), ",\"claims\":", m.total_claims(), ",\"steals\":", m.total_steals(),
+                      ",\"claims_by_migratetype\":", JsonCountsByName(kPcpTypeNames, m.claims),
+                      ",\"steals_by_migratetype\":", JsonCountsByName(kPcpTypeNames, m.steals), "}");
+}
+
+std::string JsonDaemon(const ReplayResult& r) {
+  if (r.mode != "daemon") return "null";
+  const DaemonReplayInfo& d = r.daemon;
+  return absl::StrCat("{\"address\":", Quote(d.address), ",\"lease_id\":", d.lease_id,
+                      absl::StrFormat(",\"pace\":%g", d.pace), ",\"alloc_bulk_calls\":", d.alloc_bulk_calls,
+                      ",\"bulk_pages\":", d.bulk_pages, ",\"bulk_short\":", d.bulk_short, ",\"alloc_calls\":", d.alloc_calls,
+                      ",\"free_bulk_calls\":", d.free_bulk_calls, ",\"pages_allocated_at_end\":", d.pages_allocated_at_end,
+                      ",\"lease_pages_at_end\":", d.lease_pages_at_end, ",\"lease_kept\":", d.lease_kept ? "true" : "false",
+                      absl::StrFormat(",\"slept_seconds\":%.6f}", d.slept_seconds));
+}
+
 std::string JsonReplay(const ReplayResult& r) {
   const ReplayCounts& c = r.counts;
   std::vector<std::string> reasons;
@@ -65,15 +85,18 @@ std::string JsonReplay(const ReplayResult& r) {
       zones.push_back(absl::StrCat("{\"zone\":", Quote(z.name), ",\"managed_pages\":", z.managed_pages, ",\"free_pages\":", z.free_pages,
                                    ",\"fragmentation_index\":", JsonArray(z.fragmentation_index), "}"));
     }
-    samples.push_back(absl::StrFormat("{\"ops_done\":%u,\"trace_seconds\":%.6f,\"zones\":[%s]}", s.ops_done,
-                                      s.trace_seconds, absl::StrJoin(zones, ",")));
+    samples.push_back(absl::StrFormat("{\"ops_done\":%u,\"trace_seconds\":%.6f,\"fallbacks\":%u,\"claims\":%u,"
+                                      "\"steals\":%u,\"zones\":[%s]}",
+                                      s.ops_done, s.trace_seconds, s.migrate.fallbacks(), s.migrate.total_claims(),
+                                      s.migrate.total_steals(), absl::StrJoin(zones, ",")));
   }
   std::vector<std::string_view> class_names(kGfpClassNames.begin(), kGfpClassNames.end());
   std::vector<std::string_view> mt_names(kMigratetypeNames.begin(), kMigratetypeNames.end());
   return absl::StrCat(
-      "{\"config\":", Quote(r.config_name), ",\"target\":", Quote(r.target),
+      "{\"config\":", Quote(r.config_name), ",\"mode\":", Quote(r.mode), ",\"target\":", Quote(r.target),
       ",\"min_free_kbytes\":", r.min_free_kbytes, ",\"pcp_requested\":", r.pcp_requested ? "true" : "false",
-      ",\"pcp_active\":", r.pcp_active ? "true" : "false", ",\"threads\":", r.threads,
+      ",\"pcp_active\":", r.pcp_active ? "true" : "false",
+      ",\"page_group_by_mobility\":", r.group_by_mobility ? "true" : "false", ",\"threads\":", r.threads,
       ",\"cpu_mapping\":", Quote(r.cpu_mapping), ",\"allocs\":", c.allocs, ",\"alloc_failures\":", c.alloc_failures,
       ",\"frees\":", c.frees, ",\"free_of_refused\":", c.free_of_refused, ",\"free_errors\":", c.free_errors,
       ",\"failures_by_reason\":{", absl::StrJoin(reasons, ","), "}",
@@ -83,9 +106,10 @@ std::string JsonReplay(const ReplayResult& r) {
       ",\"failures_by_gfp_class\":", JsonCountsByName(class_names, c.failures_by_gfp_class),
       ",\"allocs_by_migratetype\":", JsonCountsByName(mt_names, c.allocs_by_migratetype),
       ",\"failures_by_migratetype\":", JsonCountsByName(mt_names, c.failures_by_migratetype),
-      ",\"blocks_allocated_at_end\":", r.blocks_allocated_at_end,
+      ",\"blocks_allocated_at_end\":", r.blocks_allocated_at_end, ",\"migrate\":", JsonMigrate(r.migrate),
       ",\"fragmentation\":[", absl::StrJoin(samples, ","), "]",
-      ",\"final_buddyinfo\":", Quote(r.final_buddyinfo),
+      ",\"final_buddyinfo\":", Quote(r.final_buddyinfo), ",\"final_pagetypeinfo\":", Quote(r.final_pagetypeinfo),
+      ",\"daemon\":", JsonDaemon(r),
       absl::StrFormat(",\"wall_seconds\":%.6f,\"ops_per_second\":%.0f}", r.wall_seconds, r.ops_per_second));
 }
 
@@ -176,9 +200,21 @@ std::string FormatReplayText(const ReplayResult& r, const ReplayPlan& plan) {
   const ReplayCounts& c = r.counts;
   std::string out = absl::StrFormat("\nREPLAY \"%s\" on %s\n", r.config_name, r.target);
   out += std::string(out.size() - 2, '=') + "\n";
-  absl::StrAppendFormat(&out, "%-30s: %u, per-CPU lists %s%s, %s\n", "min_free_kbytes", r.min_free_kbytes,
-                        r.pcp_requested ? "on" : "off",
-                        r.pcp_requested && !r.pcp_active ? " (requested, but rseq is unusable here)" : "", r.cpu_mapping);
+  absl::StrAppendFormat(&out, "%-30s: %u, per-CPU lists %s%s, mobility grouping %s, %s\n", "min_free_kbytes",
+                        r.min_free_kbytes, r.pcp_requested ? "on" : "off",
+                        r.pcp_requested && !r.pcp_active ? " (requested, but rseq is unusable here)" : "",
+                        r.group_by_mobility ? "on" : "off", r.cpu_mapping);
+  if (r.mode == "daemon") {
+    const DaemonReplayInfo& d = r.daemon;
+    absl::StrAppendFormat(&out, "%-30s: %s, lease %u%s, %s\n", "Daemon", d.address, d.lease_id,
+                          d.lease_kept ? " (kept)" : " (revoked at the end)",
+                          d.pace > 0 ? absl::StrFormat("at %gx the trace's pace (slept %.3f s)", d.pace, d.slept_seconds)
+                                     : std::string("at full speed"));
+    absl::StrAppendFormat(&out, "%-30s: %u AllocPagesBulk (%u pages, %u filled short), %u AllocPages, %u FreePagesBulk\n",
+                          "Calls", d.alloc_bulk_calls, d.bulk_pages, d.bulk_short, d.alloc_calls, d.free_bulk_calls);
+    absl::StrAppendFormat(&out, "%-30s: %u pages by this replay's book, %u by the daemon (GetLease)\n",
+                          "Lease holds at the end", d.pages_allocated_at_end, d.lease_pages_at_end);
+  }
   absl::StrAppendFormat(&out, "%-30s: %u granted, %u refused\n", "Allocations", c.allocs, c.alloc_failures);
   std::vector<std::string> reasons;
   for (const auto& [reason, n] : c.failures_by_reason) reasons.push_back(absl::StrCat(reason, " ", n));
@@ -187,6 +223,17 @@ std::string FormatReplayText(const ReplayResult& r, const ReplayPlan& plan) {
                         c.free_of_refused);
   if (c.free_errors) absl::StrAppendFormat(&out, "%-30s: %u (first: %s)\n", "Frees refused", c.free_errors, c.first_free_error);
   absl::StrAppendFormat(&out, "%-30s: %u\n", "Blocks allocated at the end", r.blocks_allocated_at_end);
+  const MigrateFallbacks& m = r.migrate;
+  absl::StrAppendFormat(&out, "%-30s: %u (%u claimed the pageblock, %u stole one block)", "Migratetype fallbacks",
+                        m.fallbacks(), m.total_claims(), m.total_steals());
+  if (m.fallbacks() > 0) {
+    std::vector<std::string> parts;
+    for (int t = 0; t < kNrPcpMigratetypes; ++t) {
+      if (m.claims[t] + m.steals[t] > 0) parts.push_back(absl::StrCat(kPcpTypeNames[t], " ", m.claims[t], "+", m.steals[t]));
+    }
+    absl::StrAppendFormat(&out, "; by requested type, claims+steals: %s", absl::StrJoin(parts, ", "));
+  }
+  out += "\n";
 
   out += "\nOrder        allocs     refused       frees\n";
   for (int o = 0; o < kNrTraceOrders; ++o) {
@@ -207,18 +254,20 @@ std::string FormatReplayText(const ReplayResult& r, const ReplayPlan& plan) {
     const size_t zi = MainZone(r);
     absl::StrAppendFormat(&out, "\nFragmentation index over the replay, zone %s (extfrag_index; -1 = a free block "
                           "of that order exists)\n", r.samples.back().zones.empty() ? "?" : r.samples.back().zones[zi].name);
-    absl::StrAppendFormat(&out, "%9s %10s %10s", "trace s", "ops", "free pgs");
+    absl::StrAppendFormat(&out, "%9s %10s %10s %9s", "trace s", "ops", "free pgs", "fallbacks");
     const size_t orders = r.samples.back().zones.empty() ? 0 : r.samples.back().zones[zi].fragmentation_index.size();
     for (size_t o = 0; o < orders; ++o) absl::StrAppendFormat(&out, " %6s", absl::StrCat("o", o));
     out += "\n";
     for (const FragmentationSample& s : r.samples) {
       if (zi >= s.zones.size()) continue;
-      absl::StrAppendFormat(&out, "%9.3f %10u %10u", s.trace_seconds, s.ops_done, s.zones[zi].free_pages);
+      absl::StrAppendFormat(&out, "%9.3f %10u %10u %9u", s.trace_seconds, s.ops_done, s.zones[zi].free_pages,
+                            s.migrate.fallbacks());
       for (int v : s.zones[zi].fragmentation_index) absl::StrAppendFormat(&out, " %6s", Index(v));
       out += "\n";
     }
   }
   out += "\nFinal /proc/buddyinfo\n" + r.final_buddyinfo;
+  if (!r.final_pagetypeinfo.empty()) out += "\nFinal /proc/pagetypeinfo\n" + r.final_pagetypeinfo;
   const double trace_rate = plan.trace_seconds > 0 ? plan.ops.size() / plan.trace_seconds : 0;
   absl::StrAppendFormat(&out, "\n%-30s: %.3f s, %.2f M ops/s", "Replay time", r.wall_seconds, r.ops_per_second / 1e6);
   if (trace_rate > 0) absl::StrAppendFormat(&out, " (%.0fx the trace's own rate)", r.ops_per_second / trace_rate);
@@ -241,6 +290,10 @@ std::string FormatCompareText(const std::vector<ReplayResult>& results) {
   add("min_free_kbytes", [](const ReplayResult& r) { return absl::StrCat(r.min_free_kbytes); });
   add("per-CPU lists", [](const ReplayResult& r) {
     return std::string(r.pcp_active ? "on" : r.pcp_requested ? "on (inactive)" : "off");
+  });
+  add("mobility grouping", [](const ReplayResult& r) { return std::string(r.group_by_mobility ? "on" : "off"); });
+  add("replayed", [](const ReplayResult& r) {
+    return r.mode == "daemon" ? std::string("physmemd") : std::string("in-process");
   });
   add("threads", [](const ReplayResult& r) { return absl::StrCat(r.threads); });
   add("allocations granted", [](const ReplayResult& r) { return absl::StrCat(r.counts.allocs); });
@@ -266,6 +319,9 @@ std::string FormatCompareText(const std::vector<ReplayResult>& results) {
     });
   }
   add("frees replayed", [](const ReplayResult& r) { return absl::StrCat(r.counts.frees); });
+  add("migratetype fallbacks", [](const ReplayResult& r) { return absl::StrCat(r.migrate.fallbacks()); });
+  add("  claims (pageblock)", [](const ReplayResult& r) { return absl::StrCat(r.migrate.total_claims()); });
+  add("  steals (one block)", [](const ReplayResult& r) { return absl::StrCat(r.migrate.total_steals()); });
   add("free pages at end", [](const ReplayResult& r) {
     uint64_t n = 0;
     if (!r.samples.empty()) {
