@@ -6,11 +6,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/journal.h"
 
@@ -295,6 +299,91 @@ TEST_F(JournalTest, RefusesAJournalWrittenForAnotherTarget) {
   o.target_fingerprint = 43;
   absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(o, &st);
   EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Journal faults (docs/recovery.md): what the file system refuses is refused to the caller, with
+// a status naming the journal; frees go on from the reserve; nothing refused is recovered; the
+// journal heals by itself when the file system works again.
+TEST_F(JournalTest, AnAppendTheFileSystemRefusesIsNotAcknowledgedAndTheJournalHeals) {
+  std::atomic<int> fail{0};
+  JournalOptions o = Options();
+  o.fault_hook = [&fail](std::string_view op) { return op == "fallocate" ? fail.load() : 0; };
+  JournalState st;
+  absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(o, &st);
+  ASSERT_TRUE(j.ok()) << j.status();
+  ASSERT_TRUE((*j)->Start(uint64_t{7} << 32, 1).ok());
+  const uint64_t id = (uint64_t{7} << 32) | 1;
+  ASSERT_TRUE((*j)->LeaseCreated(id, "u", "", 1000, 0, 5).ok());
+  fail = ENOSPC;
+  std::vector<JournalEntry> batch(1000);
+  uint64_t acked = 0;
+  absl::Status refused;
+  for (uint64_t i = 0; i < 1000 && refused.ok(); ++i) {
+    for (uint64_t k = 0; k < batch.size(); ++k) batch[k].pfn = i * batch.size() + k;
+    refused = (*j)->Allocated(id, batch);
+    if (refused.ok()) acked += batch.size();
+  }
+  ASSERT_FALSE(refused.ok()) << "the first preallocated chunk never ran out";
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr("journal: write to " + dir_ + "/j.1 failed: " +
+                                                      std::strerror(ENOSPC)));
+  EXPECT_TRUE((*j)->failing());
+  // What is left of the backed slots (less than a batch) goes to smaller grants, then none.
+  for (uint64_t pfn = uint64_t{1} << 30;; ++pfn) {
+    const JournalEntry e{pfn, 0, false, {}};
+    if (!(*j)->Allocated(id, {&e, 1}).ok()) break;
+    ++acked;
+    ASSERT_LT(pfn, (uint64_t{1} << 30) + 200);
+  }
+  EXPECT_EQ((*j)->LeaseRenewed(id, 6).code(), absl::StatusCode::kUnavailable);  // gives time out: refused
+  EXPECT_TRUE((*j)->Freed(id, 0).ok());                                      // gives a page back: reserve
+  fail = 0;
+  const JournalEntry late{uint64_t{1} << 40, 0, false, {}};
+  EXPECT_TRUE((*j)->Allocated(id, {&late, 1}).ok());
+  EXPECT_FALSE((*j)->failing());
+  EXPECT_GE((*j)->failed_appends(), 2u);
+  j->reset();
+  Open(&st);
+  ASSERT_EQ(st.leases.count(id), 1u);
+  const JournalLease& l = st.leases.at(id);
+  EXPECT_EQ(l.blocks.size(), acked - 1 + 1);  // the refused batch is not there, pfn 0 freed, `late` added
+  EXPECT_FALSE(l.blocks.contains(acked));     // the first pfn of the refused batch
+  EXPECT_TRUE(l.blocks.contains(late.pfn));
+  EXPECT_EQ(l.deadline_ns, 5);  // the refused renewal is not there either
+  EXPECT_EQ(st.anomalies, 0u);
+}
+
+TEST_F(JournalTest, ARotationThatCannotCreateASegmentRefusesGrantsButNotFrees) {
+  std::atomic<int> fail{0};
+  JournalOptions o = Options();
+  o.compact_bytes = 256 << 10;  // segments of 1 MiB: full after 768 KiB of grants
+  o.fault_hook = [&fail](std::string_view op) { return op == "open" ? fail.load() : 0; };
+  JournalState st;
+  absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(o, &st);
+  ASSERT_TRUE(j.ok()) << j.status();
+  ASSERT_TRUE((*j)->Start(uint64_t{7} << 32, 1).ok());
+  const uint64_t id = (uint64_t{7} << 32) | 1;
+  ASSERT_TRUE((*j)->LeaseCreated(id, "u", "", 1000, 0, 5).ok());
+  fail = EIO;
+  absl::Status refused;
+  uint64_t pfn = 0;
+  std::vector<uint64_t> acked;
+  while (refused.ok() && pfn < 100000) {
+    const JournalEntry e{pfn, 0, false, std::string(100, 'k')};
+    refused = (*j)->Allocated(id, {&e, 1});
+    if (refused.ok()) acked.push_back(pfn);
+    ++pfn;
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr(std::strerror(EIO)));
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE((*j)->Freed(id, acked[i]).ok()) << i;
+  fail = 0;
+  const JournalEntry e{pfn, 0, false, {}};
+  EXPECT_TRUE((*j)->Allocated(id, {&e, 1}).ok());
+  j->reset();
+  Open(&st);
+  EXPECT_EQ(st.leases.at(id).blocks.size(), acked.size() - 100 + 1);
+  EXPECT_EQ(st.anomalies, 0u);
 }
 
 }  // namespace
