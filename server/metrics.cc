@@ -8,11 +8,16 @@
 #include <utility>
 #include <vector>
 
+#include <CivetServer.h>
+#include <civetweb.h>
+
 #include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_format.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
+#include "server/arena_page.h"
 #include "server/log.h"
 #include "server/version.h"
 
@@ -54,6 +59,57 @@ double ResidentBytes() {
   const int n = std::fscanf(f, "%llu %llu", &size, &resident);
   std::fclose(f);
   return n == 2 ? static_cast<double>(resident) * static_cast<double>(::sysconf(_SC_PAGESIZE)) : 0;
+}
+
+// The allocators whose arena pages each metrics port serves (see metrics.h).
+class ArenaPorts {
+ public:
+  static ArenaPorts& Get() {
+    static ArenaPorts* const ports = new ArenaPorts;  // never destroyed: exposers may stop at exit
+    return *ports;
+  }
+  void Add(int port, const PageAllocator* pa) {
+    absl::MutexLock l(&mu_);
+    by_port_[port] = pa;
+  }
+  void Remove(int port) {
+    absl::MutexLock l(&mu_);
+    by_port_.erase(port);
+  }
+  const PageAllocator* Find(int port) const {
+    absl::MutexLock l(&mu_);
+    auto it = by_port_.find(port);
+    return it == by_port_.end() ? nullptr : it->second;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<int, const PageAllocator*> by_port_ ABSL_GUARDED_BY(mu_);
+};
+
+// civetweb's begin_request: answers the arena's paths (returning the HTTP status, which tells
+// civetweb the request is done), 0 for anything else. A pointer found in ArenaPorts stays valid
+// while this runs: StopExposer removes the port, then stops civetweb, which waits for its
+// workers.
+int ArenaRequest(mg_connection* conn) {
+  const mg_request_info* ri = mg_get_request_info(conn);
+  if (ri == nullptr || ri->local_uri == nullptr) return 0;
+  const PageAllocator* pa = ArenaPorts::Get().Find(ri->server_port);
+  if (pa == nullptr) return 0;
+  std::optional<HttpReply> reply = ServeArena(*pa, ri->local_uri);
+  if (!reply) return 0;
+  const std::string_view method = ri->request_method != nullptr ? ri->request_method : "";
+  if (method != "GET" && method != "HEAD") {
+    mg_send_http_error(conn, 405, "%s", "the arena pages answer GET and HEAD only\n");
+    return 405;
+  }
+  if (reply->status != 200) {
+    mg_send_http_error(conn, reply->status, "%s", reply->body.c_str());
+    return reply->status;
+  }
+  mg_send_http_ok(conn, reply->content_type.c_str(), static_cast<long long>(reply->body.size()));
+  if (method == "GET") mg_write(conn, reply->body.data(), reply->body.size());
+  return 200;
 }
 
 }  // namespace
@@ -334,7 +390,8 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
 Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, MetricsOptions options)
     : options_(std::move(options)),
       registry_(std::make_shared<prometheus::Registry>()),
-      snapshot_(std::make_shared<SnapshotCollector>(pa, leases, options_.max_lease_names)) {
+      snapshot_(std::make_shared<SnapshotCollector>(pa, leases, options_.max_lease_names)),
+      pa_(pa) {
   auto& refused = prometheus::BuildCounter()
                       .Name("physmem_free_refused_total")
                       .Help("Refused frees by reason")
@@ -360,7 +417,7 @@ Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, MetricsOptions o
                                                                            "grpc.reflection.v1alpha.ServerReflection"});
 }
 
-Metrics::~Metrics() = default;
+Metrics::~Metrics() { StopExposer(); }
 
 void Metrics::AllocWaitDone(WaitOutcome outcome, std::chrono::steady_clock::duration waited) {
   waits_[static_cast<int>(outcome)]->Increment();
@@ -371,7 +428,9 @@ absl::Status Metrics::StartExposer() {
   if (options_.listen.empty()) return absl::OkStatus();
   try {
     // One worker thread: scrapes are rare and each builds its snapshot anyway.
-    exposer_ = std::make_unique<prometheus::Exposer>(options_.listen, 1);
+    callbacks_ = std::make_unique<CivetCallbacks>();
+    callbacks_->begin_request = ArenaRequest;
+    exposer_ = std::make_unique<prometheus::Exposer>(options_.listen, 1, callbacks_.get());
   } catch (const std::exception& e) {
     // CivetServer says only "null context when constructing CivetServer. Possible problem binding
     // to port." when the bind fails: the port is in use (another daemon) or not allowed.
@@ -385,10 +444,16 @@ absl::Status Metrics::StartExposer() {
   exposer_->RegisterCollectable(snapshot_);
   const std::vector<int> ports = exposer_->GetListeningPorts();
   port_ = ports.empty() ? 0 : ports.front();
+  for (int p : ports) ArenaPorts::Get().Add(p, pa_);
   return absl::OkStatus();
 }
 
-void Metrics::StopExposer() { exposer_.reset(); }
+void Metrics::StopExposer() {
+  if (exposer_ != nullptr) {
+    for (int p : exposer_->GetListeningPorts()) ArenaPorts::Get().Remove(p);
+  }
+  exposer_.reset();
+}
 
 std::string Metrics::Serialize() const {
   std::vector<MetricFamily> families = registry_->Collect();

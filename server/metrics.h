@@ -10,6 +10,15 @@
 //     one Registry, incremented where they happen.
 // Both are served by prometheus-cpp's pull Exposer (civetweb) on --metrics_listen.
 //
+// The same listener serves the live picture of the arena (server/arena_page.h: /arena,
+// /arena.json, /arena.png). prometheus-cpp 1.0.1's Exposer takes no extra handlers, but its
+// constructor takes civetweb callbacks (a documented parameter), and civetweb documents
+// begin_request as the hook that may answer a request itself: ArenaRequest answers the arena's
+// paths there and leaves every other path (/metrics) to the Exposer. The callback has no pointer
+// of ours (the context's user data is the Exposer's CivetServer), so it finds the allocator by
+// the port the request arrived on, in a process-wide table StartExposer fills and StopExposer
+// empties.
+//
 // Who uses it: Server builds one Metrics, hands it to PhysMemService (FreeRefused, AllocWait*)
 // and installs the RPC interceptor (rpc()). Thread-safety: every method may be called from any
 // thread; scrapes run on the exposer's threads concurrently with everything else.
@@ -92,7 +101,9 @@ class Metrics {
   std::array<prometheus::Counter*, static_cast<int>(WaitOutcome::kCount)> waits_{};
   prometheus::Histogram* wait_seconds_ = nullptr;
   std::unique_ptr<RpcMetrics> rpc_;
+  std::unique_ptr<CivetCallbacks> callbacks_;  // begin_request: the arena's pages
   std::unique_ptr<prometheus::Exposer> exposer_;
+  const PageAllocator* const pa_;
   int port_ = 0;
 };
 
