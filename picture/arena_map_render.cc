@@ -26,6 +26,7 @@ constexpr int kMargin = 8;
 std::string Bytes(uint64_t pages, unsigned page_shift) {
   const uint64_t bytes = pages << page_shift;
   if (bytes >= (uint64_t{1} << 30) && bytes % (uint64_t{1} << 30) == 0) return absl::StrCat(bytes >> 30, " GiB");
+  if (bytes >= (uint64_t{10} << 30)) return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1 << 30));
   if (bytes >= (uint64_t{1} << 20)) return absl::StrCat(bytes >> 20, " MiB");
   return absl::StrCat(bytes >> 10, " KiB");
 }
@@ -231,6 +232,8 @@ absl::StatusOr<MapLayout> LayoutArenaMap(const ArenaMap& map, const RenderOption
   for (const ArenaMapZone& z : map.zones) {
     MapLayout::ZoneBand band;
     band.type = z.type;
+    band.first_pfn = z.first_pfn;
+    band.end_pfn = z.end_pfn;
     band.cells = ZoneCells(map, z, per_cell);
     band.nr_free = z.nr_free;
     uint64_t zone_ram = 0;
@@ -362,9 +365,10 @@ std::string RenderJson(const MapLayout& l) {
     std::vector<size_t> cells;
     for (const ArenaCell& c : band.cells) cells.push_back(PaletteIndex(c, l.nr_orders));
     zones.push_back(absl::StrFormat(
-        "{\"name\":%s,\"heading\":%s,\"frame\":%s,\"x0\":%d,\"y0\":%d,\"start_pfn\":%u,\"cells\":[%s],\"nr_free\":[%s]}",
-        JsonString(zone_name(band.type)), TextJson(band.heading), RectJson(band.frame), band.x0, band.y0,
-        band.cells.empty() ? 0 : band.cells.front().start_pfn, absl::StrJoin(cells, ","),
+        "{\"name\":%s,\"heading\":%s,\"frame\":%s,\"x0\":%d,\"y0\":%d,\"first_pfn\":%u,\"end_pfn\":%u,"
+        "\"cells\":[%s],\"nr_free\":[%s]}",
+        JsonString(zone_name(band.type)), TextJson(band.heading), RectJson(band.frame), band.x0, band.y0, band.first_pfn,
+        band.end_pfn, absl::StrJoin(cells, ","),
         absl::StrJoin(band.nr_free, ",")));
     ZoneStats zs;
     zs.type = band.type;

@@ -80,6 +80,8 @@ struct TextItem {
 struct MapLayout {
   struct ZoneBand {
     ZoneType type = ZONE_NORMAL;
+    uint64_t first_pfn = 0;  // cell i covers [first_pfn + i * pages_per_cell, + pages_per_cell) ∩ the zone
+    uint64_t end_pfn = 0;    // exclusive end of the zone's RAM
     TextItem heading;
     PixelRect frame;  // a 1-pixel border around the zone's cells
     int x0 = 0, y0 = 0;  // top-left of cell 0; cell i is at x0 + (i % columns) * pitch, y0 + (i / columns) * pitch
@@ -116,7 +118,8 @@ absl::StatusOr<std::string> RenderPng(const MapLayout& layout);
 std::string RenderSvg(const MapLayout& layout);
 // The layout for the live page (server/arena_page.h): {"width", "height", "columns", "pitch",
 // "cell_px", "title", "palette": ["#rrggbb", ...], "legend": [...], "zones": [{"name", "heading",
-// "frame", "x0", "y0", "start_pfn", "cells": [palette index, ...], "nr_free": [...]}],
+// "frame", "x0", "y0", "first_pfn", "end_pfn", "cells": [palette index, ...], "nr_free":
+// [...]}],
 // "buddyinfo": "<the /proc/buddyinfo text of the snapshot>"}.
 std::string RenderJson(const MapLayout& layout);
 

@@ -17,6 +17,7 @@ PACKAGES=(
   python3-grpcio python3-protobuf python3-yaml jq systemd
   valgrind util-linux openssl
   linux-perf zlib1g-dev
+  libpng-dev chromium
 )
 
 missing=()
