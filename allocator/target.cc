@@ -541,26 +541,38 @@ Target BuildX86_64(uint64_t mem) {
   return t;
 }
 
-// i386 with VMSPLIT_3G. The kernel's 1 GiB (0xc0000000..) minus the 128 MiB vmalloc/fixmap
-// reserve (__VMALLOC_RESERVE) leaves 896 MiB for the direct map: RAM above that is HIGHMEM.
-// RAM is contiguous from 1 MiB, so it ends 388 KiB (the ISA hole) above mem.
+// i386 with VMSPLIT_3G. Lowmem ends at MAXMEM (arch/x86/include/asm/pgtable_32_areas.h, 6.12):
+//   MAXMEM = VMALLOC_END - PAGE_OFFSET - __VMALLOC_RESERVE, VMALLOC_END = PKMAP_BASE - 2 * PAGE_SIZE
+// (CONFIG_HIGHMEM), with the default __VMALLOC_RESERVE of 128 MiB (arch/x86/mm/pgtable_32.c;
+// the vmalloc= boot option changes it) and PKMAP_BASE 0xff800000, the classic layout's window
+// (pkmap 0xff800000-0xffc00000 below the fixmap): 0xff7fe000 - 0xc0000000 - 0x8000000 =
+// 0x377fe000, i.e. 887.99 MiB ("lowmem : 0xc0000000 - 0xf77fe000 (887 MB)" in the kernel's
+// boot log), not a round 896 MiB. highmem_pfn_init() (arch/x86/mm/init_32.c) sets max_low_pfn =
+// MAXMEM_PFN = PFN_DOWN(MAXMEM); RAM above it is HIGHMEM. RAM is contiguous from 1 MiB, so it
+// ends 388 KiB (the ISA hole) above mem.
+constexpr uint64_t kI386PageOffset = 0xC0000000;
+constexpr uint64_t kI386PkmapBase = 0xff800000;
+constexpr uint64_t kI386VmallocReserve = 128 * kMiB;  // __VMALLOC_RESERVE
+constexpr uint64_t kI386Maxmem = (kI386PkmapBase - 2 * 4096) - kI386PageOffset - kI386VmallocReserve;
+static_assert(kI386Maxmem == 0x377fe000);
+
 Target BuildI386(uint64_t mem) {
   Target t;
   t.name = "i386";
-  t.page_offset = 0xC0000000;
+  t.page_offset = kI386PageOffset;
   SetZone(t, ZONE_DMA, 16 * kMiB);
-  SetZone(t, ZONE_NORMAL, 896 * kMiB);  // 0x38000000 = 1 GiB - 128 MiB
+  SetZone(t, ZONE_NORMAL, kI386Maxmem);
   SetZone(t, ZONE_HIGHMEM, kUnbounded);
   AddRam(t, 0, kIsaHoleStart);
   AddRam(t, kMiB, mem - kIsaHoleStart);
   const bool pae = t.ram.back().end() > kFourGiB;  // physical addresses above 4 GiB need PAE
-  t.pkmap_base = 0xff800000;                      // PKMAP_BASE below the fixmap
+  t.pkmap_base = kI386PkmapBase;                  // PKMAP_BASE below the fixmap
   t.pkmap_slots = pae ? 512 : 1024;               // LAST_PKMAP: one page table of PTEs
   t.description = absl::StrCat(
       "i386 PC, ", FormatBytes(mem), " RAM, VMSPLIT_3G", pae ? ", PAE" : "",
-      ". DMA below 16 MiB, Normal below 896 MiB (the 1 GiB kernel space minus the 128 MiB "
-      "vmalloc reserve), HighMem above, reached through a ", t.pkmap_slots,
-      "-slot kmap() window at 0xff800000.");
+      ". DMA below 16 MiB, Normal below MAXMEM 0x377fe000 (887.99 MiB: the 1 GiB kernel space "
+      "minus the 128 MiB vmalloc reserve and the pkmap/fixmap area), HighMem above, reached "
+      "through a ", t.pkmap_slots, "-slot kmap() window at 0xff800000.");
   return t;
 }
 

@@ -370,6 +370,30 @@ TEST_F(PageAllocatorTest, PageCountIsTheHeadsReferenceCount) {
   ExpectValid();
 }
 
+// The built-in i386 with 1 GiB: lowmem ends at MAXMEM 0x377fe000 (mid-pageblock), so HighMem
+// holds 0x40061000 - 0x377fe000 = 34915 pages and lowmem 3999 (DMA) + 223230 (Normal) = 227229.
+// __setup_per_zone_wmarks(): min_free_kbytes = int_sqrt(908916 * 16) = 3813, pages_min 953;
+// HighMem MIN = clamp(34915 / 1024, 32, 128) = 34, its uncapped share 953 * 34915 / 227229 = 146,
+// gap max(146 >> 2, 34915 * 10 / 10000) = 36: 34/70/106.
+TEST_F(PageAllocatorTest, I386WithOneGiBBootsAtMaxmemWithTheKernelsHighmemWatermarks) {
+  absl::StatusOr<Target> t = BuiltinTarget("i386", 1024 * MiB);
+  ASSERT_TRUE(t.ok()) << t.status();
+  Boot(testing::SmallOptions(*t));
+  EXPECT_EQ(ZoneOf(ZONE_NORMAL).present_pages, 223230u);
+  const ZoneStats high = ZoneOf(ZONE_HIGHMEM);
+  EXPECT_EQ(high.start_pfn, 0x377feu);
+  EXPECT_EQ(high.present_pages, 34915u);
+  EXPECT_EQ(high.watermarks.min, 34u);
+  EXPECT_EQ(high.watermarks.low, 70u);
+  EXPECT_EQ(high.watermarks.high, 106u);
+  // The pages on both sides of the zone boundary inside one pageblock allocate from their zones.
+  Page* h = pa_->alloc_pages(GFP_HIGHUSER, 0);
+  ASSERT_NE(h, nullptr);
+  EXPECT_GE(pa_->page_to_pfn(h), 0x377feu);
+  ASSERT_TRUE(pa_->__free_pages(h, 0).ok());
+  ExpectValid();
+}
+
 TEST_F(PageAllocatorTest, BulkFillsOnlyEmptySlotsAndCountsThemAll) {
   BootX86();
   std::vector<Page*> arr(64, nullptr);

@@ -97,10 +97,11 @@ INSTANTIATE_TEST_SUITE_P(
         ZoneLimitCase{"x86_64", ZONE_DMA32, true, 4 * kGiB},
         ZoneLimitCase{"x86_64", ZONE_NORMAL, true, kUnbounded},
         ZoneLimitCase{"x86_64", ZONE_HIGHMEM, false, 0},
-        // i386 VMSPLIT_3G: DMA 16 MiB, NORMAL up to 1 GiB - 128 MiB vmalloc = 896 MiB.
+        // i386 VMSPLIT_3G: DMA 16 MiB, NORMAL up to MAXMEM = (PKMAP_BASE - 2 pages) - PAGE_OFFSET
+        // - 128 MiB __VMALLOC_RESERVE = 0x377fe000 (arch/x86/include/asm/pgtable_32_areas.h).
         ZoneLimitCase{"i386", ZONE_DMA, true, 16 * kMiB},
         ZoneLimitCase{"i386", ZONE_DMA32, false, 0},
-        ZoneLimitCase{"i386", ZONE_NORMAL, true, 0x38000000},
+        ZoneLimitCase{"i386", ZONE_NORMAL, true, 0x377fe000},
         ZoneLimitCase{"i386", ZONE_HIGHMEM, true, kUnbounded},
         // arm64, zone_dma_bits = 32: DMA reaches 4 GiB, DMA32 configured but zero-width.
         ZoneLimitCase{"arm64", ZONE_DMA, true, 4 * kGiB},
@@ -124,12 +125,18 @@ TEST(BuiltinTarget, Arm64Dma32IsConfiguredButHoldsNoRam) {
   EXPECT_GT(t.zone_ram_pages(ZONE_NORMAL), 0u);
 }
 
-TEST(BuiltinTarget, I386LowmemEndsAt896MiBAndHighmemStartsThere) {
+// max_low_pfn = MAXMEM_PFN (arch/x86/mm/init_32.c highmem_pfn_init()), with MAXMEM =
+// VMALLOC_END - PAGE_OFFSET - __VMALLOC_RESERVE and VMALLOC_END = PKMAP_BASE - 2 * PAGE_SIZE
+// (arch/x86/include/asm/pgtable_32_areas.h, 6.12): 0xff7fe000 - 0xc0000000 - 128 MiB = 0x377fe000,
+// the "lowmem : 0xc0000000 - 0xf77fe000 (887 MB)" of the kernel's boot log, not 896 MiB.
+TEST(BuiltinTarget, I386LowmemEndsAtTheKernelsMaxmem) {
   const Target t = MustBuiltin("i386", 2 * kGiB);
   EXPECT_TRUE(t.has_highmem());
-  EXPECT_EQ(t.lowmem_end(), 896 * kMiB);
-  EXPECT_EQ(t.zone_start(ZONE_HIGHMEM), 896 * kMiB);
-  EXPECT_EQ(t.zone_ram_pages(ZONE_HIGHMEM), (2 * kGiB + kIsaHole - 896 * kMiB) / 4096);
+  const uint64_t maxmem = (t.pkmap_base - 2 * t.page_size) - t.page_offset - 128 * kMiB;
+  EXPECT_EQ(maxmem, 0x377fe000u);
+  EXPECT_EQ(t.lowmem_end(), maxmem);
+  EXPECT_EQ(t.zone_start(ZONE_HIGHMEM), maxmem);
+  EXPECT_EQ(t.zone_ram_pages(ZONE_HIGHMEM), (2 * kGiB + kIsaHole - maxmem) / 4096);
 }
 
 TEST(BuiltinTarget, TargetsWithoutHighmemHaveAnUnboundedDirectMap) {
