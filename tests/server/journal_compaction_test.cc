@@ -33,7 +33,8 @@ class JournalCompactionTest : public ::testing::Test {
     st.next_id = 9;
     JournalLease& a = st.leases[st.nonce | 1];
     a = JournalLease{st.nonce | 1, "uid:1", "big", 1000, 0, 77, {}};
-    for (uint64_t p = 0; p < blocks; ++p) a.blocks[p] = JournalBlock{0, false, p % 3 == 0 ? "k" + std::to_string(p) : ""};
+    for (uint64_t p = 0; p < blocks; ++p)
+      a.blocks[p] = JournalBlock{0, false, p % 3 == 0 ? "k" + std::to_string(p) : ""};
     JournalLease& b = st.leases[st.nonce | 4];
     b = JournalLease{st.nonce | 4, "uid:2", "", 5, 10, 88, {}};
     b.blocks[1 << 20] = JournalBlock{9, true, "huge"};

@@ -37,7 +37,8 @@ class JournalFull : public testing::DaemonStubTest {
     ASSERT_NE(::mkdtemp(tmpl), nullptr) << std::strerror(errno);
     dir_ = tmpl;
     if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=8m,mode=0700") != 0) {
-      const std::string why = std::string("mount -t tmpfs: ") + std::strerror(errno) + " (a container without "
+      const std::string why = std::string("mount -t tmpfs: ") + std::strerror(errno) +
+                              " (a container without "
                               "CAP_SYS_ADMIN?)";
       std::fprintf(stderr, "journal_full_test: skipped: %s\n", why.c_str());
       ::rmdir(dir_.c_str());

@@ -107,8 +107,8 @@ TEST(JournalRecord, AMultiSlotRecordReadsBackWhole) {
 TEST(JournalRecord, ACorruptTornOrStaleRecordIsSkippedAloneAndTheRestKept) {
   Slots s(6);
   for (uint64_t i = 0; i < 6; ++i) WriteRecord(s.at(i), uint64_t{2} << 32 | i, kJournalFree, EncodeFreed(1, i));
-  s.at(1)[30] ^= 1;                  // a payload bit flipped: CRC mismatch
-  std::memset(s.at(3), 0, 8);        // its header word never written
+  s.at(1)[30] ^= 1;                                                              // a payload bit flipped: CRC mismatch
+  std::memset(s.at(3), 0, 8);                                                    // its header word never written
   WriteRecord(s.at(4), uint64_t{1} << 32 | 4, kJournalFree, EncodeFreed(1, 4));  // from gen 1: stale
   uint64_t skipped = 0;
   const auto got = s.Scan(2, &skipped);

@@ -44,8 +44,8 @@ class JournalSegmentTest : public ::testing::Test {
     return o;
   }
   std::unique_ptr<JournalSegment> Create(uint64_t gen = 1) {
-    absl::StatusOr<std::unique_ptr<JournalSegment>> s = JournalSegment::Create(dir_ + "/j." + std::to_string(gen),
-                                                                               gen, Options());
+    absl::StatusOr<std::unique_ptr<JournalSegment>> s =
+        JournalSegment::Create(dir_ + "/j." + std::to_string(gen), gen, Options());
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? *std::move(s) : nullptr;
   }
