@@ -368,8 +368,9 @@ TEST_F(JournalTest, ARotationThatCannotCreateASegmentRefusesGrantsButNotFrees) {
   absl::Status refused;
   uint64_t pfn = 0;
   std::vector<uint64_t> acked;
+  const std::string key(100, 'k');  // JournalEntry::key is a view: the bytes live here
   while (refused.ok() && pfn < 100000) {
-    const JournalEntry e{pfn, 0, false, std::string(100, 'k')};
+    const JournalEntry e{pfn, 0, false, key};
     refused = (*j)->Allocated(id, {&e, 1});
     if (refused.ok()) acked.push_back(pfn);
     ++pfn;
