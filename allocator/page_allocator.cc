@@ -41,6 +41,7 @@ absl::Status PageAllocator::Init() {
   arena_ = *std::move(arena);
 
   const int nr_cpus = options_.nr_cpus > 0 ? options_.nr_cpus : NumPossibleCpus();
+  nr_cpus_ = nr_cpus;
   // Managed pages first: the watermarks, and from them the mobility-grouping decision, are
   // needed before the zones mark their pageblocks.
   std::array<uint64_t, MAX_NR_ZONES> managed{};
@@ -454,6 +455,11 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
       tail.state.store(0, std::memory_order_relaxed);
     }
   }
+  if (options_.init_on_free) {
+    // free_pages_prepare(): kernel_init_pages() when want_init_on_free(), after the checks and
+    // before the block can be handed out again.
+    std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
+  }
   zn->FreeBlock(idx, order);
   vm_events_.CountFree(zt, order);
   return absl::OkStatus();
@@ -624,6 +630,16 @@ std::string PageAllocator::Buddyinfo() const {
   }
   return text;
 }
+
+ZoneinfoConfig PageAllocator::zoneinfo_config() const {
+  ZoneinfoConfig config;
+  config.page_shift = target_.page_shift;
+  config.zone_device = target_.page_offset >= (uint64_t{1} << 32);  // 64-bit: CONFIG_ZONE_DEVICE
+  config.nr_online_cpus = nr_cpus_;
+  return config;
+}
+
+std::string PageAllocator::Zoneinfo() const { return FormatZoneinfo(Stats(), zoneinfo_config()); }
 
 std::string PageAllocator::Pagetypeinfo() const {
   const std::vector<ZoneStats> zones = Stats();

@@ -65,6 +65,9 @@ struct PageAllocatorOptions {
   // pageblock and request is UNMOVABLE and claims always succeed. true: grouping on unless the
   // zones are too small (build_all_zonelists()).
   bool page_group_by_mobility = true;
+  // The kernel's init_on_free=1 (want_init_on_free()): every freed block is zeroed before it
+  // returns to the free lists, so no freed page keeps its bytes. Costs a memset per free.
+  bool init_on_free = false;
 };
 
 // One allocated block to restore after a crash (RestoreAllocated()).
@@ -90,6 +93,7 @@ class PageAllocator {
 
   static absl::StatusOr<std::unique_ptr<PageAllocator>> Create(PageAllocatorOptions options);
   ~PageAllocator();
+  const PageAllocatorOptions& options() const { return options_; }
 
   // ---- The kernel's interface (include/linux/gfp.h). Failure is a null value. ----
   // `allowed_zones` (bit z = ZoneType z) removes zones from the zonelist, as a cpuset removes
@@ -179,6 +183,10 @@ class PageAllocator {
   std::vector<ZoneStats> Stats() const;  // configured zones, lowest first
   std::string Buddyinfo() const;         // /proc/buddyinfo text, populated zones only
   std::string Pagetypeinfo() const;      // /proc/pagetypeinfo text (FormatPagetypeinfo())
+  std::string Zoneinfo() const;          // /proc/zoneinfo text (FormatZoneinfo())
+  // The kernel configuration /proc/zoneinfo models for this target: page shift, CPUs, and
+  // CONFIG_ZONE_DEVICE on 64-bit targets. For FormatZoneinfo() over a snapshot of Stats().
+  ZoneinfoConfig zoneinfo_config() const;
   unsigned pageblock_order() const { return pageblock_order_; }
   bool group_by_mobility_disabled() const { return group_by_mobility_disabled_; }
   // get_pageblock_migratetype() of the pageblock holding pfn's page (tests, the reference model).
@@ -234,6 +242,7 @@ class PageAllocator {
   uint64_t lowmem_end_pfn_ = 0;
   unsigned pageblock_order_ = 0;
   bool group_by_mobility_disabled_ = false;
+  int nr_cpus_ = 1;  // CPUs the per-CPU lists are built for (set once in Init())
 };
 
 }  // namespace physmem

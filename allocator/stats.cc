@@ -1,5 +1,9 @@
 #include "allocator/stats.h"
 
+#include <algorithm>
+#include <bit>
+#include <string_view>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -84,6 +88,108 @@ std::string FormatPagetypeinfo(std::span<const ZoneStats> zones, int node) {
     text += "\n";
   }
   return text;
+}
+
+namespace {
+
+// The zone_stat_item names of 6.12 mm/vmstat.c vmstat_text[] (CONFIG_ZSMALLOC and
+// CONFIG_UNACCEPTED_MEMORY off); every one but nr_free_pages is 0 in the emulator.
+constexpr const char* kZoneStatNames[] = {
+    "nr_free_pages",         "nr_zone_inactive_anon", "nr_zone_active_anon", "nr_zone_inactive_file",
+    "nr_zone_active_file",   "nr_zone_unevictable",   "nr_zone_write_pending", "nr_mlock",
+    "nr_bounce",             "nr_free_cma"};
+
+int Fls(uint64_t x) { return x == 0 ? 0 : 64 - std::countl_zero(x); }
+
+// One printed zone: a configured one (its snapshot) or the empty Movable / Device zone.
+struct PrintedZone {
+  std::string_view name;
+  const ZoneStats* stats;  // null for Movable and Device
+  Watermarks wmark;
+};
+
+}  // namespace
+
+std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node) {
+  std::vector<PrintedZone> printed;
+  for (const ZoneStats& z : zones) {
+    // An empty HIGHMEM zone still gets MIN = clamp(0, SWAP_CLUSTER_MAX, 128) = 32 in the kernel.
+    const bool empty_highmem = z.type == ZONE_HIGHMEM && z.managed_pages == 0;
+    printed.push_back({zone_name(z.type), &z, empty_highmem ? Watermarks{32, 32, 32} : z.watermarks});
+  }
+  // __setup_per_zone_wmarks() on an empty ZONE_MOVABLE: MIN = clamp(0 / 1024, SWAP_CLUSTER_MAX,
+  // 128) = 32 and a gap of 0; ZONE_DEVICE takes the lowmem branch: 0.
+  printed.push_back({"Movable", nullptr, Watermarks{32, 32, 32}});
+  if (config.zone_device) printed.push_back({"Device", nullptr, Watermarks{}});
+
+  std::string out;
+  for (size_t i = 0; i < printed.size(); ++i) {
+    const PrintedZone& pz = printed[i];
+    const ZoneStats* z = pz.stats;
+    absl::StrAppendFormat(&out, "Node %d, zone %8s", node, pz.name);
+    const uint64_t gap = pz.wmark.low - pz.wmark.min;
+    absl::StrAppendFormat(&out,
+                          "\n  pages free     %lu"
+                          "\n        boost    %lu"
+                          "\n        min      %lu"
+                          "\n        low      %lu"
+                          "\n        high     %lu"
+                          "\n        promo    %lu"
+                          "\n        spanned  %lu"
+                          "\n        present  %lu"
+                          "\n        managed  %lu"
+                          "\n        cma      %lu",
+                          z ? z->buddy_free_pages : 0, uint64_t{0}, pz.wmark.min, pz.wmark.low, pz.wmark.high,
+                          pz.wmark.high + gap, z ? z->spanned_pages : 0, z ? z->present_pages : 0,
+                          z ? z->managed_pages : 0, uint64_t{0});
+    // lowmem_reserve[] over the printed zones: 0 up to the zone itself; beyond the configured
+    // zones (Movable, Device: no pages) the largest entry repeats, as
+    // setup_per_zone_lowmem_reserve() adds their zero managed pages.
+    std::vector<uint64_t> protection(printed.size(), 0);
+    if (z != nullptr) {
+      for (size_t j = i + 1; j < printed.size(); ++j) {
+        protection[j] = printed[j].stats ? z->lowmem_reserve[printed[j].stats->type]
+                                         : z->lowmem_reserve[MAX_NR_ZONES - 1];
+      }
+    }
+    absl::StrAppendFormat(&out, "\n        protection: (%ld", protection[0]);
+    for (size_t j = 1; j < protection.size(); ++j) absl::StrAppendFormat(&out, ", %ld", protection[j]);
+    out += ')';
+    // "If unpopulated, no other information is useful"
+    if (z == nullptr || !z->populated) {
+      out += '\n';
+      continue;
+    }
+    for (const char* name : kZoneStatNames) {
+      absl::StrAppendFormat(&out, "\n      %-12s %lu", name,
+                            std::string_view(name) == "nr_free_pages" ? z->buddy_free_pages : 0);
+    }
+    out += "\n  pagesets";
+    // zone_highsize(zone, batch, cpu_online = 0, MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8).
+    const uint64_t nr_cpus = std::max<uint64_t>(z->pcp.size(), 1);
+    const uint64_t high_max = std::max<uint64_t>(z->managed_pages / 8 / nr_cpus, uint64_t{z->pcp_batch} << 2);
+    // calculate_normal_threshold(): 2 * fls(online cpus) * (1 + fls(managed in 128 MiB units)), <= 125.
+    const int threshold = std::min(
+        125, 2 * Fls(static_cast<uint64_t>(std::max(config.nr_online_cpus, 1))) *
+                 (1 + Fls(z->managed_pages >> (27 - config.page_shift))));
+    for (const PcpCpuStats& c : z->pcp) {
+      absl::StrAppendFormat(&out,
+                            "\n    cpu: %i"
+                            "\n              count:    %i"
+                            "\n              high:     %i"
+                            "\n              batch:    %i"
+                            "\n              high_min: %i"
+                            "\n              high_max: %i",
+                            c.cpu, c.count, z->pcp_high, z->pcp_batch, z->pcp_high, high_max);
+      absl::StrAppendFormat(&out, "\n  vm stats threshold: %d", threshold);
+    }
+    absl::StrAppendFormat(&out,
+                          "\n  node_unreclaimable:  %u"
+                          "\n  start_pfn:           %lu",
+                          0u, z->start_pfn);
+    out += '\n';
+  }
+  return out;
 }
 
 }  // namespace physmem

@@ -89,6 +89,29 @@ std::string FormatBuddyinfoLine(const ZoneStats& z, int node = 0);
 // that needs CONFIG_PAGE_OWNER with page_owner=on.
 std::string FormatPagetypeinfo(std::span<const ZoneStats> zones, int node = 0);
 
+// What /proc/zoneinfo needs beyond the zones' snapshots: the kernel configuration it models.
+struct ZoneinfoConfig {
+  unsigned page_shift = 12;
+  // CONFIG_ZONE_DEVICE: a "Device" zone after Movable (distribution kernels on 64-bit set it).
+  bool zone_device = false;
+  int nr_online_cpus = 1;  // num_online_cpus(), for "vm stats threshold"
+};
+
+// /proc/zoneinfo for one node, in the layout of 6.12 mm/vmstat.c zoneinfo_show_print(), for the
+// zones of the kernel's enum zone_type: the configured ones in `zones` (lowest first), then
+// ZONE_MOVABLE (always configured; empty here) and, with zone_device, ZONE_DEVICE. Every zone is
+// printed, populated or not (walk_zones_in_node(..., assert_populated = false)); an unpopulated
+// one stops after its "protection:" line. "pages free" is NR_FREE_PAGES (the buddy's free pages,
+// per-CPU list pages excluded); "protection:" has one lowmem_reserve entry per printed zone.
+// The zone counters are the 6.12 zone_stat_item list for a !NUMA kernel without ZSMALLOC and
+// unaccepted memory (nr_free_pages, the LRU counters, nr_mlock, nr_bounce, nr_free_cma): the
+// emulator has no LRU or mlock, so those are 0. Pagesets print count, high, batch, high_min
+// (= high: our high does not auto-tune), high_max (zone_highsize() with
+// MIN_PERCPU_PAGELIST_HIGH_FRACTION 8) and the vm stats threshold (calculate_normal_threshold()).
+// Left out: the "per-node stats" block of the first populated zone (node LRU, slab, workingset
+// counters the emulator does not have).
+std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node = 0);
+
 }  // namespace physmem
 
 #endif  // PHYSMEM_ALLOCATOR_STATS_H_

@@ -112,7 +112,7 @@ Pages (the blocks stay allocated, in the lease, after physmemctl exits):
   read LEASE PFN [--offset=N] [--length=N] [--out=FILE]   page contents (hex, or raw to FILE)
   write LEASE PFN [--offset=N] (--hex=HEX | --in=FILE)    write page contents
 Machine:
-  zoneinfo                                         /proc/zoneinfo's main lines
+  zoneinfo                                         /proc/zoneinfo
   buddyinfo                                        /proc/buddyinfo, exactly
   extfrag                                          /sys/kernel/debug/extfrag/extfrag_index
   unusable                                         /sys/kernel/debug/extfrag/unusable_index
@@ -322,33 +322,9 @@ const char* ZoneName(v1::Zone z) {
   }
 }
 
-// The lines of mm/vmstat.c zoneinfo_show_print() that we model, in its layout.
-std::string FormatZoneinfo(const v1::GetZoneInfoResponse& info) {
-  std::string out;
-  for (const v1::ZoneInfo& z : info.zones()) {
-    absl::StrAppendFormat(&out, "Node 0, zone %8s\n", z.zone());
-    absl::StrAppendFormat(&out, "  pages free     %d\n", z.free_pages());
-    absl::StrAppendFormat(&out, "        min      %d\n", z.min());
-    absl::StrAppendFormat(&out, "        low      %d\n", z.low());
-    absl::StrAppendFormat(&out, "        high     %d\n", z.high());
-    absl::StrAppendFormat(&out, "        spanned  %d\n", z.spanned_pages());
-    absl::StrAppendFormat(&out, "        present  %d\n", z.present_pages());
-    absl::StrAppendFormat(&out, "        managed  %d\n", z.managed_pages());
-    absl::StrAppendFormat(&out, "        protection: (%s)\n", absl::StrJoin(z.protection(), ", "));
-    absl::StrAppendFormat(&out, "      nr_free_pages %d\n", z.buddy_free_pages());
-    if (z.populated()) {
-      absl::StrAppend(&out, "  pagesets\n");
-      for (const v1::PerCpuPageset& p : z.pagesets()) {
-        absl::StrAppendFormat(&out, "    cpu: %d\n", p.cpu());
-        absl::StrAppendFormat(&out, "              count: %d\n", p.count());
-        absl::StrAppendFormat(&out, "              high:  %d\n", z.pcp_high());
-        absl::StrAppendFormat(&out, "              batch: %d\n", z.pcp_batch());
-      }
-    }
-    absl::StrAppendFormat(&out, "  start_pfn:           %d\n", z.start_pfn());
-  }
-  return out;
-}
+// /proc/zoneinfo: the daemon's text, in the reference kernel's layout (GetZoneInfoResponse.zoneinfo,
+// allocator/stats.h FormatZoneinfo()).
+std::string FormatZoneinfo(const v1::GetZoneInfoResponse& info) { return info.zoneinfo(); }
 
 // debugfs extfrag/extfrag_index as mm/vmstat.c extfrag_show_print() prints it: for each populated
 // zone (extfrag_show walks them with walk_zones_in_node(..., assert_populated = true)),

@@ -573,6 +573,7 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
   }
   resp->set_buddyinfo(buddyinfo);
   resp->set_pagetypeinfo(FormatPagetypeinfo(stats));
+  resp->set_zoneinfo(FormatZoneinfo(stats, pa_->zoneinfo_config()));
   return Reply(ctx, absl::OkStatus());
 }
 

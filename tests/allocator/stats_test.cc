@@ -178,5 +178,132 @@ TEST(Pagetypeinfo, MatchesThisMachinesFileForTheSameNumbers) {
   EXPECT_EQ(FormatPagetypeinfo(list), real);
 }
 
+
+// /proc/zoneinfo: the format strings of 6.12 mm/vmstat.c zoneinfo_show_print(), with its
+// arguments, for one populated zone on two CPUs, then the empty zones the kernel always has.
+TEST(Zoneinfo, FollowsTheKernelFormatStrings) {
+  ZoneStats dma = Zone(ZONE_DMA);
+  dma.start_pfn = 1;
+  dma.spanned_pages = 4095;
+  dma.present_pages = 3998;
+  dma.managed_pages = 3998;
+  dma.buddy_free_pages = 3900;  // NR_FREE_PAGES: the per-CPU pages below are not in it
+  dma.free_pages = 3907;
+  dma.watermarks = {15, 18, 21};
+  dma.lowmem_reserve = {0, 3018, 16074, 16074};
+  dma.pcp_batch = 1;
+  dma.pcp_high = 9;
+  dma.pcp = {PcpCpuStats{.cpu = 0, .count = 7}, PcpCpuStats{.cpu = 1, .count = 0}};
+  ZoneStats dma32 = Zone(ZONE_DMA32);
+  dma32.populated = false;
+  std::string want = absl::StrFormat("Node %d, zone %8s", 0, "DMA");
+  want += absl::StrFormat(
+      "\n  pages free     %lu\n        boost    %lu\n        min      %lu\n        low      %lu"
+      "\n        high     %lu\n        promo    %lu\n        spanned  %lu\n        present  %lu"
+      "\n        managed  %lu\n        cma      %lu",
+      3900ul, 0ul, 15ul, 18ul, 21ul, 24ul, 4095ul, 3998ul, 3998ul, 0ul);
+  want += absl::StrFormat("\n        protection: (%ld", 0l);
+  for (long p : {3018l, 16074l}) want += absl::StrFormat(", %ld", p);  // DMA, DMA32, Movable
+  want += ")";
+  for (const char* item : {"nr_free_pages", "nr_zone_inactive_anon", "nr_zone_active_anon", "nr_zone_inactive_file",
+                           "nr_zone_active_file", "nr_zone_unevictable", "nr_zone_write_pending", "nr_mlock",
+                           "nr_bounce", "nr_free_cma"}) {
+    want += absl::StrFormat("\n      %-12s %lu", item, std::string_view(item) == "nr_free_pages" ? 3900ul : 0ul);
+  }
+  want += "\n  pagesets";
+  for (int cpu = 0; cpu < 2; ++cpu) {
+    want += absl::StrFormat(
+        "\n    cpu: %i\n              count:    %i\n              high:     %i\n              batch:    %i"
+        "\n              high_min: %i\n              high_max: %i",
+        cpu, cpu == 0 ? 7 : 0, 9, 1, 9, 3998 / 8 / 2);
+    want += absl::StrFormat("\n  vm stats threshold: %d", 4);  // 2 * fls(2) * (1 + fls(3998 >> 15))
+  }
+  want += absl::StrFormat("\n  node_unreclaimable:  %u\n  start_pfn:           %lu", 0u, 1ul);
+  want += "\n";
+  // An unpopulated zone: "If unpopulated, no other information is useful" after protection.
+  want += absl::StrFormat("Node %d, zone %8s", 0, "DMA32");
+  want += absl::StrFormat(
+      "\n  pages free     %lu\n        boost    %lu\n        min      %lu\n        low      %lu"
+      "\n        high     %lu\n        promo    %lu\n        spanned  %lu\n        present  %lu"
+      "\n        managed  %lu\n        cma      %lu",
+      0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul);
+  want += "\n        protection: (0, 0, 0)\n";
+  const std::vector<ZoneStats> zones = {dma, dma32};
+  const std::string got = FormatZoneinfo(zones, ZoneinfoConfig{.page_shift = 12, .nr_online_cpus = 2});
+  ASSERT_TRUE(absl::StartsWith(got, want)) << got;
+  EXPECT_THAT(got.substr(want.size()), ::testing::StartsWith("Node 0, zone  Movable"));
+}
+
+// The empty zones as this machine's kernel prints them (lines copied from its /proc/zoneinfo;
+// the numbers agree because the kernel computes them the same way: an empty ZONE_MOVABLE gets
+// MIN 32 and no gap, ZONE_DEVICE 0), and the DMA zone's head and protection lines for the same
+// zone sizes, watermarks and lowmem_reserve.
+TEST(Zoneinfo, ReproducesARealKernelsEmptyZonesAndProtectionLine) {
+  const std::string real_dma_head =
+      "Node 0, zone      DMA\n"
+      "  pages free     3840\n"
+      "        boost    0\n"
+      "        min      15\n"
+      "        low      18\n"
+      "        high     21\n"
+      "        promo    24\n"
+      "        spanned  4095\n"
+      "        present  3998\n"
+      "        managed  3840\n"
+      "        cma      0\n"
+      "        protection: (0, 3018, 16074, 16074, 16074)\n";
+  const std::string real_empty =
+      "Node 0, zone  Movable\n"
+      "  pages free     0\n"
+      "        boost    0\n"
+      "        min      32\n"
+      "        low      32\n"
+      "        high     32\n"
+      "        promo    32\n"
+      "        spanned  0\n"
+      "        present  0\n"
+      "        managed  0\n"
+      "        cma      0\n"
+      "        protection: (0, 0, 0, 0, 0)\n"
+      "Node 0, zone   Device\n"
+      "  pages free     0\n"
+      "        boost    0\n"
+      "        min      0\n"
+      "        low      0\n"
+      "        high     0\n"
+      "        promo    0\n"
+      "        spanned  0\n"
+      "        present  0\n"
+      "        managed  0\n"
+      "        cma      0\n"
+      "        protection: (0, 0, 0, 0, 0)\n";
+  ZoneStats dma = Zone(ZONE_DMA);
+  dma.start_pfn = 1;
+  dma.spanned_pages = 4095;
+  dma.present_pages = 3998;
+  dma.managed_pages = 3840;
+  dma.buddy_free_pages = 3840;
+  dma.watermarks = {15, 18, 21};
+  dma.lowmem_reserve = {0, 3018, 16074, 16074};
+  dma.pcp_batch = 1;
+  dma.pcp_high = 9;
+  dma.pcp = {PcpCpuStats{.cpu = 0}, PcpCpuStats{.cpu = 1}};
+  ZoneStats dma32 = Zone(ZONE_DMA32);
+  dma32.lowmem_reserve = {0, 0, 13056, 13056};
+  dma32.populated = false;
+  ZoneStats normal = Zone(ZONE_NORMAL);
+  normal.populated = false;
+  const std::vector<ZoneStats> zones = {dma, dma32, normal};
+  const std::string got =
+      FormatZoneinfo(zones, ZoneinfoConfig{.page_shift = 12, .zone_device = true, .nr_online_cpus = 2});
+  std::string head = real_dma_head;
+  head.pop_back();  // the populated zone goes on with its counters
+  EXPECT_TRUE(absl::StartsWith(got, head)) << got;
+  EXPECT_TRUE(absl::EndsWith(got, real_empty)) << got;
+  // The real DMA zone's pageset values that follow from the same numbers.
+  EXPECT_THAT(got, ::testing::HasSubstr("\n              high_min: 9\n              high_max: 240\n"
+                                        "  vm stats threshold: 4\n"));
+}
+
 }  // namespace
 }  // namespace physmem

@@ -578,18 +578,30 @@ TEST_F(CtlTest, BuddyinfoIsTheKernelFormatAndAddsUpToTheBuddyFreePages) {
   EXPECT_GT(pcp_total, 0u) << "the check above did not involve per-CPU pages";
 }
 
+// The daemon's /proc/zoneinfo text (6.12 zoneinfo_show_print() layout: "Node %d, zone %8s", then
+// "\n  pages free     %lu" ... "\n        protection: (%ld", ", %ld", ")"): every zone of the
+// kernel's list for i386 (DMA, Normal, HighMem, Movable), pages free = NR_FREE_PAGES (per-CPU
+// pages excluded), four protection entries, and the empty Movable zone stopping after them.
 TEST_F(CtlTest, ZoneinfoPrintsEveryZoneWithItsFreePagesAndWatermarks) {
   const CtlResult r = Run({"zoneinfo"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
   ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(r.out, info->zoneinfo());
   for (const v1::ZoneInfo& z : info->zones()) {
+    if (!z.populated()) continue;
     const std::string block = absl::StrFormat(
-        "Node 0, zone %8s\n  pages free     %d\n        min      %d\n        low      %d\n        high     %d\n",
-        z.zone(), z.free_pages(), z.min(), z.low(), z.high());
+        "Node 0, zone %8s\n  pages free     %d\n        boost    0\n        min      %d\n        low      %d\n"
+        "        high     %d\n        promo    %d\n",
+        z.zone(), z.buddy_free_pages(), z.min(), z.low(), z.high(), z.high() + (z.low() - z.min()));
     EXPECT_THAT(r.out, HasSubstr(block));
   }
   EXPECT_THAT(r.out, HasSubstr("  pagesets\n    cpu: 0\n"));
+  EXPECT_THAT(r.out, ::testing::EndsWith("Node 0, zone  Movable\n  pages free     0\n        boost    0\n"
+                                         "        min      32\n        low      32\n        high     32\n"
+                                         "        promo    32\n        spanned  0\n        present  0\n"
+                                         "        managed  0\n        cma      0\n"
+                                         "        protection: (0, 0, 0, 0)\n"));
 }
 
 TEST_F(CtlTest, TargetPrintsTheProfileTheMemoryMapAndTheArena) {
