@@ -128,8 +128,7 @@ class ArenaMapWalker {
         const int t = zone.pageblocks_.Get(pfn);
         if (t >= 0 && t < MIGRATE_TYPES) ++count[t];
       }
-      out.entries[i].migratetype =
-          static_cast<uint8_t>(std::max_element(count.begin(), count.end()) - count.begin());
+      out.entries[i].migratetype = static_cast<uint8_t>(std::max_element(count.begin(), count.end()) - count.begin());
     }
   }
 

@@ -42,6 +42,7 @@
 #include "absl/strings/str_split.h"
 #include "allocator/page_allocator.h"
 #include "allocator/target.h"
+#include "picture/map_sequence.h"
 #include "server/version.h"
 #include "trace/daemon_replayer.h"
 #include "trace/replay_pacer.h"
@@ -81,6 +82,10 @@ ABSL_FLAG(int64_t, alloc_timeout_ms, 10000,
           "--daemon: deadline of each allocating call (a mask that may sleep waits in the daemon for memory up to "
           "min(this, its --max_alloc_wait_ms))");
 ABSL_FLAG(std::string, json, "", "replay/compare: also write the report as JSON to this file ('-': stdout, instead of text)");
+ABSL_FLAG(uint64_t, map_every, 0,
+          "replay/compare in-process: draw the arena every N ops and at the end, into --map_dir as "
+          "<configuration>-<ops>.png (docs/physmemctl.md, the picture)");
+ABSL_FLAG(std::string, map_dir, "", "--map_every: an existing directory for the pictures");
 
 namespace physmem::trace {
 namespace {
@@ -90,7 +95,7 @@ constexpr char kUsage[] = R"(physmem_trace: record kernel page-allocation traces
   physmem_trace record --seconds=N --out=FILE[.gz] [--buffer_kb=K] [--tracefs=DIR]
   physmem_trace replay --trace=FILE [--target=x86_64] [--mem_mb=2048] [--min_free_kbytes=K]
                        [--pcp=true|false] [--page_group_by_mobility=true|false] [--per_cpu] [--strict]
-                       [--json=FILE|-]
+                       [--json=FILE|-] [--map_every=N --map_dir=DIR]   (a picture of the arena every N ops)
   physmem_trace replay --trace=FILE --daemon=unix:/path/physmemd.sock [--pace=0|F] [--lease_ttl_ms=MS]
                        [--keep_lease] [--max_batch=N] [--bulk=true|false] [--json=FILE|-]
   physmem_trace compare --trace=FILE CONFIG CONFIG...
@@ -335,8 +340,31 @@ int ReplayOrCompare(bool compare, const std::vector<char*>& args) {
                                               : std::string(" at full speed"))
                 << "\n";
     }
-    absl::StatusOr<ReplayResult> r = spec.daemon.address.empty() ? Replay(plan, spec.config) : ReplayOnDaemon(plan, spec.daemon);
+    // --map_every: a picture of the arena every N ops (picture/map_sequence.h); in-process only (a
+    // daemon draws its own, live, at http://METRICS_LISTEN/arena).
+    ReplayConfig config = spec.config;
+    std::unique_ptr<MapSequence> maps;
+    if (absl::GetFlag(FLAGS_map_every) != 0) {
+      if (!spec.daemon.address.empty()) {
+        return Fail(kBadUsage,
+                    "--map_every draws in-process replays; a daemon shows its arena live at /arena on its metrics "
+                    "listener");
+      }
+      absl::StatusOr<std::unique_ptr<MapSequence>> m =
+          MapSequence::Create(absl::GetFlag(FLAGS_map_dir), config.name);
+      if (!m.ok()) return Fail(kBadUsage, absl::StrCat("--map_dir: ", m.status().message()));
+      maps = std::move(*m);
+      config.observe_every = absl::GetFlag(FLAGS_map_every);
+      config.observer = maps->Observer();
+    }
+    absl::StatusOr<ReplayResult> r =
+        spec.daemon.address.empty() ? Replay(plan, config) : ReplayOnDaemon(plan, spec.daemon);
     if (!r.ok()) return Fail(spec.daemon.address.empty() ? kBadUsage : kDaemon, r.status().message());
+    if (maps) {
+      if (!maps->status().ok()) return Fail(kBadUsage, absl::StrCat("--map_dir: ", maps->status().message()));
+      std::cerr << "physmem_trace: " << maps->written() << " pictures of the arena in "
+                << absl::GetFlag(FLAGS_map_dir) << "\n";
+    }
     results.push_back(std::move(*r));
   }
   const std::string json_path = absl::GetFlag(FLAGS_json);

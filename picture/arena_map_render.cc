@@ -48,10 +48,14 @@ std::vector<Rgb> Palette(unsigned nr_orders) {
 
 size_t PaletteIndex(const ArenaCell& c, unsigned nr_orders) {
   switch (c.state) {
-    case CellState::kHole: return 0;
-    case CellState::kMixed: return 1;
-    case CellState::kFree: return 2 + static_cast<size_t>(std::clamp(c.max_free_order, 0, int(nr_orders) - 1));
-    case CellState::kAllocated: return 2 + nr_orders + static_cast<size_t>(std::clamp(c.migratetype, 0, MIGRATE_TYPES - 1));
+    case CellState::kHole:
+      return 0;
+    case CellState::kMixed:
+      return 1;
+    case CellState::kFree:
+      return 2 + static_cast<size_t>(std::clamp(c.max_free_order, 0, int(nr_orders) - 1));
+    case CellState::kAllocated:
+      return 2 + nr_orders + static_cast<size_t>(std::clamp(c.migratetype, 0, MIGRATE_TYPES - 1));
   }
   return 0;
 }
@@ -75,11 +79,21 @@ std::string XmlEscape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
       default:
         // XML 1.0 allows no control characters but tab, newline and carriage return.
         if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n' || c == '\r') out += c;
@@ -95,8 +109,7 @@ std::string TextJson(const TextItem& t) {
 
 std::string CellTitle(const MapLayout& l, ZoneType z, const ArenaCell& c) {
   return absl::StrFormat("%s pfn %#x-%#x: %s, %u free, %u allocated pages", zone_name(z), c.start_pfn,
-                         c.start_pfn + l.pages_per_cell - 1, CellStateName(c.state), c.free_pages,
-                         c.allocated_pages);
+                         c.start_pfn + l.pages_per_cell - 1, CellStateName(c.state), c.free_pages, c.allocated_pages);
 }
 
 class Canvas {
@@ -148,8 +161,8 @@ std::string Rgb::Hex() const { return absl::StrFormat("#%02x%02x%02x", r, g, b);
 
 Rgb MigratetypeColour(int mt) {
   // Unmovable red, Movable blue, Reclaimable purple, HighAtomic pink, Isolate cyan.
-  static constexpr std::array<Rgb, MIGRATE_TYPES> kColours = {
-      Rgb{214, 39, 40}, Rgb{31, 119, 180}, Rgb{148, 103, 189}, Rgb{227, 119, 194}, Rgb{23, 190, 207}};
+  static constexpr std::array<Rgb, MIGRATE_TYPES> kColours = {Rgb{214, 39, 40}, Rgb{31, 119, 180}, Rgb{148, 103, 189},
+                                                              Rgb{227, 119, 194}, Rgb{23, 190, 207}};
   return kColours[std::clamp(mt, 0, MIGRATE_TYPES - 1)];
 }
 
@@ -223,10 +236,11 @@ absl::StatusOr<MapLayout> LayoutArenaMap(const ArenaMap& map, const RenderOption
   for (const ArenaMapZone& z : map.zones) {
     for (const ArenaMapEntry& e : z.entries) ram_pages += uint64_t{e.free_pages} + e.allocated_pages;
   }
-  l.title = {kMargin, kMargin,
-             absl::StrFormat("physmemd arena: %s, %s, pageblock %s, cell = %u pageblock%s", map.target_name,
-                             Bytes(ram_pages, map.page_shift), Bytes(uint64_t{1} << map.pageblock_order, map.page_shift),
-                             l.pageblocks_per_cell, l.pageblocks_per_cell == 1 ? "" : "s")};
+  l.title = {
+      kMargin, kMargin,
+      absl::StrFormat("physmemd arena: %s, %s, pageblock %s, cell = %u pageblock%s", map.target_name,
+                      Bytes(ram_pages, map.page_shift), Bytes(uint64_t{1} << map.pageblock_order, map.page_shift),
+                      l.pageblocks_per_cell, l.pageblocks_per_cell == 1 ? "" : "s")};
   int y = kMargin + line + 4;
   int width = std::max(grid_w, TextWidth(l.title.text, o.text_scale));
   for (const ArenaMapZone& z : map.zones) {
@@ -257,7 +271,8 @@ absl::StatusOr<MapLayout> LayoutArenaMap(const ArenaMap& map, const RenderOption
   for (unsigned ord = 0; ord < map.nr_orders; ++ord) {
     items.push_back({absl::StrCat("free o", ord), FreeOrderColour(static_cast<int>(ord), map.nr_orders)});
   }
-  for (int mt = 0; mt < MIGRATE_TYPES; ++mt) items.push_back({std::string(kMigratetypeNames[mt]), MigratetypeColour(mt)});
+  for (int mt = 0; mt < MIGRATE_TYPES; ++mt)
+    items.push_back({std::string(kMigratetypeNames[mt]), MigratetypeColour(mt)});
   const int sw = kGlyphHeight * o.text_scale;
   int x = kMargin;
   for (auto& [label, colour] : items) {
@@ -335,9 +350,9 @@ std::string RenderSvg(const MapLayout& l) {
                           f.x + 0.5, f.y + 0.5, f.w - 1, f.h - 1, kFrameColour.Hex());
     for (size_t i = 0; i < band.cells.size(); ++i) {
       const PixelRect r = l.CellRect(z, i);
-      absl::StrAppendFormat(&s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>%s</title></rect>\n",
-                            r.x, r.y, r.w, r.h, CellColour(band.cells[i], l.nr_orders).Hex(),
-                            XmlEscape(CellTitle(l, band.type, band.cells[i])));
+      absl::StrAppendFormat(
+          &s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>%s</title></rect>\n", r.x, r.y,
+          r.w, r.h, CellColour(band.cells[i], l.nr_orders).Hex(), XmlEscape(CellTitle(l, band.type, band.cells[i])));
     }
     s += "</g>\n";
   }
@@ -367,9 +382,8 @@ std::string RenderJson(const MapLayout& l) {
     zones.push_back(absl::StrFormat(
         "{\"name\":%s,\"heading\":%s,\"frame\":%s,\"x0\":%d,\"y0\":%d,\"first_pfn\":%u,\"end_pfn\":%u,"
         "\"cells\":[%s],\"nr_free\":[%s]}",
-        JsonString(zone_name(band.type)), TextJson(band.heading), RectJson(band.frame), band.x0, band.y0, band.first_pfn,
-        band.end_pfn, absl::StrJoin(cells, ","),
-        absl::StrJoin(band.nr_free, ",")));
+        JsonString(zone_name(band.type)), TextJson(band.heading), RectJson(band.frame), band.x0, band.y0,
+        band.first_pfn, band.end_pfn, absl::StrJoin(cells, ","), absl::StrJoin(band.nr_free, ",")));
     ZoneStats zs;
     zs.type = band.type;
     zs.nr_free = band.nr_free;
@@ -400,7 +414,8 @@ absl::Status WriteArenaMapFile(const MapLayout& layout, const std::string& path)
   if (f == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat("cannot write ", path));
   const bool wrote = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   const int write_errno = errno;
-  if (std::fclose(f) != 0 || !wrote) return absl::ErrnoToStatus(wrote ? errno : write_errno, absl::StrCat("cannot write ", path));
+  if (std::fclose(f) != 0 || !wrote)
+    return absl::ErrnoToStatus(wrote ? errno : write_errno, absl::StrCat("cannot write ", path));
   return absl::OkStatus();
 }
 

@@ -83,7 +83,7 @@ struct MapLayout {
     uint64_t first_pfn = 0;  // cell i covers [first_pfn + i * pages_per_cell, + pages_per_cell) ∩ the zone
     uint64_t end_pfn = 0;    // exclusive end of the zone's RAM
     TextItem heading;
-    PixelRect frame;  // a 1-pixel border around the zone's cells
+    PixelRect frame;     // a 1-pixel border around the zone's cells
     int x0 = 0, y0 = 0;  // top-left of cell 0; cell i is at x0 + (i % columns) * pitch, y0 + (i / columns) * pitch
     std::vector<ArenaCell> cells;
     std::vector<uint64_t> nr_free;  // buddyinfo

@@ -78,6 +78,8 @@ class Run {
     sample_every_ = std::max<uint64_t>(1, (n + samples - 1) / samples);
     gfp_mask_ = config.zero_pages ? ~gfp_t{0} : ~__GFP_ZERO;
     cache_reasons_ = !config.per_cpu_threads;
+    if (config.observer) observe_every_ = config.observe_every;
+    observer_ = &config.observer;
   }
 
   // Replays ops[indices[k]] in order (all ops when indices is null); counts into `counts`.
@@ -92,7 +94,12 @@ class Run {
         Free(op, counts);
       }
       if ((i + 1) % sample_every_ == 0 && i + 1 < plan_.ops.size()) Sample(i + 1, op.time_us);
+      if (observe_every_ != 0 && (i + 1) % observe_every_ == 0 && i + 1 < plan_.ops.size()) (*observer_)(pa_, i + 1);
     }
+  }
+
+  void Observe(uint64_t ops_done) {
+    if (observe_every_ != 0) (*observer_)(pa_, ops_done);
   }
 
   void Sample(uint64_t ops_done, uint32_t time_us) {
@@ -189,6 +196,8 @@ class Run {
   };
 
   uint64_t sample_every_ = 1;
+  uint64_t observe_every_ = 0;  // 0: no observer
+  const std::function<void(const PageAllocator&, uint64_t)>* observer_ = nullptr;
   gfp_t gfp_mask_ = ~gfp_t{0};
   bool cache_reasons_ = false;
   uint64_t generation_ = 0;  // successful allocations + frees so far (single-threaded mode only)
@@ -272,6 +281,7 @@ absl::StatusOr<ReplayResult> Replay(const ReplayPlan& plan, const ReplayConfig& 
   result.wall_seconds = wall;
   result.ops_per_second = wall > 0 ? static_cast<double>(plan.ops.size()) / wall : 0;
   run.Sample(plan.ops.size(), plan.ops.empty() ? 0 : plan.ops.back().time_us);
+  run.Observe(plan.ops.size());
   result.samples = run.TakeSamples();
   result.final_buddyinfo = pa.Buddyinfo();
   result.final_pagetypeinfo = pa.Pagetypeinfo();

@@ -32,6 +32,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -51,6 +52,11 @@ struct ReplayConfig {
   // and zeroing costs more than the allocation, so it is stripped unless this is set.
   bool zero_pages = false;
   int samples = 16;  // fragmentation snapshots, evenly spaced over the ops, the last at the end
+  // Called with the allocator after every `observe_every` ops (by op index in the trace) and once
+  // at the end, e.g. to draw the arena (physmem_trace replay --map_every). With per_cpu_threads it
+  // runs on the replay threads, concurrently. 0 or no observer: never.
+  uint64_t observe_every = 0;
+  std::function<void(const PageAllocator& pa, uint64_t ops_done)> observer;
 };
 
 // Mobility grouping's fallbacks so far (the kernel's mm_page_alloc_extfrag events), summed over
@@ -97,6 +103,7 @@ struct DaemonReplayInfo {
   double pace = 0;  // 0: full speed
   uint64_t alloc_bulk_calls = 0, bulk_pages = 0, bulk_short = 0;  // bulk_short: calls that filled fewer
   uint64_t alloc_calls = 0, free_bulk_calls = 0;
+  uint64_t refusals_without_call = 0;  // a known refusal repeated (trace/daemon_replayer.h)
   uint64_t pages_allocated_at_end = 0;  // Σ 2^order over the blocks this replay holds
   uint64_t lease_pages_at_end = 0;      // what the daemon says the lease holds (GetLease)
   bool lease_kept = false;

@@ -24,8 +24,8 @@
 namespace physmem {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::GiB;
+using ::testing::HasSubstr;
 using testing::MiB;
 
 std::unique_ptr<PageAllocator> MakeX86(uint64_t bytes) {
@@ -211,8 +211,8 @@ TEST(ArenaMapRender, SvgHasARectPerCellWithItsColourAndEscapesText) {
   EXPECT_EQ(titles, cells);
   auto [fz, fi] = CellOf(*l, k.full_pfn);
   const PixelRect r = l->CellRect(fz, fi);
-  EXPECT_THAT(svg, HasSubstr(absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\">", r.x, r.y,
-                                             r.w, r.h, MigratetypeColour(k.full_mt).Hex())));
+  EXPECT_THAT(svg, HasSubstr(absl::StrFormat("<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\">", r.x,
+                                             r.y, r.w, r.h, MigratetypeColour(k.full_mt).Hex())));
 }
 
 TEST(ArenaMapRender, JsonIsValidAndListsEveryCell) {
