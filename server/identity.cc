@@ -10,12 +10,12 @@
 namespace physmem {
 
 void PeerRegistry::Record(int fd, const PeerCred& cred) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   by_fd_[fd] = cred;
 }
 
 std::optional<PeerCred> PeerRegistry::Lookup(int fd) const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_fd_.find(fd);
   if (it == by_fd_.end()) return std::nullopt;
   return it->second;

@@ -14,7 +14,6 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#include <mutex>
 #include <optional>
 #include <string>
 
@@ -22,6 +21,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -37,8 +37,8 @@ class PeerRegistry {
   std::optional<PeerCred> Lookup(int fd) const;
 
  private:
-  mutable std::mutex mu_;
-  absl::flat_hash_map<int, PeerCred> by_fd_;  // guarded by mu_; an fd's entry is replaced on reuse
+  mutable Mutex mu_;
+  absl::flat_hash_map<int, PeerCred> by_fd_ ABSL_GUARDED_BY(mu_);  // an fd's entry is replaced on reuse
 };
 
 // The identity of the caller of `ctx`, or UNAUTHENTICATED if it cannot be established.

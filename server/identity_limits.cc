@@ -96,14 +96,14 @@ IdentityLimits::IdentityLimits(const PageAllocator& pa, IdentityLimitsOptions op
 }
 
 std::shared_ptr<IdentityUsage> IdentityLimits::For(const std::string& identity) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   std::shared_ptr<IdentityUsage>& u = by_identity_[identity];
   if (u == nullptr) u = std::make_shared<IdentityUsage>(identity);
   return u;
 }
 
 uint64_t IdentityLimits::TotalPages() {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   uint64_t n = 0;
   for (const auto& [id, u] : by_identity_) n += u->pages.load(std::memory_order_relaxed);
   return n;

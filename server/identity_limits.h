@@ -30,13 +30,13 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "allocator/page_allocator.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -110,8 +110,8 @@ class IdentityLimits {
   std::array<uint64_t, MAX_NR_ZONES> zone_cap_{};  // pages; kNoCap: no limit below the zone's size
   uint32_t populated_ = 0;                         // bit z: zone z has pages
 
-  std::mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<IdentityUsage>> by_identity_;  // guarded by mu_
+  Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<IdentityUsage>> by_identity_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace physmem

@@ -133,7 +133,7 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Grant(const std::string& identity
     return absl::InvalidArgumentError(
         absl::StrFormat("page_quota %d exceeds the per-lease limit %d (--max_lease_pages)", quota, max_quota));
   }
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   if (auto it = names_.find(std::pair(identity, name)); it != names_.end()) {
     // Only a live lease holds its name: one past its deadline that the reaper has not collected
     // yet does not, and leaves the index when it is collected.
@@ -175,7 +175,7 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Grant(const std::string& identity
   IndexName(*lease);
   heap_.Push(lease.get());
   // The reaper sleeps until the earliest deadline: wake it if this one is earlier.
-  if (heap_.top() == lease.get()) reaper_cv_.notify_all();
+  if (heap_.top() == lease.get()) reaper_cv_.SignalAll();
   ++count;
   counters_.created.fetch_add(1, std::memory_order_relaxed);
   return lease;
@@ -184,7 +184,7 @@ absl::StatusOr<std::shared_ptr<Lease>> Lessor::Grant(const std::string& identity
 absl::StatusOr<std::shared_ptr<Lease>> Lessor::Lookup(uint64_t id, const std::string& identity) {
   std::shared_ptr<Lease> lease;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     auto it = leases_.find(id);
     if (it != leases_.end()) lease = it->second;
   }
@@ -208,7 +208,7 @@ absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity,
   Lease& lease = **found;
   // A lease the reaper has already claimed (gone from the map) stays dead: renewal cannot
   // resurrect it. In the map under mu_ means not dead.
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   if (!leases_.contains(id) || Expired(lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
   const int64_t deadline = DeadlineIn(*clock_, lease.granted_ttl_ms);
   if (journal_) {  // not journaled, not renewed: the old deadline stands
@@ -224,7 +224,7 @@ absl::StatusOr<uint64_t> Lessor::Revoke(uint64_t id, const std::string& identity
   std::shared_ptr<Lease> lease;
   StopMachine::Operation op = stop_machine_.Enter();
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     auto it = leases_.find(id);
     if (it == leases_.end()) return NotFound(id);
     if (it->second->identity != identity) {
@@ -252,7 +252,7 @@ void Lessor::UnlinkLocked(Lease& lease) {
 }
 
 absl::StatusOr<uint64_t> Lessor::End(Lease& lease) {
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   // Journaled before any page is freed: once a page can go to another lease, replay knows it left.
   // Not journaled: the lease is dead here, but its pages stay allocated, since the journal still
   // gives them to it; the next start frees them (docs/recovery.md).
@@ -343,7 +343,7 @@ void Lessor::DropKmaps(uint32_t head, unsigned order, uint32_t owner) {
 std::vector<std::shared_ptr<Lease>> Lessor::List(const std::string& identity) const {
   std::vector<std::shared_ptr<Lease>> out;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     for (const auto& [id, lease] : leases_) {
       if (lease->identity == identity) out.push_back(lease);
     }
@@ -354,20 +354,20 @@ std::vector<std::shared_ptr<Lease>> Lessor::List(const std::string& identity) co
 
 std::vector<std::shared_ptr<Lease>> Lessor::All() const {
   std::vector<std::shared_ptr<Lease>> out;
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   for (const auto& [id, lease] : leases_) out.push_back(lease);
   return out;
 }
 
 size_t Lessor::size() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return leases_.size();
 }
 
 LeaseStatus Lessor::Describe(Lease& lease) const {
   LeaseStatus s;
   s.remaining_ms = std::max<int64_t>(0, (lease.deadline() - clock_->Now()) / 1000000);
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   s.pages_held = lease.pages_held_;
   for (uint32_t head : lease.order0_) ++s.holdings[{zone_of(head), 0}];
   for (const auto& [head, order] : lease.higher_) ++s.holdings[{zone_of(head), order}];
@@ -378,7 +378,7 @@ void Lessor::ForEachLive(absl::FunctionRef<void(const Lease&, uint64_t)> fn) con
   for (const std::shared_ptr<Lease>& lease : All()) {
     uint64_t pages;
     {
-      std::lock_guard<std::mutex> l(lease->mu_);
+      MutexLock l(&lease->mu_);
       if (lease->dead_) continue;
       pages = lease->pages_held_;
     }
@@ -553,7 +553,7 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
         absl::StrFormat("key is %d bytes; at most %d allowed", key.size(), limits_.max_key_bytes));
   }
   StopMachine::Operation op = stop_machine_.Enter();  // before the lease's lock
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   if (lease.dead_ || Expired(lease)) return Gone(lease);
   if (const std::optional<uint32_t> keyed = KeyedBlock(lease, key)) {
     // A retry returns the block only if it is the same request: otherwise the caller would take
@@ -596,7 +596,7 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
 
 absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, unsigned count) {
   StopMachine::Operation op = stop_machine_.Enter();  // before the lease's lock
-  std::lock_guard<std::mutex> guard(lease.mu_);
+  MutexLock guard(&lease.mu_);
   if (lease.dead_) return Gone(lease);
   const uint64_t room = lease.page_quota - lease.pages_held_;
   if (room == 0) {
@@ -633,7 +633,7 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
 
 absl::StatusOr<uint64_t> Lessor::Detach(Lease& lease, uint64_t pfn, unsigned order, const std::string& key) {
   StopMachine::Operation op = stop_machine_.Enter();  // before the lease's lock
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   return DetachLocked(lease, pfn, order, key);
 }
 
@@ -641,7 +641,7 @@ uint64_t Lessor::DetachBulk(Lease& lease, std::span<const uint64_t> pfns, std::s
                             absl::FunctionRef<void(size_t, const absl::Status&)> on_refused) {
   uint64_t freed = 0;
   StopMachine::Operation op = stop_machine_.Enter();  // once for every block
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   for (size_t i = 0; i < pfns.size(); ++i) {
     absl::StatusOr<uint64_t> n = DetachLocked(lease, pfns[i], orders.empty() ? 0 : orders[i], "");
     if (n.ok()) {
@@ -690,7 +690,7 @@ absl::StatusOr<uint64_t> Lessor::Kmap(Lease& lease, uint64_t pfn) {
   if (!page.ok()) return page.status();
   // Under the lease's lock, so that a lease being ended (which drops its kmaps, then frees its
   // blocks, under the same lock) cannot gain a mapping that would keep a block from being freed.
-  std::lock_guard<std::mutex> l(lease.mu_);
+  MutexLock l(&lease.mu_);
   if (lease.dead_) return Gone(lease);
   absl::StatusOr<uint64_t> v = pa_->kmap(*page, lease.owner());
   if (!v.ok()) return HideOtherOwner(v.status(), pfn);
@@ -700,7 +700,7 @@ absl::StatusOr<uint64_t> Lessor::Kmap(Lease& lease, uint64_t pfn) {
 absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
   absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
   if (!page.ok()) return page.status();
-  std::lock_guard<std::mutex> l(lease.mu_);  // as Kmap: the lease's end drops kmaps under it
+  MutexLock l(&lease.mu_);  // as Kmap: the lease's end drops kmaps under it
   if (lease.dead_) return Gone(lease);
   // Kmap's checks (PageAllocator::kmap), for lowmem pages too, where kunmap() has nothing to undo
   // but a pfn that is free, or another lease's, is still a wrong call.
@@ -717,7 +717,7 @@ absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
 
 absl::Status Lessor::AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
                                  absl::FunctionRef<void(std::byte*)> fn) {
-  std::lock_guard<std::mutex> l(lease.mu_);  // frees take it too: the block stays ours while fn copies
+  MutexLock l(&lease.mu_);  // frees take it too: the block stays ours while fn copies
   if (lease.dead_) return Gone(lease);
   if (length == 0 || length > max_length) {
     return absl::InvalidArgumentError(
@@ -768,7 +768,7 @@ uint64_t Lessor::ExpireDue() {
   std::vector<std::shared_ptr<Lease>> due;
   StopMachine::Operation op = stop_machine_.Enter();
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     // Only the leases due: O(log n) each, nothing for the rest.
     while (Lease* top = heap_.top()) {
       if (top->deadline() > now) break;
@@ -796,7 +796,7 @@ uint64_t Lessor::RevokeAll() {
   std::vector<std::shared_ptr<Lease>> all;
   StopMachine::Operation op = stop_machine_.Enter();
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     for (auto& [id, lease] : leases_) all.push_back(lease);
     for (auto& lease : all) UnlinkLocked(*lease);
   }
@@ -811,10 +811,10 @@ void Lessor::StartReaper() {
 
 void Lessor::StopReaper() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     reaper_stop_ = true;
   }
-  reaper_cv_.notify_all();
+  reaper_cv_.SignalAll();
   if (reaper_.joinable()) reaper_.join();
 }
 
@@ -823,24 +823,25 @@ void Lessor::ReaperLoop() {
   // deadline later, so at worst the reaper wakes once for nothing). A clock that can jump (tests)
   // bounds the nap with MaxNapNs(), so a jump is seen soon.
   const int64_t max_nap = clock_->MaxNapNs();
-  std::unique_lock<std::mutex> l(mu_);
+  mu_.Lock();
   while (!reaper_stop_) {
     const Lease* top = heap_.top();
     int64_t nap = top == nullptr ? -1 : std::max<int64_t>(0, top->deadline() - clock_->Now());
     if (max_nap > 0 && (nap < 0 || nap > max_nap)) nap = max_nap;
     if (nap < 0) {
-      reaper_cv_.wait(l);
+      reaper_cv_.Wait(&mu_);
     } else if (nap > 0) {
-      reaper_cv_.wait_for(l, std::chrono::nanoseconds(nap));
+      reaper_cv_.WaitFor(&mu_, std::chrono::nanoseconds(nap));
     }
     if (reaper_stop_) break;
     reaper_wakeups_.fetch_add(1, std::memory_order_relaxed);
     const Lease* first = heap_.top();
     if (first == nullptr || first->deadline() > clock_->Now()) continue;
-    l.unlock();
+    mu_.Unlock();
     ExpireDue();
-    l.lock();
+    mu_.Lock();
   }
+  mu_.Unlock();
 }
 
 // ---- The invariant ----
@@ -898,7 +899,7 @@ absl::Status Lessor::CheckLeaseLocked(
 absl::Status Lessor::CheckInvariants() const {
   std::vector<std::shared_ptr<Lease>> all;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     if (std::string bad = heap_.Check(); !bad.empty()) return absl::InternalError("expiry heap: " + bad);
     if (heap_.size() != leases_.size()) {
       return absl::InternalError(
@@ -909,7 +910,7 @@ absl::Status Lessor::CheckInvariants() const {
   absl::flat_hash_map<const IdentityUsage*, std::array<uint64_t, MAX_NR_ZONES>> charged;
   uint64_t blocks = 0;
   for (const auto& lease : all) {
-    std::lock_guard<std::mutex> l(lease->mu_);
+    MutexLock l(&lease->mu_);
     if (lease->dead_) return absl::InternalError(absl::StrFormat("lease %d is dead but still in the map", lease->id));
     if (absl::Status s = CheckLeaseLocked(*lease, &charged, &blocks); !s.ok()) return s;
   }
@@ -948,7 +949,7 @@ absl::StatusOr<BookCensus> Lessor::Census(std::chrono::steady_clock::time_point 
       return;
     }
     for (const std::shared_ptr<Lease>& lease : All()) {
-      std::lock_guard<std::mutex> l(lease->mu_);
+      MutexLock l(&lease->mu_);
       ++c.leases;
       c.lease_pages += lease->pages_held_;
       c.lease_blocks += lease->order0_.size() + lease->higher_.size();
@@ -975,7 +976,7 @@ void Lessor::Adopt(JournalLease& jl) {
   lease->tenant_ = tenancy_.TagOf(jl.identity);
   if (identity_limits_ != nullptr) lease->usage_ = identity_limits_->For(jl.identity);
   {
-    std::lock_guard<std::mutex> l(lease->mu_);
+    MutexLock l(&lease->mu_);
     for (auto& [pfn, b] : jl.blocks) {
       const uint32_t head = *pa_->mem_map().pfn_to_index(pfn);  // RestoreAllocated checked it is RAM
       tenancy_.Adopt(head, b.order, lease->tenant_);
@@ -985,7 +986,7 @@ void Lessor::Adopt(JournalLease& jl) {
       }
     }
   }
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   ++per_identity_[lease->identity];
   IndexName(*lease);
   heap_.Push(lease.get());
@@ -993,18 +994,18 @@ void Lessor::Adopt(JournalLease& jl) {
 }
 
 void Lessor::AdoptIdSpace(uint64_t boot_nonce, uint32_t next_id) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   if (boot_nonce != 0) boot_nonce_ = boot_nonce;
   next_id_ = std::max(next_id_, next_id);
 }
 
 uint64_t Lessor::boot_nonce() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return boot_nonce_;
 }
 
 uint32_t Lessor::next_id() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return next_id_;
 }
 

@@ -42,13 +42,11 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -60,6 +58,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 #include "allocator/page_allocator.h"
 #include "server/identity_limits.h"
 #include "server/journal.h"
@@ -128,18 +127,18 @@ class Lease {
 
   std::atomic<int64_t> deadline_{0};
   std::atomic<uint64_t> client_cached_pages_{0};  // written by Renew, read by metrics and GetLease
-  size_t heap_index_ = 0;  // position in the lessor's ExpiryHeap; guarded by Lessor::mu_
+  size_t heap_index_ = 0;  // position in the lessor's ExpiryHeap; guarded by Lessor::mu_ (a
+                           // lease cannot name its lessor's lock for the analysis)
   // The identity's page counters (server/identity_limits.h); null if the lessor has no limits.
   std::shared_ptr<IdentityUsage> usage_;
   uint16_t tenant_ = PageTenancy::kUnknown;  // the identity's tag in the lessor's PageTenancy
 
-  std::mutex mu_;
-  // Guarded by mu_:
-  bool dead_ = false;     // expired or revoked: takes no more pages
-  uint64_t pages_held_ = 0;
-  absl::flat_hash_set<uint32_t> order0_;              // mem_map index of each order-0 block
-  absl::flat_hash_map<uint32_t, uint8_t> higher_;     // head index -> order, for orders >= 1
-  std::unique_ptr<Keys> keys_;                        // null until the first keyed allocation
+  Mutex mu_;
+  bool dead_ ABSL_GUARDED_BY(mu_) = false;  // expired or revoked: takes no more pages
+  uint64_t pages_held_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<uint32_t> order0_ ABSL_GUARDED_BY(mu_);           // mem_map index of each order-0 block
+  absl::flat_hash_map<uint32_t, uint8_t> higher_ ABSL_GUARDED_BY(mu_);  // head index -> order, orders >= 1
+  std::unique_ptr<Keys> keys_ ABSL_GUARDED_BY(mu_);                     // null until the first keyed allocation
 };
 
 // The deadline heap: a binary min-heap of leases by deadline, each lease knowing its position
@@ -302,13 +301,13 @@ class Lessor {
 
  private:
   // Removes the lease from the map, the name index, the per-identity count and the heap; mu_ held.
-  void UnlinkLocked(Lease& lease);
+  void UnlinkLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees its pages; call after UnlinkLocked, within the same stop_machine_ Operation (so that
   // Census never sees a lease gone from the map with its pages still allocated). The journal's
   // UNAVAILABLE if the end could not be journaled: then the lease is dead but keeps its pages.
   absl::StatusOr<uint64_t> End(Lease& lease);
-  void IndexName(const Lease& lease);
-  void UnindexName(const Lease& lease);
+  void IndexName(const Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnindexName(const Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Calls fn(head) for every index in `heads`, lowest first.
   void ForEachInIndexOrder(const absl::flat_hash_set<uint32_t>& heads, absl::FunctionRef<void(uint32_t)> fn) const;
   void ReaperLoop();
@@ -317,16 +316,19 @@ class Lessor {
 
   // Book helpers; lease.mu_ held.
   void AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key,
-                const Lease::KeyedRequest* request = nullptr);
+                const Lease::KeyedRequest* request = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Why a retry with `key` of the block at `head` (order `order`) is not the request that made it,
   // or "" if it is the same.
-  std::string RetryDifference(const Lease& lease, uint32_t head, unsigned order, gfp_t gfp, const char* form) const;
+  std::string RetryDifference(const Lease& lease, uint32_t head, unsigned order, gfp_t gfp, const char* form) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // The head of the block `key` names in the lease, if any.
-  std::optional<uint32_t> KeyedBlock(const Lease& lease, const std::string& key) const;
+  std::optional<uint32_t> KeyedBlock(const Lease& lease, const std::string& key) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // The order of the lease's block headed at `head`, if it has one.
-  std::optional<unsigned> BlockOrder(const Lease& lease, uint32_t head) const;
-  void RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType zone);
-  absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key);
+  std::optional<unsigned> BlockOrder(const Lease& lease, uint32_t head) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  void RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType zone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Charges 2^order pages to the lease's identity and allocates them in the zones where it has room.
   // Undoes an allocation the journal refused to record: frees the block and its identity charge.
   void GiveBack(Lease& lease, Page* page, unsigned order);
@@ -337,7 +339,7 @@ class Lessor {
   void DropKmaps(uint32_t head, unsigned order, uint32_t owner);
   absl::Status CheckLeaseLocked(const Lease& lease,
                                 absl::flat_hash_map<const IdentityUsage*, std::array<uint64_t, MAX_NR_ZONES>>* charged,
-                                uint64_t* blocks) const;
+                                uint64_t* blocks) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
 
   uint64_t pfn_of(uint32_t idx) const { return pa_->mem_map().index_to_pfn(idx); }
   ZoneType zone_of(uint32_t idx) const { return pa_->page_zonenum(&pa_->mem_map().page(idx)); }
@@ -352,23 +354,22 @@ class Lessor {
 
   StopMachine stop_machine_;
   PageTenancy tenancy_;  // scrubs a page passing to another identity (Attach, AttachBulk)
-  mutable std::mutex mu_;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_;  // guarded by mu_
-  absl::flat_hash_map<std::string, uint32_t> per_identity_;        // guarded by mu_
+  mutable Mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint32_t> per_identity_ ABSL_GUARDED_BY(mu_);
   // (identity, non-empty name) -> the leases of that name in leases_; kept with
   // limits_.unique_names only (empty otherwise, so Grant finds no conflict). One live lease each;
   // more only while an expired one awaits the reaper, or after Adopt took duplicates journaled
   // while names could repeat (the name then stays taken until the last of them ends).
-  // Guarded by mu_.
-  absl::flat_hash_map<std::pair<std::string, std::string>, std::vector<uint64_t>> names_;
-  ExpiryHeap heap_;        // guarded by mu_
-  uint32_t next_id_ = 1;   // guarded by mu_
+  absl::flat_hash_map<std::pair<std::string, std::string>, std::vector<uint64_t>> names_ ABSL_GUARDED_BY(mu_);
+  ExpiryHeap heap_ ABSL_GUARDED_BY(mu_);
+  uint32_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // Random per daemon start, the high 32 bits of every lease id: a client that outlived a daemon
   // restart cannot renew or use a new lease that happens to reuse its old number.
-  uint64_t boot_nonce_;    // guarded by mu_
+  uint64_t boot_nonce_ ABSL_GUARDED_BY(mu_);
 
-  std::condition_variable reaper_cv_;  // with mu_: an earlier deadline, or stop
-  bool reaper_stop_ = false;           // guarded by mu_
+  CondVar reaper_cv_;  // with mu_: an earlier deadline, or stop
+  bool reaper_stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> reaper_wakeups_{0};
   std::thread reaper_;
 };

@@ -111,7 +111,7 @@ RpcMetrics::RpcMetrics(prometheus::Registry& registry, const std::vector<std::st
                     .Help("Histogram of response latency (seconds) of gRPC that had been application-level "
                           "handled by the server.")
                     .Register(registry)) {
-  std::unique_lock l(mu_);
+  WriterLock l(&mu_);
   for (const std::string& name : services) {
     const google::protobuf::ServiceDescriptor* svc =
         google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
@@ -134,12 +134,12 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> RpcMetric
 
 RpcMetrics::Method& RpcMetrics::Find(std::string_view path, RpcType type) {
   {
-    std::shared_lock l(mu_);
+    ReaderLock l(&mu_);
     if (auto it = methods_.find(absl::string_view(path.data(), path.size())); it != methods_.end()) return *it->second;
   }
   // Not a method of a served service (UNIMPLEMENTED): one shared series, so made-up method names
   // cannot create series without bound.
-  std::unique_lock l(mu_);
+  WriterLock l(&mu_);
   return AddLocked("/unknown/unknown", TypeName(type));
 }
 

@@ -17,7 +17,6 @@
 
 #include <map>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +28,7 @@
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -51,15 +51,13 @@ class RpcMetrics {
   void Handled(const Method& m, grpc::StatusCode code, double seconds);
 
  private:
-  Method& AddLocked(std::string_view path, std::string_view type);  // mu_ held exclusively
+  Method& AddLocked(std::string_view path, std::string_view type) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   prometheus::Family<prometheus::Counter>& started_;
   prometheus::Family<prometheus::Counter>& handled_;
   prometheus::Family<prometheus::Histogram>& handling_;
-  // std::shared_mutex rather than absl::Mutex: ThreadSanitizer sees the former, not Debian's
-  // uninstrumented Abseil (as in journal.h).
-  std::shared_mutex mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<Method>> methods_;  // by "/svc/method"; guarded by mu_
+  SharedMutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Method>> methods_ ABSL_GUARDED_BY(mu_);  // by "/svc/method"
 };
 
 // "OK", "RESOURCE_EXHAUSTED", ...: the names go-grpc-prometheus's grpc_code label uses.

@@ -66,7 +66,7 @@ void ServerReflectionV1::Answer(const ServerReflectionRequest& req, std::vector<
   *resp->mutable_original_request() = req;
   switch (req.message_request_case()) {
     case ServerReflectionRequest::kListServices: {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       for (const std::string& s : services_) resp->mutable_list_services_response()->add_service()->set_name(s);
       return;
     }

@@ -19,13 +19,13 @@
 #ifndef PHYSMEM_SERVER_SERVER_REFLECTION_H_
 #define PHYSMEM_SERVER_SERVER_REFLECTION_H_
 
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include <google/protobuf/descriptor.h>
 
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -40,7 +40,7 @@ class ServerReflectionV1 final : public grpc::reflection::v1::ServerReflection::
   // The services list_services answers with. Set when the server's build finishes, which is
   // after it started: a stream that comes before gets an empty list rather than a race.
   void set_services(const std::vector<std::string>& services) {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     services_ = services;
   }
 
@@ -58,8 +58,8 @@ class ServerReflectionV1 final : public grpc::reflection::v1::ServerReflection::
   static void NotFound(const std::string& message, Response* resp);
 
   const google::protobuf::DescriptorPool* pool_;
-  mutable std::mutex mu_;
-  std::vector<std::string> services_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<std::string> services_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace physmem
