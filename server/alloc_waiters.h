@@ -4,23 +4,25 @@
 // finds no memory is parked here instead of failing, and its gRPC call stays open without holding
 // a thread: the callback API lets the call finish from any thread later. One background thread
 // (our kswapd) retries the parked calls in arrival order whenever memory is freed (a free, a
-// revoke, an expired lease: Kick()) and at least every 20 ms, and finishes each call once it
-// succeeds, its deadline passes (RESOURCE_EXHAUSTED), the client cancels (CANCELLED), or the
-// daemon shuts down (UNAVAILABLE).
+// revoke, an expired lease: Kick()), and finishes each call once it succeeds, its deadline passes
+// (RESOURCE_EXHAUSTED), the client cancels (CANCELLED: the call's reactor Kicks on cancel, see
+// InflightCalls::SetCancelHook), or the daemon shuts down (UNAVAILABLE). Between events the
+// thread sleeps until the earliest parked deadline: no periodic wake-up.
 //
-// Thread-safety: Add/Kick from any thread. Attempts run on the waiter thread only.
+// Thread-safety: Add/Kick from any thread. Attempts run on the waiter thread only. mu_ guards the
+// queue and the flags (checked by clang's -Wthread-safety).
 #ifndef PHYSMEM_SERVER_ALLOC_WAITERS_H_
 #define PHYSMEM_SERVER_ALLOC_WAITERS_H_
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <thread>
 
 #include <grpcpp/support/status.h>
+
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -48,12 +50,14 @@ class AllocWaiters {
 
  private:
   void Loop();
+  // Sleeps until a Kick, Stop, or the earliest deadline in the queue.
+  void SleepUntilEvent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Waiter> queue_;  // guarded by mu_
-  bool kicked_ = false;       // guarded by mu_
-  bool stop_ = false;         // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<Waiter> queue_ ABSL_GUARDED_BY(mu_);
+  bool kicked_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<size_t> size_{0};
   std::atomic<uint64_t> total_{0};
   std::thread thread_;

@@ -20,6 +20,10 @@ void UnaryCall::Reply(const grpc::Status& status) {
   TsanHandOff(this);
 }
 
+void UnaryCall::OnCancel() {
+  if (calls_->cancel_hook_) calls_->cancel_hook_();
+}
+
 void UnaryCall::OnDone() {
   TsanTakeOver(this);
   calls_->count_.fetch_sub(1, std::memory_order_acq_rel);

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include <grpcpp/support/server_callback.h>
@@ -43,6 +44,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   void Reply(const grpc::Status& status);
   void OnDone() override;
+  // The client cancelled (or the deadline passed): runs the calls' cancel hook, which wakes the
+  // allocation waiters so a parked call answers CANCELLED now (server/alloc_waiters.h).
+  void OnCancel() override;
 
  private:
   friend class InflightCalls;
@@ -62,11 +66,15 @@ class InflightCalls {
   static std::unique_ptr<ResponseSink> TakeUnclaimedSink();
   // True once no unary call is in flight; false if `deadline` came first.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline) const;
+  // Run by every call that gRPC cancels. Set once, before the server starts (the thread start
+  // orders it before any call reads it).
+  void SetCancelHook(std::function<void()> hook) { cancel_hook_ = std::move(hook); }
   int64_t count() const { return count_.load(std::memory_order_acquire); }
 
  private:
   friend class UnaryCall;
   std::atomic<int64_t> count_{0};
+  std::function<void()> cancel_hook_;
 };
 
 }  // namespace physmem

@@ -115,6 +115,8 @@ absl::Status Server::Start() {
   if (absl::Status s = StartJournal(); !s.ok()) return s;
   metrics_ = std::make_unique<Metrics>(pa_.get(), lessor_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
+  // A cancelled call wakes the waiters, so a parked allocation answers CANCELLED at once.
+  inflight_.SetCancelHook([this] { waiters_->Kick(); });
   service_ = std::make_unique<PhysMemService>(pa_.get(), lessor_.get(), waiters_.get(), &peers_,
                                               options_.service_limits, metrics_.get(), &inflight_);
   // Unary requests are decoded by us, so a body that does not parse is INVALID_ARGUMENT, not

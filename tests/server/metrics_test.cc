@@ -457,8 +457,8 @@ TEST_F(Metrics, WaitsAreCountedByOutcome) {
     EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
     cancel.join();
   }
-  // The client hears CANCELLED at once; the daemon's waiter thread notices at its next pass (every
-  // 20 ms). Counted, the call is off the queue and counts no more failures.
+  // The client hears CANCELLED at once; the daemon's waiter thread is woken by the call's cancel
+  // (server/inflight_calls.h). Counted, the call is off the queue and counts no more failures.
   Scrape m;
   EXPECT_TRUE(testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(3)), [&] {
     m = Get();
@@ -491,6 +491,33 @@ TEST_F(Metrics, WaitsAreCountedByOutcome) {
   EXPECT_GE(m.Sum("physmem_alloc_wait_duration_seconds_sum"), std::chrono::duration<double>(max_wait).count() + 0.6);
   EXPECT_EQ(m.Sum("physmem_alloc_wait_duration_seconds_bucket", {{"le", "0.1"}}), 0);
   EXPECT_EQ(m.Sum("physmem_alloc_wait_duration_seconds_bucket", {{"le", "+Inf"}}), 3);
+}
+
+TEST_F(Metrics, ACancelledWaitLeavesTheQueueAtOnceNotAtItsDeadline) {
+  // The waiter thread sleeps until an event or the earliest parked deadline (no periodic poll):
+  // a cancel must be such an event. The daemon's bound on a wait is an hour here, so the call can
+  // only be counted as cancelled because its cancel woke the waiters.
+  daemon_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--max_alloc_wait_ms=3600000"}));
+  const uint64_t lease = NewLease();
+  v1::AllocPagesBulkResponse got;
+  ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_DMA", 4096, &got, 20000).ok());
+  ASSERT_LT(got.pfn_size(), 4096);
+  grpc::ClientContext ctx;
+  v1::AllocPagesRequest req;
+  req.set_lease_id(lease);
+  req.set_gfp("GFP_KERNEL|__GFP_DMA");
+  v1::Allocation out;
+  const double failures = Get().Sum("physmem_alloc_failures_total");
+  std::thread cancel([&] {
+    EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
+    ctx.TryCancel();
+  });
+  EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
+  cancel.join();
+  EXPECT_TRUE(testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(10)), [&] {
+    return Get().Sum("physmem_alloc_waits_total", {{"outcome", "cancelled"}}) == 1;
+  })) << "the cancelled call is still parked: its cancel did not wake the waiter thread";
 }
 
 TEST_F(Metrics, LeaseCountersMoveAsDriven) {
