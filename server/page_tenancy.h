@@ -12,7 +12,9 @@
 // free path was. Pages of a fresh anonymous arena start "never owned" (the mapping is zero-filled);
 // a file-backed arena may hold a previous run's bytes (it outlives the daemon, by design), so its
 // pages start "unknown" and are scrubbed on their first hand-out; blocks recovered from the
-// journal go back to the identity that held them.
+// journal go back to the identity that held them. With the allocator's init_on_free (the
+// daemon's --init_on_free, the kernel's blunt alternative) every freed page is already zero, so
+// only pages of unknown history (a file-backed arena's first hand-out) are scrubbed here.
 //
 // Who uses it: Lessor (TagOf at grant and adoption, Claim when a block joins a lease, Adopt in
 // recovery). Thread-safety: TagOf takes its own lock. Claim and Adopt touch only the pages of the
@@ -23,12 +25,12 @@
 
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "allocator/page_allocator.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -42,7 +44,8 @@ class PageTenancy {
   uint16_t TagOf(const std::string& identity);
   // Before the block at mem_map index `head` (2^order pages) joins a lease of identity `tag`:
   // zeroes each page whose last owner was not `tag` (skipped when `zeroed`: the allocator just
-  // zeroed the block for __GFP_ZERO), and makes `tag` its owner.
+  // zeroed the block for __GFP_ZERO; and for pages some identity freed, under init_on_free),
+  // and makes `tag` its owner.
   void Claim(uint32_t head, unsigned order, uint16_t tag, bool zeroed);
   // A block recovered from the journal belongs to `tag` again.
   void Adopt(uint32_t head, unsigned order, uint16_t tag);
@@ -54,9 +57,10 @@ class PageTenancy {
 
  private:
   PageAllocator* const pa_;
+  const bool init_on_free_;  // the allocator zeroes every freed block
   std::vector<uint16_t> last_owner_;  // by mem_map index
-  std::mutex mu_;
-  absl::flat_hash_map<std::string, uint16_t> tags_;  // guarded by mu_
+  Mutex mu_;
+  absl::flat_hash_map<std::string, uint16_t> tags_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> scrubbed_{0};
 };
 

@@ -113,8 +113,11 @@ class DaemonProcess {
 
   // Starts the daemon and waits (up to ScaledTimeout(20 s)) until it accepts connections and has logged its
   // "started" line (which carries the TCP port, written after the Unix socket already accepts).
-  // False on failure; the reason is in log().
+  // False on failure; the reason is in log(). May be called again after the daemon exited (a
+  // restart on the same socket, arena and journal): it then waits for this start's own line, as
+  // the log keeps every start's.
   bool Start() {
+    starts_before_ = LogCount("event=started ");
     // No metrics unless the test asks (kServeMetrics, or its own --metrics_listen, which comes
     // later and wins): the exporter's web server takes up to a second and a half to stop, which
     // every daemon of every test would pay, and the default 9464 would collide between daemons.
@@ -187,24 +190,25 @@ class DaemonProcess {
   pid_t pid() const { return pid_; }
   std::optional<int> exit_status() const { return exit_status_; }
 
-  bool Started() const { return log().find("event=started") != std::string::npos; }
+  // This start (the latest Start()) logged its "started" line.
+  bool Started() const { return LogCount("event=started ") > starts_before_; }
 
-  // The TCP port from the daemon's "started" log line (tcp=<port>), or 0.
-  int tcp_port() const {
-    static const std::regex kPort(R"(event=started .* tcp=(\d+))");
-    std::smatch m;
-    const std::string text = log();
-    if (std::regex_search(text, m, kPort)) return std::stoi(m[1]);
-    return 0;
-  }
+  // The TCP port from the latest "started" log line (tcp=<port>), or 0.
+  int tcp_port() const { return LatestStartedField(" tcp="); }
 
-  // The Prometheus exporter's port from the "started" log line (metrics=<port>), or 0 (off).
-  int metrics_port() const {
-    static const std::regex kPort(R"(event=started .* metrics=(\d+))");
-    std::smatch m;
+  // The Prometheus exporter's port from the latest "started" log line (metrics=<port>), or 0 (off).
+  int metrics_port() const { return LatestStartedField(" metrics="); }
+
+  // The number after `field` (" tcp=") on the last "started" line: after a restart, this start's.
+  int LatestStartedField(const std::string& field) const {
     const std::string text = log();
-    if (std::regex_search(text, m, kPort)) return std::stoi(m[1]);
-    return 0;
+    const size_t line = text.rfind("event=started ");
+    if (line == std::string::npos) return 0;
+    const size_t end = text.find('\n', line);
+    const std::string started = text.substr(line, end == std::string::npos ? std::string::npos : end - line);
+    const size_t at = started.find(field);
+    if (at == std::string::npos) return 0;
+    return std::atoi(started.c_str() + at + field.size());
   }
 
   std::string log() const {
@@ -227,6 +231,7 @@ class DaemonProcess {
 
   std::vector<std::string> args_;
   bool tcp_;
+  size_t starts_before_ = 0;  // "started" lines in the log before the latest Start()
   std::string binary_ = PHYSMEMD_BINARY;
   std::vector<std::string> env_;  // NAME=value for the daemon (physmemd_test_hooks' seams)
   std::string clock_file_;

@@ -13,13 +13,22 @@
 //            page, filled through AllocPagesBulk(4096) under one lease and under 1,000 leases,
 //            and the time of the RevokeLease call that empties the one-lease fill.
 //
+//   tenancy  what keeping page contents between identities costs (server/page_tenancy.h), in
+//            ns per page through the lessor (the server side of AllocPages+FreePages and of
+//            AllocPagesBulk(4096)+FreePagesBulk): one identity taking its own pages back (no
+//            scrub: the common case, and the cost of the book without any scrubbing), two
+//            identities taking turns (every page scrubbed: the worst case), and --init_on_free
+//            (every free zeroes), each as a ratio to the first, measured in the same run.
+//
 //   ./build/lessor_bench [--seconds=3] [--leases=100000] [--pages=2097152] [--physmemd=PATH] [--skip_daemon]
+//                        [--only=tenancy]
 #include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -62,7 +71,7 @@ size_t HeapBytes() {
   return mi.uordblks + mi.hblkhd;
 }
 
-std::unique_ptr<PageAllocator> Allocator(uint64_t pages) {
+std::unique_ptr<PageAllocator> Allocator(uint64_t pages, bool init_on_free = false) {
   absl::StatusOr<Target> t = BuiltinTarget("x86_64", pages * 4096);
   if (!t.ok()) {
     std::fprintf(stderr, "target: %s\n", t.status().ToString().c_str());
@@ -71,6 +80,7 @@ std::unique_ptr<PageAllocator> Allocator(uint64_t pages) {
   PageAllocatorOptions o;
   o.target = *t;
   o.arena_backing = ArenaOptions::Backing::kOrdinary;
+  o.init_on_free = init_on_free;
   absl::StatusOr<std::unique_ptr<PageAllocator>> pa = PageAllocator::Create(o);
   if (!pa.ok()) {
     std::fprintf(stderr, "allocator: %s\n", pa.status().ToString().c_str());
@@ -204,6 +214,66 @@ void Book(const Config& cfg, int nleases) {
   std::printf("\n");
 }
 
+// ---- tenancy ----
+
+enum class Tenancy { kSameIdentity, kTwoIdentities, kInitOnFree };
+
+// ns per page of `rounds` alloc+free rounds of `batch` pages (batch 1: Attach + Detach of one
+// order-0 page; otherwise AttachBulk + DetachBulk), alternating between two identities' leases
+// for kTwoIdentities.
+double TenancyNsPerPage(Tenancy mode, unsigned batch, int rounds, double* scrubbed_share) {
+  auto pa = Allocator(262144, mode == Tenancy::kInitOnFree);  // 1 GiB
+  Lessor lessor(pa.get(), LeaseLimits{}, nullptr, nullptr, nullptr);
+  std::shared_ptr<Lease> a = *lessor.Grant("uid:1", 3600 * 1000, 0, "");
+  std::shared_ptr<Lease> b = *lessor.Grant(mode == Tenancy::kTwoIdentities ? "uid:2" : "uid:1", 3600 * 1000, 0, "");
+  std::vector<uint64_t> pfns;
+  auto round = [&](Lease& l) {
+    if (batch == 1) {
+      AttachedBlock blk;
+      if (!lessor.Attach(l, GFP_KERNEL, 0, "", &blk).value_or(absl::ResourceExhaustedError("")).ok()) std::exit(1);
+      if (!lessor.Detach(l, blk.pfn, 0, "").ok()) std::exit(1);
+      return;
+    }
+    absl::StatusOr<std::vector<Page*>> got = lessor.AttachBulk(l, GFP_KERNEL, batch);
+    if (!got.ok() || got->size() != batch) std::exit(1);
+    pfns.clear();
+    for (Page* p : *got) pfns.push_back(pa->page_to_pfn(p));
+    lessor.DetachBulk(l, pfns, {}, [](size_t, const absl::Status&) { std::exit(1); });
+  };
+  for (int i = 0; i < 16; ++i) round(i % 2 ? *b : *a);  // warm the lists and the book
+  const uint64_t scrubbed0 = lessor.pages_scrubbed();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < rounds; ++i) round(i % 2 ? *b : *a);
+  const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+  *scrubbed_share = double(lessor.pages_scrubbed() - scrubbed0) / (double(rounds) * batch);
+  return ns / (double(rounds) * batch);
+}
+
+void TenancyCost() {
+  struct Shape {
+    const char* name;
+    unsigned batch;
+    int rounds;
+  };
+  for (const Shape& sh : {Shape{"Attach+Detach, 1 page", 1, 200000}, Shape{"AttachBulk+DetachBulk, 4096 pages", 4096, 200}}) {
+    double same = 0;
+    for (Tenancy m : {Tenancy::kSameIdentity, Tenancy::kTwoIdentities, Tenancy::kInitOnFree}) {
+      // Median of 3 runs.
+      std::vector<double> runs;
+      double scrubbed = 0;
+      for (int r = 0; r < 3; ++r) runs.push_back(TenancyNsPerPage(m, sh.batch, sh.rounds, &scrubbed));
+      std::sort(runs.begin(), runs.end());
+      const double ns = runs[1];
+      if (m == Tenancy::kSameIdentity) same = ns;
+      const char* label = m == Tenancy::kSameIdentity    ? "one identity (no scrub)"
+                          : m == Tenancy::kTwoIdentities ? "two identities taking turns (all scrubbed)"
+                                                         : "--init_on_free, one identity";
+      std::printf("tenancy %-36s %-44s %8.1f ns/page  %.2fx  (%.0f%% of pages scrubbed at hand-out)\n", sh.name,
+                  label, ns, ns / same, 100 * scrubbed);
+    }
+  }
+}
+
 // ---- daemon ----
 
 uint64_t RssBytes(pid_t pid) {
@@ -288,6 +358,9 @@ int main(int argc, char** argv) {
       DaemonBinaryPath() = v;
     } else if (a == "--skip_daemon") {
       cfg.daemon = false;
+    } else if (a == "--only=tenancy") {
+      physmem::TenancyCost();
+      return 0;
     } else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -296,6 +369,7 @@ int main(int argc, char** argv) {
   physmem::ReaperCpu(cfg);
   physmem::Book(cfg, 1);
   physmem::Book(cfg, 1000);
+  physmem::TenancyCost();
   if (cfg.daemon) {
     physmem::Daemon(cfg, 1);
     physmem::Daemon(cfg, 1000);

@@ -153,5 +153,42 @@ TEST_F(PageTenancyTest, TheSameIdentityPaysNoScrub) {
   EXPECT_EQ(Scrubbed(), 0);
 }
 
+// --init_on_free (the kernel's init_on_free=1): every freed block is zeroed as it is freed, so
+// even the same identity taking its blocks back finds zeros, and nothing is left to scrub at
+// hand-out, for it or for another identity.
+class InitOnFreeTest : public PageTenancyTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(StartDaemon({"--target=i386", "--mem_mb=48", testing::kServeMetrics,
+                                         "--max_page_io_bytes=2097152", "--init_on_free"},
+                                        /*tcp=*/true, testing::LeaseClockMode::kTestControlled));
+    tcp_stub_ = testing::ConnectStub("127.0.0.1:" + std::to_string(daemon_->tcp_port()));
+  }
+};
+
+TEST_F(InitOnFreeTest, EveryFreedBlockIsZeroAtOnceForAnyIdentity) {
+  const uint64_t a = NewLease(kHourMs);
+  const std::vector<uint64_t> written = TakeAllBlocks(stub_.get(), a);
+  ASSERT_GE(written.size(), 2u);
+  for (uint64_t pfn : written) ASSERT_TRUE(Write(stub_.get(), a, pfn, '\x5a').ok());
+  // Half goes back by FreePages, the rest with the lease.
+  for (size_t i = 0; i < written.size(); i += 2) {
+    ASSERT_TRUE(testing::FreePages(stub_.get(), a, written[i], kOrder).ok());
+  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), a).ok());
+  const uint64_t again = NewLease(kHourMs);
+  const std::vector<uint64_t> got = TakeAllBlocks(stub_.get(), again);
+  ASSERT_EQ(got.size(), written.size());
+  for (uint64_t pfn : got) {
+    EXPECT_EQ(Read(stub_.get(), again, pfn).find_first_not_of('\0'), std::string::npos) << "pfn " << pfn;
+  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), again).ok());
+  const uint64_t b = NewLease(kHourMs, tcp_stub_.get());
+  const std::vector<uint64_t> theirs = TakeAllBlocks(tcp_stub_.get(), b);
+  ASSERT_FALSE(theirs.empty());
+  EXPECT_EQ(Read(tcp_stub_.get(), b, theirs[0]).find_first_not_of('\0'), std::string::npos);
+  EXPECT_EQ(Scrubbed(), 0) << "zeroed at free, so the hand-outs scrub nothing";
+}
+
 }  // namespace
 }  // namespace physmem
