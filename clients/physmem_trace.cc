@@ -43,6 +43,7 @@
 #include "allocator/page_allocator.h"
 #include "allocator/target.h"
 #include "picture/map_sequence.h"
+#include "clients/physmem_client.h"
 #include "server/version.h"
 #include "trace/daemon_replayer.h"
 #include "trace/replay_pacer.h"
@@ -69,8 +70,9 @@ ABSL_FLAG(bool, per_cpu, false, "replay: one pinned thread per traced CPU instea
 ABSL_FLAG(bool, zero_pages, false, "replay: honour __GFP_ZERO (memset each page; slow, and contents are not measured)");
 ABSL_FLAG(int32_t, samples, 16, "replay: fragmentation snapshots over the replay");
 ABSL_FLAG(std::string, daemon, "",
-          "replay/compare: replay over gRPC against this running physmemd (unix:/path, /path or host:port) "
-          "under one lease, instead of in-process; the daemon's own target and settings apply");
+          "replay/compare: replay over gRPC against this running physmemd (unix:/path, /path or host:port; "
+          "'default': where physmemctl looks, $PHYSMEM_TARGET first) under one lease, instead of in-process; "
+          "the daemon's own target and settings apply");
 ABSL_FLAG(double, pace, 0,
           "--daemon: 0 = full speed; else the trace's own rate times this factor (1 = as the kernel ran, 2 = twice as fast)");
 ABSL_FLAG(int64_t, lease_ttl_ms, 10000, "--daemon: the replay's lease TTL (kept alive while the replay runs)");
@@ -81,6 +83,9 @@ ABSL_FLAG(bool, bulk, true, "--daemon: bulk calls for consecutive order-0 alloca
 ABSL_FLAG(int64_t, alloc_timeout_ms, 10000,
           "--daemon: deadline of each allocating call (a mask that may sleep waits in the daemon for memory up to "
           "min(this, its --max_alloc_wait_ms))");
+ABSL_FLAG(bool, wait_for_memory, false,
+          "--daemon: send masks that may sleep as traced, so the daemon waits for memory before refusing "
+          "(default: __GFP_NORETRY added, refusals at once as in-process)");
 ABSL_FLAG(std::string, json, "", "replay/compare: also write the report as JSON to this file ('-': stdout, instead of text)");
 ABSL_FLAG(uint64_t, map_every, 0,
           "replay/compare in-process: draw the arena every N ops and at the end, into --map_dir as "
@@ -259,6 +264,7 @@ DaemonReplayOptions DaemonFromFlags() {
   d.pace.max_batch = absl::GetFlag(FLAGS_max_batch);
   d.pace.bulk = absl::GetFlag(FLAGS_bulk);
   d.zero_pages = absl::GetFlag(FLAGS_zero_pages);
+  d.wait_for_memory = absl::GetFlag(FLAGS_wait_for_memory);
   d.samples = absl::GetFlag(FLAGS_samples);
   return d;
 }
@@ -304,6 +310,7 @@ absl::StatusOr<RunSpec> ParseConfig(const std::string& spec, int index) {
   if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": ", t.status().message()));
   config->allocator.target = *t;
   daemon.name = config->name;
+  if (daemon.address == "default") daemon.address = client::DefaultTarget();
   if (!daemon.address.empty() && daemon.pace.pace < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--pace must be 0 (full speed) or positive, not ", daemon.pace.pace));
   }

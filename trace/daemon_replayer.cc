@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -119,6 +120,7 @@ class DaemonRun {
     if (op.migratetype >= 0 && op.migratetype < kNrTraceMigratetypes) ++c.allocs_by_migratetype[op.migratetype];
   }
   void Granted(const ReplayOp& op, uint64_t pfn, ReplayCounts& c) {
+    known_refusals_.clear();
     ++c.allocs;
     pfn_[op.block] = pfn;
     order_[op.block] = op.order;
@@ -130,6 +132,27 @@ class DaemonRun {
     if (op.migratetype >= 0 && op.migratetype < kNrTraceMigratetypes) ++c.failures_by_migratetype[op.migratetype];
     ++c.failures_by_reason[reason];
     pfn_[op.block] = kRefused;
+  }
+
+  // The mask sent for a traced one (see "Waiting" in the header).
+  gfp_t Sent(gfp_t gfp) const {
+    if (options_.wait_for_memory || !gfpflags_allow_blocking(gfp) || (gfp & __GFP_NOFAIL)) return gfp;
+    return gfp | __GFP_NORETRY;
+  }
+
+  // A refusal the daemon gave for this mask and order since this replay last allocated or freed
+  // anything, within kRecheckAfter: the answer would be the same (see "Known refusals").
+  const std::string* KnownRefusal(gfp_t gfp, unsigned order) {
+    auto it = known_refusals_.find(uint64_t{gfp} << 8 | order);
+    if (it == known_refusals_.end()) return nullptr;
+    if (std::chrono::steady_clock::now() - it->second.at > kRecheckAfter) {
+      known_refusals_.erase(it);
+      return nullptr;
+    }
+    return &it->second.reason;
+  }
+  void RememberRefusal(gfp_t gfp, unsigned order, const std::string& reason) {
+    known_refusals_[uint64_t{gfp} << 8 | order] = {reason, std::chrono::steady_clock::now()};
   }
 
   // One alloc_pages(); refusals that need no call are decided here as in-process.
@@ -145,9 +168,14 @@ class DaemonRun {
       Refused(op, "invalid_gfp", c);
       return absl::OkStatus();
     }
+    if (const std::string* known = KnownRefusal(gfp, op.order)) {
+      ++d.refusals_without_call;
+      Refused(op, *known, c);
+      return absl::OkStatus();
+    }
     v1::AllocPagesRequest req;
     req.set_lease_id(lease_.id());
-    req.set_gfp_mask(gfp);
+    req.set_gfp_mask(Sent(gfp));
     req.set_order(op.order);
     v1::Allocation resp;
     ++d.alloc_calls;
@@ -158,7 +186,12 @@ class DaemonRun {
       return absl::OkStatus();
     }
     switch (s.code()) {
-      case absl::StatusCode::kResourceExhausted: Refused(op, ReasonFromExhausted(s, op.order), c); break;
+      case absl::StatusCode::kResourceExhausted: {
+        const std::string reason = ReasonFromExhausted(s, op.order);
+        RememberRefusal(gfp, op.order, reason);
+        Refused(op, reason, c);
+        break;
+      }
       case absl::StatusCode::kInvalidArgument: Refused(op, "invalid_gfp", c); break;
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kNotFound:
@@ -173,7 +206,7 @@ class DaemonRun {
     const ReplayOp& first = plan_.ops[batch.first];
     const gfp_t gfp = first.gfp & gfp_mask_;
     uint32_t filled = 0;
-    if (ValidateGfp(gfp).ok()) {
+    if (ValidateGfp(gfp).ok() && KnownRefusal(gfp, 0) == nullptr) {
       v1::AllocPagesBulkRequest req;
       req.set_lease_id(lease_.id());
       req.set_gfp_mask(gfp);
@@ -229,6 +262,7 @@ class DaemonRun {
     for (uint32_t i : blocks) {
       const ReplayOp& op = plan_.ops[i];
       if (std::find(refused.begin(), refused.end(), pfn_[op.block]) != refused.end()) continue;
+      known_refusals_.clear();
       ++c.frees;
       ++c.frees_by_order[op.order];
       pfn_[op.block] = kRefused;  // freed: a stale second free is not replayed
@@ -251,6 +285,12 @@ class DaemonRun {
   gfp_t gfp_mask_;
   uint64_t sample_every_ = 1, next_sample_ = 1;
   v1::GetZoneInfoResponse last_info_;
+  struct Known {
+    std::string reason;
+    std::chrono::steady_clock::time_point at;
+  };
+  static constexpr std::chrono::milliseconds kRecheckAfter{100};
+  absl::flat_hash_map<uint64_t, Known> known_refusals_;  // key: gfp << 8 | order
 };
 
 std::string DefaultLeaseName() {

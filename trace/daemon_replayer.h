@@ -22,9 +22,20 @@
 // invalid_gfp (decided here first, with the target from GetTarget and ValidateGfp(), so no call is
 // made); RESOURCE_EXHAUSTED -> below_watermark / fragmented / exhausted read from its "zones
 // tried: Z (free F, largest free order L, ...)" explanation as in-process decides them, or
-// lease_quota / identity_limit; any other code -> rpc_<code> (UNAVAILABLE ends the replay). A
-// mask that may sleep waits in the daemon for memory up to min(alloc_timeout_ms, its
-// --max_alloc_wait_ms): start it with --max_alloc_wait_ms=0 for refusals at once, as in-process.
+// lease_quota / identity_limit; any other code -> rpc_<code> (UNAVAILABLE ends the replay).
+// Waiting: the daemon parks a refused allocation whose mask may sleep until memory is freed (its
+// direct reclaim, up to --max_alloc_wait_ms), but nothing else frees while the replay waits, so
+// by default the replay adds __GFP_NORETRY to such masks (not to __GFP_NOFAIL ones, which the
+// kernel never lets fail): the daemon then tries once more after expiring due leases and answers
+// at once, as the in-process replay refuses. gfp_class() ignores __GFP_NORETRY, so the counts by
+// class are unchanged. wait_for_memory = true sends the traced mask as it is.
+//
+// Known refusals: a replay that outgrows the machine is refused over and over, one call each. As
+// the in-process replayer keeps a refusal's reason until an allocation or free succeeds, this one
+// keeps the daemon's refusal of (mask, order) until this replay allocates or frees anything, or
+// for 100 ms (other clients may free meanwhile), and refuses the same request again without a
+// call (DaemonReplayInfo::refusals_without_call). Nothing this replay does in between can make
+// room: only its own successes change what it holds.
 #ifndef PHYSMEM_TRACE_DAEMON_REPLAYER_H_
 #define PHYSMEM_TRACE_DAEMON_REPLAYER_H_
 
@@ -49,6 +60,7 @@ struct DaemonReplayOptions {
   PaceOptions pace;
   ReplayClock* clock = nullptr;  // default ReplayClock::Real()
   bool zero_pages = false;
+  bool wait_for_memory = false;  // see "Waiting" above
   int samples = 16;  // fragmentation snapshots (GetZoneInfo), evenly spaced over the ops
 };
 

@@ -69,7 +69,7 @@ std::string JsonDaemon(const ReplayResult& r) {
   return absl::StrCat("{\"address\":", Quote(d.address), ",\"lease_id\":", d.lease_id,
                       absl::StrFormat(",\"pace\":%g", d.pace), ",\"alloc_bulk_calls\":", d.alloc_bulk_calls,
                       ",\"bulk_pages\":", d.bulk_pages, ",\"bulk_short\":", d.bulk_short, ",\"alloc_calls\":", d.alloc_calls,
-                      ",\"free_bulk_calls\":", d.free_bulk_calls, ",\"pages_allocated_at_end\":", d.pages_allocated_at_end,
+                      ",\"free_bulk_calls\":", d.free_bulk_calls, ",\"refusals_without_call\":", d.refusals_without_call, ",\"pages_allocated_at_end\":", d.pages_allocated_at_end,
                       ",\"lease_pages_at_end\":", d.lease_pages_at_end, ",\"lease_kept\":", d.lease_kept ? "true" : "false",
                       absl::StrFormat(",\"slept_seconds\":%.6f}", d.slept_seconds));
 }
@@ -210,8 +210,11 @@ std::string FormatReplayText(const ReplayResult& r, const ReplayPlan& plan) {
                           d.lease_kept ? " (kept)" : " (revoked at the end)",
                           d.pace > 0 ? absl::StrFormat("at %gx the trace's pace (slept %.3f s)", d.pace, d.slept_seconds)
                                      : std::string("at full speed"));
-    absl::StrAppendFormat(&out, "%-30s: %u AllocPagesBulk (%u pages, %u filled short), %u AllocPages, %u FreePagesBulk\n",
-                          "Calls", d.alloc_bulk_calls, d.bulk_pages, d.bulk_short, d.alloc_calls, d.free_bulk_calls);
+    absl::StrAppendFormat(&out,
+                          "%-30s: %u AllocPagesBulk (%u pages, %u filled short), %u AllocPages, %u FreePagesBulk; "
+                          "%u known refusals repeated without a call\n",
+                          "Calls", d.alloc_bulk_calls, d.bulk_pages, d.bulk_short, d.alloc_calls, d.free_bulk_calls,
+                          d.refusals_without_call);
     absl::StrAppendFormat(&out, "%-30s: %u pages by this replay's book, %u by the daemon (GetLease)\n",
                           "Lease holds at the end", d.pages_allocated_at_end, d.lease_pages_at_end);
   }

@@ -356,38 +356,65 @@ def perf_kmem_comparison(perf):
 
 
 def docs_commands_work():
+    """Every physmem_trace and physmemctl command of docs/trace.md's sh blocks, and the README's
+    trace block (which must be among them, plus its picture line), run as pasted from a directory
+    laid out like the repository (./build/...), against a physmemd this test starts with
+    run.sh's defaults (x86_64, 512 MiB), reached as the README says: PHYSMEM_TARGET."""
     doc = open(os.path.join(SRC, "docs/trace.md")).read()
     blocks = re.findall(r"```sh\n(.*?)```", doc, re.S)
-    commands = [l.strip() for b in blocks for l in b.splitlines() if "physmem_trace " in l and not l.strip().startswith("#")]
+    wanted = ("physmem_trace ", "./build/physmemctl ")
+    commands = [l.strip() for b in blocks for l in b.splitlines()
+                if any(w in l for w in wanted) and not l.strip().startswith("#")]
     check(any(" record " in c for c in commands) and any(" replay " in c for c in commands) and any(" compare " in c for c in commands),
           f"docs/trace.md shows record, replay and compare: {commands}")
     readme = open(os.path.join(SRC, "README.md")).read()
-    readme_commands = [l.strip() for b in re.findall(r"```sh\n(.*?)```", readme, re.S) for l in b.splitlines()
-                       if "physmem_trace " in l]
-    check(readme_commands and all(c in commands for c in readme_commands),
-          f"README's physmem_trace commands are the ones run here: {readme_commands}")
+    section = re.search(r"### Replaying kernel traces\n(.*?)\n### ", readme, re.S)
+    check(section is not None, "README.md has a 'Replaying kernel traces' section")
+    readme_commands = [l.strip() for b in re.findall(r"```sh\n(.*?)```", section.group(1), re.S) for l in b.splitlines()
+                       if l.strip() and not l.strip().startswith("#")]
+    check(len(readme_commands) == 3 and " record " in readme_commands[0] and " compare " in readme_commands[1]
+          and "map --out=" in readme_commands[2], f"README's trace block: record, compare, picture: {readme_commands}")
+    check(all(c in commands for c in readme_commands),
+          f"README's trace commands are the ones run here: {readme_commands}")
+    build = os.path.dirname(os.path.dirname(TOOL))
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(os.path.join(d, "build/trace"))
         os.symlink(TOOL, os.path.join(d, "build/trace/physmem_trace"))
+        os.symlink(os.path.join(build, "physmemctl"), os.path.join(d, "build/physmemctl"))
         shutil.copy(SAMPLE, os.path.join(d, "sample.txt.gz"))
-        for c in commands:
-            argv = c.split()
-            if argv[0] == "sudo":
-                if os.geteuid() != 0:
-                    print("not run (needs root, this test runs as uid %d): %s" % (os.geteuid(), c))
+        sys.path.insert(0, os.path.join(SRC, "tests"))
+        from physmemd_process import Physmemd  # noqa: E402
+        with Physmemd(os.path.join(build, "physmemd"), d) as daemon:
+            env = dict(os.environ, PHYSMEM_TARGET=daemon.unix_target)
+            for c in commands:
+                argv = c.split()
+                if argv[0] == "sudo":
+                    if os.geteuid() != 0:
+                        print("not run (needs root, this test runs as uid %d): %s" % (os.geteuid(), c))
+                        shutil.copy(SAMPLE, os.path.join(d, "trace.txt.gz"))
+                        continue
+                    argv = argv[1:]
+                w = workload(6) if " record " in c else None
+                began = time.monotonic()
+                p = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, timeout=300 * SCALE)
+                took = time.monotonic() - began
+                if w:
+                    w.wait()
+                if " record " in c and p.returncode in (3, 4):
+                    print("record not possible here (%s); replaying the committed sample instead" % p.stderr.strip())
                     shutil.copy(SAMPLE, os.path.join(d, "trace.txt.gz"))
                     continue
-                argv = argv[1:]
-            w = workload(6) if " record " in c else None
-            p = subprocess.run(argv, cwd=d, capture_output=True, text=True, timeout=300 * SCALE)
-            if w:
-                w.wait()
-            if " record " in c and p.returncode in (3, 4):
-                print("record not possible here (%s); replaying the committed sample instead" % p.stderr.strip())
-                shutil.copy(SAMPLE, os.path.join(d, "trace.txt.gz"))
-                continue
-            check(p.returncode == 0 or (" record " in c and p.returncode == 5), f"{c}: exit {p.returncode}: {p.stderr}")
-            print("ran:", c)
+                check(p.returncode == 0 or (" record " in c and p.returncode == 5), f"{c}: exit {p.returncode}: {p.stderr}")
+                if " compare " in c and ",daemon=" in c:
+                    # The daemon's column, and the lease holding what the replay's book says.
+                    check(re.search(r"^replayed .*physmemd", p.stdout, re.M), f"{c}: no physmemd column:\n{p.stdout}")
+                    held = re.findall(r"(\d+) pages by this replay's book, (\d+) by the daemon", p.stdout)
+                    check(held and all(a == b for a, b in held), f"{c}: lease pages disagree: {held}")
+                if "map --out=" in c:
+                    out = re.search(r"--out=(\S+)", c).group(1)
+                    with open(os.path.join(d, out), "rb") as f:
+                        check(f.read(8) == b"\x89PNG\r\n\x1a\n", f"{c}: {out} is not a PNG")
+                print("ran (%.1f s): %s" % (took, c))
     print("ok")
 
 
