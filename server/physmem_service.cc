@@ -44,7 +44,9 @@ class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveReque
       return;
     }
     absl::StatusOr<int64_t> ttl = lessor_->Renew(req_.lease_id(), identity_, CachedPages(req_));
-    if (!ttl.ok() && ttl.status().code() == absl::StatusCode::kPermissionDenied) {
+    // TTL 0 says "gone" only for a lease that is: any other refusal (not ours; the journal could
+    // not record the renewal, UNAVAILABLE) ends the stream with its status, and the client retries.
+    if (!ttl.ok() && ttl.status().code() != absl::StatusCode::kNotFound) {
       End(ToGrpcStatus(ttl.status()));
       return;
     }
