@@ -126,6 +126,21 @@ TEST_F(JournalFull, RefusesWhatItCannotJournalKeepsFreeingAndRecoversOnceSpaceRe
   ExpectRefused(created, before);
   EXPECT_TRUE(daemon_->WaitForLog("event=journal_failing"));
 
+  // A renewal gives time out: refused too, and over the KeepAlive stream not as "TTL 0" (which
+  // would tell the client its lease is gone) but by ending the stream with the status.
+  {
+    v1::KeepAliveRequest req;
+    req.set_lease_id(lease);
+    v1::KeepAliveResponse resp;
+    testing::Deadline ctx;
+    ExpectRefused(stub_->RenewLease(&ctx, req, &resp), before);
+    testing::Deadline sctx;
+    auto stream = stub_->KeepAlive(&sctx);
+    ASSERT_TRUE(stream->Write(req));
+    EXPECT_FALSE(stream->Read(&resp)) << "answered ttl_ms=" << resp.ttl_ms();
+    ExpectRefused(stream->Finish(), before);
+  }
+
   // Reads and frees go on: a free needs one 64-byte record, from the reserve.
   EXPECT_EQ(testing::ListLeases(stub_.get()), 1u);
   ASSERT_TRUE(testing::FreePages(stub_.get(), lease, held.back(), 0).ok());
