@@ -9,7 +9,7 @@
 #include "picture/arena_map_proto.h"
 #include "server/log.h"
 #include "server/status_util.h"
-#include "server/tsan_annotations.h"
+#include "server/visible_reactor.h"
 
 namespace physmem {
 namespace {
@@ -21,12 +21,10 @@ std::optional<uint64_t> CachedPages(const v1::KeepAliveRequest& req) {
 }
 
 // One KeepAlive stream. gRPC constructs it on one of its threads, runs each reaction on whichever
-// thread the event lands, and OnDone (which deletes it) after every other reaction; at most one
-// of StartRead/StartWrite is outstanding, so reactions never overlap. Every reaction takes the
-// object over and hands it back around each request to gRPC (tsan_annotations.h): before it, and
-// again after it, because StartWrite/Finish themselves read resp_ and the reactor's stream before
-// the operation starts. Nothing touches the object after a request returns.
-class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse> {
+// thread the event lands, and deletes it after every other reaction; at most one of Read/Write is
+// outstanding, so reactions never overlap (server/visible_reactor.h makes that ordering visible
+// to ThreadSanitizer).
+class KeepAliveReactor final : public VisibleBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse> {
  public:
   KeepAliveReactor(Lessor* lessor, absl::StatusOr<std::string> identity) : lessor_(lessor) {
     if (!identity.ok()) {
@@ -34,11 +32,11 @@ class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveReque
       return;
     }
     identity_ = *std::move(identity);
-    Read();
+    Read(&req_);
   }
 
-  void OnReadDone(bool ok) override {
-    TsanTakeOver(this);
+ private:
+  void ReadDone(bool ok) override {
     if (!ok) {  // the client closed its side
       End(grpc::Status::OK);
       return;
@@ -52,35 +50,15 @@ class KeepAliveReactor final : public grpc::ServerBidiReactor<v1::KeepAliveReque
     }
     resp_.set_lease_id(req_.lease_id());
     resp_.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
-    TsanHandOff(this);
-    StartWrite(&resp_);
-    TsanHandOff(this);
+    Write(&resp_);
   }
 
-  void OnWriteDone(bool ok) override {
-    TsanTakeOver(this);
+  void WriteDone(bool ok) override {
     if (!ok) {
       End(grpc::Status::OK);
       return;
     }
-    Read();
-  }
-
-  void OnDone() override {
-    TsanTakeOver(this);
-    delete this;
-  }
-
- private:
-  void Read() {
-    TsanHandOff(this);
-    StartRead(&req_);
-    TsanHandOff(this);
-  }
-  void End(const grpc::Status& s) {
-    TsanHandOff(this);
-    Finish(s);
-    TsanHandOff(this);
+    Read(&req_);
   }
 
   Lessor* lessor_;
