@@ -4,7 +4,11 @@ fields, types and units of ghz's runner/reporter.go) whose numbers agree with ea
 daemon must have every page free and no lease left afterwards.
 
 Runs: alloc-free with --total=200 (exactly 200 calls), the mixed scenario for 3 s (every call shape), and a burst of order-8 GFP_NOWAIT blocks
-that a 64 MiB target cannot hold, so the report must carry ResourceExhausted errors too.
+that a 64 MiB target cannot hold, so the report must carry ResourceExhausted errors too. Then
+--client_cache (clients/page_cache.h): alloc-free with and without it, both ghz reports,
+tagged client_cache true/false, the cached one at several times the uncached rate (a hit makes no
+RPC: thousands of times faster, so the margin does not depend on the machine); --total=200 exact
+with the cache too; mixed and burst through the cache.
 
 Usage: loadgen_test.py PHYSMEMD PHYSMEMCTL PHYSMEM_LOADGEN   (run by ctest)
 """
@@ -125,7 +129,17 @@ def main():
                                 "--details"], False),
                 ("burst-exhausts", 1.0, ["--scenario=burst", "--concurrency=2", "--duration=1s", "--orders=8",
                                          "--burst=64", "--gfp=GFP_NOWAIT"], True),
+                ("uncached", None, ["--scenario=alloc-free", "--concurrency=2", "--total=2000"], False),
+                ("cached", None, ["--scenario=alloc-free", "--concurrency=2", "--total=200000", "--client_cache"],
+                 False),
+                ("cached-total-200", None, ["--scenario=alloc-free", "--concurrency=2", "--total=200", "--details",
+                                            "--client_cache", "--orders=0,1,3,5"], False),
+                ("cached-mixed", 2.0, ["--scenario=mixed", "--concurrency=2", "--duration=2s", "--orders=0,2",
+                                       "--client_cache"], False),
+                ("cached-burst", None, ["--scenario=burst", "--concurrency=2", "--total=24000", "--burst=300",
+                                        "--client_cache"], False),
             ]
+            reports = {}
             for name, seconds, args, want_errors in runs:
                 out = os.path.join(d, name + ".json")
                 p = subprocess.run([loadgen, target, "--format=json", "--output=" + out] + loadgen_flags + args,
@@ -136,6 +150,12 @@ def main():
                 if "Summary:" not in p.stderr or "Requests/sec:" not in p.stderr:
                     failures.append("%s: no human summary on stderr" % name)
                 report = json.load(open(out))
+                reports[name] = report
+                cached = "--client_cache" in args
+                if report.get("tags", {}).get("client_cache") != ("true" if cached else "false") \
+                        or ("client cache" in report.get("options", {}).get("call", "")) != cached:
+                    failures.append("%s: tags %s, call %r" % (name, report.get("tags"),
+                                                              report.get("options", {}).get("call")))
                 before = len(failures)
                 check_report(report, seconds, failures, name, want_details="--details" in args)
                 codes = report.get("statusCodeDistribution", {})
@@ -157,6 +177,20 @@ def main():
                 if len(failures) == before:
                     passed += 1
                     print("ok %s: count=%d rps=%.0f codes=%s" % (name, report["count"], report["rps"], codes))
+            if "cached" in reports and "uncached" in reports:
+                if reports["cached"]["rps"] < 3 * reports["uncached"]["rps"]:
+                    failures.append("cached rps %.0f is not several times uncached %.0f" %
+                                    (reports["cached"]["rps"], reports["uncached"]["rps"]))
+                else:
+                    passed += 1
+                    print("ok cached vs uncached: %.0f vs %.0f calls/s" %
+                          (reports["cached"]["rps"], reports["uncached"]["rps"]))
+            p = subprocess.run([loadgen, target, "--scenario=lease-churn", "--client_cache"], capture_output=True,
+                               text=True, timeout=10 * scale)
+            if p.returncode != 2 or "--client_cache" not in p.stderr:
+                failures.append("--client_cache with lease-churn: exit %d, %r" % (p.returncode, p.stderr))
+            else:
+                passed += 1
             # A usage error is exit 2 and says what was wrong.
             p = subprocess.run([loadgen, target, "--scenario=nope"], capture_output=True, text=True, timeout=10 * scale)
             if p.returncode != 2 or "--scenario" not in p.stderr:
