@@ -80,7 +80,7 @@ class ArenaMapWalker {
     uint64_t pfn = seg.start_pfn;
     while (pfn < seg.end_pfn) {
       const uint64_t pb_end = std::min(seg.end_pfn, (pfn & ~(pb_pages - 1)) + pb_pages);
-      std::lock_guard l(zone.lock_);  // std::mutex or physmem::Mutex (allocator/mutex.h): both lock()
+      MutexLock l(&zone.lock_);
       while (pfn < pb_end) {
         const PageState s = mm.page(seg.index_of(pfn)).Load(std::memory_order_acquire);
         const bool free = (s.flags & (PG_buddy | PG_pcp)) != 0;

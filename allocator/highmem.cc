@@ -41,7 +41,7 @@ std::optional<uint32_t> PkmapWindow::MapNewVirtualLocked(uint64_t pfn) {
 }
 
 absl::StatusOr<uint64_t> PkmapWindow::Kmap(uint64_t pfn) {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   uint32_t slot;
   if (auto it = slot_of_pfn_.find(pfn); it != slot_of_pfn_.end()) {
     slot = it->second;  // kmap_high(): page_address() found; a lazily kept mapping is reused
@@ -56,7 +56,7 @@ absl::StatusOr<uint64_t> PkmapWindow::Kmap(uint64_t pfn) {
 }
 
 absl::Status PkmapWindow::Kunmap(uint64_t pfn) {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   auto it = slot_of_pfn_.find(pfn);
   if (it == slot_of_pfn_.end() || slots_[it->second].count < 2) {
     // kunmap_high() would BUG() on a count that drops to 0.
@@ -67,7 +67,7 @@ absl::Status PkmapWindow::Kunmap(uint64_t pfn) {
 }
 
 std::optional<uint64_t> PkmapWindow::Lookup(uint64_t pfn) const {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   auto it = slot_of_pfn_.find(pfn);
   if (it == slot_of_pfn_.end()) return std::nullopt;
   return base_ + uint64_t{it->second} * page_size_;
@@ -75,27 +75,27 @@ std::optional<uint64_t> PkmapWindow::Lookup(uint64_t pfn) const {
 
 std::optional<uint64_t> PkmapWindow::PfnAt(uint64_t vaddr) const {
   if (!Contains(vaddr)) return std::nullopt;
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   const Slot& s = slots_[(vaddr - base_) / page_size_];
   if (s.count == 0) return std::nullopt;
   return s.pfn;
 }
 
 uint32_t PkmapWindow::Users(uint64_t pfn) const {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   auto it = slot_of_pfn_.find(pfn);
   return it == slot_of_pfn_.end() ? 0 : slots_[it->second].count - 1;
 }
 
 uint32_t PkmapWindow::slots_in_use() const {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   uint32_t n = 0;
   for (const Slot& s : slots_) n += s.count > 1;
   return n;
 }
 
 uint32_t PkmapWindow::slots_mapped() const {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   return static_cast<uint32_t>(slot_of_pfn_.size());
 }
 

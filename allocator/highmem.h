@@ -22,12 +22,12 @@
 #define PHYSMEM_ALLOCATOR_HIGHMEM_H_
 
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 
@@ -59,16 +59,16 @@ class PkmapWindow {
     uint32_t count = 0;  // pkmap_count[]: 0 free, 1 mapped without users, n > 1: n - 1 users
   };
   // map_new_virtual(); nullopt when every slot has users.
-  std::optional<uint32_t> MapNewVirtualLocked(uint64_t pfn);
-  void FlushAllZeroPkmapsLocked();
+  std::optional<uint32_t> MapNewVirtualLocked(uint64_t pfn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  void FlushAllZeroPkmapsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
 
   const uint64_t base_;
   const uint32_t nr_slots_;
   const uint64_t page_size_;
-  mutable std::mutex lock_;
-  std::vector<Slot> slots_;                             // guarded by lock_
-  absl::flat_hash_map<uint64_t, uint32_t> slot_of_pfn_;  // guarded by lock_: slots with count >= 1
-  uint32_t last_pkmap_nr_ = 0;  // guarded by lock_: the slot handed out last (starts at 0)
+  mutable Mutex lock_;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(lock_);
+  absl::flat_hash_map<uint64_t, uint32_t> slot_of_pfn_ ABSL_GUARDED_BY(lock_);  // slots with count >= 1
+  uint32_t last_pkmap_nr_ ABSL_GUARDED_BY(lock_) = 0;  // the slot handed out last (starts at 0)
 };
 
 }  // namespace physmem

@@ -34,7 +34,7 @@ void Buddy::RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& 
 }
 
 void Zone::RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& allocated) {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   buddy_.RebuildFreeAround(allocated);
   PublishLocked();
 }

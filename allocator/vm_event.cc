@@ -1,10 +1,10 @@
 #include "allocator/vm_event.h"
 
 #include <algorithm>
-#include <mutex>
 #include <new>
 
 #include "absl/container/flat_hash_set.h"
+#include "allocator/mutex.h"
 
 namespace physmem {
 namespace {
@@ -37,11 +37,12 @@ struct VmEventCounters::Registry {
 
   const size_t nr_counters;
   std::atomic<bool> allocator_gone{false};
-  // std::mutex, not absl::Mutex: Debian's Abseil is not built with TSan, which then cannot see
-  // absl::Mutex's ordering and reports the fold at thread exit as racing with a snapshot.
-  std::mutex mu;
-  absl::flat_hash_set<const CounterArray*> live;  // guarded by mu: blocks of running threads
-  std::vector<uint64_t> exited_sum;               // guarded by mu: what exited threads counted
+  // physmem::Mutex (std::mutex underneath), not absl::Mutex: Debian's Abseil is not built with
+  // TSan, which then cannot see absl::Mutex's ordering and reports the fold at thread exit as
+  // racing with a snapshot.
+  Mutex mu;
+  absl::flat_hash_set<const CounterArray*> live ABSL_GUARDED_BY(mu);  // blocks of running threads
+  std::vector<uint64_t> exited_sum ABSL_GUARDED_BY(mu);               // what exited threads counted
   // Counts made by a thread after its blocks were folded (from another thread_local's destructor):
   // several threads may write here, so a concurrent increment can be lost. Never the normal path.
   CounterArray late;
@@ -59,7 +60,7 @@ struct Block {
 // Folds a block into its registry's accumulator and unlinks it; after this the block may be freed.
 void Retire(Block& b) {
   VmEventCounters::Registry& r = *b.registry;
-  std::lock_guard<std::mutex> l(r.mu);
+  MutexLock l(&r.mu);
   for (size_t i = 0; i < b.counters.n; ++i) r.exited_sum[i] += b.counters.c[i].load(std::memory_order_relaxed);
   r.live.erase(&b.counters);
 }
@@ -107,7 +108,7 @@ std::atomic<uint64_t>* VmEventCounters::ThisThreadSlow() {
     });
     auto b = std::make_unique<Block>(registry_, id_);
     {
-      std::lock_guard<std::mutex> l(registry_->mu);
+      MutexLock l(&registry_->mu);
       registry_->live.insert(&b->counters);
     }
     mine = b.get();
@@ -127,7 +128,7 @@ ThreadBlocks::~ThreadBlocks() {
 VmEventCounts VmEventCounters::Snapshot() const {
   std::vector<uint64_t> sum;
   {
-    std::lock_guard<std::mutex> l(registry_->mu);
+    MutexLock l(&registry_->mu);
     sum = registry_->exited_sum;
     for (const CounterArray* a : registry_->live) {
       for (size_t i = 0; i < nr_counters_; ++i) sum[i] += a->c[i].load(std::memory_order_relaxed);

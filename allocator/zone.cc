@@ -14,7 +14,7 @@ Zone::Zone(const MemMap& mem_map, ZoneConfig config)
       buddy_(mem_map, config_.segments, config_.nr_orders, pageblocks_, config_.start_pfn, config_.end_pfn) {
   for (const Segment& s : config_.segments) present_pages_ += s.nr_pages();
   {
-    std::lock_guard<std::mutex> l(lock_);
+    MutexLock l(&lock_);
     buddy_.FreeAllRam();
     PublishLocked();
   }
@@ -60,7 +60,7 @@ bool Zone::WatermarkOk(unsigned order, uint64_t mark, ZoneType highest, unsigned
 }
 
 std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order, int mt, unsigned alloc_flags) {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   std::optional<uint32_t> idx = buddy_.RmqueueBuddy(order, mt, alloc_flags);
   PublishLocked();
   return idx;
@@ -69,13 +69,13 @@ std::optional<uint32_t> Zone::RmqueueBuddy(unsigned order, int mt, unsigned allo
 void Zone::ReserveHighatomic(uint32_t idx, unsigned order) {
   // The kernel checks the limit once without the lock ("race-prone but harmless") and again
   // under it; the buddy does the locked check.
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   buddy_.ReserveHighatomic(idx, order, present_pages_);
   PublishLocked();
 }
 
 bool Zone::UnreserveHighatomic(bool force, int mt) {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   const bool converted = buddy_.UnreserveHighatomic(force, mt);
   PublishLocked();
   return converted;
@@ -85,7 +85,7 @@ void Zone::FreeToBuddy(uint32_t idx, unsigned order) { FreeBlocksToBuddy(&idx, 1
 
 void Zone::FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order) {
   if (n == 0) return;
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   for (uint32_t i = 0; i < n; ++i) buddy_.FreeOne(idx[i], order);
   PublishLocked();
 }
@@ -109,7 +109,7 @@ std::optional<uint32_t> Zone::RefillAndTake(unsigned order, int mt, unsigned all
   const uint32_t want = std::min<uint32_t>(pcp_->batch_blocks(order), std::size(batch));
   uint32_t got = 0;
   {
-    std::lock_guard<std::mutex> l(lock_);
+    MutexLock l(&lock_);
     RmqueueMode mode = RmqueueMode::kNormal;  // kept across the batch, as rmqueue_bulk() does
     while (got < want) {
       std::optional<uint32_t> idx = buddy_.Rmqueue(order, mt, alloc_flags, &mode);
@@ -171,7 +171,7 @@ ZoneStats Zone::Stats() const {
   s.watermarks = wmark_;
   s.lowmem_reserve = lowmem_reserve_;
   {
-    std::lock_guard<std::mutex> l(lock_);
+    MutexLock l(&lock_);
     s.buddy_free_pages = buddy_.free_pages();
     for (unsigned o = 0; o < config_.nr_orders; ++o) {
       s.nr_free.push_back(buddy_.nr_free(o));
@@ -201,12 +201,13 @@ ZoneStats Zone::Stats() const {
 }
 
 absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const {
-  std::lock_guard<std::mutex> l(lock_);
+  MutexLock l(&lock_);
   const char* zname = zone_name(config_.type).data();
   absl::Status status;
   uint64_t listed_pages = 0;
   std::vector<uint64_t> counted(config_.nr_orders);
   auto mark = [&](uint32_t head, unsigned order, const char* where) {
+    lock_.AssertHeld();  // called only below, under the lock taken above
     const Segment& seg = buddy_.segment_of(head);
     const uint64_t pfn = seg.pfn_of(head);
     if (pfn % (uint64_t{1} << order) != 0 || pfn + (uint64_t{1} << order) > seg.end_pfn) {
@@ -234,6 +235,7 @@ absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages)
   uint64_t highatomic_pages = 0;
   const unsigned pb_order = pageblocks_.order();
   buddy_.ForEachFreeBlock([&](uint32_t idx, unsigned order, int mt) {
+    lock_.AssertHeld();  // runs inside ForEachFreeBlock, under the lock taken above
     if (mem_map_.page(idx).state.load(std::memory_order_relaxed) != PageState::Buddy(order)) {
       status.Update(absl::InternalError(absl::StrFormat("zone %s: block at index %u on free_area[%u] is not PageBuddy "
                                                         "of that order (state %#x)",

@@ -28,13 +28,13 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <vector>
 
 #include "allocator/buddy.h"
 #include "allocator/mem_map.h"
 #include "allocator/migratetype.h"
+#include "allocator/mutex.h"
 #include "allocator/pageblock.h"
 #include "allocator/per_cpu_pages.h"
 #include "allocator/stats.h"
@@ -140,7 +140,8 @@ class Zone {
   // ALLOC_HIGHATOMIC and ALLOC_OOM).
   static constexpr uint32_t kPcptypeOrderMask = 0xffff;
 
-  uint64_t PfnOf(uint32_t idx) const {
+  // Reads only the buddy's segment geometry, fixed at construction: no lock needed.
+  uint64_t PfnOf(uint32_t idx) const ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const Segment& s = config_.segments.front();  // most zones are one segment
     return s.contains_index(idx) ? s.pfn_of(idx) : buddy_.pfn_of(idx);
   }
@@ -150,7 +151,7 @@ class Zone {
     const int mt = pageblocks_.Get(PfnOf(idx));
     return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE;
   }
-  void PublishLocked();  // copies buddy counts into the lock-free mirrors
+  void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // copies buddy counts into the lock-free mirrors
   void FreeBlockSlow(uint32_t idx, unsigned order);
   std::optional<uint32_t> RefillAndTake(unsigned order, int mt, unsigned alloc_flags);
   void DrainBatch(unsigned order, int mt);
@@ -162,9 +163,9 @@ class Zone {
   Watermarks wmark_;
   std::array<uint64_t, MAX_NR_ZONES> lowmem_reserve_{};
 
-  mutable std::mutex lock_;
-  Pageblocks pageblocks_;  // writes under lock_
-  Buddy buddy_;            // guarded by lock_
+  mutable Mutex lock_;
+  Pageblocks pageblocks_;  // writes under lock_; read without it (see the header comment)
+  Buddy buddy_ ABSL_GUARDED_BY(lock_);
   std::atomic<uint64_t> free_pages_{0};
   std::atomic<uint64_t> usable_free_{0};      // free_pages_ - nr_free_highatomic
   std::atomic<uint32_t> nonempty_orders_{0};  // see kPcptypeOrderMask
