@@ -40,6 +40,7 @@
 #ifndef PHYSMEM_SERVER_LESSOR_H_
 #define PHYSMEM_SERVER_LESSOR_H_
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -326,9 +327,14 @@ class Lessor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // The order of the lease's block headed at `head`, if it has one.
   std::optional<unsigned> BlockOrder(const Lease& lease, uint32_t head) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
-  void RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType zone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
-  absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key)
+  // Pages per zone, for identity charges settled once per bulk call.
+  using ZonePages = std::array<uint64_t, MAX_NR_ZONES>;
+  // Takes the block out of the book and uncharges the identity, or, with `uncharge_later`, adds
+  // its pages there for the caller to uncharge (DetachBulk, once per zone).
+  void RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType zone, ZonePages* uncharge_later = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
+                                        ZonePages* uncharge_later = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Charges 2^order pages to the lease's identity and allocates them in the zones where it has room.
   // Undoes an allocation the journal refused to record: frees the block and its identity charge.
   void GiveBack(Lease& lease, Page* page, unsigned order);
