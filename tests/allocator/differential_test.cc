@@ -190,7 +190,9 @@ INSTANTIATE_TEST_SUITE_P(
                       DiffParam{"x86_8page_pageblocks_pcp", &SmallX86SmallPageblocks, true, 400000, true},
                       // Without per-CPU lists every zone rarely sits below LOW at once, so this
                       // run seldom reaches the slow path where ALLOC_HIGHATOMIC exists.
-                      DiffParam{"x86_8page_pageblocks_buddy_only", &SmallX86SmallPageblocks, false, 200000}),
+                      DiffParam{"x86_8page_pageblocks_buddy_only", &SmallX86SmallPageblocks, false, 200000},
+                      // 64 KiB pages (arm64 64K): every PAGE_SHIFT-dependent formula off 4 KiB.
+                      DiffParam{"arm64_64k_pcp", &testing::SmallArm64_64K, true, 300000}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -48,6 +48,25 @@ inline Target SmallI386() {
   return t;
 }
 
+// arm64 with 64 KiB pages: DRAM at 0x80000000 (PHYS_OFFSET), DMA [0x80000000, 0x84000000) and
+// NORMAL above, 128 MiB -> DMA 1024, NORMAL 1024 pages; MAX_PAGE_ORDER 13 (ARCH_FORCE_MAX_ORDER
+// for 64K pages). pageblock_order 7 (8 MiB) instead of the derived 13 (512 MiB), so that 2048
+// pages hold 16 pageblocks and mobility grouping has room to claim and steal.
+inline Target SmallArm64_64K() {
+  Target t;
+  t.name = "small-arm64-64k";
+  t.page_size = 65536;
+  t.page_shift = 16;
+  t.page_offset = 0xffff000000000000ull;
+  t.phys_offset = 0x80000000ull;
+  t.zone_configured = {true, false, true, false};
+  t.zone_end = {0x84000000ull, 0, std::numeric_limits<uint64_t>::max(), 0};
+  t.ram = {{0x80000000ull, 128 * MiB}};
+  t.max_page_order = 13;
+  t.pageblock_order_override = 7;
+  return t;
+}
+
 inline PageAllocatorOptions SmallOptions(Target t, bool pcp = true) {
   PageAllocatorOptions o;
   o.target = std::move(t);
