@@ -1,0 +1,158 @@
+// The lessor (server/lessor.h) on a journal that cannot be written, in process: a real Journal
+// whose fallocate() the test fails with ENOSPC (JournalOptions::fault_hook) and whose reserve for
+// frees is small (4 KiB: 64 free records), so every branch of docs/recovery.md "When the journal
+// cannot be written" is reached in a few steps. Each refusal is UNAVAILABLE naming the journal,
+// and the books and the allocator's census are as before it (CheckInvariants after every step).
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <filesystem>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/journal.h"
+#include "server/lessor.h"
+#include "tests/allocator/test_targets.h"
+
+namespace physmem {
+namespace {
+
+using ::testing::HasSubstr;
+constexpr int64_t kHourMs = 3600 * 1000;
+
+class JournalLessorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/dev/shm/physmem-journal-lessor-test-" + std::to_string(::getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    JournalOptions o;
+    o.path = dir_ + "/j";
+    o.compact_bytes = uint64_t{1} << 30;
+    o.reserve_bytes = 4096;
+    o.fault_hook = [this](std::string_view op) { return op == "fallocate" ? fail_.load() : 0; };
+    JournalState st;
+    absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(o, &st);
+    ASSERT_TRUE(j.ok()) << j.status();
+    journal_ = *std::move(j);
+    absl::StatusOr<std::unique_ptr<PageAllocator>> pa =
+        PageAllocator::Create(testing::SmallOptions(testing::SmallX86()));
+    ASSERT_TRUE(pa.ok()) << pa.status();
+    pa_ = *std::move(pa);
+    identity_limits_ = std::make_unique<IdentityLimits>(*pa_, IdentityLimitsOptions{});
+    LeaseLimits ll;
+    ll.min_ttl_ms = 1;
+    lessor_ = std::make_unique<Lessor>(pa_.get(), ll, identity_limits_.get(), journal_.get(), [] {});
+    ASSERT_TRUE(journal_->Start(lessor_->boot_nonce(), lessor_->next_id()).ok());
+  }
+  void TearDown() override {
+    lessor_.reset();
+    journal_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  uint64_t Allocated() {
+    absl::StatusOr<PageCensus> c = pa_->Validate();
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->allocated_pages : 0;
+  }
+  void ExpectJournalRefusal(const absl::Status& s) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+    EXPECT_THAT(s.message(), HasSubstr("journal: write to " + dir_ + "/j.1 failed: No space left on device"));
+  }
+  void ExpectBooksBalance() {
+    absl::Status s = lessor_->CheckInvariants();
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  // Bulk allocations of 32 pages and their frees (2 KiB of free records: within the reserve)
+  // until the journal refuses an allocation; its status.
+  absl::Status FillJournal(Lease& lease) {
+    for (int round = 0; round < 1000; ++round) {
+      absl::StatusOr<std::vector<Page*>> got = lessor_->AttachBulk(lease, GFP_KERNEL, 32);
+      if (!got.ok()) return got.status();
+      std::vector<uint64_t> pfns;
+      for (Page* p : *got) pfns.push_back(pa_->page_to_pfn(p));
+      lessor_->DetachBulk(lease, pfns, {}, [](size_t, const absl::Status& s) { ADD_FAILURE() << s; });
+    }
+    return absl::OkStatus();
+  }
+
+  std::string dir_;
+  std::atomic<int> fail_{0};
+  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<PageAllocator> pa_;
+  std::unique_ptr<IdentityLimits> identity_limits_;
+  std::unique_ptr<Lessor> lessor_;
+};
+
+TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  const uint64_t id = (*lease)->id;
+  std::vector<uint64_t> held;  // more blocks than the reserve has free records for
+  for (int i = 0; i < 100; ++i) {
+    AttachedBlock b;
+    std::optional<absl::Status> s = lessor_->Attach(**lease, GFP_KERNEL, 0, "", &b);
+    ASSERT_TRUE(s && s->ok());
+    held.push_back(b.pfn);
+  }
+  fail_ = ENOSPC;
+  ExpectJournalRefusal(FillJournal(**lease));
+  ExpectBooksBalance();
+  EXPECT_EQ(Allocated(), held.size());  // the refused bulk allocation gave every page back
+  // What the bulk record left over goes to single blocks, then none fits.
+  absl::Status refused;
+  for (int i = 0; i < 1000 && refused.ok(); ++i) {
+    AttachedBlock b;
+    std::optional<absl::Status> s = lessor_->Attach(**lease, GFP_KERNEL, 0, "", &b);
+    ASSERT_TRUE(s.has_value());
+    refused = *s;
+    if (refused.ok()) held.push_back(b.pfn);
+  }
+  ExpectJournalRefusal(refused);
+  const uint64_t allocated = Allocated();
+  EXPECT_EQ(allocated, held.size());
+  ExpectJournalRefusal(lessor_->Grant("uid:2", kHourMs, 0, "").status());
+  EXPECT_EQ(lessor_->All().size(), 1u);
+  const int64_t remaining = lessor_->Describe(**lease).remaining_ms;
+  ExpectJournalRefusal(lessor_->Renew(id, "uid:1").status());
+  EXPECT_LE(lessor_->Describe(**lease).remaining_ms, remaining);  // the old deadline stands
+  EXPECT_EQ(Allocated(), allocated);
+  ExpectBooksBalance();
+  EXPECT_TRUE(journal_->failing());
+
+  // Frees go on from the reserve (4 KiB: at most 64 records), the book following; then they are
+  // refused too, the block still allocated and in the book.
+  size_t freed = 0;
+  absl::StatusOr<uint64_t> f;
+  while (freed < held.size() && (f = lessor_->Detach(**lease, held[freed], 0, "")).ok()) ++freed;
+  // Up to the whole reserve (and the part of a slot's worth grants could not use); fewer when the
+  // bulk frees since the last allocation already took some of it, as they may.
+  EXPECT_GE(freed, 1u);
+  EXPECT_LE(freed, 65u);
+  ExpectJournalRefusal(f.status());
+  EXPECT_EQ(Allocated(), allocated - freed);
+  EXPECT_EQ(lessor_->Describe(**lease).pages_held, allocated - freed);
+  ExpectBooksBalance();
+
+  // A revoke whose end cannot be recorded: the lease is gone, its pages stay allocated.
+  absl::StatusOr<uint64_t> revoked = lessor_->Revoke(id, "uid:1");
+  ExpectJournalRefusal(revoked.status());
+  EXPECT_THAT(revoked.status().message(), HasSubstr("keeps its pages"));
+  EXPECT_EQ(lessor_->Lookup(id, "uid:1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Allocated(), allocated - freed);
+
+  // Space again: grants work without anything else done.
+  fail_ = 0;
+  absl::StatusOr<std::shared_ptr<Lease>> again = lessor_->Grant("uid:2", kHourMs, 0, "");
+  ASSERT_TRUE(again.ok()) << again.status();
+  AttachedBlock b;
+  std::optional<absl::Status> s = lessor_->Attach(**again, GFP_KERNEL, 0, "", &b);
+  EXPECT_TRUE(s && s->ok());
+  EXPECT_FALSE(journal_->failing());
+}
+
+}  // namespace
+}  // namespace physmem
