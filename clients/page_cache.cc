@@ -53,7 +53,7 @@ PageCache::~PageCache() {
 }
 
 PageCache::ThreadCache& PageCache::Register() {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   const std::thread::id me = std::this_thread::get_id();
   ThreadCache* tc = nullptr;
   for (const auto& [tid, t] : by_thread_) {
@@ -83,6 +83,8 @@ absl::Status PageCache::GoneStatus() const {
 // again; this thread's lists are dropped (other threads drop theirs on their next call).
 absl::Status PageCache::Gone(const absl::Status& why) {
   dead_.store(true, std::memory_order_release);
+  // The daemon said so (NOT_FOUND): the Lease knows it too, and its later calls fail fast.
+  if (!why.ok()) lease_.MarkGone(std::string(why.message()));
   if (ThreadCache* tc = Local()) DropThread(*tc);
   return why.ok() ? GoneStatus() : why;
 }
@@ -300,7 +302,7 @@ absl::Status PageCache::DrainThread(ThreadCache& tc) {
 absl::Status PageCache::Drain() {
   std::vector<ThreadCache*> all;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     for (const auto& t : threads_) all.push_back(t.get());
   }
   absl::Status first;
@@ -321,7 +323,7 @@ absl::Status PageCache::Drain() {
 
 PageCacheStats PageCache::stats() const {
   PageCacheStats s;
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   int64_t cached = 0;
   for (const auto& t : threads_) {
     cached += t->cached.load(std::memory_order_relaxed);

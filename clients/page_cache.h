@@ -62,6 +62,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "allocator/gfp.h"
+#include "allocator/mutex.h"
 #include "clients/arena_mapping.h"
 #include "clients/physmem_client.h"
 
@@ -212,9 +213,11 @@ class PageCache {
   std::atomic<bool> dead_{false};  // a call was answered NOT_FOUND: the lease ended
   bool reporting_ = true;          // this cache is the lease's reporter (Create)
 
-  mutable std::mutex mu_;
-  std::vector<std::unique_ptr<ThreadCache>> threads_;  // guarded by mu_ (the ThreadCaches themselves are not)
-  std::vector<std::pair<std::thread::id, ThreadCache*>> by_thread_;  // guarded by mu_
+  mutable Mutex mu_;
+  // The ThreadCaches themselves are not guarded: each belongs to its thread (Drain and the
+  // destructor excepted, which run alone).
+  std::vector<std::unique_ptr<ThreadCache>> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::thread::id, ThreadCache*>> by_thread_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace physmem::client

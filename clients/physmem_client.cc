@@ -492,7 +492,7 @@ const std::atomic<bool>& Lease::gone_flag() const { return core_->gone; }
 void Lease::MarkGone(std::string why) { core_->MarkGone(std::move(why)); }
 
 bool Lease::SetCachedPagesReporter(std::function<uint64_t()> reporter) {
-  std::lock_guard<std::mutex> l(report_mu_);
+  MutexLock l(&report_mu_);
   if (!reporter) {
     cached_pages_reporter_ = [] { return uint64_t{0}; };
     cache_attached_ = false;
@@ -505,7 +505,7 @@ bool Lease::SetCachedPagesReporter(std::function<uint64_t()> reporter) {
 }
 
 void Lease::AddCachedPagesReport(v1::KeepAliveRequest& req) {
-  std::lock_guard<std::mutex> l(report_mu_);
+  MutexLock l(&report_mu_);
   if (cached_pages_reporter_) req.set_client_cached_pages(cached_pages_reporter_());
 }
 

@@ -42,6 +42,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "server/default_socket.h"
 
@@ -252,9 +253,9 @@ class Lease {
   bool ka_stop_ = false;                      // guarded by ka_mu_
   grpc::ClientContext* ka_context_ = nullptr; // guarded by ka_mu_: the live stream's, to cancel it
   absl::Status ka_status_;                    // guarded by ka_mu_
-  std::mutex report_mu_;
-  std::function<uint64_t()> cached_pages_reporter_;  // guarded by report_mu_
-  bool cache_attached_ = false;                      // guarded by report_mu_
+  Mutex report_mu_;
+  std::function<uint64_t()> cached_pages_reporter_ ABSL_GUARDED_BY(report_mu_);
+  bool cache_attached_ ABSL_GUARDED_BY(report_mu_) = false;
   std::mutex ka_join_mu_;  // one joiner at a time
   std::thread ka_thread_;
 };
