@@ -32,13 +32,13 @@ std::string MapSequence::PathFor(uint64_t ops_done) const {
 
 void MapSequence::Write(const PageAllocator& pa, uint64_t ops_done) {
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (!status_.ok()) return;
   }
   absl::Status s;
   absl::StatusOr<MapLayout> layout = LayoutArenaMap(TakeArenaMap(pa));
   s = layout.ok() ? WriteArenaMapFile(*layout, PathFor(ops_done)) : layout.status();
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   if (s.ok()) {
     ++written_;
   } else {
@@ -47,12 +47,12 @@ void MapSequence::Write(const PageAllocator& pa, uint64_t ops_done) {
 }
 
 int MapSequence::written() const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return written_;
 }
 
 absl::Status MapSequence::status() const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return status_;
 }
 

@@ -17,7 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "allocator/mutex.h"
 #include "allocator/page_allocator.h"
 
 namespace physmem {
@@ -41,7 +41,7 @@ class MapSequence {
   void Write(const PageAllocator& pa, uint64_t ops_done);
 
   const std::string dir_, name_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   int written_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 };

@@ -12,7 +12,7 @@
 #include <civetweb.h>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "allocator/mutex.h"
 #include "absl/strings/str_format.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
@@ -69,21 +69,21 @@ class ArenaPorts {
     return *ports;
   }
   void Add(int port, const PageAllocator* pa) {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     by_port_[port] = pa;
   }
   void Remove(int port) {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     by_port_.erase(port);
   }
   const PageAllocator* Find(int port) const {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = by_port_.find(port);
     return it == by_port_.end() ? nullptr : it->second;
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<int, const PageAllocator*> by_port_ ABSL_GUARDED_BY(mu_);
 };
 
