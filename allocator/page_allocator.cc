@@ -488,6 +488,22 @@ Page* PageAllocator::AllocatedBlockContaining(uint64_t pfn) const {
   return head ? &mem_map_->page(*head) : nullptr;
 }
 
+std::optional<PageAllocator::BlockInfo> PageAllocator::AllocatedBlockAt(uint64_t pfn) const {
+  Page* head = AllocatedBlockContaining(pfn);
+  if (head == nullptr) return std::nullopt;
+  const PageState s = head->Load(std::memory_order_seq_cst);
+  return BlockInfo{head, s.order, s.owner, (s.flags & PG_head) != 0};
+}
+
+absl::StatusOr<Page*> PageAllocator::OwnedBlockContaining(uint64_t pfn, uint32_t owner) const {
+  absl::StatusOr<Page*> page = PfnToPage(pfn);
+  if (!page.ok()) return page.status();
+  std::optional<BlockInfo> b = AllocatedBlockAt(pfn);
+  if (!b) return absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", pfn));
+  if (b->owner != owner) return absl::PermissionDeniedError(absl::StrFormat("pfn %#x has another owner", pfn));
+  return b->head;
+}
+
 absl::Status PageAllocator::DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const {
   const uint64_t pfn = mem_map_->index_to_pfn(idx);
   if (s.flags & PG_tail) {

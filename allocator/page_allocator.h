@@ -157,6 +157,21 @@ class PageAllocator {
   absl::StatusOr<Page*> VirtToPage(uint64_t addr) const;
   // The allocated block that contains pfn (its head), whoever owns it; nullptr if pfn is free.
   Page* AllocatedBlockContaining(uint64_t pfn) const;
+  // What the allocator records of that block, for callers that check their own books against it
+  // (the lessor's invariant) rather than read page state words themselves.
+  struct BlockInfo {
+    Page* head = nullptr;
+    unsigned order = 0;
+    uint32_t owner = kNoOwner;
+    bool compound = false;  // PageHead(): allocated with __GFP_COMP
+  };
+  std::optional<BlockInfo> AllocatedBlockAt(uint64_t pfn) const;
+  // The head of the allocated block containing pfn if `owner` holds it. OUT_OF_RANGE for a hole
+  // or beyond RAM, FAILED_PRECONDITION "pfn .. is not allocated", PERMISSION_DENIED if another
+  // owner holds it (the message names neither owner: the caller knows whom to name).
+  absl::StatusOr<Page*> OwnedBlockContaining(uint64_t pfn, uint32_t owner) const;
+  // page_mapcount(): the page's kmap() count (HIGHMEM pages; 0 for lowmem).
+  int page_mapcount(const Page* page) const { return page->mapcount.load(std::memory_order_seq_cst); }
 
   // ---- Crash recovery (allocator/restore.cc). ----
   // On an allocator that has handed out nothing yet, marks `blocks` allocated to their owners and

@@ -334,7 +334,7 @@ void Lessor::DropKmaps(uint32_t head, unsigned order, uint32_t owner) {
   for (uint32_t idx = head; idx < head + (uint32_t{1} << order); ++idx) {
     Page* page = &pa_->mem_map().page(idx);
     // Each kunmap drops one kmap(); one that fails (a racing Kunmap RPC got there first) does not.
-    while (page->mapcount.load(std::memory_order_seq_cst) > 0) {
+    while (pa_->page_mapcount(page) > 0) {
       if (!pa_->kunmap(page, owner).ok()) break;
     }
   }
@@ -593,7 +593,7 @@ std::optional<absl::Status> Lessor::Attach(Lease& lease, gfp_t gfp, unsigned ord
   Page* page = **got;
   const uint64_t pfn = pa_->page_to_pfn(page);
   if (journal_) {  // before the reply: see server/journal.cc
-    const JournalEntry e{pfn, static_cast<uint8_t>(order), (page->Load().flags & PG_head) != 0, key};
+    const JournalEntry e{pfn, static_cast<uint8_t>(order), pa_->AllocatedBlockAt(pfn)->compound, key};
     if (absl::Status s = journal_->Allocated(lease.id, {&e, 1}); !s.ok()) {
       GiveBack(lease, page, order);  // never acknowledged: as if it had not been allocated
       return s;
@@ -728,15 +728,33 @@ absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
   if (lease.dead_) return Gone(lease);
   // Kmap's checks (PageAllocator::kmap), for lowmem pages too, where kunmap() has nothing to undo
   // but a pfn that is free, or another lease's, is still a wrong call.
-  Page* head = pa_->AllocatedBlockContaining(pfn);
-  if (head == nullptr) {
-    return absl::FailedPreconditionError(absl::StrFormat("kunmap: pfn %#x is not allocated", pfn));
-  }
-  const std::optional<unsigned> order = BlockOrder(lease, pa_->mem_map().index_of(head));
-  if (!order || head->Load().owner != lease.owner()) {
-    return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
-  }
+  if (absl::StatusOr<BookedBlock> b = BookedBlockContaining(lease, pfn, "kunmap"); !b.ok()) return b.status();
   return HideOtherOwner(pa_->kunmap(*page, lease.owner()), pfn);
+}
+
+absl::StatusOr<Lessor::BookedBlock> Lessor::BookedBlockContaining(const Lease& lease, uint64_t pfn,
+                                                                  std::string_view call) const {
+  absl::StatusOr<Page*> head = pa_->OwnedBlockContaining(pfn, lease.owner());
+  if (!head.ok()) {
+    if (head.status().code() == absl::StatusCode::kFailedPrecondition && !call.empty()) {
+      return absl::FailedPreconditionError(std::string(call) + ": " + std::string(head.status().message()));
+    }
+    return HideOtherOwner(head.status(), pfn);
+  }
+  // The book, not only the allocator's owner field, decides: with lease.mu_ held the book cannot
+  // change, so a block found in it stays the lease's until the caller lets go.
+  const std::optional<unsigned> order = BlockOrder(lease, pa_->mem_map().index_of(*head));
+  if (!order) return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
+  return BookedBlock{*head, *order};
+}
+
+absl::StatusOr<uint64_t> Lessor::PageAddress(Lease& lease, uint64_t pfn) {
+  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
+  if (!page.ok()) return page.status();
+  MutexLock l(&lease.mu_);
+  if (lease.dead_) return Gone(lease);
+  if (absl::StatusOr<BookedBlock> b = BookedBlockContaining(lease, pfn, ""); !b.ok()) return b.status();
+  return pa_->page_address(*page);
 }
 
 absl::Status Lessor::AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
@@ -747,16 +765,10 @@ absl::Status Lessor::AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, ui
     return absl::InvalidArgumentError(
         absl::StrFormat("length %d is outside [1, %d] (--max_page_io_bytes)", length, max_length));
   }
-  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
-  if (!page.ok()) return page.status();
-  Page* head = pa_->AllocatedBlockContaining(pfn);
-  if (head == nullptr) return absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", pfn));
-  // The book, not the page's owner field, decides: with lease.mu_ held the book cannot change, so
-  // a block found in it stays ours until we let go.
-  const std::optional<unsigned> order = BlockOrder(lease, pa_->mem_map().index_of(head));
-  if (!order || head->Load().owner != lease.owner()) {
-    return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
-  }
+  absl::StatusOr<BookedBlock> block = BookedBlockContaining(lease, pfn, "");
+  if (!block.ok()) return block.status();
+  Page* head = block->head;
+  const std::optional<unsigned> order = block->order;
   const uint64_t head_pfn = pa_->page_to_pfn(head);
   const unsigned shift = pa_->target().page_shift;
   const uint64_t block_bytes = uint64_t{1} << (*order + shift);
@@ -876,12 +888,11 @@ absl::Status Lessor::CheckLeaseLocked(
   uint64_t pages = 0;
   auto check_block = [&](uint32_t head, unsigned order) -> absl::Status {
     const uint64_t pfn = pfn_of(head);
-    Page* page = &pa_->mem_map().page(head);
-    const PageState st = page->Load();
-    if (pa_->AllocatedBlockContaining(pfn) != page || st.owner != lease.owner() || st.order != order) {
+    const std::optional<PageAllocator::BlockInfo> b = pa_->AllocatedBlockAt(pfn);
+    if (!b || b->head != &pa_->mem_map().page(head) || b->owner != lease.owner() || b->order != order) {
       return absl::InternalError(absl::StrFormat(
           "lease %d's book has an order-%d block at pfn %#x that the allocator does not give it (owner %d, order %d)",
-          lease.id, order, pfn, st.owner, st.order));
+          lease.id, order, pfn, b ? b->owner : kNoOwner, b ? b->order : 0));
     }
     pages += uint64_t{1} << order;
     ++*blocks;

@@ -51,6 +51,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -255,6 +256,9 @@ class Lessor {
   // kunmap() with the same checks as Kmap for every pfn, lowmem too (where there is nothing to
   // unmap): the page must be allocated (FAILED_PRECONDITION) to this lease (PERMISSION_DENIED).
   absl::Status Kunmap(Lease& lease, uint64_t pfn);
+  // page_address() of a page of the lease's block (the kernel's answer: the lowmem mapping, a
+  // HIGHMEM page's kmap address while it has one, else 0). The same ownership checks as Kunmap.
+  absl::StatusOr<uint64_t> PageAddress(Lease& lease, uint64_t pfn);
   // Runs fn(host bytes) over [offset, offset + length) from the start of page `pfn`, which must lie
   // in one block of the lease; the block cannot be freed while fn runs. `max_length` bounds length.
   absl::Status AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
@@ -316,6 +320,15 @@ class Lessor {
   bool Expired(const Lease& l) const { return l.deadline() <= clock_->Now(); }
 
   // Book helpers; lease.mu_ held.
+  struct BookedBlock {
+    Page* head;
+    unsigned order;
+  };
+  // The lease's block containing pfn: the allocator says the lease's owner id holds it, the book
+  // that it is this lease's. FAILED_PRECONDITION "<call>: pfn .. is not allocated" (no prefix if
+  // `call` is empty), PERMISSION_DENIED "belongs to another lease", OUT_OF_RANGE for a hole.
+  absl::StatusOr<BookedBlock> BookedBlockContaining(const Lease& lease, uint64_t pfn, std::string_view call) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   void AddBlock(Lease& lease, uint32_t head, unsigned order, const std::string& key,
                 const Lease::KeyedRequest* request = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Why a retry with `key` of the block at `head` (order `order`) is not the request that made it,

@@ -446,16 +446,9 @@ grpc::ServerUnaryReactor* PhysMemService::PageAddress(grpc::CallbackServerContex
                                                       v1::PageAddressResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
   if (!lease.ok()) return Reply(ctx, lease.status());
-  absl::StatusOr<Page*> page = pa_->PfnToPage(req->pfn());
-  if (!page.ok()) return Reply(ctx, page.status());
-  Page* head = pa_->AllocatedBlockContaining(req->pfn());
-  if (head == nullptr) {
-    return Reply(ctx, absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", req->pfn())));
-  }
-  if (head->Load().owner != (*lease)->owner()) {
-    return Reply(ctx, absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", req->pfn())));
-  }
-  resp->set_virt_addr(pa_->page_address(*page));
+  absl::StatusOr<uint64_t> v = lessor_->PageAddress(**lease, req->pfn());
+  if (!v.ok()) return Reply(ctx, v.status());
+  resp->set_virt_addr(*v);
   return Reply(ctx, absl::OkStatus());
 }
 

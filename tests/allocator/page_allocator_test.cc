@@ -335,6 +335,33 @@ TEST_F(PageAllocatorTest, GetFreePagesStripsHighmem) {
   for (uint64_t a : addrs) ASSERT_TRUE(pa_->free_page(a).ok());
 }
 
+// What callers ask instead of reading page state words (the lessor's ownership checks and its
+// invariant): the block containing a pfn, its order, owner and PageHead(), and whether an owner
+// holds it.
+TEST_F(PageAllocatorTest, AllocatedBlockAtAndOwnedBlockContainingAnswerForAnyPageOfTheBlock) {
+  BootX86();
+  Page* p = pa_->alloc_pages(GFP_KERNEL | __GFP_COMP, 2, /*owner=*/7);
+  ASSERT_NE(p, nullptr);
+  const uint64_t pfn = pa_->page_to_pfn(p);
+  const std::optional<PageAllocator::BlockInfo> b = pa_->AllocatedBlockAt(pfn + 3);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->head, p);
+  EXPECT_EQ(b->order, 2u);
+  EXPECT_EQ(b->owner, 7u);
+  EXPECT_TRUE(b->compound);
+  absl::StatusOr<Page*> mine = pa_->OwnedBlockContaining(pfn + 1, 7);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(*mine, p);
+  EXPECT_EQ(pa_->OwnedBlockContaining(pfn + 1, 8).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(pa_->OwnedBlockContaining(uint64_t{1} << 52, 7).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(pa_->page_mapcount(p), 0);
+  ASSERT_TRUE(pa_->__free_pages(p, 2, 7).ok());
+  EXPECT_FALSE(pa_->AllocatedBlockAt(pfn).has_value());
+  const absl::Status freed = pa_->OwnedBlockContaining(pfn, 7).status();
+  EXPECT_EQ(freed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(freed.message(), HasSubstr("is not allocated"));
+}
+
 TEST_F(PageAllocatorTest, CompoundPagesMarkTheirTails) {
   BootX86();
   Page* p = pa_->alloc_pages(GFP_KERNEL | __GFP_COMP, 3);
