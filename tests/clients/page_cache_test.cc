@@ -11,6 +11,7 @@
 #include <chrono>
 #include <deque>
 #include <filesystem>
+#include <iostream>
 #include <mutex>
 #include <set>
 #include <string>
@@ -59,6 +60,7 @@ class PageCacheTest : public ::testing::Test {
   void TearDown() override {
     cache_.reset();
     lease_.reset();
+    if (HasFailure()) std::cerr << "daemon log:\n" << daemon_.log() << "\n";
   }
 
   PageCache& NewCache(PageCacheOptions o = {.batch = 16, .high = 32}) {
