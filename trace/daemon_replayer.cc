@@ -43,8 +43,13 @@ class DaemonRun {
  public:
   DaemonRun(const ReplayPlan& plan, const DaemonReplayOptions& options, client::Client& client, client::Lease& lease,
             const Target& target)
-      : plan_(plan), options_(options), client_(client), lease_(lease), target_(target),
-        pfn_(plan.nr_blocks, kPending), order_(plan.nr_blocks, 0) {
+      : plan_(plan),
+        options_(options),
+        client_(client),
+        lease_(lease),
+        target_(target),
+        pfn_(plan.nr_blocks, kPending),
+        order_(plan.nr_blocks, 0) {
     gfp_mask_ = options.zero_pages ? ~gfp_t{0} : ~__GFP_ZERO;
     const uint64_t samples = static_cast<uint64_t>(std::max(options.samples, 1));
     sample_every_ = std::max<uint64_t>(1, (plan.ops.size() + samples - 1) / samples);
@@ -57,9 +62,15 @@ class DaemonRun {
     while (std::optional<ReplayBatch> batch = pacer.Next()) {
       absl::Status s;
       switch (batch->kind) {
-        case BatchKind::kAllocBulk: s = AllocBulk(*batch, result.counts, d); break;
-        case BatchKind::kAlloc: s = AllocOne(batch->first, result.counts, d); break;
-        case BatchKind::kFreeBulk: s = FreeBulk(*batch, result.counts, d); break;
+        case BatchKind::kAllocBulk:
+          s = AllocBulk(*batch, result.counts, d);
+          break;
+        case BatchKind::kAlloc:
+          s = AllocOne(batch->first, result.counts, d);
+          break;
+        case BatchKind::kFreeBulk:
+          s = FreeBulk(*batch, result.counts, d);
+          break;
       }
       if (!s.ok()) return s;
       const uint64_t done = uint64_t{batch->first} + batch->count;
@@ -80,10 +91,14 @@ class DaemonRun {
     s.ops_done = ops_done;
     s.trace_seconds = time_us / 1e6;
     for (const v1::ZoneInfo& z : info->zones()) {
-      for (int mt = 0; mt < z.migrate_claims_size() && mt < kNrPcpMigratetypes; ++mt) s.migrate.claims[mt] += z.migrate_claims(mt);
-      for (int mt = 0; mt < z.migrate_steals_size() && mt < kNrPcpMigratetypes; ++mt) s.migrate.steals[mt] += z.migrate_steals(mt);
+      for (int mt = 0; mt < z.migrate_claims_size() && mt < kNrPcpMigratetypes; ++mt)
+        s.migrate.claims[mt] += z.migrate_claims(mt);
+      for (int mt = 0; mt < z.migrate_steals_size() && mt < kNrPcpMigratetypes; ++mt)
+        s.migrate.steals[mt] += z.migrate_steals(mt);
       if (!z.populated()) continue;
-      FragmentationSample::Zone zone{z.zone(), z.managed_pages(), z.free_pages(),
+      FragmentationSample::Zone zone{z.zone(),
+                                     z.managed_pages(),
+                                     z.free_pages(),
                                      {z.fragmentation_index().begin(), z.fragmentation_index().end()}};
       s.zones.push_back(std::move(zone));
       result.group_by_mobility = z.page_group_by_mobility();
@@ -192,12 +207,17 @@ class DaemonRun {
         Refused(op, reason, c);
         break;
       }
-      case absl::StatusCode::kInvalidArgument: Refused(op, "invalid_gfp", c); break;
+      case absl::StatusCode::kInvalidArgument:
+        Refused(op, "invalid_gfp", c);
+        break;
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kNotFound:
       case absl::StatusCode::kPermissionDenied:
-      case absl::StatusCode::kUnauthenticated: return Ended(s);
-      default: Refused(op, "rpc_" + CodeName(s.code()), c); break;
+      case absl::StatusCode::kUnauthenticated:
+        return Ended(s);
+      default:
+        Refused(op, "rpc_" + CodeName(s.code()), c);
+        break;
     }
     return absl::OkStatus();
   }
@@ -271,8 +291,8 @@ class DaemonRun {
   }
 
   absl::Status Ended(const absl::Status& s) const {
-    return absl::Status(s.code(), absl::StrCat("replay on ", options_.address, " (lease ", lease_.id(), ") stopped: ",
-                                               s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("replay on ", options_.address, " (lease ", lease_.id(), ") stopped: ", s.message()));
   }
 
   const ReplayPlan& plan_;
@@ -342,7 +362,8 @@ absl::StatusOr<ReplayResult> ReplayOnDaemon(const ReplayPlan& plan, const Daemon
   lopts.name = options.lease_name.empty() ? DefaultLeaseName() : options.lease_name;
   absl::StatusOr<std::unique_ptr<client::Lease>> lease = (*client)->CreateLease(lopts);
   if (!lease.ok()) {
-    return absl::Status(lease.status().code(), absl::StrCat("CreateLease on ", options.address, ": ", lease.status().message()));
+    return absl::Status(lease.status().code(),
+                        absl::StrCat("CreateLease on ", options.address, ": ", lease.status().message()));
   }
 
   ReplayResult result;
@@ -350,7 +371,8 @@ absl::StatusOr<ReplayResult> ReplayOnDaemon(const ReplayPlan& plan, const Daemon
   result.mode = "daemon";
   result.target = absl::StrFormat("%s %d MiB (physmemd)", target.name, target.total_ram_bytes() >> 20);
   result.threads = 1;
-  result.cpu_mapping = absl::StrCat("every traced CPU (", plan.nr_cpus, ") from one client thread; the daemon's "
+  result.cpu_mapping = absl::StrCat("every traced CPU (", plan.nr_cpus,
+                                    ") from one client thread; the daemon's "
                                     "handler threads pick the per-CPU lists");
   DaemonReplayInfo& d = result.daemon;
   d.address = options.address;

@@ -51,17 +51,17 @@
 namespace physmem::trace {
 
 struct DaemonReplayOptions {
-  std::string name = "daemon";  // column label in compare mode
-  std::string address;          // gRPC target: unix:/path, /path, or host:port
-  int64_t lease_ttl_ms = 10000; // kept alive by the client library while the replay runs
-  std::string lease_name;       // default: physmem_trace-<pid>-<n>
-  bool keep_lease = false;      // leave the lease (holding what the trace left allocated) to expire
+  std::string name = "daemon";       // column label in compare mode
+  std::string address;               // gRPC target: unix:/path, /path, or host:port
+  int64_t lease_ttl_ms = 10000;      // kept alive by the client library while the replay runs
+  std::string lease_name;            // default: physmem_trace-<pid>-<n>
+  bool keep_lease = false;           // leave the lease (holding what the trace left allocated) to expire
   int64_t alloc_timeout_ms = 10000;  // deadline of each allocating call
   PaceOptions pace;
   ReplayClock* clock = nullptr;  // default ReplayClock::Real()
   bool zero_pages = false;
   bool wait_for_memory = false;  // see "Waiting" above
-  int samples = 16;  // fragmentation snapshots (GetZoneInfo), evenly spaced over the ops
+  int samples = 16;              // fragmentation snapshots (GetZoneInfo), evenly spaced over the ops
 };
 
 // Replays `plan`; the ReplayResult's `daemon` part says how (calls, lease, pages at the end).

@@ -27,9 +27,7 @@ ReplayClock& ReplayClock::Real() {
 ReplayPacer::ReplayPacer(const ReplayPlan& plan, const PaceOptions& options, ReplayClock& clock)
     : plan_(plan), options_(options), clock_(clock), start_us_(clock.NowUs()) {}
 
-double ReplayPacer::DueUs(uint32_t i) const {
-  return options_.pace > 0 ? plan_.ops[i].time_us / options_.pace : 0;
-}
+double ReplayPacer::DueUs(uint32_t i) const { return options_.pace > 0 ? plan_.ops[i].time_us / options_.pace : 0; }
 
 // Whether ops[index] may join a batch that starts with `first`: same kind of call, and due.
 bool ReplayPacer::Joins(const ReplayOp& first, const ReplayOp& op, uint32_t index, double horizon_us) const {

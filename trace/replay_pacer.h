@@ -48,9 +48,9 @@ enum class BatchKind : uint8_t { kAllocBulk, kAlloc, kFreeBulk };
 
 struct ReplayBatch {
   BatchKind kind;
-  uint32_t first;     // ops [first, first + count) of the plan
+  uint32_t first;  // ops [first, first + count) of the plan
   uint32_t count;
-  double issued_us;   // the clock when the batch was handed out (after any sleep)
+  double issued_us;  // the clock when the batch was handed out (after any sleep)
 };
 
 class ReplayPacer {

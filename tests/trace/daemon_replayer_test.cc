@@ -82,8 +82,8 @@ void ExpectBalanced(const ReplayPlan& plan, const ReplayResult& r) {
 class DaemonReplayerTest : public ::testing::Test {
  protected:
   void Start(uint64_t mem_mb) {
-    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
-        "--target=x86_64", "--mem_mb=" + std::to_string(mem_mb), "--max_alloc_wait_ms=0"});
+    daemon_ = std::make_unique<DaemonProcess>(
+        std::vector<std::string>{"--target=x86_64", "--mem_mb=" + std::to_string(mem_mb), "--max_alloc_wait_ms=0"});
     ASSERT_TRUE(daemon_->Start()) << daemon_->log();
   }
   void TearDown() override {

@@ -47,17 +47,18 @@ const ReplayPlan& SamplePlan() {
 
 TEST(ReplayPacer, FullSpeedBatchesConsecutiveOrderZeroAllocationsOfOneMaskAndConsecutiveFrees) {
   ReplayPlan plan;
-  plan.ops = {Alloc(0, 0), Alloc(1, 1), Alloc(2, 2), Alloc(3, 3, 0, GFP_ATOMIC), Alloc(4, 4, 2), Alloc(5, 5, 0),
-              Free(0, 6), Free(4, 7, 2), Free(1, 8), Alloc(6, 9)};
+  plan.ops = {Alloc(0, 0),    Alloc(1, 1),    Alloc(2, 2), Alloc(3, 3, 0, GFP_ATOMIC),
+              Alloc(4, 4, 2), Alloc(5, 5, 0), Free(0, 6),  Free(4, 7, 2),
+              Free(1, 8),     Alloc(6, 9)};
   FakeClock clock;
   ReplayPacer pacer(plan, PaceOptions{}, clock);
   const std::vector<ReplayBatch> b = Drain(pacer);
   ASSERT_EQ(b.size(), 6u);
   EXPECT_EQ(b[0].kind, BatchKind::kAllocBulk);  // three GFP_KERNEL order-0
   EXPECT_EQ(b[0].count, 3u);
-  EXPECT_EQ(b[1].kind, BatchKind::kAlloc);  // another mask
-  EXPECT_EQ(b[2].kind, BatchKind::kAlloc);  // order 2 never goes in bulk
-  EXPECT_EQ(b[3].kind, BatchKind::kAlloc);  // a lone order-0 one
+  EXPECT_EQ(b[1].kind, BatchKind::kAlloc);     // another mask
+  EXPECT_EQ(b[2].kind, BatchKind::kAlloc);     // order 2 never goes in bulk
+  EXPECT_EQ(b[3].kind, BatchKind::kAlloc);     // a lone order-0 one
   EXPECT_EQ(b[4].kind, BatchKind::kFreeBulk);  // frees of any order together
   EXPECT_EQ(b[4].count, 3u);
   EXPECT_EQ(b[5].kind, BatchKind::kAlloc);
