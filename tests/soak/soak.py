@@ -12,7 +12,9 @@ expire; then checks, and writes summary.json (machine-readable) and prints a hum
   2. no page was held by two clients at overlapping times (signatures in the shared arena, checked
      by the clients; ledgers of held intervals, checked here by physmem_soak_ledger_check);
   3. after all leases end, every page is free: Validate's census (allocated 0, free = total, no
-     leases, allocator and lease book agree) and zoneinfo (pages free = managed in every zone);
+     leases, allocator and lease book agree) and zoneinfo (pages free + the per-CPU lists' pages
+     = managed in every zone: "pages free" is NR_FREE_PAGES, which leaves per-CPU pages out, as
+     in the kernel's /proc/zoneinfo);
   4. the daemon's own memory is flat: the median RssAnon of the last window against the first
      window after warm-up (the arena is a /dev/shm file, so its pages count as RssShmem, apart);
      fds are back to their count before the clients started, threads stay under a bound (gRPC's
@@ -206,7 +208,9 @@ def zones(args, daemon):
             continue
         free = re.search(r"pages free\s+(\d+)", block)
         managed = re.search(r"managed\s+(\d+)", block)
-        out[m.group(1)] = {"free": int(free.group(1)), "managed": int(managed.group(1))}
+        # Each CPU's pageset "count:" (zoneinfo_show_print()): free pages on its per-CPU lists.
+        pcp = sum(int(n) for n in re.findall(r"^\s+count:\s+(\d+)", block, re.M))
+        out[m.group(1)] = {"free": int(free.group(1)) + pcp, "managed": int(managed.group(1))}
     return out
 
 
