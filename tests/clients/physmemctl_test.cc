@@ -1159,6 +1159,7 @@ complete_line "physmemctl --target=unix:///x/y ex" --target = unix : ///x/y ex
   EXPECT_EQ(lines[0],
             "lease|alloc|free|address|kmap|kunmap|read|write|zoneinfo|buddyinfo|extfrag|unusable|pagetypeinfo|watch|"
             "target|"
+            "map|"
             "validate|"
             "completion|version|help");
   EXPECT_EQ(lines[1], "lease");
