@@ -128,9 +128,10 @@ std::string_view WaitOutcomeName(WaitOutcome o) {
 // Builds every snapshot family from the allocator and the lessor when Prometheus scrapes.
 class Metrics::SnapshotCollector final : public prometheus::Collectable {
  public:
-  SnapshotCollector(const PageAllocator* pa, const Lessor* leases, size_t max_lease_names)
+  SnapshotCollector(const PageAllocator* pa, const Lessor* leases, const Journal* journal, size_t max_lease_names)
       : pa_(pa),
         leases_(leases),
+        journal_(journal),
         max_lease_names_(max_lease_names),
         start_time_(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()) {}
 
@@ -139,6 +140,7 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
     CollectZones(out);
     CollectVmEvents(out);
     CollectLeases(out);
+    CollectJournal(out);
     CollectArenaAndProcess(out);
     return out;
   }
@@ -301,6 +303,20 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
     for (auto* f : {&alloc, &alloc_pages, &fail, &fallback, &free, &free_pages, &zeroed}) out.push_back(std::move(*f));
   }
 
+  // The journal's health (server/journal.h; docs/recovery.md): 0 and 0 without a journal, which
+  // never fails.
+  void CollectJournal(std::vector<MetricFamily>& out) const {
+    auto failing = Family("physmem_journal_failing",
+                          "1 while the journal cannot be written (allocations, new leases and renewals are refused)",
+                          MetricType::Gauge);
+    Add(failing, {}, journal_ != nullptr && journal_->failing() ? 1.0 : 0.0);
+    auto failed = Family("physmem_journal_failed_appends_total", "Journal appends refused by the file system",
+                         MetricType::Counter);
+    Add(failed, {}, journal_ != nullptr ? static_cast<double>(journal_->failed_appends()) : 0.0);
+    out.push_back(std::move(failing));
+    out.push_back(std::move(failed));
+  }
+
   void CollectLeases(std::vector<MetricFamily>& out) const {
     const LeaseCounters& c = leases_->counters();
     auto active = Family("physmem_leases_active", "Leases alive now", MetricType::Gauge);
@@ -383,14 +399,15 @@ class Metrics::SnapshotCollector final : public prometheus::Collectable {
 
   const PageAllocator* const pa_;
   const Lessor* const leases_;
+  const Journal* const journal_;  // null without a journal
   const size_t max_lease_names_;
   const double start_time_;
 };
 
-Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, MetricsOptions options)
+Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, const Journal* journal, MetricsOptions options)
     : options_(std::move(options)),
       registry_(std::make_shared<prometheus::Registry>()),
-      snapshot_(std::make_shared<SnapshotCollector>(pa, leases, options_.max_lease_names)),
+      snapshot_(std::make_shared<SnapshotCollector>(pa, leases, journal, options_.max_lease_names)),
       pa_(pa) {
   auto& refused = prometheus::BuildCounter()
                       .Name("physmem_free_refused_total")

@@ -39,6 +39,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/journal.h"
 #include "server/lessor.h"
 #include "server/rpc_metrics.h"
 
@@ -70,7 +71,8 @@ std::string_view WaitOutcomeName(WaitOutcome o);
 class Metrics {
  public:
   // Never fails: the exporter is started separately by StartExposer().
-  Metrics(const PageAllocator* pa, const Lessor* lessor, MetricsOptions options);
+  // `journal` may be null (no journal: physmem_journal_* stay 0).
+  Metrics(const PageAllocator* pa, const Lessor* lessor, const Journal* journal, MetricsOptions options);
   ~Metrics();
 
   // Starts serving /metrics on options.listen (nothing if it is empty). UNAVAILABLE if the

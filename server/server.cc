@@ -113,7 +113,7 @@ absl::Status Server::Start() {
   }
   if (absl::Status st = CheckIdentityLimitsOptions(options_.identity_limits); !st.ok()) return st;
   if (absl::Status s = StartJournal(); !s.ok()) return s;
-  metrics_ = std::make_unique<Metrics>(pa_.get(), lessor_.get(), options_.metrics);
+  metrics_ = std::make_unique<Metrics>(pa_.get(), lessor_.get(), journal_.get(), options_.metrics);
   if (absl::Status st = metrics_->StartExposer(); !st.ok()) return st;
   // A cancelled call wakes the waiters, so a parked allocation answers CANCELLED at once.
   inflight_.SetCancelHook([this] { waiters_->Kick(); });

@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/daemon_stub.h"
+#include "tests/server/metrics_scrape.h"
 
 namespace physmem {
 namespace {
@@ -63,7 +64,7 @@ class JournalFull : public testing::DaemonStubTest {
     }
   }
   std::vector<std::string> Args() const {
-    return {"--mem_mb=64", "--arena_path=" + arena_, "--journal_path=" + dir_ + "/j"};
+    return {"--mem_mb=64", "--arena_path=" + arena_, "--journal_path=" + dir_ + "/j", testing::kServeMetrics};
   }
   // Writes `path` until the file system has no byte left; the bytes written.
   static uint64_t Fill(const std::string& path) {
@@ -134,6 +135,8 @@ TEST_F(JournalFull, RefusesWhatItCannotJournalKeepsFreeingAndRecoversOnceSpaceRe
   testing::CreateLease(stub_.get(), kHourMs, &created);
   ExpectRefused(created, before);
   EXPECT_TRUE(daemon_->WaitForLog("event=journal_failing"));
+  EXPECT_EQ(testing::MetricSum(daemon_->metrics_port(), "physmem_journal_failing"), 1);
+  EXPECT_GE(testing::MetricSum(daemon_->metrics_port(), "physmem_journal_failed_appends_total"), 3);
 
   // A renewal gives time out: refused too, and over the KeepAlive stream not as "TTL 0" (which
   // would tell the client its lease is gone) but by ending the stream with the status.
@@ -162,6 +165,7 @@ TEST_F(JournalFull, RefusesWhatItCannotJournalKeepsFreeingAndRecoversOnceSpaceRe
   ASSERT_TRUE(testing::AllocPages(stub_.get(), lease, "GFP_KERNEL", 0, &a).ok());
   held.push_back(a.pfn());
   EXPECT_TRUE(daemon_->WaitForLog("event=journal_writable"));
+  EXPECT_EQ(testing::MetricSum(daemon_->metrics_port(), "physmem_journal_failing"), 0);
 
   // And every acknowledged block, nothing refused, comes back after a crash.
   daemon_->Kill(SIGKILL);
