@@ -98,8 +98,8 @@ TEST(ArenaPage, EachMetricsListenerServesItsOwnAllocator) {
   auto i386 = Make("i386", 64);
   MetricsOptions o;
   o.listen = "127.0.0.1:0";
-  Metrics a(x86.get(), nullptr, o);
-  Metrics b(i386.get(), nullptr, o);
+  Metrics a(x86.get(), nullptr, nullptr, o);
+  Metrics b(i386.get(), nullptr, nullptr, o);
   ASSERT_TRUE(a.StartExposer().ok());
   ASSERT_TRUE(b.StartExposer().ok());
   EXPECT_THAT(testing::HttpGet(a.port(), "/arena.json"), HasSubstr("physmemd arena: x86_64"));
