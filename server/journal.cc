@@ -42,10 +42,10 @@ Journal::Journal(JournalOptions options) : options_(std::move(options)) {}
 
 Journal::~Journal() {
   {
-    std::lock_guard<std::mutex> l(wake_mu_);
+    MutexLock l(&wake_mu_);
     stop_ = true;
   }
-  wake_cv_.notify_all();
+  wake_cv_.SignalAll();
   if (compactor_.joinable()) compactor_.join();
 }
 
@@ -63,8 +63,14 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Recover(JournalOptions options
   std::unique_ptr<Journal> j(new Journal(std::move(options)));
   absl::StatusOr<JournalFiles> files = ReadJournalFiles(j->options_.path, j->options_.target_fingerprint, state);
   if (!files.ok()) return files.status();
-  j->snapshot_gen_ = files->snapshot_gen;
-  j->live_gen_ = state->last_gen;
+  {
+    MutexLock cl(&j->compact_mu_);  // nobody else has the journal yet: taken for the analysis
+    j->snapshot_gen_ = files->snapshot_gen;
+  }
+  {
+    SwitchExclusive l(&j->switch_mu_);
+    j->live_gen_ = state->last_gen;
+  }
   // Compact soon after Start() when the segments are past the threshold already, or when earlier
   // runs left more than one: every start opens a new segment (64 MiB apparent each), and a daemon
   // that restarts often with a small journal would otherwise never reach the threshold and keep
@@ -75,10 +81,10 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Recover(JournalOptions options
 
 absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
   // The first new gen follows every gen recovery saw (live_gen_ = JournalState::last_gen).
-  absl::StatusOr<std::unique_ptr<JournalSegment>> seg = CreateSegment(live_gen_ + 1, 0);
-  if (!seg.ok()) return seg.status();
   {
-    std::lock_guard<SwitchLock> l(switch_mu_);
+    SwitchExclusive l(&switch_mu_);  // no appender yet: held for the segment's creation too
+    absl::StatusOr<std::unique_ptr<JournalSegment>> seg = CreateSegment(live_gen_ + 1, 0);
+    if (!seg.ok()) return seg.status();
     live_ = *std::move(seg);
     live_gen_ = live_->gen();
   }
@@ -88,7 +94,7 @@ absl::Status Journal::Start(uint64_t nonce, uint32_t next_id) {
 }
 
 uint64_t Journal::live_bytes() const {
-  std::shared_lock<SwitchLock> l(switch_mu_);
+  SwitchShared l(&switch_mu_);
   return live_ ? live_->tail() : 0;
 }
 
@@ -98,13 +104,13 @@ absl::Status Journal::Append(uint8_t type, std::string_view payload) {
   for (;;) {
     const JournalSegment* full;
     {
-      std::shared_lock<SwitchLock> l(switch_mu_);
+      SwitchShared l(&switch_mu_);
       JournalSegment* s = live_.get();
       absl::StatusOr<uint64_t> off = s->Reserve(bytes, releases);
       if (off.ok()) {
         WriteRecord(s->slots() + *off, s->gen() << 32 | *off / kJournalSlotBytes, type, payload);
         if (!releases) NoteSuccess();  // a free from the reserve says nothing about the space
-        if (*off + bytes > options_.compact_bytes && !compact_wanted_.exchange(true)) wake_cv_.notify_one();
+        if (*off + bytes > options_.compact_bytes && !compact_wanted_.exchange(true)) wake_cv_.Signal();
         return absl::OkStatus();
       }
       if (off.status().code() != absl::StatusCode::kOutOfRange) return NoteFailure(off.status());
@@ -116,7 +122,7 @@ absl::Status Journal::Append(uint8_t type, std::string_view payload) {
 }
 
 absl::Status Journal::SwitchSegment(const JournalSegment* full, uint64_t min_capacity) {
-  std::lock_guard<SwitchLock> l(switch_mu_);
+  SwitchExclusive l(&switch_mu_);
   if (live_.get() != full) return absl::OkStatus();  // another thread switched already
   absl::StatusOr<std::unique_ptr<JournalSegment>> seg = CreateSegment(live_gen_ + 1, min_capacity);
   // Not created: the full segment stays live (its reserve still serves frees) and the next

@@ -47,12 +47,9 @@
 #define PHYSMEM_SERVER_JOURNAL_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -60,6 +57,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 #include "server/journal_record.h"
 #include "server/journal_segment.h"
 
@@ -127,41 +125,57 @@ class Journal {
   const JournalOptions options_;
 
   // Shared: appenders; exclusive: switching segments. A waiting switch holds off new appenders,
-  // so a stream of appends cannot starve it. std::shared_mutex rather than absl::Mutex: TSan
-  // sees the former, not Debian's uninstrumented Abseil.
-  class SwitchLock {
+  // so a stream of appends cannot starve it. A SharedMutex (allocator/mutex.h) underneath, so
+  // TSan sees it and clang checks its contract.
+  class ABSL_LOCKABLE SwitchLock {
    public:
-    void lock() {
+    void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
       pending_.fetch_add(1, std::memory_order_acq_rel);
-      mu_.lock();
+      mu_.Lock();
     }
-    void unlock() {
-      mu_.unlock();
+    void Unlock() ABSL_UNLOCK_FUNCTION() {
+      mu_.Unlock();
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
     // glibc's rwlock prefers readers: new appenders wait while a switch is pending.
-    void lock_shared() {
+    void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() {
       while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-      mu_.lock_shared();
+      mu_.ReaderLock();
     }
-    void unlock_shared() { mu_.unlock_shared(); }
+    void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.ReaderUnlock(); }
 
    private:
-    std::shared_mutex mu_;
+    SharedMutex mu_;
     std::atomic<int> pending_{0};
   };
+  class ABSL_SCOPED_LOCKABLE SwitchExclusive {
+   public:
+    explicit SwitchExclusive(SwitchLock* l) ABSL_EXCLUSIVE_LOCK_FUNCTION(l) : l_(l) { l_->Lock(); }
+    ~SwitchExclusive() ABSL_UNLOCK_FUNCTION() { l_->Unlock(); }
+
+   private:
+    SwitchLock* const l_;
+  };
+  class ABSL_SCOPED_LOCKABLE SwitchShared {
+   public:
+    explicit SwitchShared(SwitchLock* l) ABSL_SHARED_LOCK_FUNCTION(l) : l_(l) { l_->ReaderLock(); }
+    ~SwitchShared() ABSL_UNLOCK_FUNCTION() { l_->ReaderUnlock(); }
+
+   private:
+    SwitchLock* const l_;
+  };
   mutable SwitchLock switch_mu_;
-  std::unique_ptr<JournalSegment> live_;  // guarded by switch_mu_
-  uint64_t live_gen_ = 0;                 // guarded by switch_mu_
-  std::mutex compact_mu_;                 // one compaction at a time
-  uint64_t snapshot_gen_ = 0;             // guarded by compact_mu_: segments <= it are folded in
+  std::unique_ptr<JournalSegment> live_ ABSL_GUARDED_BY(switch_mu_);
+  uint64_t live_gen_ ABSL_GUARDED_BY(switch_mu_) = 0;
+  Mutex compact_mu_;  // one compaction at a time
+  uint64_t snapshot_gen_ ABSL_GUARDED_BY(compact_mu_) = 0;  // segments <= it are folded in
 
   std::atomic<bool> failing_{false};
   std::atomic<uint64_t> failed_appends_{0};
 
-  std::mutex wake_mu_;
-  std::condition_variable wake_cv_;
-  bool stop_ = false;  // guarded by wake_mu_
+  Mutex wake_mu_;
+  CondVar wake_cv_;
+  bool stop_ ABSL_GUARDED_BY(wake_mu_) = false;
   std::atomic<bool> compact_wanted_{false};
   std::atomic<uint64_t> compactions_{0};
   std::thread compactor_;

@@ -118,12 +118,12 @@ void Journal::CrashPoint(std::string_view point, std::string_view stop_at, bool*
 }
 
 absl::Status Journal::Compact(std::string_view stop_at) {
-  std::lock_guard<std::mutex> cl(compact_mu_);
+  MutexLock cl(&compact_mu_);
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t sealed;
   // 1. Seal the live segment: appends go to a new one from now on.
   {
-    std::lock_guard<SwitchLock> l(switch_mu_);
+    SwitchExclusive l(&switch_mu_);
     if (live_ == nullptr) return absl::FailedPreconditionError("journal not started");
     sealed = live_gen_;
     absl::StatusOr<std::unique_ptr<JournalSegment>> seg = CreateSegment(live_gen_ + 1, 0);
@@ -172,18 +172,19 @@ absl::Status Journal::Compact(std::string_view stop_at) {
 }
 
 void Journal::CompactorLoop() {
-  std::unique_lock<std::mutex> l(wake_mu_);
+  wake_mu_.Lock();
   while (!stop_) {
-    wake_cv_.wait_for(l, std::chrono::milliseconds(100));
+    wake_cv_.WaitFor(&wake_mu_, std::chrono::milliseconds(100));
     if (stop_) break;
     if (!compact_wanted_.load()) continue;
-    l.unlock();
+    wake_mu_.Unlock();
     if (absl::Status s = Compact(); !s.ok()) {
       LogError("journal_compaction_failed", {{"error", s.ToString()}});
       compact_wanted_.store(false);  // try again when the segment grows further
     }
-    l.lock();
+    wake_mu_.Lock();
   }
+  wake_mu_.Unlock();
 }
 
 }  // namespace physmem

@@ -112,7 +112,7 @@ absl::StatusOr<std::unique_ptr<JournalSegment>> JournalSegment::Create(std::stri
 }
 
 absl::Status JournalSegment::Preallocate(uint64_t upto) {
-  std::lock_guard<std::mutex> l(grow_mu_);
+  MutexLock l(&grow_mu_);
   const uint64_t have = prealloc_.load(std::memory_order_relaxed);
   if (have >= upto) return absl::OkStatus();
   uint64_t want = std::max(upto, have + options_.prealloc_chunk);

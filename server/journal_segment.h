@@ -35,12 +35,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 #include "server/journal_record.h"
 
 namespace physmem {
@@ -131,7 +131,7 @@ class JournalSegment {
   uint8_t* map_ = nullptr;
   uint64_t map_bytes_ = 0;
   std::atomic<uint64_t> prealloc_{0};  // slots bytes backed; only Preallocate raises it
-  std::mutex grow_mu_;                 // one Preallocate at a time
+  Mutex grow_mu_;                      // one Preallocate at a time (guards no field: prealloc_ is atomic)
 };
 
 // A journal file mapped read-only (recovery, compaction).

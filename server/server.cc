@@ -240,7 +240,7 @@ void Server::Wait() {
 
 void Server::Shutdown() {
   {
-    std::lock_guard<std::mutex> l(shutdown_mu_);
+    MutexLock l(&shutdown_mu_);
     if (shut_down_) return;
     shut_down_ = true;
   }

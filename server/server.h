@@ -17,6 +17,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "allocator/mutex.h"
 #include "allocator/page_allocator.h"
 #include "server/alloc_waiters.h"
 #include "server/identity.h"
@@ -93,8 +94,8 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<UnixListener> unix_;
   int tcp_port_ = 0;
-  std::mutex shutdown_mu_;
-  bool shut_down_ = false;  // guarded by shutdown_mu_
+  Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
 }  // namespace physmem
