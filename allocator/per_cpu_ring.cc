@@ -217,7 +217,7 @@ uint64_t PerCpuRings::LockForDrain(int cpu, int list) {
 uint32_t PerCpuRings::DrainRemote(int cpu, int list, uint32_t n, uint32_t* out) {
   CheckCpuAndList(cpu, list);
   if (!enabled_ || n == 0) return 0;
-  absl::MutexLock lock(&drain_mu_);
+  MutexLock lock(&drain_mu_);
   Ring* const ring = RingOf(cpu, list);
   // Sole writer of this ring from here until bottom is stored unbiased.
   const uint64_t bottom = LockForDrain(cpu, list);

@@ -95,8 +95,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "allocator/check.h"
+#include "allocator/mutex.h"
 #include "allocator/rseq.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -254,7 +254,7 @@ class PerCpuRings {
   int nr_cpus_ = 0;
   int nr_lists_ = 0;
   std::unique_ptr<SlowCounters[]> slow_;
-  absl::Mutex drain_mu_;  // serializes DrainRemote callers; guards no field (rings: protocol)
+  Mutex drain_mu_;  // serializes DrainRemote callers; guards no field (rings: protocol)
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ struct LeaseCore {
 
   // Records that the lease no longer exists; the first reason sticks.
   void MarkGone(std::string why) {
-    std::lock_guard<std::mutex> l(mu);
+    MutexLock l(&mu);
     if (gone.load()) return;
     gone_reason = std::move(why);
     gone.store(true);
@@ -43,15 +43,15 @@ struct LeaseCore {
   // NOT_FOUND, without asking the daemon, once the lease is known to be gone.
   absl::Status CheckAlive() const {
     if (!gone.load()) return absl::OkStatus();
-    std::lock_guard<std::mutex> l(mu);
+    MutexLock l(&mu);
     return absl::NotFoundError(gone_reason);
   }
 
   const std::shared_ptr<Connection> conn;
   const uint64_t id;
   std::atomic<bool> gone{false};
-  mutable std::mutex mu;
-  std::string gone_reason;  // guarded by mu; set once, before `gone` turns true
+  mutable Mutex mu;
+  std::string gone_reason ABSL_GUARDED_BY(mu);  // set once, before `gone` turns true
 };
 
 }  // namespace internal
@@ -281,7 +281,7 @@ uint64_t Lease::Release() {
 }
 
 absl::Status Lease::keepalive_status() const {
-  std::lock_guard<std::mutex> l(ka_mu_);
+  MutexLock l(&ka_mu_);
   return ka_status_;
 }
 
@@ -291,21 +291,25 @@ void Lease::StartKeepAlive(KeepAliveCallback on_keepalive) {
 
 void Lease::StopKeepAlive() {
   {
-    std::lock_guard<std::mutex> l(ka_mu_);
+    MutexLock l(&ka_mu_);
     ka_stop_ = true;
     // Unblocks a Read() waiting on a daemon that does not answer.
     if (ka_context_ != nullptr) ka_context_->TryCancel();
   }
-  ka_cv_.notify_all();
+  ka_cv_.SignalAll();
   // A keep-alive callback that revokes the lease runs on this very thread: it cannot join itself
   // (the loop ends on its own once it sees ka_stop_).
-  std::lock_guard<std::mutex> join(ka_join_mu_);
+  MutexLock join(&ka_join_mu_);
   if (ka_thread_.joinable() && ka_thread_.get_id() != std::this_thread::get_id()) ka_thread_.join();
 }
 
 bool Lease::SleepUnlessStopping(int64_t ms) {
-  std::unique_lock<std::mutex> l(ka_mu_);
-  return !ka_cv_.wait_for(l, std::chrono::milliseconds(ms), [this] { return ka_stop_; });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  MutexLock l(&ka_mu_);
+  while (!ka_stop_) {
+    if (ka_cv_.WaitUntil(&ka_mu_, deadline)) return !ka_stop_;  // timed out
+  }
+  return false;
 }
 
 void Lease::KeepAliveLoop(const KeepAliveCallback& on_keepalive) {
@@ -325,7 +329,7 @@ bool Lease::KeepAliveStream(const KeepAliveCallback& on_keepalive, int64_t* back
   // handshake, which then sat unread for seconds. StopKeepAlive() cancels the wait.
   ctx.set_wait_for_ready(true);
   {
-    std::lock_guard<std::mutex> l(ka_mu_);
+    MutexLock l(&ka_mu_);
     if (ka_stop_) return false;
     ka_context_ = &ctx;
   }
@@ -354,14 +358,14 @@ bool Lease::KeepAliveStream(const KeepAliveCallback& on_keepalive, int64_t* back
     renewals_.fetch_add(1);
     *backoff_ms = kMinBackoffMs;
     {
-      std::lock_guard<std::mutex> l(ka_mu_);
+      MutexLock l(&ka_mu_);
       ka_status_ = absl::OkStatus();
     }
     stop = !SleepUnlessStopping(std::max<int64_t>(resp.ttl_ms() / kRenewDivisor, 1));
   }
   if (!broken) stream->WritesDone();
   const grpc::Status status = stream->Finish();
-  std::lock_guard<std::mutex> l(ka_mu_);
+  MutexLock l(&ka_mu_);
   ka_context_ = nullptr;
   if (stop || ka_stop_) return false;
   ka_status_ = status.ok() ? absl::UnavailableError("the KeepAlive stream closed without an answer")

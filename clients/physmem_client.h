@@ -31,11 +31,9 @@
 #include <grpcpp/support/status.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -248,15 +246,15 @@ class Lease {
   std::atomic<bool> revoke_on_destroy_;
   std::atomic<uint64_t> renewals_{0};
 
-  mutable std::mutex ka_mu_;
-  std::condition_variable ka_cv_;
-  bool ka_stop_ = false;                      // guarded by ka_mu_
-  grpc::ClientContext* ka_context_ = nullptr; // guarded by ka_mu_: the live stream's, to cancel it
-  absl::Status ka_status_;                    // guarded by ka_mu_
+  mutable Mutex ka_mu_;
+  CondVar ka_cv_;
+  bool ka_stop_ ABSL_GUARDED_BY(ka_mu_) = false;
+  grpc::ClientContext* ka_context_ ABSL_GUARDED_BY(ka_mu_) = nullptr;  // the live stream's, to cancel it
+  absl::Status ka_status_ ABSL_GUARDED_BY(ka_mu_);
   Mutex report_mu_;
   std::function<uint64_t()> cached_pages_reporter_ ABSL_GUARDED_BY(report_mu_);
   bool cache_attached_ ABSL_GUARDED_BY(report_mu_) = false;
-  std::mutex ka_join_mu_;  // one joiner at a time
+  Mutex ka_join_mu_;  // one joiner at a time (guards no field)
   std::thread ka_thread_;
 };
 

@@ -15,7 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
+#include "allocator/mutex.h"
 #include "allocator/stats.h"
 
 namespace physmem::trace {
@@ -114,12 +114,12 @@ class Run {
       s.zones.push_back(std::move(zone));
     }
     s.migrate = Fallbacks(stats);
-    absl::MutexLock lock(&samples_mu_);
+    MutexLock lock(&samples_mu_);
     samples_.push_back(std::move(s));
   }
 
   std::vector<FragmentationSample> TakeSamples() {
-    absl::MutexLock lock(&samples_mu_);
+    MutexLock lock(&samples_mu_);
     std::sort(samples_.begin(), samples_.end(),
               [](const FragmentationSample& a, const FragmentationSample& b) { return a.ops_done < b.ops_done; });
     return std::move(samples_);
@@ -202,7 +202,7 @@ class Run {
   bool cache_reasons_ = false;
   uint64_t generation_ = 0;  // successful allocations + frees so far (single-threaded mode only)
   std::array<std::array<CachedReason, kNrTraceOrders>, MAX_NR_ZONES> reason_cache_;
-  absl::Mutex samples_mu_;
+  Mutex samples_mu_;
   std::vector<FragmentationSample> samples_ ABSL_GUARDED_BY(samples_mu_);
 };
 
