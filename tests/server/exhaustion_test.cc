@@ -243,7 +243,7 @@ INSTANTIATE_TEST_SUITE_P(X86_64, Exhaustion,
                                            ZoneCase{"x86_64", "64", kX86_64Zones, "DMA32", 1, 1, "__GFP_DMA32"},
                                            ZoneCase{"x86_64", "64", kX86_64Zones, "Normal", 2, 2, ""}),
                          [](const ::testing::TestParamInfo<ZoneCase>& p) { return std::string(p.param.zone); });
-// i386 with 1 GiB: DMA, Normal (up to 896 MiB) and 128 MiB of HighMem, which GFP_HIGHUSER prefers
+// i386 with 1 GiB: DMA, Normal (up to MAXMEM, 887.99 MiB) and 128 MiB of HighMem, which GFP_HIGHUSER prefers
 // and falls back from to Normal and DMA.
 INSTANTIATE_TEST_SUITE_P(I386, Exhaustion,
                          ::testing::Values(ZoneCase{"i386", "1024", kI386Zones, "HighMem", 2, 3, "__GFP_HIGHMEM"}),

@@ -17,7 +17,7 @@ using Ctx = testing::Deadline;  // a call's deadline: 5 s unless given
 
 class LeaseKmap : public testing::DaemonStubTest {
  protected:
-  // i386 with 1 GiB: lowmem ends at 896 MiB, HighMem above it. A lease expires when a test moves
+  // i386 with 1 GiB: lowmem ends at MAXMEM (887.99 MiB), HighMem above it. A lease expires when a test moves
   // the daemon's lease clock, not while a slow machine is still making its kmap() calls.
   void SetUp() override {
     StartDaemon({"--target=i386", "--mem_mb=1024"}, /*tcp=*/false, testing::LeaseClockMode::kTestControlled);

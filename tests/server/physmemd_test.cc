@@ -48,7 +48,7 @@ constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
 class Daemon : public testing::DaemonStubTest {
  protected:
   std::atomic<int> leases_named_{0};  // NewLease's names, "test-N"
-  // i386 with 1 GiB: DMA, Normal (lowmem up to 896 MiB) and HighMem; the kmap window has 1024 slots.
+  // i386 with 1 GiB: DMA, Normal (lowmem up to MAXMEM, 887.99 MiB) and HighMem; the kmap window has 1024 slots.
   static std::vector<std::string> Args() {
     return {"--target=i386", "--mem_mb=1024", "--max_lease_pages=200000", "--max_alloc_wait_ms=3000"};
   }
