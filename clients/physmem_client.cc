@@ -409,12 +409,7 @@ absl::StatusOr<PageHandle> Lease::GetZeroedPage(const std::string& gfp, const st
   return Allocate(gfp, 0, key, kZeroed);
 }
 
-absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string& gfp, uint32_t count) {
-  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
-  v1::AllocPagesBulkRequest req;
-  req.set_lease_id(core_->id);
-  req.set_gfp(gfp);
-  req.set_count(count);
+absl::StatusOr<v1::AllocPagesBulkResponse> Lease::CallAllocPagesBulk(const v1::AllocPagesBulkRequest& req) {
   Connection& c = *core_->conn;
   absl::StatusOr<v1::AllocPagesBulkResponse> r = Call<v1::AllocPagesBulkResponse>(
       c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::AllocPagesBulkResponse* resp) {
@@ -429,6 +424,26 @@ absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string&
         "(expected one of each per page)",
         n, r->zone_size(), r->phys_addr_size(), r->virt_addr_size(), r->arena_offset_size()));
   }
+  return r;
+}
+
+absl::StatusOr<v1::FreePagesBulkResponse> Lease::CallFreePagesBulk(const v1::FreePagesBulkRequest& req) {
+  Connection& c = *core_->conn;
+  return Call<v1::FreePagesBulkResponse>(
+      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::FreePagesBulkResponse* resp) {
+        return c.stub->FreePagesBulk(ctx, req, resp);
+      });
+}
+
+absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string& gfp, uint32_t count) {
+  if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
+  v1::AllocPagesBulkRequest req;
+  req.set_lease_id(core_->id);
+  req.set_gfp(gfp);
+  req.set_count(count);
+  absl::StatusOr<v1::AllocPagesBulkResponse> r = CallAllocPagesBulk(req);
+  if (!r.ok()) return r.status();
+  const int n = r->pfn_size();
   std::vector<PageHandle> pages;
   pages.reserve(n);
   for (int i = 0; i < n; ++i) {
@@ -450,19 +465,7 @@ absl::StatusOr<v1::AllocPagesBulkResponse> Lease::AllocBulkRaw(uint32_t gfp_mask
   req.set_lease_id(core_->id);
   req.set_gfp_mask(gfp_mask);
   req.set_count(count);
-  Connection& c = *core_->conn;
-  absl::StatusOr<v1::AllocPagesBulkResponse> r = Call<v1::AllocPagesBulkResponse>(
-      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::AllocPagesBulkResponse* resp) {
-        return c.stub->AllocPagesBulk(ctx, req, resp);
-      });
-  if (!r.ok()) return r.status();
-  const int n = r->pfn_size();
-  if (r->zone_size() != n || r->virt_addr_size() != n || r->arena_offset_size() != n) {
-    return absl::InternalError(absl::StrFormat(
-        "malformed AllocPagesBulk reply: %d pfns but %d zones, %d virt_addrs, %d arena_offsets", n, r->zone_size(),
-        r->virt_addr_size(), r->arena_offset_size()));
-  }
-  return r;
+  return CallAllocPagesBulk(req);
 }
 
 absl::StatusOr<v1::Allocation> Lease::AllocRaw(uint32_t gfp_mask, uint32_t order) {
@@ -484,11 +487,7 @@ absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreeRaw(const std::vector<uint6
   req.set_lease_id(core_->id);
   req.mutable_pfn()->Add(pfns.begin(), pfns.end());
   req.mutable_order()->Add(orders.begin(), orders.end());
-  Connection& c = *core_->conn;
-  return Call<v1::FreePagesBulkResponse>(
-      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::FreePagesBulkResponse* resp) {
-        return c.stub->FreePagesBulk(ctx, req, resp);
-      });
+  return CallFreePagesBulk(req);
 }
 
 const std::atomic<bool>& Lease::gone_flag() const { return core_->gone; }
@@ -528,11 +527,7 @@ absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreePagesBulk(std::vector<PageH
     req.add_order(p.order());
   }
   if (req.pfn_size() == 0) return v1::FreePagesBulkResponse();
-  Connection& c = *core_->conn;
-  absl::StatusOr<v1::FreePagesBulkResponse> r = Call<v1::FreePagesBulkResponse>(
-      c.options.alloc_timeout_ms, [&](grpc::ClientContext* ctx, v1::FreePagesBulkResponse* resp) {
-        return c.stub->FreePagesBulk(ctx, req, resp);
-      });
+  absl::StatusOr<v1::FreePagesBulkResponse> r = CallFreePagesBulk(req);
   if (!r.ok()) return r.status();
   // Freed or refused, no handle owns its block any more (a refused free changed nothing, and a
   // retry would be refused the same way).

@@ -239,6 +239,10 @@ class Lease {
   // False if the keep-alive was stopped (at once or during the sleep).
   bool SleepUnlessStopping(int64_t ms);
   absl::StatusOr<PageHandle> Allocate(const std::string& gfp, uint32_t order, const std::string& key, int form);
+  // One AllocPagesBulk / FreePagesBulk call under the connection's allocation deadline; the bulk
+  // reply's parallel arrays are checked to have one entry per page.
+  absl::StatusOr<v1::AllocPagesBulkResponse> CallAllocPagesBulk(const v1::AllocPagesBulkRequest& req);
+  absl::StatusOr<v1::FreePagesBulkResponse> CallFreePagesBulk(const v1::FreePagesBulkRequest& req);
 
   const std::shared_ptr<internal::LeaseCore> core_;
   const int64_t granted_ttl_ms_;
