@@ -40,6 +40,16 @@
 
 namespace physmem::testing {
 
+// Removes every /dev/shm entry whose path starts with `prefix`: a file-backed arena and what the
+// daemon keeps beside it (<arena>.journal.<gen> segments, the snapshot). Tests that run one call
+// it before and after, so that no run leaves files behind (tests/leftover_files.py).
+inline void RemoveShmFiles(const std::string& prefix) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    if (e.path().string().rfind(prefix, 0) == 0) std::filesystem::remove(e.path(), ec);
+  }
+}
+
 // Polls `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
 inline bool Eventually(std::chrono::milliseconds timeout, const std::function<bool()>& done) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -64,10 +64,7 @@ class ArenaMappingTest : public ::testing::Test {
     client_.reset();
     daemon_.Stop();
     // The daemon keeps its arena file and journal (<path>.journal.*: they outlive a crash).
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(path_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(path_);
   }
   void SetUp() override {
     ASSERT_TRUE(daemon_.Start()) << daemon_.log();

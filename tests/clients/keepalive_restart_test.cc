@@ -60,10 +60,7 @@ class KeepAliveAcrossRestart : public ::testing::TestWithParam<RestartCase> {
   }
   // The arena and its journal (<arena>.journal.*): nothing is left in /dev/shm.
   void RemoveArenaFiles() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena_);
   }
 
   // Renewals seen by the keep-alive callback, with when they came.

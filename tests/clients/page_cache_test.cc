@@ -342,10 +342,7 @@ class PageCacheArenaTest : public PageCacheTest {
     RemoveArenaFiles();
   }
   static void RemoveArenaFiles() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(ShmPath(), 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(ShmPath());
   }
 };
 

@@ -336,10 +336,7 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
   const std::vector<std::string> args = {"--arena_path=" + arena, "--mem_mb=" + std::to_string(kMemMb),
                                          "--journal_compact_bytes=131072"};
   auto cleanup = [&] {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena);
   };
   cleanup();
   // Also when an assertion ends the test early (the daemon dies with the test: PDEATHSIG).

@@ -58,10 +58,7 @@ class JournalFull : public testing::DaemonStubTest {
     RemoveArena();
   }
   void RemoveArena() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena_);
   }
   std::vector<std::string> Args() const {
     return {"--mem_mb=64", "--arena_path=" + arena_, "--journal_path=" + dir_ + "/j", testing::kServeMetrics};

@@ -34,10 +34,7 @@ class JournalSegments : public ::testing::Test {
     RemoveArenaFiles();
   }
   void RemoveArenaFiles() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena_);
   }
   // Files <arena>.journal.<gen>: the segments.
   int Segments() {

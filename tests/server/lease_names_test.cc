@@ -177,10 +177,7 @@ class LeaseNamesRecovered : public LeaseNames {
     Cleanup();
   }
   void Cleanup() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena_);
   }
   std::vector<std::string> Args(bool unique) const {
     std::vector<std::string> a = {"--target=i386", "--mem_mb=64", "--arena_path=" + arena_};

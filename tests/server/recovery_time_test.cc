@@ -43,10 +43,7 @@ class RecoveryTime : public ::testing::Test {
   }
   void TearDown() override { Cleanup(); }
   void Cleanup() {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena_, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena_);
   }
   std::vector<std::string> Args(const std::string& compact = "1073741824") {
     return {"--arena_path=" + arena_, "--mem_mb=1024", "--min_free_kbytes=128", "--journal_compact_bytes=" + compact,

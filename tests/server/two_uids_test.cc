@@ -471,10 +471,7 @@ TEST_F(TwoUids, ContentsNeverReachTheOtherUidAcrossKillNineAndRestart) {
   constexpr uint32_t kOrder = 9;
   const std::string arena = "/dev/shm/physmemd-two-uids-test-" + std::to_string(::getpid());
   auto cleanup = [&] {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
-      if (e.path().string().rfind(arena, 0) == 0) std::filesystem::remove(e.path(), ec);
-    }
+    testing::RemoveShmFiles(arena);
   };
   cleanup();
   struct AtExit {
