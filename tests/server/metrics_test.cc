@@ -168,13 +168,30 @@ class Metrics : public testing::DaemonStubTest {
   }
 
   // Waits until the daemon shows a call parked for memory, given the failure count from before the
-  // call was made: its first attempt and at least one retry from the waiter queue (which retries
-  // every 20 ms, and only calls it holds) have each counted an allocation failure. With one call
-  // in flight, that call is the one waiting.
+  // call was made: its first attempt and the waiter queue's first retry (made as the call arrives;
+  // later ones only after frees) have each counted an allocation failure. With one call in
+  // flight, that call is the one waiting.
   bool WaitUntilParked(double failures_before) {
     return testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(5)), [&] {
       return Get().Sum("physmem_alloc_failures_total") >= failures_before + 2;
     });
+  }
+  // Makes a GFP_KERNEL|__GFP_DMA allocation in `lease` (ZONE_DMA must be full, so that it parks),
+  // cancels it `after` the daemon shows it parked, and expects the client to hear CANCELLED.
+  void ParkThenCancel(uint64_t lease, std::chrono::milliseconds after) {
+    grpc::ClientContext ctx;
+    v1::AllocPagesRequest req;
+    req.set_lease_id(lease);
+    req.set_gfp("GFP_KERNEL|__GFP_DMA");
+    v1::Allocation out;
+    const double failures = Get().Sum("physmem_alloc_failures_total");
+    std::thread cancel([&] {
+      EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
+      std::this_thread::sleep_for(after);
+      ctx.TryCancel();
+    });
+    EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
+    cancel.join();
   }
 };
 
@@ -442,21 +459,7 @@ TEST_F(Metrics, WaitsAreCountedByOutcome) {
   EXPECT_THAT(timed_out.error_message(),
               ::testing::HasSubstr("(waited " + std::to_string(max_wait.count()) + " ms for memory"));
   // cancelled: the client gives up while the call waits (300 ms after the daemon shows it parked).
-  {
-    grpc::ClientContext ctx;
-    v1::AllocPagesRequest req;
-    req.set_lease_id(lease);
-    req.set_gfp("GFP_KERNEL|__GFP_DMA");
-    v1::Allocation out;
-    const double failures = Get().Sum("physmem_alloc_failures_total");
-    std::thread cancel([&] {
-      EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      ctx.TryCancel();
-    });
-    EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
-    cancel.join();
-  }
+  ParkThenCancel(lease, std::chrono::milliseconds(300));
   // The client hears CANCELLED at once; the daemon's waiter thread is woken by the call's cancel
   // (server/inflight_calls.h). Counted, the call is off the queue and counts no more failures.
   Scrape m;
@@ -503,18 +506,7 @@ TEST_F(Metrics, ACancelledWaitLeavesTheQueueAtOnceNotAtItsDeadline) {
   v1::AllocPagesBulkResponse got;
   ASSERT_TRUE(testing::AllocBulk(stub_.get(), lease, "GFP_DMA", 4096, &got, 20000).ok());
   ASSERT_LT(got.pfn_size(), 4096);
-  grpc::ClientContext ctx;
-  v1::AllocPagesRequest req;
-  req.set_lease_id(lease);
-  req.set_gfp("GFP_KERNEL|__GFP_DMA");
-  v1::Allocation out;
-  const double failures = Get().Sum("physmem_alloc_failures_total");
-  std::thread cancel([&] {
-    EXPECT_TRUE(WaitUntilParked(failures)) << "the call did not park";
-    ctx.TryCancel();
-  });
-  EXPECT_EQ(stub_->AllocPages(&ctx, req, &out).error_code(), grpc::StatusCode::CANCELLED);
-  cancel.join();
+  ParkThenCancel(lease, std::chrono::milliseconds(0));
   EXPECT_TRUE(testing::Eventually(testing::ScaledTimeout(std::chrono::seconds(10)), [&] {
     return Get().Sum("physmem_alloc_waits_total", {{"outcome", "cancelled"}}) == 1;
   })) << "the cancelled call is still parked: its cancel did not wake the waiter thread";
