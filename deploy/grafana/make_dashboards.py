@@ -228,6 +228,23 @@ def buddy():
         options={"orientation": "horizontal", "displayMode": "lcd", "showUnfilled": True,
                  "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
         field_defaults={"min": -1, "max": 1}), 12, 10)
+    L.row("Mobility grouping (migratetypes)")
+    L.add(timeseries("Pageblocks per migratetype", [
+        target(f"sum by (migratetype) (physmem_pageblocks{{{ZSEL}}})", "{{migratetype}}")], "short",
+        "/proc/pagetypeinfo's 'Number of blocks type': Movable pageblocks turning Unmovable or Reclaimable "
+        "is what fragments a zone for good.", stack=True), 8, 8)
+    L.add(timeseries("Fallbacks: pageblocks claimed and blocks stolen per second", [
+        target(f"sum by (alloc_migratetype) (rate(physmem_migrate_claims_total{{{ZSEL}}}[{RI}])) or vector(0)",
+               "claimed for {{alloc_migratetype}}"),
+        target(f"sum by (alloc_migratetype) (rate(physmem_migrate_steals_total{{{ZSEL}}}[{RI}])) or vector(0)",
+               "stolen for {{alloc_migratetype}}", ref="B")], "ops",
+        "An allocation that found no block of its own type took one from another: claimed = the whole pageblock "
+        "changed type (try_to_steal_block()), stolen = one block only (0 while none happened)."), 8, 8)
+    L.add(timeseries("Highatomic reserve", [
+        target(f"sum by (zone) (physmem_highatomic_reserved_pages{{{ZSEL}}})", "{{zone}} reserved"),
+        target(f"sum by (zone) (physmem_highatomic_max_pages{{{ZSEL}}})", "{{zone}} cap", ref="B")], "short",
+        "Pages set aside for high-order atomic allocations after one succeeded (reserve_highatomic_pageblock()), "
+        "against the 1% cap; released before an allocation is declared failed."), 8, 8)
     L.row("Watermarks")
     L.add(timeseries("Free pages and watermarks: $zone", [
         target(f"sum by (zone) (physmem_zone_free_pages{{{ZSEL}}})", "{{zone}} free"),
