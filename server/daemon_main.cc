@@ -166,7 +166,9 @@ int DaemonMain(int argc, char** argv, const DaemonHooks& hooks) {
   // creates it, and Debian's uninstrumented Abseil orders that creation where ThreadSanitizer
   // cannot see it (CI13's TSan run reported the creation, under Shutdown(), as racing with a
   // gRPC thread's lookup). Created here, before any thread exists, it is ordered before them all.
-  (void)absl::LocalTimeZone();
+  // (A named zone: "UTC" would skip the registry.)
+  absl::TimeZone zone;
+  (void)absl::LoadTimeZone("localtime", &zone);
   return Serve(hooks);
 }
 
