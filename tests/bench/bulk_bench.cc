@@ -23,6 +23,7 @@
 
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "server/server.h"
+#include "tests/bench/bench_stats.h"
 
 namespace physmem {
 namespace {
@@ -145,14 +146,6 @@ void RemoveShmFiles() {
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
     if (e.path().string().rfind(prefix, 0) == 0) std::filesystem::remove(e.path(), ec);
   }
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-double Spread(const std::vector<double>& v) {
-  return 100.0 * (*std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end()) - 1);
 }
 
 int Main(int argc, char** argv) {

@@ -29,6 +29,7 @@
 #include "clients/page_cache.h"
 #include "clients/physmem_client.h"
 #include "server/server.h"
+#include "tests/bench/bench_stats.h"
 
 namespace physmem {
 namespace {
@@ -112,14 +113,6 @@ double RpcRate(client::Lease& lease, double seconds, uint64_t* errors) {
     ++n;
   }
   return n / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-double Spread(const std::vector<double>& v) {
-  return 100.0 * (*std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end()) - 1);
 }
 
 int Main(int argc, char** argv) {
