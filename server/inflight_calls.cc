@@ -20,8 +20,13 @@ void UnaryCall::Reply(const grpc::Status& status) {
   TsanHandOff(this);
 }
 
+// gRPC runs OnDone after OnCancel returns (ServerCallbackUnaryImpl counts OnCancel among the
+// callbacks outstanding), again through its uninstrumented atomics: CI14's TSan run saw OnDone's
+// delete race OnCancel's read of calls_. Hand the object over at the end of OnCancel too.
 void UnaryCall::OnCancel() {
+  TsanTakeOver(this);
   if (calls_->cancel_hook_) calls_->cancel_hook_();
+  TsanHandOff(this);
 }
 
 void UnaryCall::OnDone() {

@@ -6,8 +6,8 @@
 // reactor looks raced. This base class declares the ordering once (tsan_annotations.h): each
 // request to gRPC (Read, Write, End) hands the object off before and after the call (StartWrite
 // and Finish read the response and the stream before the operation starts), and each reaction
-// takes it over before the subclass's code runs. Handlers derive from it and carry no
-// annotations of their own; outside a TSan build every annotation is an empty inline function.
+// takes it over before the subclass's code runs and hands it off when it returns. Handlers
+// derive from it and carry no annotations of their own; outside a TSan build every annotation is an empty inline function.
 //
 // Who uses it: server/physmem_service.cc (KeepAliveReactor). Thread-safety: as gRPC's reactor —
 // reactions never overlap, and nothing may touch the object after a request returns.
@@ -48,10 +48,12 @@ class VisibleBidiReactor : public grpc::ServerBidiReactor<Request, Response> {
   void OnReadDone(bool ok) final {
     TsanTakeOver(this);
     ReadDone(ok);
+    TsanHandOff(this);  // OnDone, which deletes, runs after this reaction returns
   }
   void OnWriteDone(bool ok) final {
     TsanTakeOver(this);
     WriteDone(ok);
+    TsanHandOff(this);
   }
   void OnDone() final {
     TsanTakeOver(this);
