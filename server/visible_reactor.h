@@ -7,7 +7,8 @@
 // request to gRPC (Read, Write, End) hands the object off before and after the call (StartWrite
 // and Finish read the response and the stream before the operation starts), and each reaction
 // takes it over before the subclass's code runs and hands it off when it returns. Handlers
-// derive from it and carry no annotations of their own; outside a TSan build every annotation is an empty inline function.
+// derive from it and carry no annotations of their own; outside a TSan build every annotation
+// is an empty inline function.
 //
 // Who uses it: server/physmem_service.cc (KeepAliveReactor). Thread-safety: as gRPC's reactor —
 // reactions never overlap, and nothing may touch the object after a request returns.
