@@ -35,6 +35,41 @@ absl::Status HideOtherOwner(absl::Status s, uint64_t pfn) {
   return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
 }
 
+// The checks of FreePagesBulkRequest.run that need no lock: no run empty or past pfn 2^64, no two
+// runs sharing a page (each page is freed once; a second free of it would be a double free
+// halfway through an all-or-nothing call).
+absl::Status CheckRunShapes(std::span<const Lessor::PfnRun> runs) {
+  std::vector<size_t> by_pfn(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const Lessor::PfnRun& r = runs[i];
+    if (r.count == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("run %d (pfn %#x) has count 0: a run frees at least one page; nothing was freed", i, r.pfn));
+    }
+    if (r.pfn > UINT64_MAX - r.count) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "run %d: pfn %#x + count %d overflows 64 bits; nothing was freed", i, r.pfn, r.count));
+    }
+    by_pfn[i] = i;
+  }
+  std::sort(by_pfn.begin(), by_pfn.end(), [&](size_t a, size_t b) { return runs[a].pfn < runs[b].pfn; });
+  for (size_t k = 1; k < by_pfn.size(); ++k) {
+    const Lessor::PfnRun& prev = runs[by_pfn[k - 1]];
+    const Lessor::PfnRun& cur = runs[by_pfn[k]];
+    if (prev.pfn + prev.count > cur.pfn) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("runs %d and %d overlap at pfn %#x: each page may be freed once; nothing was freed",
+                          std::min(by_pfn[k - 1], by_pfn[k]), std::max(by_pfn[k - 1], by_pfn[k]), cur.pfn));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A refusal of DetachRuns: the run's number first, then what is wrong, then that nothing changed.
+absl::Status RunRefusal(const absl::Status& s, size_t run) {
+  return absl::Status(s.code(), absl::StrFormat("run %d: %s; nothing was freed", run, s.message()));
+}
+
 }  // namespace
 
 // ---- ExpiryHeap ----
@@ -666,6 +701,75 @@ uint64_t Lessor::DetachBulk(Lease& lease, std::span<const uint64_t> pfns, std::s
       freed += *n;
     } else {
       on_refused(i, n.status());
+    }
+  }
+  if (lease.usage_ != nullptr) {
+    for (int z = 0; z < MAX_NR_ZONES; ++z) {
+      if (uncharge[z] != 0) identity_limits_->Uncharge(*lease.usage_, static_cast<ZoneType>(z), uncharge[z]);
+    }
+  }
+  return freed;
+}
+
+absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> runs) const {
+  const MemMap& mm = pa_->mem_map();
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const Segment* seg = nullptr;  // the mem_map segment of the run's last page: one lookup a segment
+    for (uint64_t pfn = runs[i].pfn; pfn - runs[i].pfn < runs[i].count; ++pfn) {
+      if (seg == nullptr || !seg->contains_pfn(pfn)) {
+        const std::optional<uint32_t> idx = mm.pfn_to_index(pfn);
+        if (!idx) {
+          return RunRefusal(absl::OutOfRangeError(absl::StrFormat(
+                                "pfn %#x is not RAM (in a hole, or beyond the end of RAM)", pfn)), i);
+        }
+        seg = &mm.segment_of_index(*idx);
+      }
+      const uint32_t idx = seg->index_of(pfn);
+      if (lease.order0_.contains(idx)) {
+        // kmap() takes lease.mu_ too, so a page that is not mapped now stays unmapped until the
+        // free: the allocator's own kmap check cannot refuse it halfway through the call.
+        if (zone_of(idx) == ZONE_HIGHMEM && pa_->page_mapcount(&mm.page(idx)) != 0) {
+          return RunRefusal(absl::FailedPreconditionError(absl::StrFormat(
+                                "pfn %#x is still kmap()ed; kunmap it before freeing", pfn)), i);
+        }
+        continue;
+      }
+      // Not an order-0 block of the lease's: the allocator says why (free, another owner), or
+      // the page is part of a larger block of this lease.
+      absl::StatusOr<Page*> head = pa_->OwnedBlockContaining(pfn, lease.owner());
+      if (!head.ok()) return RunRefusal(HideOtherOwner(head.status(), pfn), i);
+      const uint32_t head_idx = mm.index_of(*head);
+      if (const std::optional<unsigned> order = BlockOrder(lease, head_idx)) {
+        return RunRefusal(absl::InvalidArgumentError(absl::StrFormat(
+                              "pfn %#x is in the order-%d block at pfn %#x of lease %d; runs free order-0 pages, "
+                              "free that block by pfn and order",
+                              pfn, *order, pfn_of(head_idx), lease.id)), i);
+      }
+      return RunRefusal(absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn)), i);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun> runs,
+                                            absl::FunctionRef<void(uint64_t, const absl::Status&)> on_refused) {
+  if (absl::Status s = CheckRunShapes(runs); !s.ok()) return s;
+  StopMachine::Operation op = stop_machine_.Enter();  // before the lease's lock
+  MutexLock l(&lease.mu_);
+  if (lease.dead_) return Gone(lease);
+  if (absl::Status s = CheckRunsHeld(lease, runs); !s.ok()) return s;
+  // Every page is an order-0 block of the lease, not kmap()ed: the frees below can only be
+  // refused by the journal (the page then stays allocated and in the book).
+  uint64_t freed = 0;
+  ZonePages uncharge{};  // as in DetachBulk: once per zone after the loop
+  for (const PfnRun& r : runs) {
+    for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) {
+      absl::StatusOr<uint64_t> n = DetachLocked(lease, pfn, 0, "", &uncharge);
+      if (n.ok()) {
+        freed += *n;
+      } else {
+        on_refused(pfn, n.status());
+      }
     }
   }
   if (lease.usage_ != nullptr) {

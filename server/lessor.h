@@ -251,6 +251,20 @@ class Lessor {
   // freed and calls on_refused(i, status) for each block refused.
   uint64_t DetachBulk(Lease& lease, std::span<const uint64_t> pfns, std::span<const uint32_t> orders,
                       absl::FunctionRef<void(size_t, const absl::Status&)> on_refused);
+  // Frees runs of order-0 pages of the lease (FreePagesBulkRequest.run), all or nothing: every
+  // run is checked before any page is freed, and the first bad one refuses the call with nothing
+  // changed: INVALID_ARGUMENT for an empty run, a run past pfn 2^64, two runs that overlap, or a
+  // page inside a higher-order block of the lease; OUT_OF_RANGE for a pfn that is not RAM; the
+  // allocator's FAILED_PRECONDITION (not allocated, still kmap()ed) and PERMISSION_DENIED
+  // ("belongs to another lease") for a page the lease does not hold. Then each page is freed as
+  // DetachBulk frees it; a free the journal cannot record stays allocated and is passed to
+  // on_refused(pfn, status). Returns the pages freed.
+  struct PfnRun {
+    uint64_t pfn = 0;
+    uint64_t count = 0;
+  };
+  absl::StatusOr<uint64_t> DetachRuns(Lease& lease, std::span<const PfnRun> runs,
+                                      absl::FunctionRef<void(uint64_t, const absl::Status&)> on_refused);
   // kmap() of a page of the lease's, refused once the lease has ended (its kmaps end with it).
   absl::StatusOr<uint64_t> Kmap(Lease& lease, uint64_t pfn);
   // kunmap() with the same checks as Kmap for every pfn, lowmem too (where there is nothing to
@@ -353,6 +367,9 @@ class Lessor {
   void GiveBack(Lease& lease, Page* page, unsigned order);
   std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order);
   unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short);
+  // DetachRuns' checks, under lease.mu_, before anything is freed: the first bad run or page.
+  absl::Status CheckRunsHeld(const Lease& lease, std::span<const PfnRun> runs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Drops a HIGHMEM block's kmaps before End frees it (or the free would be refused, "still
   // kmap()ed", and the block leaked with its window slots).
   void DropKmaps(uint32_t head, unsigned order, uint32_t owner);

@@ -316,7 +316,11 @@ grpc::ServerUnaryReactor* PhysMemService::AllocPagesBulk(grpc::CallbackServerCon
   resp->set_requested(req->count());
   absl::StatusOr<std::vector<Page*>> pages = lessor_->AttachBulk(**lease, *gfp, req->count());
   if (!pages.ok()) return Reply(ctx, pages.status());
-  FillBulk(*pages, resp);
+  if (req->runs()) {
+    FillRuns(*pages, resp);
+  } else {
+    FillBulk(*pages, resp);
+  }
   return Reply(ctx, absl::OkStatus());
 }
 
@@ -334,6 +338,41 @@ void PhysMemService::FillBulk(const std::vector<Page*>& pages, v1::AllocPagesBul
     resp->add_phys_addr(pfn << pa_->target().page_shift);
     resp->add_virt_addr(pa_->page_address(page));
     resp->add_arena_offset(pa_->arena_offset(page));
+  }
+}
+
+void PhysMemService::FillRuns(const std::vector<Page*>& pages, v1::AllocPagesBulkResponse* resp) const {
+  const MemMap& mm = pa_->mem_map();
+  for (size_t i = 0; i < pages.size();) {
+    const uint32_t first = mm.index_of(pages[i]);
+    const Segment& seg = mm.segment_of_index(first);
+    // The run goes the way its second page goes (per-CPU lists hand out refills in ascending
+    // order and frees come back last-in first-out), while the pages stay in the segment.
+    uint32_t last = first;
+    size_t j = i + 1;
+    if (j < pages.size()) {
+      const uint32_t next = mm.index_of(pages[j]);
+      const int dir = next == first + 1 ? 1 : (next + 1 == first ? -1 : 0);
+      while (dir != 0 && j < pages.size()) {
+        const uint32_t want = dir > 0 ? last + 1 : last - 1;
+        if (mm.index_of(pages[j]) != want || !seg.contains_index(want)) break;
+        last = want;
+        ++j;
+      }
+    }
+    const uint32_t lo = std::min(first, last);
+    const Page* head = &mm.page(lo);
+    const uint64_t pfn = seg.pfn_of(lo);
+    const ZoneType zone = pa_->page_zonenum(head);
+    v1::PageRun* run = resp->add_run();
+    run->set_pfn(pfn);
+    run->set_count(std::max(first, last) - lo + 1);
+    run->set_zone(static_cast<v1::Zone>(zone + 1));  // proto zones from 1 (0 = unspecified)
+    run->set_phys_addr(pfn << pa_->target().page_shift);
+    // A page just allocated has no kmap(): a highmem run has no address, a lowmem one is linear.
+    run->set_virt_addr(zone == ZONE_HIGHMEM ? 0 : pa_->page_address(head));
+    run->set_arena_offset(pa_->arena_offset(head));
+    i = j;
   }
 }
 
@@ -415,6 +454,7 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
                                                         v1::FreePagesBulkResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
   if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
+  if (req->run_size() != 0) return FreeRuns(ctx, **lease, *req, resp);
   const int n = req->pfn_size();
   if (n == 0 || static_cast<uint32_t>(n) > limits_.max_bulk_pages) {
     return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
@@ -436,6 +476,48 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
   resp->set_pages_freed(freed);
   resp->set_blocks_freed(n - resp->refused_size());
   if (freed != 0) waiters_->Kick();
+  return Reply(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* PhysMemService::FreeRuns(grpc::CallbackServerContext* ctx, Lease& lease,
+                                                   const v1::FreePagesBulkRequest& req,
+                                                   v1::FreePagesBulkResponse* resp) {
+  if (req.pfn_size() != 0 || req.order_size() != 0) {
+    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+                          "%d runs and %d pfns, %d orders: give runs, or pfns (with orders), not both; nothing was freed",
+                          req.run_size(), req.pfn_size(), req.order_size()))));
+  }
+  std::vector<Lessor::PfnRun> runs(req.run_size());
+  uint64_t total = 0;
+  for (int i = 0; i < req.run_size(); ++i) {
+    runs[i] = {req.run(i).pfn(), req.run(i).count()};
+    total += req.run(i).count();  // at most 2^31 runs of < 2^32 pages: no overflow
+  }
+  if (total > limits_.max_bulk_pages) {
+    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(
+                          absl::StrFormat("%d runs hold %d pages, more than %d (--max_bulk_pages); nothing was freed",
+                                          req.run_size(), total, limits_.max_bulk_pages))));
+  }
+  uint64_t refused_pages = 0;
+  absl::StatusOr<uint64_t> freed = lessor_->DetachRuns(lease, runs, [&](uint64_t pfn, const absl::Status& s) {
+    (void)RefuseFree(s, pfn, 0);  // the journal refused to record it: counted, listed
+    ++refused_pages;
+    v1::FreeResult* r = resp->add_refused();
+    r->set_pfn(pfn);
+    r->set_code(static_cast<int>(s.code()));
+    r->set_message(std::string(s.message()));
+  });
+  if (!freed.ok()) {
+    // An empty, overflowing or overlapping run (or a page inside a larger block) is a malformed
+    // request; the other refusals are counted under the allocator's reasons.
+    if (freed.status().code() == absl::StatusCode::kInvalidArgument) {
+      return Reply(ctx, RefuseFreeRequest(freed.status()));
+    }
+    return Reply(ctx, RefuseFree(freed.status(), 0, 0));
+  }
+  resp->set_pages_freed(*freed);
+  resp->set_blocks_freed(static_cast<uint32_t>(total - refused_pages));
+  if (*freed != 0) waiters_->Kick();
   return Reply(ctx, absl::OkStatus());
 }
 

@@ -115,6 +115,12 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // --max_alloc_wait_ms unless __GFP_NOFAIL.
   std::chrono::system_clock::duration WaitBudget(grpc::CallbackServerContext* ctx, gfp_t gfp) const;
   void FillBulk(const std::vector<Page*>& pages, v1::AllocPagesBulkResponse* resp) const;
+  // AllocPagesBulkRequest.runs: the pages as runs of consecutive pfns (ascending or descending in
+  // `pages`, each run inside one mem_map segment, hence one zone and contiguous arena offsets).
+  void FillRuns(const std::vector<Page*>& pages, v1::AllocPagesBulkResponse* resp) const;
+  // FreePagesBulkRequest.run: all or nothing (Lessor::DetachRuns), then replies.
+  grpc::ServerUnaryReactor* FreeRuns(grpc::CallbackServerContext* ctx, Lease& lease, const v1::FreePagesBulkRequest& req,
+                                     v1::FreePagesBulkResponse* resp);
   // Frees one block of the caller's lease and replies (FreePages, FreePagesByAddress).
   grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* ctx, uint64_t lease_id, uint64_t pfn, unsigned order,
                                  const std::string& key, v1::FreePagesResponse* resp);
