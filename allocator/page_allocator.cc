@@ -43,7 +43,8 @@ absl::Status PageAllocator::Init() {
   const int nr_cpus = options_.nr_cpus > 0 ? options_.nr_cpus : NumPossibleCpus();
   nr_cpus_ = nr_cpus;
   // Managed pages first: the watermarks, and from them the mobility-grouping decision, are
-  // needed before the zones mark their pageblocks.
+  // needed before the zones mark their pageblocks. mem_map holds only managed RAM (present
+  // minus memblock-reserved), so its segments count exactly zone_managed_pages().
   std::array<uint64_t, MAX_NR_ZONES> managed{};
   for (const Segment& s : mem_map_->segments()) managed[s.zone] += s.nr_pages();
   uint64_t lowmem_kbytes = 0;
@@ -70,10 +71,19 @@ absl::Status PageAllocator::Init() {
     for (const Segment& s : mem_map_->segments()) {
       if (s.zone == z) zc.segments.push_back(s);
     }
-    // spanned_pages runs from the first to the last RAM page of the zone, like the kernel's.
+    // spanned_pages runs from the first to the last RAM page of the zone, reserved pages
+    // included, like the kernel's (zone_spanned_pages_in_node() over memblock.memory).
+    zc.present_pages = target_.zone_ram_pages(zc.type);
+    bool first_ram = true;
+    for (const RamRange& r : target_.ram) {
+      const uint64_t lo = std::max(r.start, target_.zone_start(zc.type)) >> target_.page_shift;
+      const uint64_t hi = std::min(r.end() - 1, target_.zone_end[z] - 1) >> target_.page_shift;
+      if (r.end() - 1 < target_.zone_start(zc.type) || r.start > target_.zone_end[z] - 1) continue;
+      if (first_ram) zc.start_pfn = lo;
+      first_ram = false;
+      zc.end_pfn = hi + 1;
+    }
     if (!zc.segments.empty()) {
-      zc.start_pfn = zc.segments.front().start_pfn;
-      zc.end_pfn = zc.segments.back().end_pfn;
       zone_index_end_[z] = zc.segments.back().first_index + static_cast<uint32_t>(zc.segments.back().nr_pages());
     }
     zc.nr_orders = target_.nr_page_orders();
@@ -133,12 +143,6 @@ unsigned PageAllocator::AllocFlagsNofragment(ZoneType highest) const {
   return ALLOC_NOFRAGMENT;
 }
 
-int PageAllocator::AllocMigratetype(gfp_t gfp) const {
-  // gfp_migratetype(): "always UNMOVABLE while mobility grouping is off".
-  if (group_by_mobility_disabled_) return MIGRATE_UNMOVABLE;
-  return static_cast<int>((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) >> 3);
-}
-
 bool PageAllocator::UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force) {
   for (int z = highest; z >= 0; --z) {
     Zone* zn = zone(static_cast<ZoneType>(z));
@@ -146,13 +150,6 @@ bool PageAllocator::UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones
     if (zn->UnreserveHighatomic(force, mt)) return true;
   }
   return false;
-}
-
-ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
-  for (int z = 0; z < MAX_NR_ZONES - 1; ++z) {
-    if (idx < zone_index_end_[z]) return static_cast<ZoneType>(z);
-  }
-  return ZONE_HIGHMEM;
 }
 
 bool PageAllocator::pcp_active() const {
@@ -165,12 +162,17 @@ bool PageAllocator::pcp_active() const {
 // ---------------------------------------------------------------------------------------------
 // Allocation
 
-absl::Status PageAllocator::ValidateAllocArgs(gfp_t gfp, unsigned order) const {
-  if (order >= target_.nr_page_orders()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order));
+std::optional<Refusal> PageAllocator::ValidateAllocArgs(gfp_t gfp, unsigned order) const {
+  if (order >= target_.nr_page_orders()) return OrderTooHigh(order);
+  if (absl::Status s = ValidateGfp(gfp); !s.ok()) {
+    return Refusal{RefusalReason::kInvalidGfp, 0, std::string(s.message().data(), s.message().size())};
   }
-  return ValidateGfp(gfp);
+  return std::nullopt;
+}
+
+Refusal PageAllocator::OrderTooHigh(unsigned order) const {
+  return Refusal{RefusalReason::kOrderTooHigh, 0,
+                 absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order)};
 }
 
 std::optional<uint32_t> PageAllocator::GetPageFromFreelist(unsigned order, int mt, unsigned alloc_flags,
@@ -218,27 +220,13 @@ Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32
   return &head;
 }
 
-Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
+Page* PageAllocator::AllocFromFreelist(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   const int mt = AllocMigratetype(gfp);
   // __GFP_MOVABLE|__GFP_RECLAIMABLE would be HIGHATOMIC (a VM_WARN in the kernel); ValidateGfp()
   // refuses it for the StatusOr forms.
   if (highest < 0 || mt >= MIGRATE_PCPTYPES) [[unlikely]] return nullptr;
-  // The fast path: the zonelist's first zone passes the LOW watermark and the current CPU's list
-  // of this migratetype has a block. Nothing but two atomic loads, one restartable sequence and
-  // one store.
-  if (pcp_allowed_order(order) && !(gfp & (__GFP_ZERO | __GFP_COMP))) [[likely]] {
-    Zone* zn = first_zone_[highest];
-    uint32_t idx;
-    if (zn != nullptr && (allowed_zones & (1u << zn->type())) &&
-        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
-      Page& head = mem_map_->page(idx);
-      head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
-      vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
-      return &head;
-    }
-  }
   ZoneType got;
   // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does, avoiding
   // fragmentation where alloc_flags_nofragment() says so.
@@ -280,11 +268,30 @@ Page* PageAllocator::AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneTy
   return PrepNewPage(*idx, order, gfp, owner);
 }
 
-absl::StatusOr<Page*> PageAllocator::AllocPages(gfp_t gfp, unsigned order, uint32_t owner) {
-  if (absl::Status s = ValidateAllocArgs(gfp, order); !s.ok()) return s;
-  if (Page* p = alloc_pages(gfp, order, owner)) return p;
-  return absl::ResourceExhaustedError(
-      absl::StrFormat("no free order-%u block for %s: %s", order, FormatGfp(gfp), ExplainAllocFailure(gfp)));
+RefusalOr<Page*> PageAllocator::TryAllocPages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
+  if (std::optional<Refusal> bad = ValidateAllocArgs(gfp, order)) return *std::move(bad);
+  if (Page* p = alloc_pages(gfp, order, owner, allowed_zones)) return p;
+  return AllocFailure(gfp, order, allowed_zones);
+}
+
+Refusal PageAllocator::AllocFailure(gfp_t gfp, unsigned order, uint32_t allowed_zones) const {
+  if (std::optional<Refusal> bad = ValidateAllocArgs(gfp, order)) return *std::move(bad);
+  Refusal r{RefusalReason::kNoZone, 0,
+            absl::StrFormat("no free order-%u block for %s: %s", order, FormatGfp(gfp), ExplainAllocFailure(gfp))};
+  // The zonelist walk of get_page_from_freelist(): a zone that holds a block of the order (or a
+  // larger one to split) yet served nothing was refused by __zone_watermark_ok(); if none holds
+  // one, rmqueue() itself had nothing. Per-CPU lists are not counted: another CPU's list cannot
+  // serve this call unless drain_all_pages() runs, which only a blocking mask gets.
+  for (int z = gfp_zone_table_[gfp & GFP_ZONEMASK]; z >= 0; --z) {
+    const Zone* zn = zone(static_cast<ZoneType>(z));
+    if (zn == nullptr || !zn->populated() || !(allowed_zones & (1u << z))) continue;
+    if (r.reason == RefusalReason::kNoZone) r.reason = RefusalReason::kNoFreeBlock;
+    const ZoneStats st = zn->Stats();
+    for (unsigned o = order; o < st.nr_free.size(); ++o) {
+      if (st.nr_free[o] != 0) r.reason = RefusalReason::kBelowWatermark;
+    }
+  }
+  return r;
 }
 
 std::string PageAllocator::ExplainAllocFailure(gfp_t gfp) const {
@@ -378,40 +385,46 @@ unsigned PageAllocator::AllocPagesBulkFill(gfp_t gfp, unsigned nr, Page** page_a
 
 absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t owner) {
   if (page == nullptr || !mem_map_->owns(page)) {
-    return absl::InvalidArgumentError("__free_pages: not a struct page of this allocator");
+    return ToStatus(Refusal{RefusalReason::kNotAPage, 0, "__free_pages: not a struct page of this allocator"});
   }
-  return FreeBlock(page, order, owner);
+  return ToStatus(FreeBlock(page, order, owner));
 }
 
 absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner) {
-  return FreePfn(pfn, order, owner, nullptr);
+  return ToStatus(TryFreePfn(pfn, order, owner));
 }
 
 absl::Status PageAllocator::FreePfn(uint64_t pfn, unsigned order, uint32_t owner,
                                     const std::function<absl::Status()>& commit) {
+  return ToStatus(TryFreePfn(pfn, order, owner, commit));
+}
+
+std::optional<Refusal> PageAllocator::TryFreePfn(uint64_t pfn, unsigned order, uint32_t owner,
+                                                 const std::function<absl::Status()>& commit) {
   if (order >= target_.nr_page_orders()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("order %u exceeds MAX_PAGE_ORDER %u", order, target_.max_page_order));
+    Refusal r = OrderTooHigh(order);
+    r.pfn = pfn;
+    return r;
   }
-  absl::StatusOr<Page*> page = PfnToPage(pfn);
-  if (!page.ok()) return page.status();
+  RefusalOr<Page*> page = TryPfnToPage(pfn);
+  if (!page.ok()) return page.refusal();
   if (pfn % (uint64_t{1} << order) != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "pfn %#x is not aligned to order %u (an order-%u block starts at a multiple of %u)", pfn, order, order,
-        1u << order));
+    return Refusal{RefusalReason::kMisaligned, pfn,
+                   absl::StrFormat("pfn %#x is not aligned to order %u (an order-%u block starts at a multiple of %u)",
+                                   pfn, order, order, 1u << order)};
   }
   return FreeBlock(*page, order, owner, commit ? &commit : nullptr);
 }
 
 absl::Status PageAllocator::free_pages(uint64_t addr, unsigned order, uint32_t owner) {
   if (addr == 0) return absl::OkStatus();
-  absl::StatusOr<Page*> page = VirtToPage(addr);
-  if (!page.ok()) return page.status();
+  RefusalOr<Page*> page = TryVirtToPage(addr);
+  if (!page.ok()) return ToStatus(page.refusal());
   return FreePfn(page_to_pfn(*page), order, owner);
 }
 
-absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner,
-                                      const std::function<absl::Status()>* commit) {
+std::optional<Refusal> PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner,
+                                                const std::function<absl::Status()>* commit) {
   const uint32_t idx = mem_map_->index_of(page);
   const ZoneType zt = ZoneOfIndex(idx);
   Zone* zn = zone(zt);
@@ -438,14 +451,15 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
     }
     if (mapped != 0) {
       page->state.store(word, std::memory_order_release);  // un-claim: the block stays allocated
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "block at pfn %#x still has %u kmap()ed page(s); kunmap them before freeing", page_to_pfn(page), mapped));
+      return Refusal{RefusalReason::kStillMapped, page_to_pfn(page),
+                     absl::StrFormat("block at pfn %#x still has %u kmap()ed page(s); kunmap them before freeing",
+                                     page_to_pfn(page), mapped)};
     }
   }
   if (commit != nullptr) {
     if (absl::Status s = (*commit)(); !s.ok()) {
       page->state.store(word, std::memory_order_release);  // un-claim, as above
-      return s;
+      return Refusal{RefusalReason::kCommitFailed, page_to_pfn(page), std::string(s.message()), s};
     }
   }
   if (PageState::Unpack(word).flags & PG_head) {
@@ -462,7 +476,7 @@ absl::Status PageAllocator::FreeBlock(Page* page, unsigned order, uint32_t owner
   }
   zn->FreeBlock(idx, order);
   vm_events_.CountFree(zt, order);
-  return absl::OkStatus();
+  return std::nullopt;
 }
 
 std::optional<uint32_t> PageAllocator::FindAllocatedHead(uint32_t idx) const {
@@ -504,64 +518,76 @@ absl::StatusOr<Page*> PageAllocator::OwnedBlockContaining(uint64_t pfn, uint32_t
   return b->head;
 }
 
-absl::Status PageAllocator::DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const {
+Refusal PageAllocator::DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const {
   const uint64_t pfn = mem_map_->index_to_pfn(idx);
   if (s.flags & PG_tail) {
     const uint32_t head = idx - mem_map_->page(idx).head_offset;
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "pfn %#x is a tail page of the compound block at pfn %#x; free the head", pfn, mem_map_->index_to_pfn(head)));
+    return Refusal{RefusalReason::kTailPage, pfn,
+                   absl::StrFormat("pfn %#x is a tail page of the compound block at pfn %#x; free the head", pfn,
+                                   mem_map_->index_to_pfn(head))};
   }
   if (IsAllocated(s)) {
     // Ownership first: another owner's caller learns nothing about the block's shape.
     if (s.owner != owner) {
-      return absl::PermissionDeniedError(
-          absl::StrFormat("the block at pfn %#x belongs to owner %u, not %u", pfn, s.owner, owner));
+      return Refusal{RefusalReason::kWrongOwner, pfn,
+                     absl::StrFormat("the block at pfn %#x belongs to owner %u, not %u", pfn, s.owner, owner)};
     }
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "wrong order: the block at pfn %#x was allocated with order %u, not %u", pfn, s.order, order));
+    return Refusal{RefusalReason::kWrongOrder, pfn,
+                   absl::StrFormat("wrong order: the block at pfn %#x was allocated with order %u, not %u", pfn,
+                                   s.order, order)};
   }
   if (std::optional<uint32_t> head = FindAllocatedHead(idx)) {
     const PageState hs = mem_map_->page(*head).Load();
-    return absl::FailedPreconditionError(
-        absl::StrFormat("pfn %#x is inside the order-%u block allocated at pfn %#x; free that block", pfn, hs.order,
-                        mem_map_->index_to_pfn(*head)));
+    return Refusal{RefusalReason::kInsideBlock, pfn,
+                   absl::StrFormat("pfn %#x is inside the order-%u block allocated at pfn %#x; free that block", pfn,
+                                   hs.order, mem_map_->index_to_pfn(*head))};
   }
-  return absl::FailedPreconditionError(
-      absl::StrFormat("pfn %#x is not allocated (double free?)", pfn));
+  return Refusal{RefusalReason::kNotAllocated, pfn, absl::StrFormat("pfn %#x is not allocated (double free?)", pfn)};
 }
 
 // ---------------------------------------------------------------------------------------------
 // Addresses, kmap
 
-absl::StatusOr<Page*> PageAllocator::PfnToPage(uint64_t pfn) const {
+absl::StatusOr<Page*> PageAllocator::PfnToPage(uint64_t pfn) const { return TryPfnToPage(pfn).ToStatusOr(); }
+
+RefusalOr<Page*> PageAllocator::TryPfnToPage(uint64_t pfn) const {
   std::optional<uint32_t> idx = mem_map_->pfn_to_index(pfn);
   if (!idx) {
     const uint64_t last = (target_.ram.back().end() >> target_.page_shift) - 1;
-    return absl::OutOfRangeError(pfn > last ? absl::StrFormat("pfn %#x is beyond the last RAM page %#x", pfn, last)
-                                            : absl::StrFormat("pfn %#x is in a memory hole (not RAM)", pfn));
+    return Refusal{RefusalReason::kPfnOutOfRange, pfn,
+                   pfn > last                        ? absl::StrFormat("pfn %#x is beyond the last RAM page %#x", pfn, last)
+                   : target_.IsReservedRam(pfn << target_.page_shift)
+                       ? absl::StrFormat("pfn %#x is reserved RAM (memblock_reserve(): the buddy never manages it)", pfn)
+                       : absl::StrFormat("pfn %#x is in a memory hole (not RAM)", pfn)};
   }
   return &mem_map_->page(*idx);
 }
 
-absl::StatusOr<Page*> PageAllocator::VirtToPage(uint64_t addr) const {
+absl::StatusOr<Page*> PageAllocator::VirtToPage(uint64_t addr) const { return TryVirtToPage(addr).ToStatusOr(); }
+
+RefusalOr<Page*> PageAllocator::TryVirtToPage(uint64_t addr) const {
   if (pkmap_ && pkmap_->Contains(addr)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "address %#x is a kmap() window address, not a direct-map address; free highmem pages by pfn", addr));
+    return Refusal{RefusalReason::kAddrKmapWindow, 0,
+                   absl::StrFormat("address %#x is a kmap() window address, not a direct-map address; free highmem "
+                                   "pages by pfn",
+                                   addr)};
   }
   if (addr % target_.page_size != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("address %#x is not page aligned (page size %u)", addr,
-                                                      target_.page_size));
+    return Refusal{RefusalReason::kAddrUnaligned, 0,
+                   absl::StrFormat("address %#x is not page aligned (page size %u)", addr, target_.page_size)};
   }
   if (addr < target_.page_offset) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "address %#x is below PAGE_OFFSET %#x: not a kernel direct-map address", addr, target_.page_offset));
+    return Refusal{RefusalReason::kAddrBelowDirectMap, 0,
+                   absl::StrFormat("address %#x is below PAGE_OFFSET %#x: not a kernel direct-map address", addr,
+                                   target_.page_offset)};
   }
   const uint64_t pfn = (addr - target_.page_offset + target_.phys_offset) >> target_.page_shift;
   if (pfn >= lowmem_end_pfn_ || addr - target_.page_offset > UINT64_MAX - target_.phys_offset) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("address %#x lies beyond the direct map (lowmem ends at pfn %#x)", addr, lowmem_end_pfn_));
+    return Refusal{RefusalReason::kAddrBeyondDirectMap, 0,
+                   absl::StrFormat("address %#x lies beyond the direct map (lowmem ends at pfn %#x)", addr,
+                                   lowmem_end_pfn_)};
   }
-  return PfnToPage(pfn);
+  return TryPfnToPage(pfn);
 }
 
 uint64_t PageAllocator::page_address(const Page* page) const {

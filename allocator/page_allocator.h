@@ -17,10 +17,13 @@
 // Owners: every allocated block records a 32-bit owner id (the server's lease); a free must name
 // the same owner. Kernel-style callers use kNoOwner for both.
 //
-// Refused frees never change anything. Status codes:
-//   INVALID_ARGUMENT     order > MAX_PAGE_ORDER; pfn not aligned to the order; wrong order for
-//                        the block; an address that is not a page address (unaligned, not in the
-//                        direct map, a kmap address)
+// Refusals never change anything. Each has a typed reason (allocator/refusal.h: RefusalReason,
+// with the kernel check it models); the Try* forms return it, the Status forms turn it into a
+// status with RefusalCode():
+//   INVALID_ARGUMENT     order > MAX_PAGE_ORDER; a bad gfp mask; pfn not aligned to the order;
+//                        wrong order for the block; an address that is not a page address
+//                        (unaligned, not in the direct map, a kmap address)
+//   RESOURCE_EXHAUSTED   no memory: no allowed zone, below the watermarks, no free block
 //   OUT_OF_RANGE         pfn in a hole or beyond the end of RAM
 //   FAILED_PRECONDITION  the page is not allocated (double free), is a tail or inside another
 //                        block, or is still kmap()ed
@@ -42,6 +45,7 @@
 #include "allocator/gfp.h"
 #include "allocator/highmem.h"
 #include "allocator/mem_map.h"
+#include "allocator/refusal.h"
 #include "allocator/stats.h"
 #include "allocator/target.h"
 #include "allocator/vm_event.h"
@@ -109,6 +113,14 @@ class PageAllocator {
     return __get_free_pages(gfp | __GFP_ZERO, 0, owner);
   }
   absl::Status __free_pages(Page* page, unsigned order, uint32_t owner = kNoOwner);
+  // The trusted free, for callers whose own books already exclude double frees (the server's
+  // lease book): free_unref_page() without the bad-page checks of free_pages_prepare(). It skips
+  // only what the caller guarantees, that `page` heads an allocated block of `order` owned by
+  // `owner`, and with them the CAS that makes a racing double free harmless; in PHYSMEM_DCHECK
+  // builds (tests, sanitizers) it still checks and claims, and a broken promise aborts. A highmem
+  // block, a compound block and init_on_free take __free_pages() (kmap()ed pages are refused with
+  // its status). Breaking the promise in a Release build corrupts the free lists.
+  absl::Status __free_pages_trusted(Page* page, unsigned order, uint32_t owner = kNoOwner);
   absl::Status __free_page(Page* page, uint32_t owner = kNoOwner) { return __free_pages(page, 0, owner); }
   // free_pages(0, order) does nothing, as in the kernel.
   absl::Status free_pages(uint64_t addr, unsigned order, uint32_t owner = kNoOwner);
@@ -141,19 +153,34 @@ class PageAllocator {
   absl::Status kunmap(Page* page, uint32_t owner = kNoOwner);
   uint64_t drain_all_pages();
 
-  // ---- The same with reasons, for the service. ----
-  // INVALID_ARGUMENT for a bad order or gfp mask; RESOURCE_EXHAUSTED (message names the zones
-  // tried) when no zone could serve the request.
-  absl::StatusOr<Page*> AllocPages(gfp_t gfp, unsigned order, uint32_t owner);
-  // Why an allocation with `gfp` finds nothing now: each zone of its zonelist with its free pages,
-  // largest free order, min watermark and lowmem_reserve. For error messages.
+  // ---- The same with reasons, for the service (allocator/refusal.h). ----
+  // kOrderTooHigh, kInvalidGfp, or AllocFailure()'s reason when no allowed zone could serve it.
+  RefusalOr<Page*> TryAllocPages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones = kAllZones);
+  absl::StatusOr<Page*> AllocPages(gfp_t gfp, unsigned order, uint32_t owner) {
+    return TryAllocPages(gfp, order, owner).ToStatusOr();
+  }
+  // Why an allocation of `order` with `gfp` (in `allowed_zones`) finds nothing now: kNoZone,
+  // kBelowWatermark or kNoFreeBlock (or the argument refusals), detail "no free order-N block
+  // for GFP: zones tried: ..." (ExplainAllocFailure). Read after the failure, so a racing free
+  // may already have changed the picture; the reason is for counting and wording, not retrying.
+  Refusal AllocFailure(gfp_t gfp, unsigned order, uint32_t allowed_zones = kAllZones) const;
+  // Each zone of gfp's zonelist with its free pages, largest free order, min watermark and
+  // lowmem_reserve ("zones tried: ..."). For error messages.
   std::string ExplainAllocFailure(gfp_t gfp) const;
+  // Frees the block at pfn, or returns why not (nothing changed then): kOrderTooHigh,
+  // kPfnOutOfRange, kMisaligned, kNotAllocated, kTailPage, kInsideBlock, kWrongOwner, kWrongOrder,
+  // kStillMapped, kCommitFailed. `commit`, if set, is called once the free is certain (every check
+  // passed, the block claimed) and before the block can be handed out again; if it fails the
+  // block stays allocated (kCommitFailed, its status the cause). The server's journal records the
+  // free there (server/journal.h).
+  std::optional<Refusal> TryFreePfn(uint64_t pfn, unsigned order, uint32_t owner,
+                                    const std::function<absl::Status()>& commit = {});
   absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner);
-  // The same, calling `commit` once the free is certain (every check passed, the block claimed)
-  // and before the block can be handed out again. If commit fails the block stays allocated and
-  // its status is returned. The server's journal records the free there (server/journal.h).
   absl::Status FreePfn(uint64_t pfn, unsigned order, uint32_t owner, const std::function<absl::Status()>& commit);
-  absl::StatusOr<Page*> PfnToPage(uint64_t pfn) const;  // OUT_OF_RANGE for holes / beyond RAM
+  RefusalOr<Page*> TryPfnToPage(uint64_t pfn) const;  // kPfnOutOfRange for holes / beyond RAM
+  absl::StatusOr<Page*> PfnToPage(uint64_t pfn) const;
+  // virt_to_page() of a direct-map address: the kAddr* reasons, or TryPfnToPage()'s.
+  RefusalOr<Page*> TryVirtToPage(uint64_t addr) const;
   absl::StatusOr<Page*> VirtToPage(uint64_t addr) const;
   // The allocated block that contains pfn (its head), whoever owns it; nullptr if pfn is free.
   Page* AllocatedBlockContaining(uint64_t pfn) const;
@@ -235,12 +262,16 @@ class PageAllocator {
   bool UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force);
   unsigned BulkFallbackOnePage(gfp_t gfp, unsigned nr_populated, Page** page_array, uint32_t owner,
                                uint32_t allowed_zones);
+  // alloc_pages() after its per-CPU fast path (allocator/pcp_fast_path.h): argument checks, the
+  // zonelist walk at LOW, then AllocSlow().
+  Page* AllocFromFreelist(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones);
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
-  absl::Status ValidateAllocArgs(gfp_t gfp, unsigned order) const;
-  absl::Status FreeBlock(Page* page, unsigned order, uint32_t owner,
-                         const std::function<absl::Status()>* commit = nullptr);
-  absl::Status DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
+  std::optional<Refusal> ValidateAllocArgs(gfp_t gfp, unsigned order) const;
+  Refusal OrderTooHigh(unsigned order) const;
+  std::optional<Refusal> FreeBlock(Page* page, unsigned order, uint32_t owner,
+                                   const std::function<absl::Status()>* commit = nullptr);
+  Refusal DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
   std::optional<uint32_t> FindAllocatedHead(uint32_t idx) const;
 
   PageAllocatorOptions options_;
@@ -261,5 +292,7 @@ class PageAllocator {
 };
 
 }  // namespace physmem
+
+#include "allocator/pcp_fast_path.h"  // the inline fast paths of alloc_pages() and the trusted free
 
 #endif  // PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
