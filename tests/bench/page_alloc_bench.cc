@@ -2,7 +2,8 @@
 //
 // What it measures: the cost of one alloc+free pair of page blocks, for the same workloads, on
 // one back end per process, selected by --mode:
-//   physmem         PageAllocator on BuiltinTarget("x86_64", 2 GiB), per-CPU lists on
+//   physmem         PageAllocator on BuiltinTarget("x86_64", 2 GiB), per-CPU lists on; besides the
+//                   workloads below, order0_pair_trusted frees with __free_pages_trusted()
 //   physmem_nopcp   the same with pcp_enabled = false: every call takes the zone lock (the
 //                   mutex-protected buddy baseline)
 //   malloc_page     aligned_alloc(4096, size): a general-purpose allocator asked for page-aligned
@@ -86,6 +87,15 @@ struct PhysmemBackend {
   static void AllocBulk(void** pages, unsigned n) {
     const unsigned got = g_pa->alloc_pages_bulk(GFP_KERNEL, n, reinterpret_cast<Page**>(pages));
     if (got != n) [[unlikely]] Die(absl::StrCat("alloc_pages_bulk(", n, ") populated only ", got));
+  }
+};
+
+// The same allocations, freed with the trusted free (__free_pages_trusted(): the caller's books
+// exclude double frees, as this loop's do): the order-0 pair without the free's CAS.
+struct PhysmemTrustedBackend : PhysmemBackend {
+  static void Free(void* p, unsigned order) {
+    absl::Status s = g_pa->__free_pages_trusted(static_cast<Page*>(p), order);
+    if (!s.ok()) [[unlikely]] Die(absl::StrCat("__free_pages_trusted(order ", order, "): ", s.ToString()));
   }
 };
 
@@ -302,6 +312,12 @@ void RegisterAll(bool physmem) {
   benchmark::RegisterBenchmark("order_pair", BM_Pair<B>)->DenseRange(1, kMaxOrder)->UseRealTime();
   for (int n : kBatchSizes) benchmark::RegisterBenchmark("batch", BM_Batch<B>)->Arg(n)->UseRealTime();
   if (physmem) {
+    benchmark::RegisterBenchmark("order0_pair_trusted", BM_Pair<PhysmemTrustedBackend>)
+        ->Arg(0)
+        ->Threads(1)
+        ->Threads(2)
+        ->Threads(4)
+        ->UseRealTime();
     for (int n : kBatchSizes) benchmark::RegisterBenchmark("batch_bulk", BM_BatchBulk)->Arg(n)->UseRealTime();
   }
   for (int n : kSteadyPoolSizes) benchmark::RegisterBenchmark("steady_random", BM_Steady<B>)->Arg(n)->UseRealTime();

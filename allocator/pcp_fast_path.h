@@ -1,0 +1,112 @@
+// The page allocator's fast paths through the per-CPU lists, inline so that an order-0 pair costs
+// no call: alloc_pages()'s first attempt (the kernel's rmqueue_pcplist() behind
+// get_page_from_freelist()'s first zone) and the trusted free (free_unref_page() without the
+// bad-page checks of free_pages_prepare()). Everything else stays out of line in
+// page_allocator.cc.
+//
+// Who uses it: included at the end of page_allocator.h only; callers see PageAllocator's methods.
+// Thread-safety: as PageAllocator's: any thread, any time. The per-CPU lists are lock-free
+// (restartable sequences); with rseq off (GLIBC_TUNABLES=glibc.pthread.rseq=0) PcpPop() fails and
+// Zone::FreeBlock() takes the zone lock, so both paths fall back to the buddy under it.
+#ifndef PHYSMEM_ALLOCATOR_PCP_FAST_PATH_H_
+#define PHYSMEM_ALLOCATOR_PCP_FAST_PATH_H_
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "allocator/check.h"
+#include "allocator/page_allocator.h"
+
+namespace physmem {
+
+inline ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
+  for (int z = 0; z < MAX_NR_ZONES - 1; ++z) {
+    if (idx < zone_index_end_[z]) return static_cast<ZoneType>(z);
+  }
+  return ZONE_HIGHMEM;
+}
+
+inline int PageAllocator::AllocMigratetype(gfp_t gfp) const {
+  // gfp_migratetype(): "always UNMOVABLE while mobility grouping is off".
+  if (group_by_mobility_disabled_) return MIGRATE_UNMOVABLE;
+  return static_cast<int>((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) >> 3);
+}
+
+inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
+  // The fast path: a pcp order without __GFP_ZERO/__GFP_COMP, the zonelist's first zone passes
+  // the LOW watermark and the current CPU's list of this migratetype has a block. Two atomic
+  // loads, one restartable sequence and one store; anything else (bad arguments included) goes
+  // to AllocFromFreelist(), which validates.
+  if (order <= PAGE_ALLOC_COSTLY_ORDER && order < target_.nr_page_orders() &&
+      (gfp & (~kGfpKnownMask | __GFP_ZERO | __GFP_COMP)) == 0) [[likely]] {
+    const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
+    const int mt = AllocMigratetype(gfp);
+    Zone* zn = highest >= 0 ? first_zone_[highest] : nullptr;
+    uint32_t idx;
+    if (zn != nullptr && mt < MIGRATE_PCPTYPES && (allowed_zones & (1u << zn->type())) &&
+        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
+      Page& head = mem_map_->page(idx);
+      head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
+      vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
+      return &head;
+    }
+  }
+  return AllocFromFreelist(gfp, order, owner, allowed_zones);
+}
+
+// The caller broke the trusted free's contract (PHYSMEM_DCHECK builds only): say what the page
+// really was, then abort as a failed PHYSMEM_DCHECK does.
+[[noreturn, gnu::cold, gnu::noinline]] inline void TrustedFreeViolated(uint64_t pfn, uint64_t word, unsigned order,
+                                                                       uint32_t owner, const char* what) {
+  const PageState s = PageState::Unpack(word);
+  char message[256];
+  std::snprintf(message, sizeof message,
+                "__free_pages_trusted(pfn %#" PRIx64 ", order %u, owner %u): %s (page state: flags %#x, order %u, "
+                "refcount %u, owner %u)",
+                pfn, order, owner, what, unsigned{s.flags}, unsigned{s.order}, unsigned{s.refcount}, s.owner);
+  internal::DcheckFailed("trusted free of an allocated block of this owner and order", __FILE__, __LINE__, message);
+}
+
+inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned order, uint32_t owner) {
+  PHYSMEM_DCHECK(page != nullptr && mem_map_->owns(page), "__free_pages_trusted: not a struct page of this allocator");
+  const uint32_t idx = mem_map_->index_of(page);
+  const ZoneType zt = ZoneOfIndex(idx);
+  Zone* const zn = zone(zt);
+  uint64_t word = page->state.load(std::memory_order_relaxed);
+  if constexpr (kPhysmemDchecks) {
+    // What the caller promises, checked where tests run: the head of an allocated block of this
+    // order and owner (free_pages_prepare()'s bad-page checks, and our owner).
+    const PageState s = PageState::Unpack(word);
+    const char* broken = (s.flags & PG_tail) ? "a tail page"
+                         : s.refcount == 0   ? "not allocated (double free?)"
+                         : s.owner != owner  ? "another owner's block"
+                         : s.order != order  ? "wrong order"
+                                             : nullptr;
+    if (broken != nullptr) TrustedFreeViolated(mem_map_->index_to_pfn(idx), word, order, owner, broken);
+  }
+  if (zt == ZONE_HIGHMEM || (word & PG_head) || options_.init_on_free) [[unlikely]] {
+    // The rare shapes take the checked free: it pairs with kmap() (a mapped highmem page is
+    // refused, which no book can promise against), clears compound tails and zeroes for
+    // init_on_free. Its checks pass for a caller that kept the contract.
+    return __free_pages(page, order, owner);
+  }
+  const uint64_t free_word = zn->FreeState(order);
+  if constexpr (kPhysmemDchecks) {
+    // Claimed with the checked free's CAS here, so that two racing trusted frees of one block
+    // (a broken book) die in the tests instead of listing the block twice.
+    if (!page->state.compare_exchange_strong(word, free_word, std::memory_order_seq_cst)) {
+      TrustedFreeViolated(mem_map_->index_to_pfn(idx), word, order, owner, "freed concurrently by another caller");
+    }
+  } else {
+    // free_unref_page(): no claim. The caller's book is the only path to this block, so a plain
+    // store does; release orders the caller's writes to the block before its reuse.
+    page->state.store(free_word, std::memory_order_release);
+  }
+  zn->FreeBlock(idx, order);
+  vm_events_.CountFree(zt, order);
+  return absl::OkStatus();
+}
+
+}  // namespace physmem
+
+#endif  // PHYSMEM_ALLOCATOR_PCP_FAST_PATH_H_
