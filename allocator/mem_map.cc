@@ -24,7 +24,9 @@ absl::StatusOr<std::unique_ptr<MemMap>> MemMap::Create(const Target& target) {
   std::unique_ptr<MemMap> mm(new MemMap());
   const unsigned shift = target.page_shift;
   uint64_t next_index = 0;
-  for (const RamRange& r : target.ram) {
+  // Reserved RAM (memblock_reserve()) gets no metadata: it never reaches the buddy, so nothing
+  // here could ever look at it; its pages are counted only as the zone's present pages.
+  for (const RamRange& r : target.ManagedRam()) {
     uint64_t pos = r.start;
     while (pos < r.end()) {
       auto [zone, zone_end] = ZoneAt(target, pos);

@@ -5,8 +5,10 @@
 // API), Validate().
 // Thread-safety: immutable after Create(); the Page records it hands out follow page.h's rules.
 //
-// Metadata exists only for RAM. RAM is cut into *segments*: maximal runs of pages that are RAM and
-// lie in one zone. Segments are numbered in pfn order and their pages are numbered densely, so a
+// Metadata exists only for managed RAM: RAM that no memblock reservation of the target covers
+// (Target::ManagedRam()). The kernel has a struct page for reserved RAM too (PG_reserved, never
+// in the buddy); the emulator needs none, as no path may touch such a page. Managed RAM is cut
+// into *segments*: maximal runs of pages that are managed RAM and lie in one zone. Segments are numbered in pfn order and their pages are numbered densely, so a
 // page's index is also its position in the arena (host offset = index * PAGE_SIZE) and in the
 // metadata array. Within a segment, index and pfn differ by a constant:
 //     pfn = segment.start_pfn + (index - segment.first_index)
@@ -60,7 +62,8 @@ class MemMap {
   uint32_t index_of(const Page* p) const { return static_cast<uint32_t>(p - pages_); }
   bool owns(const Page* p) const { return p >= pages_ && p < pages_ + nr_pages_; }
 
-  // nullopt when pfn is in a hole or beyond the last RAM range (the kernel's !pfn_valid()).
+  // nullopt when pfn is in a hole, beyond the last RAM range (the kernel's !pfn_valid()) or in
+  // reserved RAM (which the kernel would find PageReserved).
   std::optional<uint32_t> pfn_to_index(uint64_t pfn) const;
   uint64_t index_to_pfn(uint32_t idx) const { return segment_of_index(idx).pfn_of(idx); }
   const Segment& segment_of_index(uint32_t idx) const;

@@ -41,11 +41,11 @@ void Zone::RebuildFreeAround(const std::vector<std::pair<uint32_t, unsigned>>& a
 
 absl::Status PageAllocator::RestoreAllocated(std::vector<RestoredBlock>& blocks) {
   for (const ZoneStats& z : Stats()) {
-    if (z.buddy_free_pages != z.present_pages || z.pcp_pages != 0) {
+    if (z.buddy_free_pages != z.managed_pages || z.pcp_pages != 0) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "RestoreAllocated needs an allocator that has handed out nothing; zone %s has %u of %u pages free "
           "in the buddy and %u on per-CPU lists",
-          zone_name(z.type), z.buddy_free_pages, z.present_pages, z.pcp_pages));
+          zone_name(z.type), z.buddy_free_pages, z.managed_pages, z.pcp_pages));
     }
   }
   std::sort(blocks.begin(), blocks.end(), [](const RestoredBlock& a, const RestoredBlock& b) { return a.pfn < b.pfn; });

@@ -48,7 +48,7 @@ struct ZoneStats {
   uint64_t start_pfn = 0;
   uint64_t spanned_pages = 0;  // end_pfn - start_pfn, holes included
   uint64_t present_pages = 0;  // RAM pages in the span
-  uint64_t managed_pages = 0;  // present minus reserved (we reserve none)
+  uint64_t managed_pages = 0;  // present minus memblock-reserved (Target::reserved)
   uint64_t free_pages = 0;     // buddy free + per-CPU list pages
   uint64_t buddy_free_pages = 0;  // NR_FREE_PAGES: what the watermark check compares
   uint64_t pcp_pages = 0;

@@ -104,6 +104,10 @@ std::string RamName(const TargetProfile& p, int i) {
   return absl::StrCat("ram[", i, "] ", RangeString(p.ram(i).start(), p.ram(i).size()));
 }
 
+std::string ReservedName(const TargetProfile& p, int i) {
+  return absl::StrCat("reserved[", i, "] ", RangeString(p.reserved(i).start(), p.reserved(i).size()));
+}
+
 std::string ZoneEntryName(const TargetProfile& p, int i) {
   return absl::StrCat("zone[", i, "] (", ProtoZoneName(p.zone(i).zone()), ")");
 }
@@ -407,6 +411,58 @@ MaybeProblem CheckPkmap(const TargetProfile& p, uint64_t page_size) {
   return std::nullopt;
 }
 
+// memblock_reserve() ranges: page aligned, non-empty, within the address space. Overlaps are
+// allowed (memblock_add_range() merges them), and so are holes: 6.12 reserves [0, 1 MiB) over
+// the ISA hole. Zones valid assumed.
+MaybeProblem CheckReservedRanges(const TargetProfile& p, uint64_t page_size) {
+  for (int i = 0; i < p.reserved_size(); ++i) {
+    const v1::RamRange& r = p.reserved(i);
+    if (r.size() == 0) {
+      return At({{"reserved", i, "size"}, {"reserved", i}},
+                absl::StrCat(ReservedName(p, i), " is empty: size must be at least one page (", page_size,
+                             " bytes)"));
+    }
+    if (!IsPageAligned(r.start(), page_size)) {
+      return At({{"reserved", i, "start"}, {"reserved", i}},
+                absl::StrCat(ReservedName(p, i), ": start ", Hex(r.start()), " is not a multiple of page_size ",
+                             page_size));
+    }
+    if (!IsPageAligned(r.size(), page_size)) {
+      return At({{"reserved", i, "size"}, {"reserved", i}},
+                absl::StrCat(ReservedName(p, i), ": size ", Hex(r.size()), " is not a multiple of page_size ",
+                             page_size));
+    }
+    if (r.size() - 1 > kUnbounded - r.start()) {
+      return At({{"reserved", i, "size"}, {"reserved", i}},
+                absl::StrCat(ReservedName(p, i), " runs past the end of the 64-bit address space"));
+    }
+  }
+  if (p.reserved_size() == 0) return std::nullopt;
+  // The kernel copes with a zone whose pages are all reserved (present, managed_pages 0); the
+  // emulator's zones need a buddy page, so a profile must leave one.
+  const Target t = FromProto(p);
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    const auto zone = static_cast<ZoneType>(z);
+    const uint64_t present = t.zone_ram_pages(zone);
+    if (present == 0 || t.zone_managed_pages(zone) != 0) continue;
+    const uint64_t lo = t.zone_start(zone);
+    const uint64_t last = t.zone_end[z] - 1;
+    int culprit = 0;
+    for (int i = 0; i < p.reserved_size(); ++i) {
+      const uint64_t r_last = p.reserved(i).start() + (p.reserved(i).size() - 1);
+      if (p.reserved(i).start() <= last && r_last >= lo) {
+        culprit = i;
+        break;
+      }
+    }
+    return At({{"reserved", culprit}},
+              absl::StrCat("the reserved ranges cover all ", present, " RAM pages of zone ", Sv(kZoneNames[z]),
+                           " (with ", ReservedName(p, culprit),
+                           "); a zone with RAM must keep at least one page for the buddy allocator"));
+  }
+  return std::nullopt;
+}
+
 // Every rule of target.proto, on the proto so that problems can name entries as written.
 MaybeProblem CheckProfile(const TargetProfile& p) {
   const uint64_t page_size = EffectivePageSize(p);
@@ -418,6 +474,7 @@ MaybeProblem CheckProfile(const TargetProfile& p) {
   if (auto problem = CheckPageblockOrder(p, page_size)) return problem;
   if (auto problem = CheckRamAbovePhysOffset(p)) return problem;
   if (auto problem = CheckTotalPages(p, page_size)) return problem;
+  if (auto problem = CheckReservedRanges(p, page_size)) return problem;
   if (auto problem = CheckDirectMap(p)) return problem;
   return CheckPkmap(p, page_size);
 }
@@ -447,6 +504,12 @@ MaybeProblem CheckTargetAfterProto(const Target& t) {
       return At({}, absl::StrCat("ram[", i, "] starts at ", Hex(t.ram[i].start), ", below ram[",
                                  i - 1, "] at ", Hex(t.ram[i - 1].start),
                                  "; Target::ram must be sorted by start (FromProto sorts)"));
+    }
+  }
+  for (size_t i = 1; i < t.reserved.size(); ++i) {
+    if (t.reserved[i].start <= t.reserved[i - 1].start + (t.reserved[i - 1].size - 1)) {
+      return At({}, absl::StrCat("reserved[", i, "] starts at ", Hex(t.reserved[i].start), ", inside or below reserved[",
+                                 i - 1, "]; Target::reserved must be sorted and disjoint (FromProto merges)"));
     }
   }
   return std::nullopt;
@@ -507,6 +570,22 @@ std::string SourceStem(std::string_view source) {
 // ---- built-in profiles ----------------------------------------------------------------------
 
 constexpr uint64_t kIsaHoleStart = 0x9f000;  // 636 KiB of low RAM, then VGA/BIOS to 1 MiB
+
+// Low memory on x86 as 6.12 boots it (arch/x86/kernel/setup.c):
+//  - trim_bios_range() turns the first page into E820_TYPE_RESERVED ("the first 4Kb of memory
+//    is a BIOS owned area, not kernel ram"): e820__memblock_setup() adds only E820_TYPE_RAM to
+//    memblock.memory, so page 0 is not present and ZONE_DMA starts at pfn 1 (zoneinfo
+//    "start_pfn: 1", "spanned 4095"). The built-ins' RAM therefore starts at 0x1000.
+//  - early_reserve_memory() reserves [0, 64 KiB) (memblock_reserve(0, SZ_64K)) and
+//    reserve_bios_regions() the EBDA up to 1 MiB; then x86_platform.realmode_reserve() =
+//    reserve_real_mode() (arch/x86/realmode/init.c) reserves all of it: "Unconditionally reserve
+//    the entire first 1M" (memblock_reserve(0, SZ_1M), since 5.13's commit f1d4d47c5851, which
+//    also removed CONFIG_X86_RESERVE_LOW, reservelow= and trim_low_memory_range()). Those pages
+//    stay present but never reach the buddy: DMA's managed = present - 158 (pfns 1..0x9e).
+// This machine's /proc/zoneinfo with 636 KiB of low RAM: DMA spanned 4095, present 3998,
+// managed 3840, start_pfn 1.
+constexpr uint64_t kX86FirstRamPage = 0x1000;
+constexpr uint64_t kX86RealModeReserve = kMiB;  // reserve_real_mode(): memblock_reserve(0, SZ_1M)
 constexpr uint64_t kFourGiB = 4 * kGiB;
 
 uint64_t RoundDown(uint64_t v, uint64_t align) { return v & ~(align - 1); }
@@ -530,14 +609,16 @@ Target BuildX86_64(uint64_t mem) {
   SetZone(t, ZONE_DMA32, kFourGiB);    // MAX_DMA32_PFN
   SetZone(t, ZONE_NORMAL, kUnbounded);
   const uint64_t low_end = RoundDown(std::min(mem / 2, 3 * kGiB), 2 * kMiB);
-  AddRam(t, 0, kIsaHoleStart);
+  AddRam(t, kX86FirstRamPage, kIsaHoleStart - kX86FirstRamPage);  // page 0: trim_bios_range()
   AddRam(t, kMiB, low_end - kMiB);
   AddRam(t, kFourGiB, mem - kIsaHoleStart - (low_end - kMiB));
+  t.reserved.push_back({0, kX86RealModeReserve});
   t.description = absl::StrCat(
       "x86_64 PC, ", FormatBytes(mem), " RAM, 4-level paging. Zones as arch/x86/mm/init.c: "
       "DMA below 16 MiB (ISA DMA), DMA32 below 4 GiB (32-bit PCI masters), Normal above. "
-      "e820-like map: 636 KiB of low RAM, the VGA/BIOS hole up to 1 MiB, RAM from 1 MiB, a PCI "
-      "hole up to 4 GiB, the rest above 4 GiB.");
+      "e820-like map: 636 KiB of low RAM (page 0 taken by trim_bios_range()), the VGA/BIOS hole "
+      "up to 1 MiB, RAM from 1 MiB, a PCI hole up to 4 GiB, the rest above 4 GiB. The first "
+      "1 MiB is memblock-reserved (reserve_real_mode()): present, not managed.");
   return t;
 }
 
@@ -563,8 +644,9 @@ Target BuildI386(uint64_t mem) {
   SetZone(t, ZONE_DMA, 16 * kMiB);
   SetZone(t, ZONE_NORMAL, kI386Maxmem);
   SetZone(t, ZONE_HIGHMEM, kUnbounded);
-  AddRam(t, 0, kIsaHoleStart);
+  AddRam(t, kX86FirstRamPage, kIsaHoleStart - kX86FirstRamPage);  // page 0: trim_bios_range()
   AddRam(t, kMiB, mem - kIsaHoleStart);
+  t.reserved.push_back({0, kX86RealModeReserve});
   const bool pae = t.ram.back().end() > kFourGiB;  // physical addresses above 4 GiB need PAE
   t.pkmap_base = kI386PkmapBase;                  // PKMAP_BASE below the fixmap
   t.pkmap_slots = pae ? 512 : 1024;               // LAST_PKMAP: one page table of PTEs
@@ -572,7 +654,8 @@ Target BuildI386(uint64_t mem) {
       "i386 PC, ", FormatBytes(mem), " RAM, VMSPLIT_3G", pae ? ", PAE" : "",
       ". DMA below 16 MiB, Normal below MAXMEM 0x377fe000 (887.99 MiB: the 1 GiB kernel space "
       "minus the 128 MiB vmalloc reserve and the pkmap/fixmap area), HighMem above, reached "
-      "through a ", t.pkmap_slots, "-slot kmap() window at 0xff800000.");
+      "through a ", t.pkmap_slots, "-slot kmap() window at 0xff800000. Page 0 is not RAM "
+      "(trim_bios_range()) and the first 1 MiB is memblock-reserved (reserve_real_mode()).");
   return t;
 }
 
@@ -690,6 +773,53 @@ uint64_t Target::zone_ram_pages(ZoneType z) const {
   return bytes >> page_shift;
 }
 
+uint64_t Target::zone_managed_pages(ZoneType z) const {
+  if (!zone_configured[z]) return 0;
+  const uint64_t lo = zone_start(z);
+  const uint64_t hi = zone_end[z];
+  uint64_t bytes = 0;
+  for (const RamRange& r : ManagedRam()) {
+    const uint64_t start = std::max(r.start, lo);
+    const uint64_t end = std::min(r.end(), hi);
+    if (start < end) bytes += end - start;
+  }
+  return bytes >> page_shift;
+}
+
+uint64_t Target::managed_pages() const {
+  uint64_t bytes = 0;
+  for (const RamRange& r : ManagedRam()) bytes += r.size;
+  return bytes >> page_shift;
+}
+
+std::vector<RamRange> Target::ManagedRam() const {
+  // Both lists are sorted; reserved ranges are disjoint. Inclusive last bytes, so a range that
+  // ends at 2^64 does not wrap.
+  std::vector<RamRange> out;
+  for (const RamRange& r : ram) {
+    uint64_t pos = r.start;
+    const uint64_t last = r.start + (r.size - 1);
+    bool covered_to_end = false;
+    for (const RamRange& res : reserved) {
+      const uint64_t res_last = res.start + (res.size - 1);
+      if (res_last < pos || res.start > last) continue;
+      if (res.start > pos) out.push_back({pos, res.start - pos});
+      if (res_last >= last) {
+        covered_to_end = true;
+        break;
+      }
+      pos = res_last + 1;
+    }
+    if (!covered_to_end) out.push_back({pos, last - pos + 1});
+  }
+  return out;
+}
+
+bool Target::IsReservedRam(uint64_t phys) const {
+  auto in = [phys](const RamRange& r) { return phys >= r.start && phys - r.start < r.size; };
+  return std::any_of(ram.begin(), ram.end(), in) && std::any_of(reserved.begin(), reserved.end(), in);
+}
+
 uint64_t Target::lowmem_end() const {
   return has_highmem() ? zone_start(ZONE_HIGHMEM) : kUnbounded;
 }
@@ -705,6 +835,16 @@ std::string Target::MemoryMapString() const {
     absl::StrAppendFormat(&out, "[mem 0x%016x-0x%016x] RAM  %10s  %s\n", r.start, r.end() - 1,
                           FormatBytes(r.size), ZonesOf(*this, r));
     prev_end = r.end();
+  }
+  for (const RamRange& r : reserved) {
+    uint64_t ram_bytes = 0;
+    for (const RamRange& m : ram) {
+      const uint64_t start = std::max(r.start, m.start);
+      const uint64_t last = std::min(r.start + (r.size - 1), m.start + (m.size - 1));
+      if (start <= last) ram_bytes += last - start + 1;
+    }
+    absl::StrAppendFormat(&out, "[mem 0x%016x-0x%016x] reserved %s, %u RAM pages (memblock_reserve)\n", r.start,
+                          r.start + (r.size - 1), FormatBytes(r.size), ram_bytes >> page_shift);
   }
   return out;
 }
@@ -815,6 +955,24 @@ Target FromProto(const TargetProfile& profile) {
     }
   }
   t.ram = std::move(merged);
+  // memblock.reserved: sorted, overlapping or touching ranges merged (memblock_merge_regions()).
+  for (const v1::RamRange& r : profile.reserved()) t.reserved.push_back({r.start(), r.size()});
+  std::stable_sort(t.reserved.begin(), t.reserved.end(),
+                   [](const RamRange& a, const RamRange& b) { return a.start < b.start; });
+  std::vector<RamRange> reserved;
+  for (const RamRange& r : t.reserved) {
+    if (!reserved.empty() && reserved.back().size != 0 && r.size != 0) {
+      RamRange& b = reserved.back();
+      const uint64_t b_last = b.start + (b.size - 1);
+      if (b_last == kUnbounded || r.start <= b_last + 1) {
+        const uint64_t r_last = r.start + (r.size - 1);
+        if (r_last > b_last) b.size += r_last - b_last;
+        continue;
+      }
+    }
+    reserved.push_back(r);
+  }
+  t.reserved = std::move(reserved);
   t.pkmap_base = profile.pkmap_base();
   t.pkmap_slots = profile.pkmap_slots();
   t.max_page_order = EffectiveMaxPageOrder(profile);
@@ -837,6 +995,11 @@ TargetProfile ToProto(const Target& t) {
   }
   for (const RamRange& r : t.ram) {
     v1::RamRange* out = p.add_ram();
+    out->set_start(r.start);
+    out->set_size(r.size);
+  }
+  for (const RamRange& r : t.reserved) {
+    v1::RamRange* out = p.add_reserved();
     out->set_start(r.start);
     out->set_size(r.size);
   }

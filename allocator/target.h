@@ -62,6 +62,10 @@ struct Target {
   // The profile's pageblock_order override (CONFIG_PAGE_BLOCK_ORDER), or -1: derive it
   // (PageblockOrder() in allocator/pageblock.h).
   int pageblock_order_override = -1;
+  // memblock_reserve()d ranges (memblock.reserved), sorted by start, overlapping and touching
+  // ones merged; they may cover holes. Their RAM pages are present but not managed: the buddy
+  // never sees them, as memblock_free_all() skips reserved memory.
+  std::vector<RamRange> reserved;
 
   unsigned nr_page_orders() const { return max_page_order + 1; }
   // Physical start of zone z: the end of the highest configured zone below it, or 0.
@@ -69,13 +73,24 @@ struct Target {
   uint64_t total_ram_bytes() const;
   uint64_t total_pages() const { return total_ram_bytes() >> page_shift; }
   // RAM pages that lie in [zone_start(z), zone_end[z]); 0 for a zone that is not configured.
+  // The zone's present_pages.
   uint64_t zone_ram_pages(ZoneType z) const;
+  // Of those, the pages no reserved range covers: the zone's managed_pages.
+  uint64_t zone_managed_pages(ZoneType z) const;
+  // RAM pages not reserved, over all zones: what the allocator manages (PageCensus total_pages).
+  uint64_t managed_pages() const;
+  // The RAM of `ram` that no reserved range covers, in address order (what mem_map describes).
+  std::vector<RamRange> ManagedRam() const;
+  // Whether the byte at `phys` is RAM inside a reserved range (present, not managed).
+  bool IsReservedRam(uint64_t phys) const;
   bool has_highmem() const { return zone_configured[ZONE_HIGHMEM]; }
   // Physical end of the direct map: the start of ZONE_HIGHMEM, or UINT64_MAX without it.
   uint64_t lowmem_end() const;
-  // e820-style listing, one line per RAM range and per hole between (or below) them, e.g.
+  // e820-style listing, one line per RAM range and per hole between (or below) them, then one
+  // line per reserved range, e.g.
   //   [mem 0x0000000000100000-0x000000000fffffff] RAM     255 MiB  DMA DMA32
   //   [mem 0x0000000010000000-0x00000000ffffffff] hole   3840 MiB
+  //   [mem 0x0000000000000000-0x00000000000fffff] reserved  1 MiB  (158 RAM pages)
   std::string MemoryMapString() const;
 
   friend bool operator==(const Target&, const Target&) = default;

@@ -12,14 +12,15 @@ Zone::Zone(const MemMap& mem_map, ZoneConfig config)
       config_(std::move(config)),
       pageblocks_(config_.start_pfn, config_.end_pfn, config_.pageblock_order, config_.group_by_mobility_disabled),
       buddy_(mem_map, config_.segments, config_.nr_orders, pageblocks_, config_.start_pfn, config_.end_pfn) {
-  for (const Segment& s : config_.segments) present_pages_ += s.nr_pages();
+  for (const Segment& s : config_.segments) managed_pages_ += s.nr_pages();
+  present_pages_ = std::max(config_.present_pages, managed_pages_);
   {
     MutexLock l(&lock_);
     buddy_.FreeAllRam();
     PublishLocked();
   }
   // Until SetWatermarks() runs, size the lists from the zone alone.
-  const uint32_t batch = config_.pcp_batch ? config_.pcp_batch : ZoneBatchsize(present_pages_, config_.page_shift);
+  const uint32_t batch = config_.pcp_batch ? config_.pcp_batch : ZoneBatchsize(managed_pages_, config_.page_shift);
   pcp_ = std::make_unique<PerCpuPages>(config_.nr_cpus, batch, config_.pcp_high ? config_.pcp_high : 4 * batch,
                                        config_.pcp_enabled && populated());
   pcp_enabled_ = pcp_->enabled();
@@ -70,7 +71,7 @@ void Zone::ReserveHighatomic(uint32_t idx, unsigned order) {
   // The kernel checks the limit once without the lock ("race-prone but harmless") and again
   // under it; the buddy does the locked check.
   MutexLock l(&lock_);
-  buddy_.ReserveHighatomic(idx, order, present_pages_);
+  buddy_.ReserveHighatomic(idx, order, managed_pages_);
   PublishLocked();
 }
 
@@ -167,7 +168,7 @@ ZoneStats Zone::Stats() const {
   s.start_pfn = config_.start_pfn;
   s.spanned_pages = config_.end_pfn - config_.start_pfn;
   s.present_pages = present_pages_;
-  s.managed_pages = present_pages_;
+  s.managed_pages = managed_pages_;
   s.watermarks = wmark_;
   s.lowmem_reserve = lowmem_reserve_;
   {
@@ -185,7 +186,7 @@ ZoneStats Zone::Stats() const {
     });
     s.nr_reserved_highatomic = buddy_.nr_reserved_highatomic();
     s.nr_free_highatomic = buddy_.nr_free_highatomic();
-    s.highatomic_max = buddy_.HighatomicMax(present_pages_);
+    s.highatomic_max = buddy_.HighatomicMax(managed_pages_);
     s.migrate = buddy_.counters();
   }
   s.pageblock_order = pageblocks_.order();
@@ -301,7 +302,7 @@ absl::Status Zone::ValidateFree(std::vector<uint8_t>& seen, uint64_t* pcp_pages)
         "zone %s: nr_reserved_highatomic = %u pages but %u pageblocks of %u pages are HIGHATOMIC", zname, reserved,
         highatomic_blocks, pageblocks_.nr_pages())));
   }
-  const uint64_t max = buddy_.HighatomicMax(present_pages_);
+  const uint64_t max = buddy_.HighatomicMax(managed_pages_);
   const uint64_t step = std::max(pageblocks_.nr_pages(), uint64_t{1} << (config_.nr_orders - 1));
   if (reserved != 0 && (max == 0 || reserved >= max + step)) {
     status.Update(absl::InternalError(absl::StrFormat(

@@ -47,7 +47,8 @@ struct ZoneConfig {
   ZoneType type = ZONE_NORMAL;
   uint64_t start_pfn = 0;  // zone_start_pfn: first pfn the zone spans
   uint64_t end_pfn = 0;    // exclusive end of the span (spanned = end - start, holes included)
-  std::vector<Segment> segments;
+  uint64_t present_pages = 0;  // RAM pages in the span, memblock-reserved ones included
+  std::vector<Segment> segments;  // the managed RAM: present minus reserved
   unsigned nr_orders = 11;
   unsigned page_shift = 12;
   int nr_cpus = 1;
@@ -66,8 +67,10 @@ class Zone {
   void SetWatermarks(const Watermarks& w, const std::array<uint64_t, MAX_NR_ZONES>& lowmem_reserve);
 
   ZoneType type() const { return config_.type; }
-  bool populated() const { return present_pages_ != 0; }
-  uint64_t managed_pages() const { return present_pages_; }
+  bool populated() const { return present_pages_ != 0; }  // populated_zone()
+  // present - reserved (zone_managed_pages()): what watermarks, batch and the highatomic cap
+  // are computed from. ValidateTarget() keeps it > 0 in a populated zone.
+  uint64_t managed_pages() const { return managed_pages_; }
   const Watermarks& watermarks() const { return wmark_; }
   uint64_t lowmem_reserve(ZoneType highest) const { return lowmem_reserve_[highest]; }
   uint64_t buddy_free_pages() const { return free_pages_.load(std::memory_order_relaxed); }
@@ -160,6 +163,7 @@ class Zone {
   const MemMap& mem_map_;
   ZoneConfig config_;
   uint64_t present_pages_ = 0;
+  uint64_t managed_pages_ = 0;
   Watermarks wmark_;
   std::array<uint64_t, MAX_NR_ZONES> lowmem_reserve_{};
 

@@ -398,15 +398,17 @@ TEST_F(PageAllocatorTest, PageCountIsTheHeadsReferenceCount) {
 }
 
 // The built-in i386 with 1 GiB: lowmem ends at MAXMEM 0x377fe000 (mid-pageblock), so HighMem
-// holds 0x40061000 - 0x377fe000 = 34915 pages and lowmem 3999 (DMA) + 223230 (Normal) = 227229.
-// __setup_per_zone_wmarks(): min_free_kbytes = int_sqrt(908916 * 16) = 3813, pages_min 953;
-// HighMem MIN = clamp(34915 / 1024, 32, 128) = 34, its uncapped share 953 * 34915 / 227229 = 146,
+// holds 0x40061000 - 0x377fe000 = 34915 pages and lowmem 3840 managed in DMA (3998 present less
+// the 158 below 1 MiB that reserve_real_mode() reserves) + 223230 (Normal) = 227070 managed.
+// __setup_per_zone_wmarks(): min_free_kbytes = int_sqrt(908280 * 16) = 3812, pages_min 953;
+// HighMem MIN = clamp(34915 / 1024, 32, 128) = 34, its uncapped share 953 * 34915 / 227070 = 146,
 // gap max(146 >> 2, 34915 * 10 / 10000) = 36: 34/70/106.
 TEST_F(PageAllocatorTest, I386WithOneGiBBootsAtMaxmemWithTheKernelsHighmemWatermarks) {
   absl::StatusOr<Target> t = BuiltinTarget("i386", 1024 * MiB);
   ASSERT_TRUE(t.ok()) << t.status();
   Boot(testing::SmallOptions(*t));
   EXPECT_EQ(ZoneOf(ZONE_NORMAL).present_pages, 223230u);
+  EXPECT_EQ(ZoneOf(ZONE_DMA).managed_pages, 3840u);
   const ZoneStats high = ZoneOf(ZONE_HIGHMEM);
   EXPECT_EQ(high.start_pfn, 0x377feu);
   EXPECT_EQ(high.present_pages, 34915u);
@@ -419,6 +421,47 @@ TEST_F(PageAllocatorTest, I386WithOneGiBBootsAtMaxmemWithTheKernelsHighmemWaterm
   EXPECT_GE(pa_->page_to_pfn(h), 0x377feu);
   ASSERT_TRUE(pa_->__free_pages(h, 0).ok());
   ExpectValid();
+}
+
+// x86 low memory as 6.12 boots it: trim_bios_range() leaves page 0 out of memblock.memory, so
+// ZONE_DMA starts at pfn 1 and spans 4095 pages; reserve_real_mode() memblock-reserves the first
+// 1 MiB, whose 158 RAM pages (pfns 1..0x9e) stay present but never reach the buddy
+// (memblock_free_all() skips them). This machine's /proc/zoneinfo: "spanned 4095", "present
+// 3998", "managed 3840", "start_pfn: 1". The buddy starts at pfn 0x100 with 256 (order 8),
+// 512 (order 9) and three order-10 blocks.
+TEST_F(PageAllocatorTest, X86DmaZoneLeavesPageZeroOutAndTheFirstMegabyteToTheKernel) {
+  for (const char* name : {"x86_64", "i386"}) {
+    absl::StatusOr<Target> t = BuiltinTarget(name);
+    ASSERT_TRUE(t.ok()) << t.status();
+    Boot(testing::SmallOptions(*t, /*pcp=*/false));
+    const ZoneStats dma = ZoneOf(ZONE_DMA);
+    EXPECT_EQ(dma.start_pfn, 1u) << name;
+    EXPECT_EQ(dma.spanned_pages, 4095u) << name;
+    EXPECT_EQ(dma.present_pages, 3998u) << name;
+    EXPECT_EQ(dma.managed_pages, 3840u) << name;
+    EXPECT_EQ(dma.buddy_free_pages, 3840u) << name;
+    EXPECT_EQ(pa_->Buddyinfo().substr(0, pa_->Buddyinfo().find('\n')),
+              "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 ")
+        << name;
+    // The census counts managed pages only: nothing reserved is free, allocated or lost.
+    EXPECT_EQ(ExpectValid().total_pages, t->managed_pages()) << name;
+    EXPECT_EQ(pa_->PfnToPage(0x9e).status(),
+              absl::OutOfRangeError("pfn 0x9e is reserved RAM (memblock_reserve(): the buddy never manages it)"))
+        << name;
+    EXPECT_EQ(pa_->PfnToPage(0).status(), absl::OutOfRangeError("pfn 0 is in a memory hole (not RAM)")) << name;
+    // Every DMA page the allocator can hand out lies above 1 MiB.
+    std::vector<Page*> taken;
+    while (Page* p = pa_->alloc_pages(GFP_DMA | __GFP_HIGH, 0)) {
+      EXPECT_GE(pa_->page_to_pfn(p), 0x100u) << name;
+      taken.push_back(p);
+    }
+    EXPECT_GT(taken.size(), 3000u) << name;
+    EXPECT_LE(taken.size(), 3840u) << name;
+    ExpectValid();
+    for (Page* p : taken) ASSERT_TRUE(pa_->__free_pages(p, 0).ok());
+    EXPECT_EQ(ZoneOf(ZONE_DMA).buddy_free_pages, 3840u) << name;
+    ExpectValid();
+  }
 }
 
 TEST_F(PageAllocatorTest, BulkFillsOnlyEmptySlotsAndCountsThemAll) {

@@ -17,6 +17,7 @@ namespace physmem {
 namespace {
 
 using ::testing::AllOf;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -27,6 +28,11 @@ constexpr uint64_t kTiB = uint64_t{1} << 40;
 constexpr uint64_t kUnbounded = UINT64_MAX;
 // i386 RAM starts again at 1 MiB after 636 KiB of low memory: 388 KiB are not RAM.
 constexpr uint64_t kIsaHole = kMiB - 0x9f000;
+// The x86 firmware map's page 0, which 6.12's trim_bios_range() turns into E820_TYPE_RESERVED:
+// the built-ins are asked for `mem` bytes of e820 RAM and list one page less as memblock memory.
+uint64_t TrimmedPage0(std::string_view target) {
+  return target == "x86_64" || target == "i386" ? 4096 : 0;
+}
 
 // Directory of this file's test data; PHYSMEM_TESTDATA overrides it for out-of-tree runs.
 std::string TestdataDir() {
@@ -199,10 +205,11 @@ TEST_P(BuiltinSize, Validates) {
   EXPECT_TRUE(ValidateTarget(*t).ok()) << ValidateTarget(*t);
 }
 
+// The requested size is the firmware's RAM; on x86 trim_bios_range() then takes page 0.
 TEST_P(BuiltinSize, HasExactlyTheRequestedRamRoundedDownToPages) {
   const Target t = MustBuiltin(GetParam().target, GetParam().mem);
-  EXPECT_EQ(t.total_ram_bytes(), GetParam().mem & ~uint64_t{4095});
-  EXPECT_EQ(t.total_pages(), GetParam().mem / 4096);
+  EXPECT_EQ(t.total_ram_bytes() + TrimmedPage0(GetParam().target), GetParam().mem & ~uint64_t{4095});
+  EXPECT_EQ(t.total_pages() + TrimmedPage0(GetParam().target) / 4096, GetParam().mem / 4096);
 }
 
 TEST_P(BuiltinSize, PutsEveryRamPageInExactlyOneZone) {
@@ -258,7 +265,8 @@ TEST_P(BuiltinDefaultSize, Validates) {
 }
 
 TEST_P(BuiltinDefaultSize, IsUsedWhenNoSizeIsGiven) {
-  EXPECT_EQ(MustBuiltin(GetParam().target).total_ram_bytes(), GetParam().default_mem);
+  EXPECT_EQ(MustBuiltin(GetParam().target).total_ram_bytes() + TrimmedPage0(GetParam().target),
+            GetParam().default_mem);
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, BuiltinDefaultSize,
@@ -359,7 +367,7 @@ TEST(DefaultTarget, IsX86_64WithItsDefaultSize) {
   absl::StatusOr<Target> t = DefaultTarget();
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(*t, MustBuiltin("x86_64"));
-  EXPECT_EQ(t->total_ram_bytes(), 512 * kMiB);
+  EXPECT_EQ(t->total_ram_bytes(), 512 * kMiB - 4096);  // page 0 trimmed (trim_bios_range())
 }
 
 TEST(DefaultTarget, HasRamInEveryZoneItsArchitectureConfigures) {
@@ -504,6 +512,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"bad_too_many_pages.textproto",
                 "too many pages: with ram[1] {start: 0x100000000000 size: 0x80000000000} the RAM "
                 "reaches 4294967296 pages"},
+        BadCase{"bad_reserved_unaligned.textproto",
+                "reserved[1] {start: 0x200800 size: 0x1000}: start 0x200800 is not a multiple of page_size 4096"},
+        BadCase{"bad_reserved_empty.textproto",
+                "reserved[0] {start: 0x100000 size: 0x0} is empty: size must be at least one page"},
+        BadCase{"bad_reserved_whole_zone.textproto",
+                "the reserved ranges cover all 3999 RAM pages of zone DMA (with reserved[1] {start: 0x0 size: "
+                "0x1000000}); a zone with RAM must keep at least one page for the buddy allocator"},
         BadCase{"bad_unknown_field.textproto", "no field named \"colour\""},
         BadCase{"bad_syntax_error.textproto", "Expected integer"}),
     [](const auto& info) {
@@ -511,6 +526,41 @@ INSTANTIATE_TEST_SUITE_P(
       name = name.substr(4, name.find('.') - 4);  // "bad_x_y.textproto" -> "x_y"
       return name;
     });
+
+// memblock.reserved as the kernel keeps it: sorted, overlapping and touching ranges merged
+// (memblock_merge_regions()), holes allowed; reserved RAM is present but not managed.
+TEST(ParseTargetText, MergesReservedRangesAndCountsOnlyTheirRamAsUnmanaged) {
+  absl::StatusOr<Target> t = ParseTargetText(
+      "zone { zone: ZONE_DMA end: 0x1000000 } zone { zone: ZONE_NORMAL } "
+      "ram { start: 0x1000 size: 0x9e000 } ram { start: 0x100000 size: 0x3f00000 } "
+      "reserved { start: 0x1800000 size: 0x2000 } reserved { start: 0x0 size: 0x10000 } "
+      "reserved { start: 0x8000 size: 0xf8000 } reserved { start: 0x1801000 size: 0x3000 }",
+      "reserved.textproto");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT(t->reserved, ElementsAre(RamRange{0, 0x100000}, RamRange{0x1800000, 0x4000}));
+  EXPECT_EQ(t->zone_ram_pages(ZONE_DMA), 3998u);      // pfns 1..0x9e and 0x100..0xfff
+  EXPECT_EQ(t->zone_managed_pages(ZONE_DMA), 3840u);  // less the 158 below 1 MiB
+  EXPECT_EQ(t->zone_managed_pages(ZONE_NORMAL), t->zone_ram_pages(ZONE_NORMAL) - 4);
+  EXPECT_EQ(t->managed_pages(), t->total_pages() - 158 - 4);
+  EXPECT_THAT(t->ManagedRam(), ElementsAre(RamRange{0x100000, 0x1700000}, RamRange{0x1804000, 0x27fc000}));
+  EXPECT_EQ(FromProto(ToProto(*t)), *t);
+}
+
+// The x86 built-ins boot low memory as 6.12's setup_arch() does: trim_bios_range() takes page 0
+// out of the RAM map, reserve_real_mode() memblock-reserves [0, 1 MiB). The numbers are this
+// machine's /proc/zoneinfo DMA zone (start_pfn 1, spanned 4095, present 3998, managed 3840).
+TEST(BuiltinTarget, X86ReservesTheFirstMegabyteAndHasNoPageZero) {
+  for (const char* name : {"x86_64", "i386"}) {
+    const Target t = MustBuiltin(name);
+    EXPECT_FALSE(IsRam(t, 0)) << name;
+    EXPECT_TRUE(IsRam(t, 0x1000)) << name;
+    EXPECT_THAT(t.reserved, ElementsAre(RamRange{0, kMiB})) << name;
+    EXPECT_EQ(t.zone_ram_pages(ZONE_DMA), 3998u) << name;
+    EXPECT_EQ(t.zone_managed_pages(ZONE_DMA), 3840u) << name;
+    EXPECT_EQ(t.managed_pages(), t.total_pages() - 158) << name;
+  }
+  for (const char* name : {"arm64", "rpi4"}) EXPECT_TRUE(MustBuiltin(name).reserved.empty()) << name;
+}
 
 TEST(ParseTargetText, RejectsAProfileWithoutRamNamingTheFile) {
   const std::string path = TestdataDir() + "/bad_no_ram.textproto";
@@ -625,10 +675,14 @@ std::vector<std::string> Lines(const std::string& s) {
 }
 
 TEST(MemoryMapString, ListsEveryRamRangeAndHoleWithSizesAndZones) {
-  const std::vector<std::string> lines = Lines(MustBuiltin("x86_64").MemoryMapString());
-  ASSERT_EQ(lines.size(), 5u);
-  EXPECT_THAT(lines[0], AllOf(StartsWith("[mem 0x0000000000000000-0x000000000009efff] RAM"),
-                              HasSubstr("636 KiB"), HasSubstr("DMA")));
+  std::vector<std::string> lines = Lines(MustBuiltin("x86_64").MemoryMapString());
+  ASSERT_EQ(lines.size(), 7u);
+  // Page 0 is a hole: trim_bios_range() makes it E820_TYPE_RESERVED, not memblock memory.
+  EXPECT_THAT(lines[0], AllOf(StartsWith("[mem 0x0000000000000000-0x0000000000000fff] hole"),
+                              HasSubstr("4 KiB")));
+  EXPECT_THAT(lines[1], AllOf(StartsWith("[mem 0x0000000000001000-0x000000000009efff] RAM"),
+                              HasSubstr("632 KiB"), HasSubstr("DMA")));
+  lines.erase(lines.begin());
   EXPECT_THAT(lines[1], AllOf(StartsWith("[mem 0x000000000009f000-0x00000000000fffff] hole"),
                               HasSubstr("388 KiB")));
   EXPECT_THAT(lines[2], AllOf(StartsWith("[mem 0x0000000000100000-0x000000000fffffff] RAM"),
@@ -636,6 +690,8 @@ TEST(MemoryMapString, ListsEveryRamRangeAndHoleWithSizesAndZones) {
   EXPECT_THAT(lines[3], AllOf(StartsWith("[mem 0x0000000010000000-0x00000000ffffffff] hole"),
                               HasSubstr("3840 MiB")));
   EXPECT_THAT(lines[4], AllOf(StartsWith("[mem 0x0000000100000000-0x"), HasSubstr("Normal")));
+  // reserve_real_mode()'s memblock_reserve(0, SZ_1M), of which pfns 1..0x9e are RAM.
+  EXPECT_EQ(lines[5], "[mem 0x0000000000000000-0x00000000000fffff] reserved 1 MiB, 158 RAM pages (memblock_reserve)");
 }
 
 TEST(MemoryMapString, ShowsTheHoleBelowTheDramBase) {
