@@ -43,7 +43,8 @@ absl::Status PageAllocator::Init() {
   const int nr_cpus = options_.nr_cpus > 0 ? options_.nr_cpus : NumPossibleCpus();
   nr_cpus_ = nr_cpus;
   // Managed pages first: the watermarks, and from them the mobility-grouping decision, are
-  // needed before the zones mark their pageblocks.
+  // needed before the zones mark their pageblocks. mem_map holds only managed RAM (present
+  // minus memblock-reserved), so its segments count exactly zone_managed_pages().
   std::array<uint64_t, MAX_NR_ZONES> managed{};
   for (const Segment& s : mem_map_->segments()) managed[s.zone] += s.nr_pages();
   uint64_t lowmem_kbytes = 0;
@@ -70,10 +71,19 @@ absl::Status PageAllocator::Init() {
     for (const Segment& s : mem_map_->segments()) {
       if (s.zone == z) zc.segments.push_back(s);
     }
-    // spanned_pages runs from the first to the last RAM page of the zone, like the kernel's.
+    // spanned_pages runs from the first to the last RAM page of the zone, reserved pages
+    // included, like the kernel's (zone_spanned_pages_in_node() over memblock.memory).
+    zc.present_pages = target_.zone_ram_pages(zc.type);
+    bool first_ram = true;
+    for (const RamRange& r : target_.ram) {
+      const uint64_t lo = std::max(r.start, target_.zone_start(zc.type)) >> target_.page_shift;
+      const uint64_t hi = std::min(r.end() - 1, target_.zone_end[z] - 1) >> target_.page_shift;
+      if (r.end() - 1 < target_.zone_start(zc.type) || r.start > target_.zone_end[z] - 1) continue;
+      if (first_ram) zc.start_pfn = lo;
+      first_ram = false;
+      zc.end_pfn = hi + 1;
+    }
     if (!zc.segments.empty()) {
-      zc.start_pfn = zc.segments.front().start_pfn;
-      zc.end_pfn = zc.segments.back().end_pfn;
       zone_index_end_[z] = zc.segments.back().first_index + static_cast<uint32_t>(zc.segments.back().nr_pages());
     }
     zc.nr_orders = target_.nr_page_orders();
@@ -133,12 +143,6 @@ unsigned PageAllocator::AllocFlagsNofragment(ZoneType highest) const {
   return ALLOC_NOFRAGMENT;
 }
 
-int PageAllocator::AllocMigratetype(gfp_t gfp) const {
-  // gfp_migratetype(): "always UNMOVABLE while mobility grouping is off".
-  if (group_by_mobility_disabled_) return MIGRATE_UNMOVABLE;
-  return static_cast<int>((gfp & (__GFP_RECLAIMABLE | __GFP_MOVABLE)) >> 3);
-}
-
 bool PageAllocator::UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force) {
   for (int z = highest; z >= 0; --z) {
     Zone* zn = zone(static_cast<ZoneType>(z));
@@ -146,13 +150,6 @@ bool PageAllocator::UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones
     if (zn->UnreserveHighatomic(force, mt)) return true;
   }
   return false;
-}
-
-ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
-  for (int z = 0; z < MAX_NR_ZONES - 1; ++z) {
-    if (idx < zone_index_end_[z]) return static_cast<ZoneType>(z);
-  }
-  return ZONE_HIGHMEM;
 }
 
 bool PageAllocator::pcp_active() const {
@@ -223,27 +220,13 @@ Page* PageAllocator::PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32
   return &head;
 }
 
-Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
+Page* PageAllocator::AllocFromFreelist(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   if (order >= target_.nr_page_orders() || (gfp & ~kGfpKnownMask) != 0) [[unlikely]] return nullptr;
   const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
   const int mt = AllocMigratetype(gfp);
   // __GFP_MOVABLE|__GFP_RECLAIMABLE would be HIGHATOMIC (a VM_WARN in the kernel); ValidateGfp()
   // refuses it for the StatusOr forms.
   if (highest < 0 || mt >= MIGRATE_PCPTYPES) [[unlikely]] return nullptr;
-  // The fast path: the zonelist's first zone passes the LOW watermark and the current CPU's list
-  // of this migratetype has a block. Nothing but two atomic loads, one restartable sequence and
-  // one store.
-  if (pcp_allowed_order(order) && !(gfp & (__GFP_ZERO | __GFP_COMP))) [[likely]] {
-    Zone* zn = first_zone_[highest];
-    uint32_t idx;
-    if (zn != nullptr && (allowed_zones & (1u << zn->type())) &&
-        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
-      Page& head = mem_map_->page(idx);
-      head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
-      vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
-      return &head;
-    }
-  }
   ZoneType got;
   // First attempt: the LOW watermark (ALLOC_WMARK_LOW), as __alloc_pages() does, avoiding
   // fragmentation where alloc_flags_nofragment() says so.
@@ -572,8 +555,10 @@ RefusalOr<Page*> PageAllocator::TryPfnToPage(uint64_t pfn) const {
   if (!idx) {
     const uint64_t last = (target_.ram.back().end() >> target_.page_shift) - 1;
     return Refusal{RefusalReason::kPfnOutOfRange, pfn,
-                   pfn > last ? absl::StrFormat("pfn %#x is beyond the last RAM page %#x", pfn, last)
-                              : absl::StrFormat("pfn %#x is in a memory hole (not RAM)", pfn)};
+                   pfn > last                        ? absl::StrFormat("pfn %#x is beyond the last RAM page %#x", pfn, last)
+                   : target_.IsReservedRam(pfn << target_.page_shift)
+                       ? absl::StrFormat("pfn %#x is reserved RAM (memblock_reserve(): the buddy never manages it)", pfn)
+                       : absl::StrFormat("pfn %#x is in a memory hole (not RAM)", pfn)};
   }
   return &mem_map_->page(*idx);
 }

@@ -113,6 +113,14 @@ class PageAllocator {
     return __get_free_pages(gfp | __GFP_ZERO, 0, owner);
   }
   absl::Status __free_pages(Page* page, unsigned order, uint32_t owner = kNoOwner);
+  // The trusted free, for callers whose own books already exclude double frees (the server's
+  // lease book): free_unref_page() without the bad-page checks of free_pages_prepare(). It skips
+  // only what the caller guarantees, that `page` heads an allocated block of `order` owned by
+  // `owner`, and with them the CAS that makes a racing double free harmless; in PHYSMEM_DCHECK
+  // builds (tests, sanitizers) it still checks and claims, and a broken promise aborts. A highmem
+  // block, a compound block and init_on_free take __free_pages() (kmap()ed pages are refused with
+  // its status). Breaking the promise in a Release build corrupts the free lists.
+  absl::Status __free_pages_trusted(Page* page, unsigned order, uint32_t owner = kNoOwner);
   absl::Status __free_page(Page* page, uint32_t owner = kNoOwner) { return __free_pages(page, 0, owner); }
   // free_pages(0, order) does nothing, as in the kernel.
   absl::Status free_pages(uint64_t addr, unsigned order, uint32_t owner = kNoOwner);
@@ -254,6 +262,9 @@ class PageAllocator {
   bool UnreserveHighatomic(ZoneType highest, uint32_t allowed_zones, int mt, bool force);
   unsigned BulkFallbackOnePage(gfp_t gfp, unsigned nr_populated, Page** page_array, uint32_t owner,
                                uint32_t allowed_zones);
+  // alloc_pages() after its per-CPU fast path (allocator/pcp_fast_path.h): argument checks, the
+  // zonelist walk at LOW, then AllocSlow().
+  Page* AllocFromFreelist(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones);
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   std::optional<Refusal> ValidateAllocArgs(gfp_t gfp, unsigned order) const;
@@ -281,5 +292,7 @@ class PageAllocator {
 };
 
 }  // namespace physmem
+
+#include "allocator/pcp_fast_path.h"  // the inline fast paths of alloc_pages() and the trusted free
 
 #endif  // PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
