@@ -424,6 +424,17 @@ absl::StatusOr<v1::AllocPagesBulkResponse> Lease::CallAllocPagesBulk(const v1::A
         "(expected one of each per page)",
         n, r->zone_size(), r->phys_addr_size(), r->virt_addr_size(), r->arena_offset_size()));
   }
+  // Or runs (AllocPagesBulkRequest.runs): each of at least one page, with the page size that
+  // places its later pages.
+  if (r->run_size() != 0 && (r->page_shift() == 0 || r->page_shift() > 30)) {
+    return absl::InternalError(absl::StrFormat("malformed AllocPagesBulk reply: %d runs with page_shift %d",
+                                               r->run_size(), r->page_shift()));
+  }
+  for (const v1::PageRun& run : r->run()) {
+    if (run.count() == 0) {
+      return absl::InternalError(absl::StrFormat("malformed AllocPagesBulk reply: an empty run at pfn %#x", run.pfn()));
+    }
+  }
   return r;
 }
 
@@ -441,11 +452,25 @@ absl::StatusOr<std::vector<PageHandle>> Lease::AllocPagesBulk(const std::string&
   req.set_lease_id(core_->id);
   req.set_gfp(gfp);
   req.set_count(count);
+  req.set_runs(true);  // a daemon before issue #15 ignores it and sends the per-page arrays
   absl::StatusOr<v1::AllocPagesBulkResponse> r = CallAllocPagesBulk(req);
   if (!r.ok()) return r.status();
   const int n = r->pfn_size();
   std::vector<PageHandle> pages;
   pages.reserve(n);
+  for (const v1::PageRun& run : r->run()) {
+    const uint64_t page_size = uint64_t{1} << r->page_shift();
+    for (uint32_t i = 0; i < run.count(); ++i) {
+      v1::Allocation a;
+      a.set_pfn(run.pfn() + i);
+      a.set_order(0);
+      a.set_zone(ZoneName(run.zone()));
+      a.set_phys_addr(run.phys_addr() + i * page_size);
+      a.set_virt_addr(run.virt_addr() == 0 ? 0 : run.virt_addr() + i * page_size);
+      a.set_arena_offset(run.arena_offset() + i * page_size);
+      pages.push_back(PageHandle(core_, std::move(a)));
+    }
+  }
   for (int i = 0; i < n; ++i) {
     v1::Allocation a;
     a.set_pfn(r->pfn(i));
@@ -512,6 +537,40 @@ void Lease::AddCachedPagesReport(v1::KeepAliveRequest& req) {
   if (cached_pages_reporter_) req.set_client_cached_pages(cached_pages_reporter_());
 }
 
+absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreeAsRuns(const v1::FreePagesBulkRequest& blocks) {
+  if (blocks.order_size() == 0) return absl::InvalidArgumentError("no blocks");
+  for (uint32_t order : blocks.order()) {
+    if (order != 0) return absl::InvalidArgumentError("runs carry order-0 pages only");
+  }
+  std::vector<uint64_t> pfns(blocks.pfn().begin(), blocks.pfn().end());
+  std::sort(pfns.begin(), pfns.end());
+  v1::FreePagesBulkRequest req;
+  req.set_lease_id(blocks.lease_id());
+  for (size_t i = 0; i < pfns.size();) {
+    size_t j = i + 1;
+    while (j < pfns.size() && pfns[j] == pfns[j - 1] + 1) ++j;
+    v1::PageRun* run = req.add_run();
+    run->set_pfn(pfns[i]);
+    run->set_count(static_cast<uint32_t>(j - i));
+    i = j;
+  }
+  return CallFreePagesBulk(req);
+}
+
+bool Lease::RunsRefused(const absl::Status& s) {
+  // The refusals of a run form that change nothing (an older daemon's "0 blocks" included): the
+  // per-block form then frees what it can and names each refused block, as it always did.
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kPermissionDenied:
+      return true;
+    default:
+      return false;
+  }
+}
+
 absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreePagesBulk(std::vector<PageHandle>& pages) {
   if (absl::Status s = core_->CheckAlive(); !s.ok()) return s;
   v1::FreePagesBulkRequest req;
@@ -527,7 +586,8 @@ absl::StatusOr<v1::FreePagesBulkResponse> Lease::FreePagesBulk(std::vector<PageH
     req.add_order(p.order());
   }
   if (req.pfn_size() == 0) return v1::FreePagesBulkResponse();
-  absl::StatusOr<v1::FreePagesBulkResponse> r = CallFreePagesBulk(req);
+  absl::StatusOr<v1::FreePagesBulkResponse> r = FreeAsRuns(req);
+  if (!r.ok() && RunsRefused(r.status())) r = CallFreePagesBulk(req);
   if (!r.ok()) return r.status();
   // Freed or refused, no handle owns its block any more (a refused free changed nothing, and a
   // retry would be refused the same way).

@@ -243,6 +243,11 @@ class Lease {
   // reply's parallel arrays are checked to have one entry per page.
   absl::StatusOr<v1::AllocPagesBulkResponse> CallAllocPagesBulk(const v1::AllocPagesBulkRequest& req);
   absl::StatusOr<v1::FreePagesBulkResponse> CallFreePagesBulk(const v1::FreePagesBulkRequest& req);
+  // FreePagesBulk's fast form: order-0 blocks as runs of consecutive pfns (all or nothing on the
+  // daemon); INVALID_ARGUMENT without a call if a block is of a higher order. RunsRefused: the
+  // statuses after which FreePagesBulk sends the per-block form instead.
+  absl::StatusOr<v1::FreePagesBulkResponse> FreeAsRuns(const v1::FreePagesBulkRequest& blocks);
+  static bool RunsRefused(const absl::Status& s);
 
   const std::shared_ptr<internal::LeaseCore> core_;
   const int64_t granted_ttl_ms_;

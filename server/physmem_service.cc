@@ -343,6 +343,7 @@ void PhysMemService::FillBulk(const std::vector<Page*>& pages, v1::AllocPagesBul
 
 void PhysMemService::FillRuns(const std::vector<Page*>& pages, v1::AllocPagesBulkResponse* resp) const {
   const MemMap& mm = pa_->mem_map();
+  resp->set_page_shift(pa_->target().page_shift);
   for (size_t i = 0; i < pages.size();) {
     const uint32_t first = mm.index_of(pages[i]);
     const Segment& seg = mm.segment_of_index(first);

@@ -13,7 +13,8 @@ import stat
 import grpc
 
 from physmem.default_socket import default_target
-from physmem.errors import InvalidArgumentError, UnavailableError, from_rpc_error
+from physmem.errors import (FailedPreconditionError, InvalidArgumentError, OutOfRangeError, PermissionDeniedError,
+                            UnavailableError, from_rpc_error)
 from physmem.lease import Lease
 from physmem.page import PageHandle
 from physmem.v1 import physmem_pb2, physmem_pb2_grpc, target_pb2
@@ -21,6 +22,18 @@ from physmem.v1 import physmem_pb2, physmem_pb2_grpc, target_pb2
 # The daemon's --max_message_bytes default: a large bulk reply or a 4 MiB ReadPages exceeds gRPC's
 # 4 MiB receive default.
 _MAX_MESSAGE_BYTES = 64 << 20
+
+def _runs_request(lease_id, pfns):
+    """FreePagesBulkRequest of order-0 pfns as runs of consecutive pfns."""
+    req = physmem_pb2.FreePagesBulkRequest(lease_id=lease_id)
+    ordered = sorted(pfns)
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            req.run.add(pfn=ordered[start], count=i - start)
+            start = i
+    return req
+
 
 # Allocation.zone's names, for the Zone enum of packed bulk replies.
 _ZONE_NAMES = {target_pb2.ZONE_DMA: "DMA", target_pb2.ZONE_DMA32: "DMA32", target_pb2.ZONE_NORMAL: "Normal",
@@ -187,11 +200,21 @@ class Client:
     def alloc_bulk(self, lease_id, gfp, count):
         """alloc_pages_bulk(gfp, count): up to `count` order-0 pages without waiting -> [PageHandle]
         (fewer if that is all there is; ResourceExhaustedError only if none)."""
-        req = physmem_pb2.AllocPagesBulkRequest(lease_id=lease_id, count=count)
+        # runs: the pages as runs of consecutive pfns (issue #15); a daemon before it ignores the
+        # field and sends the per-page arrays, so both are read.
+        req = physmem_pb2.AllocPagesBulkRequest(lease_id=lease_id, count=count, runs=True)
         _set_gfp(req, gfp)
         r = self._call(self.stub.AllocPagesBulk, req, self.alloc_timeout)
-        return [PageHandle(self, lease_id, pfn, 0, _ZONE_NAMES.get(zone, "zone-%d" % zone), phys, virt, off)
-                for pfn, zone, phys, virt, off in zip(r.pfn, r.zone, r.phys_addr, r.virt_addr, r.arena_offset)]
+        pages = [PageHandle(self, lease_id, pfn, 0, _ZONE_NAMES.get(zone, "zone-%d" % zone), phys, virt, off)
+                 for pfn, zone, phys, virt, off in zip(r.pfn, r.zone, r.phys_addr, r.virt_addr, r.arena_offset)]
+        page_size = 1 << r.page_shift
+        for run in r.run:
+            zone = _ZONE_NAMES.get(run.zone, "zone-%d" % run.zone)
+            pages.extend(PageHandle(self, lease_id, run.pfn + i, 0, zone, run.phys_addr + i * page_size,
+                                    run.virt_addr + i * page_size if run.virt_addr else 0,
+                                    run.arena_offset + i * page_size)
+                         for i in range(run.count))
+        return pages
 
     def free(self, lease_id, pfn=None, order=0, key=None, addr=None):
         """Frees one block: by pfn and order (__free_pages), by the key it was allocated with, or by
@@ -229,6 +252,14 @@ class Client:
                 orders.append(0)
         for h in handles:
             h._disown()
+        if pfns and not any(orders):
+            # Order-0 pages go as runs of consecutive pfns, all or nothing on the daemon; if it
+            # refuses them (a bad page, or a daemon before issue #15), the per-block form below
+            # frees what it can and names each refused block, as before.
+            try:
+                return self._call(self.stub.FreePagesBulk, _runs_request(lease_id, pfns), self.alloc_timeout)
+            except (InvalidArgumentError, OutOfRangeError, FailedPreconditionError, PermissionDeniedError):
+                pass
         req = physmem_pb2.FreePagesBulkRequest(lease_id=lease_id, pfn=pfns, order=orders)
         return self._call(self.stub.FreePagesBulk, req, self.alloc_timeout)
 
