@@ -1,8 +1,9 @@
 // The page allocator's fast paths through the per-CPU lists, inline so that an order-0 pair costs
 // no call: alloc_pages()'s first attempt (the kernel's rmqueue_pcplist() behind
-// get_page_from_freelist()'s first zone) and the trusted free (free_unref_page() without the
-// bad-page checks of free_pages_prepare()). Everything else stays out of line in
-// page_allocator.cc.
+// get_page_from_freelist()'s first zone), the checked free's common case (__free_pages(): one
+// compare for every check, the claiming CAS, free_unref_page()'s push) and the trusted free
+// (free_unref_page() without the bad-page checks of free_pages_prepare()). Everything else, every
+// refusal included, stays out of line in page_allocator.cc.
 //
 // Who uses it: included at the end of page_allocator.h only; callers see PageAllocator's methods.
 // Thread-safety: as PageAllocator's: any thread, any time. The per-CPU lists are lock-free
@@ -52,6 +53,30 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
     }
   }
   return AllocFromFreelist(gfp, order, owner, allowed_zones);
+}
+
+inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t owner) {
+  // The fast path: every check of the checked free in one compare (allocated with refcount 1,
+  // this order and owner, not compound; PG_movable may be either), then the claiming CAS, the
+  // per-CPU push and the count. A lowmem block without init_on_free only; anything else, and any
+  // refusal, is decided by FreePagesSlow(), which checks again from the start.
+  if (page != nullptr && mem_map_->owns(page)) [[likely]] {
+    const uint32_t idx = mem_map_->index_of(page);
+    const ZoneType zt = ZoneOfIndex(idx);
+    uint64_t word = page->state.load(std::memory_order_relaxed);
+    if ((word & ~uint64_t{PG_movable}) == PageState::Allocated(order, owner, /*compound=*/false) &&
+        zt != ZONE_HIGHMEM && !options_.init_on_free) [[likely]] {
+      Zone* const zn = zone(zt);
+      // The CAS makes a double free harmless: of two racing frees, one finds the state changed
+      // (and FreePagesSlow() refuses it). seq_cst as in FreeBlock() (free on x86).
+      if (page->state.compare_exchange_strong(word, zn->FreeState(order), std::memory_order_seq_cst)) [[likely]] {
+        zn->FreeBlock(idx, order);
+        vm_events_.CountFree(zt, order);
+        return absl::OkStatus();
+      }
+    }
+  }
+  return FreePagesSlow(page, order, owner);
 }
 
 // The caller broke the trusted free's contract (PHYSMEM_DCHECK builds only): say what the page
