@@ -383,7 +383,7 @@ unsigned PageAllocator::AllocPagesBulkFill(gfp_t gfp, unsigned nr, Page** page_a
 // ---------------------------------------------------------------------------------------------
 // Free
 
-absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t owner) {
+absl::Status PageAllocator::FreePagesSlow(Page* page, unsigned order, uint32_t owner) {
   if (page == nullptr || !mem_map_->owns(page)) {
     return ToStatus(Refusal{RefusalReason::kNotAPage, 0, "__free_pages: not a struct page of this allocator"});
   }

@@ -265,6 +265,8 @@ class PageAllocator {
   // alloc_pages() after its per-CPU fast path (allocator/pcp_fast_path.h): argument checks, the
   // zonelist walk at LOW, then AllocSlow().
   Page* AllocFromFreelist(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones);
+  // __free_pages() after its inline fast path: every check, with the reason for a refusal.
+  absl::Status FreePagesSlow(Page* page, unsigned order, uint32_t owner);
   Page* AllocSlow(gfp_t gfp, unsigned order, uint32_t owner, ZoneType highest, uint32_t allowed_zones);
   Page* PrepNewPage(uint32_t idx, unsigned order, gfp_t gfp, uint32_t owner);
   std::optional<Refusal> ValidateAllocArgs(gfp_t gfp, unsigned order) const;
