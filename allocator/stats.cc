@@ -90,6 +90,22 @@ std::string FormatPagetypeinfo(std::span<const ZoneStats> zones, int node) {
   return text;
 }
 
+const std::array<const char*, kNrNodeStatItems> kNodeStatNames = {
+    // enum node_stat_item of 6.12, names from vmstat_text[] (mm/vmstat.c).
+    "nr_inactive_anon", "nr_active_anon", "nr_inactive_file", "nr_active_file", "nr_unevictable",
+    "nr_slab_reclaimable", "nr_slab_unreclaimable", "nr_isolated_anon", "nr_isolated_file",
+    "workingset_nodes", "workingset_refault_anon", "workingset_refault_file", "workingset_activate_anon",
+    "workingset_activate_file", "workingset_restore_anon", "workingset_restore_file", "workingset_nodereclaim",
+    "nr_anon_pages", "nr_mapped", "nr_file_pages", "nr_dirty", "nr_writeback", "nr_writeback_temp", "nr_shmem",
+    "nr_shmem_hugepages", "nr_shmem_pmdmapped", "nr_file_hugepages", "nr_file_pmdmapped",
+    "nr_anon_transparent_hugepages", "nr_vmscan_write", "nr_vmscan_immediate_reclaim", "nr_dirtied", "nr_written",
+    "nr_throttled_written", "nr_kernel_misc_reclaimable", "nr_foll_pin_acquired", "nr_foll_pin_released",
+    "nr_kernel_stack",  // NR_KERNEL_STACK_KB (CONFIG_SHADOW_CALL_STACK's nr_shadow_call_stack would follow)
+    "nr_page_table_pages", "nr_sec_page_table_pages",
+    "nr_iommu_pages",  // CONFIG_IOMMU_SUPPORT (6.11+)
+    "nr_swapcached",   // CONFIG_SWAP (CONFIG_NUMA_BALANCING's pgpromote_* would follow)
+    "pgdemote_kswapd", "pgdemote_direct", "pgdemote_khugepaged"};
+
 namespace {
 
 // The zone_stat_item names of 6.12 mm/vmstat.c vmstat_text[] (CONFIG_ZSMALLOC and
@@ -110,7 +126,8 @@ struct PrintedZone {
 
 }  // namespace
 
-std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node) {
+std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node,
+                           const NodeStats& node_stats) {
   std::vector<PrintedZone> printed;
   for (const ZoneStats& z : zones) {
     // An empty HIGHMEM zone still gets MIN = clamp(0, SWAP_CLUSTER_MAX, 128) = 32 in the kernel.
@@ -122,11 +139,25 @@ std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfi
   printed.push_back({"Movable", nullptr, Watermarks{32, 32, 32}});
   if (config.zone_device) printed.push_back({"Device", nullptr, Watermarks{}});
 
+  // is_zone_first_populated(): the node's first zone with present pages carries the node block.
+  const PrintedZone* first_populated = nullptr;
+  for (const PrintedZone& pz : printed) {
+    if (pz.stats != nullptr && pz.stats->populated) {
+      first_populated = &pz;
+      break;
+    }
+  }
   std::string out;
   for (size_t i = 0; i < printed.size(); ++i) {
     const PrintedZone& pz = printed[i];
     const ZoneStats* z = pz.stats;
     absl::StrAppendFormat(&out, "Node %d, zone %8s", node, pz.name);
+    if (&pz == first_populated) {
+      out += "\n  per-node stats";
+      for (size_t k = 0; k < kNrNodeStatItems; ++k) {
+        absl::StrAppendFormat(&out, "\n      %-12s %lu", kNodeStatNames[k], node_stats.value[k]);
+      }
+    }
     const uint64_t gap = pz.wmark.low - pz.wmark.min;
     absl::StrAppendFormat(&out,
                           "\n  pages free     %lu"

@@ -89,6 +89,28 @@ std::string FormatBuddyinfoLine(const ZoneStats& z, int node = 0);
 // that needs CONFIG_PAGE_OWNER with page_owner=on.
 std::string FormatPagetypeinfo(std::span<const ZoneStats> zones, int node = 0);
 
+// The node counters /proc/zoneinfo prints in its "per-node stats" block: 6.12's enum
+// node_stat_item (include/linux/mmzone.h) with the names of mm/vmstat.c vmstat_text[], for the
+// configuration the zoneinfo view models (x86-like, !NUMA so no NUMA_BALANCING promotion
+// counters, CONFIG_SWAP and CONFIG_IOMMU_SUPPORT on, no SHADOW_CALL_STACK): 45 items, from
+// nr_inactive_anon to pgdemote_khugepaged. (Later kernels add pgpromote_candidate_nrl,
+// pgdemote_proactive, nr_hugetlb, nr_balloon_pages, nr_kernel_file_pages and drop
+// nr_writeback_temp.) Every one of them counts something the emulator has no model of (LRU lists,
+// slab, page cache, writeback, workingset shadows, page tables, swap, demotion): its RAM holds
+// only the buddy's free pages and the blocks handed to callers, which the kernel counts nowhere in
+// this block (an alloc_pages() caller's pages change NR_FREE_PAGES only). So the allocator
+// passes an all-zero NodeStats; a caller that models such counters fills them in.
+inline constexpr size_t kNrNodeStatItems = 45;
+extern const std::array<const char*, kNrNodeStatItems> kNodeStatNames;
+
+struct NodeStats {
+  // node_page_state_pages() per item in kNodeStatNames order, as zoneinfo_show_print() prints it:
+  // the THP items (vmstat_item_print_in_thp(): nr_shmem_hugepages, nr_shmem_pmdmapped,
+  // nr_file_hugepages, nr_file_pmdmapped, nr_anon_transparent_hugepages) already divided by
+  // HPAGE_PMD_NR.
+  std::array<uint64_t, kNrNodeStatItems> value{};
+};
+
 // What /proc/zoneinfo needs beyond the zones' snapshots: the kernel configuration it models.
 struct ZoneinfoConfig {
   unsigned page_shift = 12;
@@ -108,9 +130,11 @@ struct ZoneinfoConfig {
 // emulator has no LRU or mlock, so those are 0. Pagesets print count, high, batch, high_min
 // (= high: our high does not auto-tune), high_max (zone_highsize() with
 // MIN_PERCPU_PAGELIST_HIGH_FRACTION 8) and the vm stats threshold (calculate_normal_threshold()).
-// Left out: the "per-node stats" block of the first populated zone (node LRU, slab, workingset
-// counters the emulator does not have).
-std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node = 0);
+// The node's first populated zone (is_zone_first_populated()) is preceded by "  per-node stats"
+// and one "      %-12s %lu" line per node counter (`node_stats`, all zero from the allocator: see
+// NodeStats); a node without a populated zone prints no such block.
+std::string FormatZoneinfo(std::span<const ZoneStats> zones, const ZoneinfoConfig& config, int node = 0,
+                           const NodeStats& node_stats = {});
 
 }  // namespace physmem
 

@@ -2,6 +2,7 @@
 // strings of mm/vmstat.c in 6.12 LTS (pagetypeinfo_show(), pagetypeinfo_showfree_print(),
 // pagetypeinfo_showblockcount_print(), quoted below), against a real kernel's file from
 // KERNEL-2.md §4, and against this machine's /proc/pagetypeinfo with the same numbers.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "allocator/page_allocator.h"
 #include "allocator/stats.h"
@@ -196,7 +198,12 @@ TEST(Zoneinfo, FollowsTheKernelFormatStrings) {
   dma.pcp = {PcpCpuStats{.cpu = 0, .count = 7}, PcpCpuStats{.cpu = 1, .count = 0}};
   ZoneStats dma32 = Zone(ZONE_DMA32);
   dma32.populated = false;
+  NodeStats node;
+  for (size_t k = 0; k < kNrNodeStatItems; ++k) node.value[k] = 1000 * k;
   std::string want = absl::StrFormat("Node %d, zone %8s", 0, "DMA");
+  // is_zone_first_populated(): the node block, seq_printf(m, "\n      %-12s %lu", ...) per item.
+  want += "\n  per-node stats";
+  for (size_t k = 0; k < kNrNodeStatItems; ++k) want += absl::StrFormat("\n      %-12s %lu", kNodeStatNames[k], 1000 * k);
   want += absl::StrFormat(
       "\n  pages free     %lu\n        boost    %lu\n        min      %lu\n        low      %lu"
       "\n        high     %lu\n        promo    %lu\n        spanned  %lu\n        present  %lu"
@@ -229,7 +236,7 @@ TEST(Zoneinfo, FollowsTheKernelFormatStrings) {
       0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul, 0ul);
   want += "\n        protection: (0, 0, 0)\n";
   const std::vector<ZoneStats> zones = {dma, dma32};
-  const std::string got = FormatZoneinfo(zones, ZoneinfoConfig{.page_shift = 12, .nr_online_cpus = 2});
+  const std::string got = FormatZoneinfo(zones, ZoneinfoConfig{.page_shift = 12, .nr_online_cpus = 2}, 0, node);
   ASSERT_TRUE(absl::StartsWith(got, want)) << got;
   EXPECT_THAT(got.substr(want.size()), ::testing::StartsWith("Node 0, zone  Movable"));
 }
@@ -240,7 +247,6 @@ TEST(Zoneinfo, FollowsTheKernelFormatStrings) {
 // zone sizes, watermarks and lowmem_reserve.
 TEST(Zoneinfo, ReproducesARealKernelsEmptyZonesAndProtectionLine) {
   const std::string real_dma_head =
-      "Node 0, zone      DMA\n"
       "  pages free     3840\n"
       "        boost    0\n"
       "        min      15\n"
@@ -298,11 +304,97 @@ TEST(Zoneinfo, ReproducesARealKernelsEmptyZonesAndProtectionLine) {
       FormatZoneinfo(zones, ZoneinfoConfig{.page_shift = 12, .zone_device = true, .nr_online_cpus = 2});
   std::string head = real_dma_head;
   head.pop_back();  // the populated zone goes on with its counters
-  EXPECT_TRUE(absl::StartsWith(got, head)) << got;
+  EXPECT_TRUE(absl::StartsWith(got, "Node 0, zone      DMA\n  per-node stats\n")) << got;
+  EXPECT_THAT(got, ::testing::HasSubstr("\n      pgdemote_khugepaged 0\n" + head)) << got;
   EXPECT_TRUE(absl::EndsWith(got, real_empty)) << got;
   // The real DMA zone's pageset values that follow from the same numbers.
   EXPECT_THAT(got, ::testing::HasSubstr("\n              high_min: 9\n              high_max: 240\n"
                                         "  vm stats threshold: 4\n"));
+}
+
+// The "per-node stats" block against this machine's (a later kernel's) /proc/zoneinfo, lines
+// copied from its DMA zone: with the same numbers every counter both kernels have prints the same
+// line, in the same order. The lists differ only by version: 6.12 still has nr_writeback_temp;
+// the later kernel adds pgdemote_proactive, nr_hugetlb, nr_balloon_pages, nr_kernel_file_pages,
+// and, being a NUMA kernel, the NUMA_BALANCING promotion counters.
+TEST(Zoneinfo, PerNodeStatsLinesMatchARealKernelsForTheSameNumbers) {
+  const std::vector<std::string> real = {
+      "      nr_inactive_anon 1179", "      nr_active_anon 8", "      nr_inactive_file 151982",
+      "      nr_active_file 136443", "      nr_unevictable 3715", "      nr_slab_reclaimable 64324",
+      "      nr_slab_unreclaimable 13184", "      nr_isolated_anon 0", "      nr_isolated_file 0",
+      "      workingset_nodes 58071", "      workingset_refault_anon 0", "      workingset_refault_file 2842086",
+      "      workingset_activate_anon 0", "      workingset_activate_file 1252889",
+      "      workingset_restore_anon 0", "      workingset_restore_file 0", "      workingset_nodereclaim 0",
+      "      nr_anon_pages 2470", "      nr_mapped    2921", "      nr_file_pages 290865", "      nr_dirty     50",
+      "      nr_writeback 0", "      nr_shmem     2439", "      nr_shmem_hugepages 0", "      nr_shmem_pmdmapped 0",
+      "      nr_file_hugepages 3", "      nr_file_pmdmapped 0", "      nr_anon_transparent_hugepages 0",
+      "      nr_vmscan_write 0", "      nr_vmscan_immediate_reclaim 121694", "      nr_dirtied   50312761",
+      "      nr_written   41237609", "      nr_throttled_written 0", "      nr_kernel_misc_reclaimable 0",
+      "      nr_foll_pin_acquired 0", "      nr_foll_pin_released 0", "      nr_kernel_stack 1544",
+      "      nr_page_table_pages 478", "      nr_sec_page_table_pages 0", "      nr_iommu_pages 0",
+      "      nr_swapcached 0", "      pgpromote_success 0", "      pgpromote_candidate 0",
+      "      pgpromote_candidate_nrl 0", "      pgdemote_kswapd 0", "      pgdemote_direct 0",
+      "      pgdemote_khugepaged 0", "      pgdemote_proactive 0", "      nr_hugetlb   0",
+      "      nr_balloon_pages 0", "      nr_kernel_file_pages 0"};
+  std::map<std::string, std::pair<uint64_t, std::string>> by_name;  // name -> (value, line)
+  std::vector<std::string> real_order;
+  for (const std::string& line : real) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    ASSERT_EQ(f.size(), 2u) << line;
+    uint64_t v = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(f[1], &v)) << line;
+    by_name[f[0]] = {v, line};
+    real_order.push_back(f[0]);
+  }
+  NodeStats node;
+  std::vector<std::string> only_ours;
+  for (size_t k = 0; k < kNrNodeStatItems; ++k) {
+    auto it = by_name.find(kNodeStatNames[k]);
+    if (it == by_name.end()) {
+      only_ours.push_back(kNodeStatNames[k]);
+    } else {
+      node.value[k] = it->second.first;
+    }
+  }
+  EXPECT_THAT(only_ours, ::testing::ElementsAre("nr_writeback_temp"));
+  ZoneStats dma = Zone(ZONE_DMA);
+  dma.pcp = {PcpCpuStats{.cpu = 0}};
+  const std::string got = FormatZoneinfo(std::vector<ZoneStats>{dma}, ZoneinfoConfig{}, 0, node);
+  const std::vector<std::string> lines = absl::StrSplit(got, '\n');
+  ASSERT_GT(lines.size(), 2 + kNrNodeStatItems);
+  EXPECT_EQ(lines[0], "Node 0, zone      DMA");
+  EXPECT_EQ(lines[1], "  per-node stats");
+  std::vector<std::string> shared_ours, shared_real;
+  for (size_t k = 0; k < kNrNodeStatItems; ++k) {
+    const std::string& line = lines[2 + k];
+    auto it = by_name.find(kNodeStatNames[k]);
+    if (it == by_name.end()) continue;
+    EXPECT_EQ(line, it->second.second);
+    shared_ours.push_back(kNodeStatNames[k]);
+  }
+  EXPECT_THAT(lines[2 + kNrNodeStatItems], ::testing::StartsWith("  pages free "));
+  for (const std::string& name : real_order) {
+    if (std::find(kNodeStatNames.begin(), kNodeStatNames.end(), name) != kNodeStatNames.end()) {
+      shared_real.push_back(name);
+    }
+  }
+  EXPECT_EQ(shared_ours, shared_real);
+  EXPECT_EQ(shared_real.size() + 7, real.size());  // the seven counters 6.12 does not have
+}
+
+// Only the node's first populated zone carries the block; a node with no populated zone has none.
+TEST(Zoneinfo, PerNodeStatsPrecedeOnlyTheFirstPopulatedZone) {
+  ZoneStats dma = Zone(ZONE_DMA);
+  dma.populated = false;
+  ZoneStats normal = Zone(ZONE_NORMAL);
+  normal.pcp = {PcpCpuStats{.cpu = 0}};
+  std::string got = FormatZoneinfo(std::vector<ZoneStats>{dma, normal}, ZoneinfoConfig{});
+  EXPECT_THAT(got, ::testing::HasSubstr("Node 0, zone   Normal\n  per-node stats\n      nr_inactive_anon 0\n"));
+  EXPECT_EQ(got.find("per-node stats"), got.rfind("per-node stats"));
+  EXPECT_THAT(got, ::testing::HasSubstr("Node 0, zone      DMA\n  pages free     0\n"));
+  normal.populated = false;
+  got = FormatZoneinfo(std::vector<ZoneStats>{dma, normal}, ZoneinfoConfig{});
+  EXPECT_THAT(got, ::testing::Not(::testing::HasSubstr("per-node stats")));
 }
 
 }  // namespace

@@ -581,19 +581,24 @@ TEST_F(CtlTest, BuddyinfoIsTheKernelFormatAndAddsUpToTheBuddyFreePages) {
 // The daemon's /proc/zoneinfo text (6.12 zoneinfo_show_print() layout: "Node %d, zone %8s", then
 // "\n  pages free     %lu" ... "\n        protection: (%ld", ", %ld", ")"): every zone of the
 // kernel's list for i386 (DMA, Normal, HighMem, Movable), pages free = NR_FREE_PAGES (per-CPU
-// pages excluded), four protection entries, and the empty Movable zone stopping after them.
+// pages excluded), four protection entries, and the empty Movable zone stopping after them. The
+// first populated zone (DMA) is preceded by the node's "  per-node stats" block
+// (is_zone_first_populated()), all zero: the emulator keeps none of those node counters.
 TEST_F(CtlTest, ZoneinfoPrintsEveryZoneWithItsFreePagesAndWatermarks) {
   const CtlResult r = Run({"zoneinfo"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   absl::StatusOr<v1::GetZoneInfoResponse> info = client_->GetZoneInfo();
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(r.out, info->zoneinfo());
+  EXPECT_THAT(r.out, StartsWith("Node 0, zone      DMA\n  per-node stats\n      nr_inactive_anon 0\n"));
+  EXPECT_EQ(r.out.find("per-node stats"), r.out.rfind("per-node stats"));
   for (const v1::ZoneInfo& z : info->zones()) {
     if (!z.populated()) continue;
     const std::string block = absl::StrFormat(
-        "Node 0, zone %8s\n  pages free     %d\n        boost    0\n        min      %d\n        low      %d\n"
+        "%s\n  pages free     %d\n        boost    0\n        min      %d\n        low      %d\n"
         "        high     %d\n        promo    %d\n",
-        z.zone(), z.buddy_free_pages(), z.min(), z.low(), z.high(), z.high() + (z.low() - z.min()));
+        z.zone() == "DMA" ? "      pgdemote_khugepaged 0" : absl::StrFormat("Node 0, zone %8s", z.zone()),
+        z.buddy_free_pages(), z.min(), z.low(), z.high(), z.high() + (z.low() - z.min()));
     EXPECT_THAT(r.out, HasSubstr(block));
   }
   EXPECT_THAT(r.out, HasSubstr("  pagesets\n    cpu: 0\n"));
@@ -881,19 +886,21 @@ TEST_F(CtlTest, FreeOfSeveralBlocksReportsTheRefusedOnesAndExitsOne) {
   absl::StatusOr<PageHandle> p = AttachTo(id)->AllocPages("GFP_KERNEL", 0);
   ASSERT_TRUE(p.ok()) << p.status();
   p->Release();
-  // pfn 1 is free: a double free, refused; the lease's own page is freed all the same.
-  const CtlResult r = Run({"free", std::to_string(id), absl::StrFormat("%#x", p->pfn()), "0x1"});
+  // pfn 0x100 is free (the first page the buddy manages: page 0 is no RAM and the rest of the
+  // first megabyte is memblock-reserved on x86): a double free, refused; the lease's own page is
+  // freed all the same.
+  const CtlResult r = Run({"free", std::to_string(id), absl::StrFormat("%#x", p->pfn()), "0x100"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "pages_freed=1 blocks_freed=1\n");
   EXPECT_THAT(r.err, MatchesRegex("physmemctl: FAILED_PRECONDITION: 1 of 2 blocks not freed \\(each refusal changed "
-                                  "nothing\\): pfn 0x1: FAILED_PRECONDITION: [^\n]+\n"));
+                                  "nothing\\): pfn 0x100: FAILED_PRECONDITION: [^\n]+\n"));
   EXPECT_EQ(client_->GetLease(id)->pages_held(), 0u);
   // -o json: the reply, refusals included.
-  const CtlResult j = Run({"free", std::to_string(id), "0x1", "-o", "json"});
+  const CtlResult j = Run({"free", std::to_string(id), "0x100", "-o", "json"});
   EXPECT_EQ(j.exit_code, 1);
   const v1::FreePagesBulkResponse resp = FromJson<v1::FreePagesBulkResponse>(j.out);
   ASSERT_EQ(resp.refused_size(), 1);
-  EXPECT_EQ(resp.refused(0).pfn(), 1u);
+  EXPECT_EQ(resp.refused(0).pfn(), 0x100u);
   EXPECT_EQ(resp.refused(0).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
 }
 
@@ -1063,7 +1070,7 @@ TEST_F(CtlTest, WatchRunsUntilStoppedAndExitsZero) {
   std::optional<CtlResult> r = p.Wait(HangBound());
   ASSERT_TRUE(r.has_value()) << "watch did not stop on SIGINT";
   EXPECT_EQ(r->exit_code, 0) << r->err;
-  EXPECT_THAT(r->out, StartsWith("Node 0, zone      DMA\n  pages free"));
+  EXPECT_THAT(r->out, StartsWith("Node 0, zone      DMA\n  per-node stats\n"));
 }
 
 TEST_F(CtlTest, WatchOnATerminalClearsTheScreenBeforeEachRefresh) {
@@ -1276,7 +1283,9 @@ INSTANTIATE_TEST_SUITE_P(
         ServerErrorCase{"AllocInUnknownNamedLease", {"alloc", "x1"}, "NOT_FOUND"},
         ServerErrorCase{"RevokeUnknownNamedLease", {"lease", "revoke", "nic-tx"}, "NOT_FOUND"},
         ServerErrorCase{"UnknownKey", {"free", "{lease}", "--key=nope"}, "NOT_FOUND"},
-        ServerErrorCase{"DoubleFree", {"free", "{lease}", "--pfn=1", "--order=0"}, "FAILED_PRECONDITION"},
+        ServerErrorCase{"DoubleFree", {"free", "{lease}", "--pfn=0x100", "--order=0"}, "FAILED_PRECONDITION"},
+        // pfn 1 is RAM the x86 boot memblock-reserves (reserve_real_mode()): never the buddy's.
+        ServerErrorCase{"ReservedPfn", {"free", "{lease}", "--pfn=1", "--order=0"}, "OUT_OF_RANGE"},
         ServerErrorCase{"HighmemAddressForm", {"alloc", "{lease}", "--form=address", "--gfp=GFP_HIGHUSER"},
                         "FAILED_PRECONDITION"},
         ServerErrorCase{"PfnBeyondRam", {"address", "{lease}", "0x10000000"}, "OUT_OF_RANGE"}),

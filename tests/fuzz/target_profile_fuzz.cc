@@ -76,7 +76,8 @@ void CheckBoots(const physmem::Target& t) {
   }
   absl::StatusOr<physmem::PageCensus> c = (*pa)->Validate();
   if (!c.ok()) Fail("fresh allocator fails Validate: " + c.status().ToString());
-  if (c->allocated_pages != 0 || c->total_pages != t.total_pages()) Fail("fresh census does not add up");
+  // The census counts managed pages: RAM less the memblock-reserved ranges.
+  if (c->allocated_pages != 0 || c->total_pages != t.managed_pages()) Fail("fresh census does not add up");
   physmem::Page* p = (*pa)->alloc_pages(physmem::GFP_KERNEL, 0);
   if (p != nullptr && !(*pa)->__free_pages(p, 0).ok()) Fail("cannot free a fresh page");
 }

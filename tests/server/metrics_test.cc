@@ -127,7 +127,7 @@ std::vector<std::string> DocumentedFamilies() {
 class Metrics : public testing::DaemonStubTest {
  protected:
   std::atomic<int> leases_named_{0};  // NewLease's names, "test-N"
-  // i386 with 1 GiB: DMA (4096 pages), Normal and HighMem (32768 pages); `extra` flags come last
+  // i386 with 1 GiB: DMA (3998 present pages, 3840 managed), Normal and HighMem (32768 pages); `extra` flags come last
   // and win. A test that lets a lease expire runs the daemon on a lease clock it moves (`clock`).
   void StartDaemon(std::vector<std::string> extra = {},
                    testing::LeaseClockMode clock = testing::LeaseClockMode::kReal) {
@@ -263,15 +263,22 @@ TEST_F(Metrics, ZoneGaugesMatchTheTarget) {
     Ctx ctx;
     ASSERT_TRUE(stub_->GetTarget(&ctx, v1::GetTargetRequest(), &t).ok());
   }
-  EXPECT_EQ(s.Sum("physmem_zone_present_pages"), t.total_pages());
+  // GetTarget's total_pages is what the allocator manages: RAM less the i386 built-in's
+  // memblock-reserved first megabyte (reserve_real_mode(): 158 RAM pages, pfns 1..0x9e).
+  EXPECT_EQ(s.Sum("physmem_zone_present_pages"), t.total_pages() + 158);
   EXPECT_EQ(s.Sum("physmem_zone_managed_pages"), t.total_pages());
   EXPECT_EQ(s.Sum("physmem_zone_free_pages"), t.total_pages());  // nothing allocated yet
-  EXPECT_EQ(s.Sum("physmem_zone_spanned_pages", {{"zone", "DMA"}}), 4096);  // 16 MiB, holes included
-  EXPECT_LE(s.Sum("physmem_zone_present_pages", {{"zone", "DMA"}}), 4096);
+  // 16 MiB less page 0 (trim_bios_range()), holes included; present and managed as this
+  // machine's /proc/zoneinfo shows its DMA zone.
+  EXPECT_EQ(s.Sum("physmem_zone_spanned_pages", {{"zone", "DMA"}}), 4095);
+  EXPECT_EQ(s.Sum("physmem_zone_present_pages", {{"zone", "DMA"}}), 3998);
+  EXPECT_EQ(s.Sum("physmem_zone_managed_pages", {{"zone", "DMA"}}), 3840);
   EXPECT_EQ(s.Sum("physmem_page_size_bytes"), 4096);
   EXPECT_EQ(s.Sum("physmem_build_info", {{"target", "i386"}}), 1);
   EXPECT_EQ(s.Sum("physmem_arena_backing_info", {{"backing", "ordinary"}}), 1);
-  EXPECT_GE(s.Sum("physmem_arena_bytes"), 1024.0 * (1 << 20));
+  // The arena backs the managed pages: 1 GiB less page 0 and the 158 reserved pages below 1 MiB.
+  EXPECT_EQ(s.Sum("physmem_arena_bytes"), t.total_pages() * 4096.0);
+  EXPECT_EQ(s.Sum("physmem_arena_bytes"), 1024.0 * (1 << 20) - 159 * 4096.0);
   EXPECT_GT(s.Sum("process_resident_memory_bytes"), 0);
   const double now = static_cast<double>(std::time(nullptr));
   EXPECT_NEAR(s.Sum("process_start_time_seconds"), now, 120);
