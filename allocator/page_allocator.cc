@@ -509,12 +509,14 @@ std::optional<PageAllocator::BlockInfo> PageAllocator::AllocatedBlockAt(uint64_t
   return BlockInfo{head, s.order, s.owner, (s.flags & PG_head) != 0};
 }
 
-absl::StatusOr<Page*> PageAllocator::OwnedBlockContaining(uint64_t pfn, uint32_t owner) const {
-  absl::StatusOr<Page*> page = PfnToPage(pfn);
-  if (!page.ok()) return page.status();
+RefusalOr<Page*> PageAllocator::TryOwnedBlockContaining(uint64_t pfn, uint32_t owner) const {
+  RefusalOr<Page*> page = TryPfnToPage(pfn);
+  if (!page.ok()) return page;
   std::optional<BlockInfo> b = AllocatedBlockAt(pfn);
-  if (!b) return absl::FailedPreconditionError(absl::StrFormat("pfn %#x is not allocated", pfn));
-  if (b->owner != owner) return absl::PermissionDeniedError(absl::StrFormat("pfn %#x has another owner", pfn));
+  if (!b) return Refusal{RefusalReason::kNotAllocated, pfn, absl::StrFormat("pfn %#x is not allocated", pfn)};
+  if (b->owner != owner) {
+    return Refusal{RefusalReason::kWrongOwner, pfn, absl::StrFormat("pfn %#x has another owner", pfn)};
+  }
   return b->head;
 }
 

@@ -193,10 +193,13 @@ class PageAllocator {
     bool compound = false;  // PageHead(): allocated with __GFP_COMP
   };
   std::optional<BlockInfo> AllocatedBlockAt(uint64_t pfn) const;
-  // The head of the allocated block containing pfn if `owner` holds it. OUT_OF_RANGE for a hole
-  // or beyond RAM, FAILED_PRECONDITION "pfn .. is not allocated", PERMISSION_DENIED if another
-  // owner holds it (the message names neither owner: the caller knows whom to name).
-  absl::StatusOr<Page*> OwnedBlockContaining(uint64_t pfn, uint32_t owner) const;
+  // The head of the allocated block containing pfn if `owner` holds it. kPfnOutOfRange for a
+  // hole or beyond RAM, kNotAllocated "pfn .. is not allocated", kWrongOwner if another owner
+  // holds it (the detail names neither owner: the caller knows whom to name).
+  RefusalOr<Page*> TryOwnedBlockContaining(uint64_t pfn, uint32_t owner) const;
+  absl::StatusOr<Page*> OwnedBlockContaining(uint64_t pfn, uint32_t owner) const {
+    return TryOwnedBlockContaining(pfn, owner).ToStatusOr();
+  }
   // page_mapcount(): the page's kmap() count (HIGHMEM pages; 0 for lowmem).
   int page_mapcount(const Page* page) const { return page->mapcount.load(std::memory_order_seq_cst); }
 

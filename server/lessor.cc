@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "server/log.h"
+#include "server/refusal_status.h"
 #include "server/status_util.h"
 
 namespace physmem {
@@ -67,7 +68,10 @@ absl::Status CheckRunShapes(std::span<const Lessor::PfnRun> runs) {
 
 // A refusal of DetachRuns: the run's number first, then what is wrong, then that nothing changed.
 absl::Status RunRefusal(const absl::Status& s, size_t run) {
-  return absl::Status(s.code(), absl::StrFormat("run %d: %s; nothing was freed", run, s.message()));
+  absl::Status out(s.code(), absl::StrFormat("run %d: %s; nothing was freed", run, s.message()));
+  // The refusal's reason (server/refusal_status.h) goes along: the handler counts by it.
+  s.ForEachPayload([&out](auto url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
 }
 
 }  // namespace
@@ -719,8 +723,10 @@ absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> r
       if (seg == nullptr || !seg->contains_pfn(pfn)) {
         const std::optional<uint32_t> idx = mm.pfn_to_index(pfn);
         if (!idx) {
-          return RunRefusal(absl::OutOfRangeError(absl::StrFormat(
-                                "pfn %#x is not RAM (in a hole, or beyond the end of RAM)", pfn)), i);
+          return RunRefusal(RefusalStatus({RefusalReason::kPfnOutOfRange, pfn,
+                                           absl::StrFormat("pfn %#x is not RAM (in a hole, or beyond the end of RAM)",
+                                                           pfn)}),
+                            i);
         }
         seg = &mm.segment_of_index(*idx);
       }
@@ -729,15 +735,17 @@ absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> r
         // kmap() takes lease.mu_ too, so a page that is not mapped now stays unmapped until the
         // free: the allocator's own kmap check cannot refuse it halfway through the call.
         if (zone_of(idx) == ZONE_HIGHMEM && pa_->page_mapcount(&mm.page(idx)) != 0) {
-          return RunRefusal(absl::FailedPreconditionError(absl::StrFormat(
-                                "pfn %#x is still kmap()ed; kunmap it before freeing", pfn)), i);
+          return RunRefusal(RefusalStatus({RefusalReason::kStillMapped, pfn,
+                                           absl::StrFormat("pfn %#x is still kmap()ed; kunmap it before freeing",
+                                                           pfn)}),
+                            i);
         }
         continue;
       }
       // Not an order-0 block of the lease's: the allocator says why (free, another owner), or
       // the page is part of a larger block of this lease.
-      absl::StatusOr<Page*> head = pa_->OwnedBlockContaining(pfn, lease.owner());
-      if (!head.ok()) return RunRefusal(HideOtherOwner(head.status(), pfn), i);
+      RefusalOr<Page*> head = pa_->TryOwnedBlockContaining(pfn, lease.owner());
+      if (!head.ok()) return RunRefusal(RefusalStatus(head.refusal()), i);
       const uint32_t head_idx = mm.index_of(*head);
       if (const std::optional<unsigned> order = BlockOrder(lease, head_idx)) {
         return RunRefusal(absl::InvalidArgumentError(absl::StrFormat(
@@ -745,7 +753,7 @@ absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> r
                               "free that block by pfn and order",
                               pfn, *order, pfn_of(head_idx), lease.id)), i);
       }
-      return RunRefusal(absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn)), i);
+      return RunRefusal(RefusalStatus({RefusalReason::kWrongOwner, pfn, "another lease's block"}), i);
     }
   }
   return absl::OkStatus();
@@ -793,9 +801,10 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
       return absl::NotFoundError(absl::StrFormat("no allocation with key %s in lease %d", QuoteInput(key), lease.id));
     }
     const unsigned key_order = *BlockOrder(lease, *keyed);
-    if (order != 0 && order != key_order) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("key %s names an order-%d block, not order %d", QuoteInput(key), key_order, order));
+    if (order != 0 && order != key_order) {  // the allocator would say the same of the block
+      return RefusalStatus({RefusalReason::kWrongOrder, pfn_of(*keyed),
+                            absl::StrFormat("key %s names an order-%d block, not order %d", QuoteInput(key),
+                                            key_order, order)});
     }
     pfn = pfn_of(*keyed);
     order = key_order;
@@ -804,10 +813,11 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
   // nothing when it refuses; the book follows only a successful free. With a journal, the free
   // is recorded once it is certain and before the block can be reused; a free the journal cannot
   // record is refused with its status, the block still allocated and in the book.
-  absl::Status s = journal_ == nullptr ? pa_->FreePfn(pfn, order, lease.owner())
-                                       : pa_->FreePfn(pfn, order, lease.owner(),
-                                                      [this, &lease, pfn] { return journal_->Freed(lease.id, pfn); });
-  if (!s.ok()) return HideOtherOwner(s, pfn);
+  std::optional<Refusal> refused =
+      journal_ == nullptr
+          ? pa_->TryFreePfn(pfn, order, lease.owner())
+          : pa_->TryFreePfn(pfn, order, lease.owner(), [this, &lease, pfn] { return journal_->Freed(lease.id, pfn); });
+  if (refused) return RefusalStatus(*refused);
   const uint32_t head = *pa_->mem_map().pfn_to_index(pfn);  // the free succeeded: pfn is RAM
   RemoveBlock(lease, head, order, zone_of(head), uncharge_later);
   return uint64_t{1} << order;
@@ -887,16 +897,16 @@ absl::Status Lessor::AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, ui
   return absl::OkStatus();
 }
 
-std::string Lessor::ExplainNoMemory(const Lease& lease, gfp_t gfp, unsigned order) const {
-  std::string why =
-      absl::StrFormat("no free order-%d block for %s: %s", order, FormatGfp(gfp), pa_->ExplainAllocFailure(gfp));
-  // Say so when the identity's limits took zones out of the zonelist.
+Refusal Lessor::NoMemory(const Lease& lease, gfp_t gfp, unsigned order) const {
   const uint64_t n = uint64_t{1} << order;
-  if (identity_limits_ != nullptr && lease.usage_ != nullptr) {
-    const uint32_t zonelist = identity_limits_->ZonelistZones(gfp);
-    if ((identity_limits_->AllowedZones(*lease.usage_, n) & zonelist) != zonelist) {
-      absl::StrAppend(&why, "; ", identity_limits_->ExplainZoneRefusal(*lease.usage_, gfp, n));
-    }
+  if (identity_limits_ == nullptr || lease.usage_ == nullptr) return pa_->AllocFailure(gfp, order);
+  // The zones the identity's limits leave it (the allowed_zones AllocCharged passed), and say so
+  // when they took zones out of the zonelist.
+  const uint32_t zonelist = identity_limits_->ZonelistZones(gfp);
+  const uint32_t allowed = identity_limits_->AllowedZones(*lease.usage_, n) & zonelist;
+  Refusal why = pa_->AllocFailure(gfp, order, allowed);
+  if (allowed != zonelist) {
+    absl::StrAppend(&why.detail, "; ", identity_limits_->ExplainZoneRefusal(*lease.usage_, gfp, n));
   }
   return why;
 }

@@ -277,8 +277,10 @@ class Lessor {
   // in one block of the lease; the block cannot be freed while fn runs. `max_length` bounds length.
   absl::Status AccessBytes(Lease& lease, uint64_t pfn, uint64_t offset, uint64_t length, uint64_t max_length,
                            absl::FunctionRef<void(std::byte*)> fn);
-  // Why an allocation of `order` with `gfp` into the lease finds no memory (for error messages).
-  std::string ExplainNoMemory(const Lease& lease, gfp_t gfp, unsigned order) const;
+  // Why an allocation of `order` with `gfp` into the lease finds no memory: the allocator's
+  // AllocFailure() over the zones the identity's limits leave it, its detail naming the limits
+  // when they narrowed the zonelist. The service turns it into a status (RefusalStatus).
+  Refusal NoMemory(const Lease& lease, gfp_t gfp, unsigned order) const;
 
   // ---- Expiry. ----
   // Ends every lease whose deadline has passed; returns pages reclaimed. The reaper thread calls

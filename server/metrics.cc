@@ -114,12 +114,6 @@ int ArenaRequest(mg_connection* conn) {
 
 }  // namespace
 
-std::string_view FreeRefusalName(FreeRefusal r) {
-  static constexpr std::string_view kNames[] = {"not_allocated", "wrong_owner", "wrong_order",
-                                                "misaligned",    "out_of_range", "bad_request"};
-  return kNames[static_cast<int>(r)];
-}
-
 std::string_view WaitOutcomeName(WaitOutcome o) {
   static constexpr std::string_view kNames[] = {"satisfied", "timed_out", "cancelled"};
   return kNames[static_cast<int>(o)];
@@ -413,8 +407,8 @@ Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, const Journal* j
                       .Name("physmem_free_refused_total")
                       .Help("Refused frees by reason")
                       .Register(*registry_);
-  for (int r = 0; r < static_cast<int>(FreeRefusal::kCount); ++r) {
-    free_refused_[r] = &refused.Add({{"reason", std::string(FreeRefusalName(static_cast<FreeRefusal>(r)))}});
+  for (size_t i = 0; i < kFreeRefusedLabels.size(); ++i) {
+    free_refused_[i] = &refused.Add({{"reason", std::string(kFreeRefusedLabels[i])}});
   }
   auto& waits = prometheus::BuildCounter()
                     .Name("physmem_alloc_waits_total")
@@ -435,6 +429,10 @@ Metrics::Metrics(const PageAllocator* pa, const Lessor* leases, const Journal* j
 }
 
 Metrics::~Metrics() { StopExposer(); }
+
+void Metrics::FreeRefused(std::optional<RefusalReason> reason) {
+  free_refused_[FreeRefusedLabelIndex(reason)]->Increment();
+}
 
 void Metrics::AllocWaitDone(WaitOutcome outcome, std::chrono::steady_clock::duration waited) {
   waits_[static_cast<int>(outcome)]->Increment();

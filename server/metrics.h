@@ -29,6 +29,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -41,6 +42,7 @@
 #include "prometheus/registry.h"
 #include "server/journal.h"
 #include "server/lessor.h"
+#include "server/refusal_status.h"
 #include "server/rpc_metrics.h"
 
 namespace physmem {
@@ -51,18 +53,6 @@ struct MetricsOptions {
   std::string listen;
   size_t max_lease_names = 50;            // physmem_lease_held_pages series before "(other)"
 };
-
-// physmem_free_refused_total{reason}: why a free was refused (docs/metrics.md).
-enum class FreeRefusal : int {
-  kNotAllocated = 0,  // double free, a tail, or a page inside another block
-  kWrongOwner,        // another lease's block
-  kWrongOrder,        // the block was allocated with another order
-  kMisaligned,        // pfn not aligned to the order, address not page aligned
-  kOutOfRange,        // pfn in a hole / beyond RAM, address outside the direct map
-  kBadRequest,        // anything else wrong with the request (bad order, no such lease, ...)
-  kCount
-};
-std::string_view FreeRefusalName(FreeRefusal r);
 
 // physmem_alloc_waits_total{outcome}.
 enum class WaitOutcome : int { kSatisfied = 0, kTimedOut, kCancelled, kCount };
@@ -83,7 +73,9 @@ class Metrics {
   // The port the exporter listens on (the real one when options.listen asked for port 0); 0 if off.
   int port() const { return port_; }
 
-  void FreeRefused(FreeRefusal reason) { free_refused_[static_cast<int>(reason)]->Increment(); }
+  // physmem_free_refused_total{reason}: the allocator's reason for a refused free, grouped by
+  // FreeRefusedLabel() (server/refusal_status.h); nullopt when the server refused it itself.
+  void FreeRefused(std::optional<RefusalReason> reason);
   void AllocWaitDone(WaitOutcome outcome, std::chrono::steady_clock::duration waited);
 
   // grpc_server_* (server/rpc_metrics.h): Server installs rpc().InterceptorFactory() when enabled().
@@ -99,7 +91,7 @@ class Metrics {
   const MetricsOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<SnapshotCollector> snapshot_;
-  std::array<prometheus::Counter*, static_cast<int>(FreeRefusal::kCount)> free_refused_{};
+  std::array<prometheus::Counter*, kFreeRefusedLabels.size()> free_refused_{};
   std::array<prometheus::Counter*, static_cast<int>(WaitOutcome::kCount)> waits_{};
   prometheus::Histogram* wait_seconds_ = nullptr;
   std::unique_ptr<RpcMetrics> rpc_;

@@ -234,15 +234,15 @@ grpc::ServerUnaryReactor* PhysMemService::Allocate(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* PhysMemService::NoMemory(grpc::CallbackServerContext* ctx, std::shared_ptr<AllocCall> call,
                                                    v1::Allocation* resp) {
   if (!gfpflags_allow_blocking(call->gfp)) {
-    return Reply(ctx, absl::ResourceExhaustedError(lessor_->ExplainNoMemory(*call->lease, call->gfp, call->order) +
-                                                   " (the mask cannot wait)"));
+    return Reply(ctx,
+                 RefusalStatus(lessor_->NoMemory(*call->lease, call->gfp, call->order), " (the mask cannot wait)"));
   }
   if (call->gfp & __GFP_NORETRY) {
     // One reclaim pass: return expired leases' pages now, try once more, give up.
     lessor_->ExpireDue();
     if (std::optional<absl::Status> done = TryAllocate(*call, resp)) return Reply(ctx, *done);
-    return Reply(ctx, absl::ResourceExhaustedError(lessor_->ExplainNoMemory(*call->lease, call->gfp, call->order) +
-                                                   " (__GFP_NORETRY: gave up after one reclaim pass)"));
+    return Reply(ctx, RefusalStatus(lessor_->NoMemory(*call->lease, call->gfp, call->order),
+                                    " (__GFP_NORETRY: gave up after one reclaim pass)"));
   }
   return Park(ctx, std::move(call), resp);
 }
@@ -282,9 +282,13 @@ grpc::ServerUnaryReactor* PhysMemService::Park(grpc::CallbackServerContext* ctx,
   };
   w.cancelled = [ctx] { return ctx->IsCancelled(); };
   w.deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
-  w.timeout_message = lessor_->ExplainNoMemory(*call->lease, call->gfp, call->order) +
-                      absl::StrFormat(" (waited %d ms for memory to be freed)",
-                                      std::chrono::duration_cast<std::chrono::milliseconds>(left).count());
+  // The waiters reply with RESOURCE_EXHAUSTED and this text (server/alloc_waiters.h): the same
+  // status RefusalStatus() gives, worded now, when the call parks.
+  w.timeout_message = std::string(
+      RefusalStatus(lessor_->NoMemory(*call->lease, call->gfp, call->order),
+                    absl::StrFormat(" (waited %d ms for memory to be freed)",
+                                    std::chrono::duration_cast<std::chrono::milliseconds>(left).count()))
+          .message());
   waiters_->Add(std::move(w));
   return reactor;
 }
@@ -379,56 +383,12 @@ void PhysMemService::FillRuns(const std::vector<Page*>& pages, v1::AllocPagesBul
 
 // ---- Free ----
 
-absl::Status PhysMemService::RefuseFree(absl::Status s, uint64_t pfn, unsigned order) const {
-  FreeRefusal reason = FreeRefusal::kBadRequest;  // NOT_FOUND (lease, key) and anything unforeseen
-  switch (s.code()) {
-    case absl::StatusCode::kPermissionDenied:
-      reason = FreeRefusal::kWrongOwner;
-      break;
-    case absl::StatusCode::kOutOfRange:
-      reason = FreeRefusal::kOutOfRange;
-      break;
-    case absl::StatusCode::kFailedPrecondition:  // double free, a tail, inside another block
-      reason = FreeRefusal::kNotAllocated;
-      break;
-    case absl::StatusCode::kInvalidArgument:
-      // The allocator's INVALID_ARGUMENTs for a pfn: order above MAX_PAGE_ORDER, pfn not aligned to
-      // the order, or (the only one left) the block has another order. Told apart from the request.
-      if (order > pa_->target().max_page_order) {
-        reason = FreeRefusal::kBadRequest;
-      } else if (pfn % (uint64_t{1} << order) != 0) {
-        reason = FreeRefusal::kMisaligned;
-      } else {
-        reason = FreeRefusal::kWrongOrder;
-      }
-      break;
-    default:
-      break;
-  }
-  metrics_->FreeRefused(reason);
-  return s;
-}
-
-absl::Status PhysMemService::RefuseFreeAddress(absl::Status s, uint64_t addr) const {
-  // VirtToPage(): an unaligned address, else one outside the direct map (below PAGE_OFFSET,
-  // beyond lowmem, in a hole: OUT_OF_RANGE), else a kmap() window address (a bad request).
-  FreeRefusal reason = FreeRefusal::kOutOfRange;
-  const Target& t = pa_->target();
-  if (addr % t.page_size != 0) {
-    reason = FreeRefusal::kMisaligned;
-  } else if (t.has_highmem() && addr >= t.pkmap_base && addr - t.pkmap_base < uint64_t{t.pkmap_slots} * t.page_size) {
-    reason = FreeRefusal::kBadRequest;
-  }
-  metrics_->FreeRefused(reason);
-  return s;
-}
-
 grpc::ServerUnaryReactor* PhysMemService::Free(grpc::CallbackServerContext* ctx, uint64_t lease_id, uint64_t pfn,
                                                unsigned order, const std::string& key, v1::FreePagesResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, lease_id);
-  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
+  if (!lease.ok()) return Reply(ctx, RefuseFree(lease.status()));
   absl::StatusOr<uint64_t> freed = lessor_->Detach(**lease, pfn, order, key);
-  if (!freed.ok()) return Reply(ctx, RefuseFree(freed.status(), pfn, order));
+  if (!freed.ok()) return Reply(ctx, RefuseFree(freed.status()));
   waiters_->Kick();
   resp->set_pages_freed(*freed);
   return Reply(ctx, absl::OkStatus());
@@ -443,10 +403,10 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesByAddress(grpc::CallbackServe
                                                              const v1::FreePagesByAddressRequest* req,
                                                              v1::FreePagesResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
-  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
+  if (!lease.ok()) return Reply(ctx, RefuseFree(lease.status()));
   if (req->addr() == 0) return Reply(ctx, absl::OkStatus());  // free_pages(0, order) is a no-op
-  absl::StatusOr<Page*> page = pa_->VirtToPage(req->addr());
-  if (!page.ok()) return Reply(ctx, RefuseFreeAddress(page.status(), req->addr()));
+  RefusalOr<Page*> page = pa_->TryVirtToPage(req->addr());
+  if (!page.ok()) return Reply(ctx, RefuseFree(RefusalStatus(page.refusal())));
   return Free(ctx, req->lease_id(), pa_->page_to_pfn(*page), req->order(), "", resp);
 }
 
@@ -454,21 +414,21 @@ grpc::ServerUnaryReactor* PhysMemService::FreePagesBulk(grpc::CallbackServerCont
                                                         const v1::FreePagesBulkRequest* req,
                                                         v1::FreePagesBulkResponse* resp) {
   absl::StatusOr<std::shared_ptr<Lease>> lease = CallerLease(ctx, req->lease_id());
-  if (!lease.ok()) return Reply(ctx, RefuseFreeRequest(lease.status()));
+  if (!lease.ok()) return Reply(ctx, RefuseFree(lease.status()));
   if (req->run_size() != 0) return FreeRuns(ctx, **lease, *req, resp);
   const int n = req->pfn_size();
   if (n == 0 || static_cast<uint32_t>(n) > limits_.max_bulk_pages) {
-    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+    return Reply(ctx, RefuseFree(absl::InvalidArgumentError(absl::StrFormat(
                           "%d blocks is outside [1, %d] (--max_bulk_pages)", n, limits_.max_bulk_pages))));
   }
   if (req->order_size() != 0 && req->order_size() != n) {
-    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+    return Reply(ctx, RefuseFree(absl::InvalidArgumentError(absl::StrFormat(
                           "%d orders for %d pfns: give one order per pfn, or none for order 0", req->order_size(), n))));
   }
   const uint64_t freed = lessor_->DetachBulk(
       **lease, {req->pfn().data(), size_t(n)}, {req->order().data(), size_t(req->order_size())},
       [&](size_t i, const absl::Status& s) {
-        (void)RefuseFree(s, req->pfn(i), req->order_size() ? req->order(i) : 0);  // counted; listed below
+        (void)RefuseFree(s);  // counted; listed below
         v1::FreeResult* r = resp->add_refused();
         r->set_pfn(req->pfn(i));
         r->set_code(static_cast<int>(s.code()));
@@ -484,7 +444,7 @@ grpc::ServerUnaryReactor* PhysMemService::FreeRuns(grpc::CallbackServerContext* 
                                                    const v1::FreePagesBulkRequest& req,
                                                    v1::FreePagesBulkResponse* resp) {
   if (req.pfn_size() != 0 || req.order_size() != 0) {
-    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(absl::StrFormat(
+    return Reply(ctx, RefuseFree(absl::InvalidArgumentError(absl::StrFormat(
                           "%d runs and %d pfns, %d orders: give runs, or pfns (with orders), not both; nothing was freed",
                           req.run_size(), req.pfn_size(), req.order_size()))));
   }
@@ -495,27 +455,22 @@ grpc::ServerUnaryReactor* PhysMemService::FreeRuns(grpc::CallbackServerContext* 
     total += req.run(i).count();  // at most 2^31 runs of < 2^32 pages: no overflow
   }
   if (total > limits_.max_bulk_pages) {
-    return Reply(ctx, RefuseFreeRequest(absl::InvalidArgumentError(
+    return Reply(ctx, RefuseFree(absl::InvalidArgumentError(
                           absl::StrFormat("%d runs hold %d pages, more than %d (--max_bulk_pages); nothing was freed",
                                           req.run_size(), total, limits_.max_bulk_pages))));
   }
   uint64_t refused_pages = 0;
   absl::StatusOr<uint64_t> freed = lessor_->DetachRuns(lease, runs, [&](uint64_t pfn, const absl::Status& s) {
-    (void)RefuseFree(s, pfn, 0);  // the journal refused to record it: counted, listed
+    (void)RefuseFree(s);  // the journal refused to record it: counted, listed
     ++refused_pages;
     v1::FreeResult* r = resp->add_refused();
     r->set_pfn(pfn);
     r->set_code(static_cast<int>(s.code()));
     r->set_message(std::string(s.message()));
   });
-  if (!freed.ok()) {
-    // An empty, overflowing or overlapping run (or a page inside a larger block) is a malformed
-    // request; the other refusals are counted under the allocator's reasons.
-    if (freed.status().code() == absl::StatusCode::kInvalidArgument) {
-      return Reply(ctx, RefuseFreeRequest(freed.status()));
-    }
-    return Reply(ctx, RefuseFree(freed.status(), 0, 0));
-  }
+  // An empty, overflowing or overlapping run (or a page inside a larger block) is a malformed
+  // request (bad_request); the other refusals carry the allocator's reasons.
+  if (!freed.ok()) return Reply(ctx, RefuseFree(freed.status()));
   resp->set_pages_freed(*freed);
   resp->set_blocks_freed(static_cast<uint32_t>(total - refused_pages));
   if (*freed != 0) waiters_->Kick();

@@ -20,6 +20,7 @@
 #include "server/inflight_calls.h"
 #include "server/lessor.h"
 #include "server/metrics.h"
+#include "server/refusal_status.h"
 
 namespace physmem {
 
@@ -124,16 +125,13 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
   // Frees one block of the caller's lease and replies (FreePages, FreePagesByAddress).
   grpc::ServerUnaryReactor* Free(grpc::CallbackServerContext* ctx, uint64_t lease_id, uint64_t pfn, unsigned order,
                                  const std::string& key, v1::FreePagesResponse* resp);
-  // Counts a refused free under its physmem_free_refused_total reason and returns `s`. `pfn` and
-  // `order` are what the allocator was asked to free.
-  absl::Status RefuseFree(absl::Status s, uint64_t pfn, unsigned order) const;
-  // A free call refused as a whole (no such lease, malformed request): reason bad_request.
-  absl::Status RefuseFreeRequest(absl::Status s) const {
-    metrics_->FreeRefused(FreeRefusal::kBadRequest);
+  // Counts a refused free under physmem_free_refused_total and returns `s`: by the allocator's
+  // reason that RefusalStatus() put into `s` (server/refusal_status.h), or bad_request for the
+  // server's own refusals (no such lease, unknown key, malformed request).
+  absl::Status RefuseFree(absl::Status s) const {
+    metrics_->FreeRefused(RefusalReasonOf(s));
     return s;
   }
-  // FreePagesByAddress's address that is no page of the direct map: counted by why.
-  absl::Status RefuseFreeAddress(absl::Status s, uint64_t addr) const;
   void FillAllocation(const AttachedBlock& block, v1::Allocation* out) const;
   void FillLeaseInfo(Lease& lease, v1::LeaseInfo* out) const;
 
