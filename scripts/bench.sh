@@ -172,6 +172,13 @@ def get(col, k, field="ns"):
 ROWS = [("order-0 pair, 1 thread", "order0_pair/0"),
         ("order-0 pair, 2 threads (wall ns per pair per thread)", "order0_pair/0/threads:2"),
         ("order-0 pair, 4 threads on 2 cores (wall ns per pair per thread)", "order0_pair/0/threads:4")]
+# The trusted free (__free_pages_trusted(), issue #15 part 4) exists in physmem only: its rows are
+# compared with the baselines' plain order-0 pairs.
+ROWS += [("order-0 pair, trusted free, 1 thread", "order0_pair_trusted/0"),
+         ("order-0 pair, trusted free, 2 threads (wall ns per pair per thread)", "order0_pair_trusted/0/threads:2"),
+         ("order-0 pair, trusted free, 4 threads on 2 cores (wall ns per pair per thread)",
+          "order0_pair_trusted/0/threads:4")]
+BASE_KEY = {k: k.replace("_trusted", "") for _, k in ROWS if "_trusted" in k}
 ROWS += [(f"order {o} pair", f"order_pair/{o}") for o in range(1, 11)]
 ROWS += [(f"batch: {n} x order 0, then free all", f"batch/{n}") for n in (32, 256, 4096)]
 ROWS += [(f"batch {n} via alloc_pages_bulk", f"batch_bulk/{n}") for n in (32, 256, 4096)]
@@ -189,6 +196,7 @@ def ratio(base, ours):
     return "n/a" if base is None or ours is None else f"{base / ours:.2f}x"
 
 def best_natural(k):
+    k = BASE_KEY.get(k, k)
     vals = [(get(f"{a}_natural", k), a) for a in ALLOCS if get(f"{a}_natural", k) is not None]
     return min(vals) if vals else (None, None)
 
@@ -222,7 +230,7 @@ for label, k in ROWS:
     ours = get("physmem", k)
     bn, who = best_natural(k)
     row([label] + [fmt(get(c, k)) for c in COLUMNS] +
-        [ratio(get("jemalloc_page", k), ours), ratio(get("tcmalloc_page", k), ours),
+        [ratio(get("jemalloc_page", BASE_KEY.get(k, k)), ours), ratio(get("tcmalloc_page", BASE_KEY.get(k, k)), ours),
          "n/a" if bn is None else f"{ratio(bn, ours)} ({who})"])
 print()
 
@@ -281,6 +289,15 @@ ns1 = get("physmem", "order0_pair/0")
 je, tc = get("jemalloc_page", "order0_pair/0"), get("tcmalloc_page", "order0_pair/0")
 sc, ctl = scaling("physmem", "order0_pair/0", 2), scaling("physmem", "control_spin", 2)
 ctl_alu = scaling("physmem", "control_alu", 2)
+# Goals of issue #15 part 4, whenever the order-0 pairs were measured.
+trusted1 = get("physmem", "order0_pair_trusted/0")
+if trusted1 is not None and ns1 is not None and tc is not None:
+    print("Goals of issue #15 part 4:")
+    print(f"- trusted free, order-0 pair through the per-CPU lists, 1 thread, <= 5 ns: {fmt(trusted1, 2)} ns CPU "
+          f"-> {verdict(trusted1 <= 5)}")
+    print(f"- checked free, order-0 pair at least at tcmalloc-minimal's speed (page-aligned 4 KiB, same run): "
+          f"{fmt(ns1, 2)} ns vs {fmt(tc, 2)} ns = {tc / ns1:.2f}x -> {verdict(tc / ns1 >= 1)}")
+    print()
 needed = ["order0_pair/0", "order0_pair/0/threads:2", "control_spin", "control_alu"] + [f"order_pair/{o}" for o in range(1, 11)]
 if any(get("physmem", k, "tput") is None for k in needed) or get("jemalloc_page", "order0_pair/0") is None:
     print("Goals of issue #2: not evaluated (this run did not measure every workload they need).")

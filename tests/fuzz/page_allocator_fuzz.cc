@@ -7,8 +7,8 @@
 // mobility grouping off (page_group_by_mobility = false); every following op starts with one
 // byte choosing among: alloc (order, gfp from a table or raw bits, owner), free a held block,
 // a free the model may refuse (pfn near a block, any order and owner), drain, alloc_pages_bulk,
-// kmap/kunmap of a held page (with a free attempted while mapped), and the address forms
-// (__get_free_pages / free_pages). At most kMaxOps ops run per input, so executions stay fast.
+// kmap/kunmap of a held page (with a free attempted while mapped), the address forms
+// (__get_free_pages / free_pages), and the trusted free of a held block (__free_pages_trusted). At most kMaxOps ops run per input, so executions stay fast.
 //
 // Checked after every op: every allocation is one the model accepts (aligned, RAM, allowed zone,
 // not handed out twice); every failure is justified after a drain; every free answers with the
@@ -55,7 +55,7 @@ class Driver {
 
   void Run() {
     for (op_ = 0; op_ < kMaxOps && in_.remaining_bytes() > 0; ++op_) {
-      switch (in_.ConsumeIntegralInRange<int>(0, 7)) {
+      switch (in_.ConsumeIntegralInRange<int>(0, 8)) {
         case 0: case 1: Alloc(); break;
         case 2: FreeHeld(); break;
         case 3: FreeMaybeRefused(); break;
@@ -63,6 +63,7 @@ class Driver {
         case 5: Bulk(); break;
         case 6: KmapCycle(); break;
         case 7: AddressForms(); break;
+        case 8: FreeHeldTrusted(); break;
       }
       CheckFreeCounts();
       if (op_ % 16 == 0) CheckValidate();
@@ -116,6 +117,20 @@ class Driver {
     const uint64_t pfn = b->first;
     const absl::Status s = pa_.FreePfn(pfn, b->second.order, b->second.owner);
     if (!s.ok()) Fail(op_, "free of a held block refused: " + s.ToString());
+    model_.Freed(pfn);
+  }
+
+  // The trusted free (__free_pages_trusted()), issued only for a block the model says is held,
+  // with its order and owner: the promise the lease book makes. A violation would abort in this
+  // build (PHYSMEM_DCHECK); the free must succeed (no held block is kmap()ed between ops).
+  void FreeHeldTrusted() {
+    const auto* b = PickBlock();
+    if (b == nullptr) return;
+    const uint64_t pfn = b->first;
+    absl::StatusOr<Page*> page = pa_.PfnToPage(pfn);
+    if (!page.ok()) Fail(op_, "held block at a pfn that is not RAM: " + page.status().ToString());
+    const absl::Status s = pa_.__free_pages_trusted(*page, b->second.order, b->second.owner);
+    if (!s.ok()) Fail(op_, "trusted free of a held block refused: " + s.ToString());
     model_.Freed(pfn);
   }
 
