@@ -196,6 +196,18 @@ TEST_F(RefusalTest, AddressesThatAreNoDirectMapPageAreRefusedByWhy) {
   EXPECT_EQ(pa_->free_pages(page_offset + 1, 0, kAlice), ToStatus(pa_->TryVirtToPage(page_offset + 1).refusal()));
 }
 
+TEST_F(RefusalTest, AskingForAnOwnedBlockSaysWhyItIsNotOne) {
+  BootX86();
+  const uint64_t pfn = Alloc(GFP_KERNEL, 2);
+  Count();
+  RefusalOr<Page*> mine = pa_->TryOwnedBlockContaining(pfn + 3, kAlice);
+  ASSERT_TRUE(mine.ok());
+  EXPECT_EQ(pa_->page_to_pfn(*mine), pfn);
+  ExpectRefusal(pa_->TryOwnedBlockContaining(pfn + 3, kBob), RefusalReason::kWrongOwner, "has another owner");
+  ExpectRefusal(pa_->TryOwnedBlockContaining(pfn + 4, kAlice), RefusalReason::kNotAllocated, "is not allocated");
+  ExpectRefusal(pa_->TryOwnedBlockContaining(200, kAlice), RefusalReason::kPfnOutOfRange, "memory hole");
+}
+
 TEST(RefusalReason, EveryReasonHasItsOwnNameAndARefusingCode) {
   std::set<std::string_view> names;
   for (int i = 0; i < static_cast<int>(RefusalReason::kCount); ++i) {
