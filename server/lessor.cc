@@ -310,9 +310,11 @@ absl::StatusOr<uint64_t> Lessor::End(Lease& lease) {
     const ZoneType zone = zone_of(head);
     if (zone == ZONE_HIGHMEM) DropKmaps(head, order, lease.owner());
     const uint64_t pfn = pfn_of(head);
-    if (absl::Status s = pa_->FreePfn(pfn, order, lease.owner()); !s.ok()) {
-      // The book and the allocator disagree: a bug. Leave the block where it is (leaked, as the
-      // kernel leaks a bad page) rather than free something that is not ours.
+    // The trusted free: the book holds this block for this owner and lease.mu_ keeps every other
+    // free of it out (PHYSMEM_DCHECK builds still check and abort on a broken book).
+    if (absl::Status s = pa_->__free_pages_trusted(&pa_->mem_map().page(head), order, lease.owner()); !s.ok()) {
+      // Only a kmap()ed highmem page is refused (DropKmaps() above dropped ours). Leave the block
+      // where it is (leaked, as the kernel leaks a bad page) rather than free something in use.
       LogError("lease_free_failed", {{"lease", lease.id}, {"pfn", pfn}, {"error", s.ToString()}});
       return;
     }
@@ -490,7 +492,8 @@ void Lessor::RemoveBlock(Lease& lease, uint32_t head, unsigned order, ZoneType z
 
 void Lessor::GiveBack(Lease& lease, Page* page, unsigned order) {
   const ZoneType zone = pa_->page_zonenum(page);
-  if (absl::Status s = pa_->FreePfn(pa_->page_to_pfn(page), order, lease.owner()); !s.ok()) {
+  // Trusted: allocated by this call for this owner, never acknowledged, and lease.mu_ is held.
+  if (absl::Status s = pa_->__free_pages_trusted(page, order, lease.owner()); !s.ok()) {
     LogError("lease_give_back_failed", {{"lease", lease.id}, {"error", s.ToString()}});
     return;
   }
@@ -525,7 +528,8 @@ std::optional<absl::StatusOr<Page*>> Lessor::AllocCharged(Lease& lease, gfp_t gf
       return std::nullopt;
     }
     if (il->ChargeZone(u, pa_->page_zonenum(page), n).ok()) return page;
-    if (absl::Status s = pa_->FreePfn(pa_->page_to_pfn(page), order, lease.owner()); !s.ok()) {
+    // Trusted: allocated just now for this owner under lease.mu_, so no other free can reach it.
+    if (absl::Status s = pa_->__free_pages_trusted(page, order, lease.owner()); !s.ok()) {
       LogError("identity_limit_undo_failed", {{"lease", lease.id}, {"error", s.ToString()}});
     }
   }
