@@ -27,13 +27,6 @@ const Segment& Buddy::segment_of(uint32_t idx) const {
   return segments_.front();  // not reached where checks are on
 }
 
-bool Buddy::IsRam(uint64_t pfn) const {
-  for (const Segment& s : segments_) {
-    if (s.contains_pfn(pfn)) return true;
-  }
-  return false;
-}
-
 void Buddy::FreeAllRam() {
   for (const Segment& seg : segments_) FreeRange(seg, seg.start_pfn, seg.end_pfn);
 }

@@ -119,15 +119,6 @@ class Buddy {
       }
     }
   }
-  // Calls fn(first_pfn) once for every pageblock that starts in this zone's RAM, stepping from the
-  // zone start as pagetypeinfo_showblockcount_print() does.
-  template <typename Fn>
-  void ForEachPageblock(Fn&& fn) const {
-    const uint64_t step = pageblocks_.nr_pages();
-    for (uint64_t pfn = span_start_pfn_; pfn < span_end_pfn_; pfn += step) {
-      if (IsRam(pfn)) fn(pfn);
-    }
-  }
 
  private:
   struct FreeList {
@@ -140,7 +131,6 @@ class Buddy {
     uint64_t nr_free = 0;  // blocks on all of this order's lists
   };
 
-  bool IsRam(uint64_t pfn) const;
   // __add_to_free_list() / __del_page_from_free_list() with account_freepages() folded in.
   void AddToFreeList(uint32_t idx, unsigned order, int mt, bool to_tail);
   void DelFromFreeList(uint32_t idx, unsigned order, int mt);

@@ -82,6 +82,7 @@ absl::Status PageAllocator::Init() {
       if (first_ram) zc.start_pfn = lo;
       first_ram = false;
       zc.end_pfn = hi + 1;
+      zc.present_ranges.emplace_back(lo, hi + 1);
     }
     if (!zc.segments.empty()) {
       zone_index_end_[z] = zc.segments.back().first_index + static_cast<uint32_t>(zc.segments.back().nr_pages());

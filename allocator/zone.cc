@@ -180,10 +180,14 @@ ZoneStats Zone::Stats() const {
       for (int t = 0; t < MIGRATE_TYPES; ++t) by_type[t] = buddy_.nr_free(o, t);
       s.nr_free_by_type.push_back(by_type);
     }
-    buddy_.ForEachPageblock([&](uint64_t pfn) {
+    // pagetypeinfo_showblockcount_print(): from zone_start_pfn in pageblock steps, every pfn
+    // with a struct page counts, reserved RAM included (x86's DMA zone from pfn 1: 8 blocks).
+    for (uint64_t pfn = config_.start_pfn; pfn < config_.end_pfn; pfn += pageblocks_.nr_pages()) {
+      const bool present = std::any_of(config_.present_ranges.begin(), config_.present_ranges.end(),
+                                       [pfn](const auto& r) { return pfn >= r.first && pfn < r.second; });
       const int t = pageblocks_.Get(pfn);
-      if (t < MIGRATE_TYPES) ++s.nr_pageblocks_by_type[t];
-    });
+      if (present && t < MIGRATE_TYPES) ++s.nr_pageblocks_by_type[t];
+    }
     s.nr_reserved_highatomic = buddy_.nr_reserved_highatomic();
     s.nr_free_highatomic = buddy_.nr_free_highatomic();
     s.highatomic_max = buddy_.HighatomicMax(managed_pages_);

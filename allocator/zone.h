@@ -48,6 +48,9 @@ struct ZoneConfig {
   uint64_t start_pfn = 0;  // zone_start_pfn: first pfn the zone spans
   uint64_t end_pfn = 0;    // exclusive end of the span (spanned = end - start, holes included)
   uint64_t present_pages = 0;  // RAM pages in the span, memblock-reserved ones included
+  // The RAM of the zone as pfn ranges [first, second), reserved pages included: where the kernel
+  // has a struct page (pfn_to_online_page()), which pagetypeinfo's block count walks.
+  std::vector<std::pair<uint64_t, uint64_t>> present_ranges;
   std::vector<Segment> segments;  // the managed RAM: present minus reserved
   unsigned nr_orders = 11;
   unsigned page_shift = 12;

@@ -440,6 +440,11 @@ TEST_F(PageAllocatorTest, X86DmaZoneLeavesPageZeroOutAndTheFirstMegabyteToTheKer
     EXPECT_EQ(dma.present_pages, 3998u) << name;
     EXPECT_EQ(dma.managed_pages, 3840u) << name;
     EXPECT_EQ(dma.buddy_free_pages, 3840u) << name;
+    // pagetypeinfo_showblockcount_print() steps from pfn 1 and counts every pfn with a struct page,
+    // reserved ones included: 16 MiB of pageblocks, 8 of 512 pages on x86_64 as this machine's DMA
+    // zone (1 Unmovable, 7 Movable), 4 of 1024 on i386 without PAE (pageblock_order 10).
+    EXPECT_EQ(dma.nr_pageblocks_by_type[MIGRATE_MOVABLE], std::string(name) == "x86_64" ? 8u : 4u) << name;
+    EXPECT_EQ(dma.pageblock_order, std::string(name) == "x86_64" ? 9u : 10u) << name;
     EXPECT_EQ(pa_->Buddyinfo().substr(0, pa_->Buddyinfo().find('\n')),
               "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 ")
         << name;
