@@ -665,8 +665,9 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
   const unsigned got = AllocBulkCharged(lease, gfp, want, pages.data(), &why_short);
   if (got == 0) {
     if (!why_short.empty()) return absl::ResourceExhaustedError(why_short);
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("no free pages for %s: %s", FormatGfp(gfp), pa_->ExplainAllocFailure(gfp)));
+    Refusal why = pa_->AllocFailure(gfp, 0);  // the reason; the bulk call's own wording
+    why.detail = absl::StrFormat("no free pages for %s: %s", FormatGfp(gfp), pa_->ExplainAllocFailure(gfp));
+    return RefusalStatus(why);
   }
   pages.resize(got);
   if (journal_) {
