@@ -423,6 +423,10 @@ TEST(ParseTargetText, AcceptsTheDocumentedExampleBoard) {
   EXPECT_GT(t->zone_ram_pages(ZONE_DMA), 0u);
   EXPECT_GT(t->zone_ram_pages(ZONE_NORMAL), 0u);
   EXPECT_GT(t->zone_ram_pages(ZONE_HIGHMEM), 0u);
+  // Its one memblock reservation (page tables and kernel image) is present DMA RAM, not managed.
+  EXPECT_THAT(t->reserved, ElementsAre(RamRange{0x80004000, 0xffc000}));
+  EXPECT_EQ(t->zone_managed_pages(ZONE_DMA), t->zone_ram_pages(ZONE_DMA) - 0xffc);
+  EXPECT_EQ(t->managed_pages(), t->total_pages() - 0xffc);
 }
 
 // ---- custom profiles: the bad ones ----------------------------------------------------------
