@@ -771,18 +771,29 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
   MutexLock l(&lease.mu_);
   if (lease.dead_) return Gone(lease);
   if (absl::Status s = CheckRunsHeld(lease, runs); !s.ok()) return s;
-  // Every page is an order-0 block of the lease, not kmap()ed: the frees below can only be
-  // refused by the journal (the page then stays allocated and in the book).
+  // Every page is an order-0 block of the lease, not kmap()ed, and lease.mu_ has been held since
+  // CheckRunsHeld found it in the book: no other free can reach it, so without a journal it takes
+  // the trusted free (PHYSMEM_DCHECK builds still check). With one, the checked free records it
+  // before the page can be reused, and only the journal can refuse it (the page then stays
+  // allocated and in the book).
+  const MemMap& mm = pa_->mem_map();
   uint64_t freed = 0;
   ZonePages uncharge{};  // as in DetachBulk: once per zone after the loop
   for (const PfnRun& r : runs) {
+    const Segment* seg = nullptr;  // as in CheckRunsHeld: one lookup a segment
     for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) {
-      absl::StatusOr<uint64_t> n = DetachLocked(lease, pfn, 0, "", &uncharge);
-      if (n.ok()) {
-        freed += *n;
-      } else {
-        on_refused(pfn, n.status());
+      if (seg == nullptr || !seg->contains_pfn(pfn)) seg = &mm.segment_of_index(*mm.pfn_to_index(pfn));
+      const uint32_t idx = seg->index_of(pfn);
+      const absl::Status s =
+          journal_ == nullptr
+              ? pa_->__free_pages_trusted(&mm.page(idx), 0, lease.owner())
+              : pa_->FreePfn(pfn, 0, lease.owner(), [this, &lease, pfn] { return journal_->Freed(lease.id, pfn); });
+      if (!s.ok()) {
+        on_refused(pfn, HideOtherOwner(s, pfn));
+        continue;
       }
+      RemoveBlock(lease, idx, 0, zone_of(idx), &uncharge);
+      ++freed;
     }
   }
   if (lease.usage_ != nullptr) {
