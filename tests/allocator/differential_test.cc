@@ -48,6 +48,16 @@ Target SmallX86SmallPageblocks() {
   return t;
 }
 
+// SmallX86 with x86's low-memory boot: page 0 is not RAM (trim_bios_range()) and [0, 256 KiB)
+// is memblock-reserved, so DMA has 159 present but 96 managed pages and the buddy's first DMA
+// block starts at pfn 64, mid-segment of the present RAM.
+Target SmallX86ReservedLow() {
+  Target t = testing::SmallX86();
+  t.ram.front() = {4096, 640 * testing::KiB - 4096};
+  t.reserved = {{0, 256 * testing::KiB}};
+  return t;
+}
+
 class Differential : public ::testing::TestWithParam<DiffParam> {};
 
 TEST_P(Differential, AgreesWithTheReferenceModel) {
@@ -186,6 +196,7 @@ INSTANTIATE_TEST_SUITE_P(
     Targets, Differential,
     ::testing::Values(DiffParam{"x86_pcp", &testing::SmallX86, true, 600000},
                       DiffParam{"x86_buddy_only", &testing::SmallX86, false, 200000},
+                      DiffParam{"x86_reserved_low_pcp", &SmallX86ReservedLow, true, 200000},
                       DiffParam{"i386_highmem_pcp", &testing::SmallI386, true, 400000},
                       DiffParam{"x86_8page_pageblocks_pcp", &SmallX86SmallPageblocks, true, 400000, true},
                       // Without per-CPU lists every zone rarely sits below LOW at once, so this

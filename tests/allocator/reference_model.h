@@ -39,7 +39,7 @@ namespace physmem::testing {
 class ReferenceModel {
  public:
   explicit ReferenceModel(const PageAllocator& pa) : pa_(pa), used_(pa.mem_map().nr_pages()) {
-    for (const ZoneStats& z : pa.Stats()) zone_pages_[z.type] = z.present_pages;
+    for (const ZoneStats& z : pa.Stats()) zone_pages_[z.type] = z.managed_pages;  // reserved pages are never free
   }
 
   struct Block {
@@ -145,9 +145,13 @@ class ReferenceModel {
     const uint64_t block = uint64_t{1} << pa_.pageblock_order();
     for (const ZoneStats& z : stats) {
       uint64_t starts = 0;
+      // pagetypeinfo_showblockcount_print(): every pfn with a struct page, i.e. present RAM
+      // (reserved pages included), in pageblock steps from the zone start.
+      const Target& t = pa_.target();
       for (uint64_t p = z.start_pfn; p < z.start_pfn + z.spanned_pages; p += block) {
-        const Segment* s = pa_.mem_map().segment_of_pfn(p);
-        starts += s != nullptr && s->zone == z.type;
+        const uint64_t phys = p << t.page_shift;
+        starts += std::any_of(t.ram.begin(), t.ram.end(),
+                              [phys](const RamRange& r) { return phys >= r.start && phys - r.start < r.size; });
       }
       uint64_t counted = 0;
       for (uint64_t c : z.nr_pageblocks_by_type) counted += c;
