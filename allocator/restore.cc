@@ -62,8 +62,9 @@ absl::Status PageAllocator::RestoreAllocated(std::vector<RestoredBlock>& blocks)
     const Segment* seg = mem_map_->segment_of_pfn(b.pfn);
     if (seg == nullptr || b.pfn + (uint64_t{1} << b.order) > seg->end_pfn) {
       return absl::DataLossError(absl::StrFormat(
-          "restored block pfn %#x order %u is not RAM of one zone (hole, beyond RAM, or crosses a zone)", b.pfn,
-          b.order));
+          "restored block pfn %#x order %u is not managed RAM of one zone (hole, reserved RAM, beyond RAM, or "
+          "crosses a zone)",
+          b.pfn, b.order));
     }
     if (i > 0 && b.pfn < prev_end) {
       return absl::DataLossError(absl::StrFormat("restored blocks overlap: pfn %#x order %u (owner %u) starts inside "

@@ -119,7 +119,8 @@ TEST_F(RecoveryTime, OneGibFromOneRecordPerPage) {
   o.compact_bytes = uint64_t{1} << 30;
   o.target_fingerprint = TargetFingerprint(*t);
   std::vector<uint64_t> pfns;
-  for (const RamRange& r : t->ram) {
+  // Every page the allocator manages: the RAM less the x86 boot's reserved first megabyte.
+  for (const RamRange& r : t->ManagedRam()) {
     for (uint64_t p = r.start >> 12; p < r.end() >> 12; ++p) pfns.push_back(p);
   }
   {
