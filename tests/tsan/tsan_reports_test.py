@@ -24,14 +24,20 @@ PROTOBUF_FRAME = ("#1 google::protobuf::MessageLite::ParseFromZeroCopyStream(goo
 TSAN_FRAME = "#0 memcpy ../../../../src/libsanitizer/sanitizer_common/sanitizer_common_interceptors.inc:827 (libtsan.so.2+0x4d3c1)"
 
 
-def report(first, second, kind="data race", summary=True):
+STD_NULL_FRAME = ("#1 std::__new_allocator<char>::allocate(unsigned long, void const*) <null> "
+                  "(physmemd_test_hooks+0x54f95)")
+ABSL_FRAME = "#2 absl::debian3::StrAppend(std::string*, absl::debian3::AlphaNum const&) <null> (libabsl_strings.so.20220623+0x1185b)"
+ABSL_STATUS_FRAME = "#4 <null> <null> (libabsl_status.so.20220623+0x3699)"
+
+
+def report(first, second, kind="data race", summary=True, block=OURS_FRAME):
     lines = [f"WARNING: ThreadSanitizer: {kind} (pid=4242)", "  Write of size 8 at 0x7b0400000010 by thread T1:"]
     lines += ["    " + f for f in first]
     lines += ["", "  Previous read of size 8 at 0x7b0400000010 by thread T2:"]
     lines += ["    " + f for f in second] if second else ["    [failed to restore the stack]"]
     lines += ["", "  Location is heap block of size 16 at 0x7b0400000010 allocated by main thread:",
               "    #0 operator new(unsigned long) ../../../../src/libsanitizer/tsan/tsan_new_delete.cpp:64 (libtsan.so.2+0x87323)",
-              "    " + OURS_FRAME.replace("#0", "#1"), "",
+              "    " + block.replace("#0", "#1"), "",
               "  Thread T1 (tid=4243, running) created by main thread at:",
               "    #0 pthread_create ../../../../src/libsanitizer/tsan/tsan_interceptors_posix.cpp:1001 (libtsan.so.2+0x5e686)",
               "    " + LIBGRPC_FRAME, ""]
@@ -54,6 +60,19 @@ class Verdicts(unittest.TestCase):
     def test_an_access_by_grpc_code_makes_it_grpc_ordered(self):
         self.assertEqual(verdicts(report([GRPC_FRAME], [OURS_FRAME])), ["grpc-ordered"])
         self.assertEqual(verdicts(report([GRPC_FRAME], [GRPC_FRAME])), ["grpc-ordered"])
+
+    def test_a_std_frame_without_a_file_counts_for_its_caller(self):
+        # libstdc++'s _M_create in our binary, called by Abseil's status code called by FillOps.
+        write = [TSAN_FRAME, STD_NULL_FRAME, ABSL_STATUS_FRAME, GRPC_FRAME.replace("#0", "#5")]
+        self.assertEqual(verdicts(report(write, [TSAN_FRAME, ABSL_FRAME])), ["grpc-ordered"])
+
+    def test_library_only_accesses_to_a_block_grpc_allocated_are_grpc_ordered(self):
+        # Abseil called from a gRPC core thread reads a string FillOps made; the write's stack is lost.
+        self.assertEqual(verdicts(report([TSAN_FRAME, ABSL_FRAME], None, block=GRPC_FRAME)), ["grpc-ordered"])
+        # The same accesses on a block our code allocated stay ours.
+        self.assertEqual(verdicts(report([TSAN_FRAME, ABSL_FRAME], None)), ["ours"])
+        # A frame of ours in either access keeps it ours, whoever allocated the block.
+        self.assertEqual(verdicts(report([OURS_FRAME], None, block=GRPC_FRAME)), ["ours"])
 
     def test_libstdcxx_frames_count_for_their_caller(self):
         # std::function's code called from libgrpc++: gRPC's access.
