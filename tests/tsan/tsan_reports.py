@@ -106,11 +106,11 @@ class Report:
                 if m:
                     current.append(m.group(1))
 
-    def creator(self):
-        """Who created the (first) thread a report names: the maker of its creation stack."""
+    def stack_after(self, header):
+        """The frames under the first line matching `header` (up to the next non-frame line)."""
         frames, inside = [], False
         for line in self.lines:
-            if re.match(r"^  Thread T\d+ .*created by", line):
+            if re.match(header, line):
                 if inside:
                     break
                 inside = True
@@ -120,21 +120,15 @@ class Report:
                     frames.append(m.group(1))
                 elif line.strip():
                     break
-        return maker(frames)
+        return frames
+
+    def creator(self):
+        """Who created the (first) thread a report names: the maker of its creation stack."""
+        return maker(self.stack_after(r"^  Thread T\d+ .*created by"))
 
     def block_allocator(self):
         """Who allocated the heap block a report is about: the maker of its allocation stack."""
-        frames, inside = [], False
-        for line in self.lines:
-            if re.match(r"^  Location is heap block .*allocated by", line):
-                inside = True
-            elif inside:
-                m = FRAME.match(line)
-                if m:
-                    frames.append(m.group(1))
-                elif line.strip():
-                    break
-        return maker(frames)
+        return maker(self.stack_after(r"^  Location is heap block .*allocated by"))
 
     def makers(self):
         return [maker(frames) for frames in self.accesses]
