@@ -4,11 +4,13 @@
 #   2. the allocator tests again with rseq disabled (GLIBC_TUNABLES=glibc.pthread.rseq=0), which
 #      turns the per-CPU lists off: the locked fallback must be just as correct;
 #   3. the allocator, server and client tests (ctest label `server` holds tests/server and
-#      tests/clients) under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and CLI
+#      tests/clients; label `docs`, the documentation pasted as a user would, runs on the normal
+#      build only) under AddressSanitizer + UndefinedBehaviorSanitizer (the daemon and CLI
 #      processes the tests start are the sanitized build too);
 #   4. each libFuzzer target (tests/fuzz/, clang-14, ASan+UBSan) for FUZZ_SECONDS (default 30) on
 #      its seed corpus, one per core at a time: scripts/fuzz.sh, docs/fuzzing.md;
-#   5. the allocator, server and client tests under ThreadSanitizer. The allocator tests stop at
+#   5. the allocator, server and client tests under ThreadSanitizer (not the one that times a
+#      recovery, label server_slow_timing: single-threaded code, 98 s under TSan). The allocator tests stop at
 #      the first report. The server and client tests run gRPC, which Debian does not build with
 #      TSan: their reports are written to build-tsan/tsan-reports and judged afterwards by
 #      tests/tsan/tsan_reports.py, which fails the run on any race between two accesses made by
@@ -100,6 +102,6 @@ rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
 stage "TSan server and client tests" env \
   TSAN_OPTIONS="halt_on_error=0 exitcode=0 second_deadlock_stack=1 history_size=6 suppress_equal_addresses=0 suppressions=$PWD/tests/tsan.supp log_path=$tsan_reports/tsan" \
   PHYSMEM_TEST_TIME_SCALE=20 \
-  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j"$TEST_JOBS" -L server --timeout 1800
+  setarch "$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j"$TEST_JOBS" -L server -LE timing --timeout 1800
 stage "TSan reports judged" /usr/bin/python3 tests/tsan/tsan_reports.py "$tsan_reports"
 stage "no files left behind in /dev/shm and /tmp" /usr/bin/python3 tests/leftover_files.py check "$LEFTOVERS_BEFORE"
