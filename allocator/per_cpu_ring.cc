@@ -199,18 +199,23 @@ fail:
 uint64_t PerCpuRings::LockForDrain(int cpu, int list) {
   Ring* const ring = RingOf(cpu, list);
   for (;;) {
-    __atomic_fetch_add(&ring->bottom, kDrainLockBias, __ATOMIC_SEQ_CST);
+    const uint64_t biased = __atomic_add_fetch(&ring->bottom, kDrainLockBias, __ATOMIC_SEQ_CST);
     if (const int rc = FenceCpu(cpu); rc != 0) {
       // Registration succeeded at construction, so this cannot happen short of a kernel bug;
       // touching the ring without the fence could hand a page out twice.
       Die(absl::StrFormat("membarrier(PRIVATE_EXPEDITED_RSEQ, cpu %d) failed: %s", cpu, std::strerror(-rc)));
     }
-    // Biased: count = real count + 2^63. Unbiased (<= capacity): a cold op on that CPU loaded
-    // bottom before our add and committed before the fence, overwriting the bias; it was a
-    // legitimate op, and no section can commit any more on the old value: bias again.
-    if (CountOf(*ring) > capacity_) {
-      return __atomic_load_n(&ring->bottom, __ATOMIC_RELAXED) - kDrainLockBias;
-    }
+    // Still locked iff bottom still holds the value our add produced: a section that loaded the
+    // biased value fails before its commit, and one that loaded the old value stores old -/+ k
+    // (k <= capacity < 2^63), never old + 2^63. Otherwise such a cold op committed before the
+    // fence, overwriting the bias; it was a legitimate op, and after the fence no section can
+    // commit on the old value any more: bias again.
+    // The test is one load of `bottom` alone, never pushes - hits - bottom from three loads: the
+    // ring is unlocked when the bias was overwritten, so its sections keep committing between
+    // such loads, and a drainer preempted between them could read a "count" above capacity from
+    // an unlocked ring, take it for locked and race with that CPU's sections (the 2026-12-06
+    // stress failure, docs/design.md).
+    if (__atomic_load_n(&ring->bottom, __ATOMIC_SEQ_CST) == biased) return biased - kDrainLockBias;
   }
 }
 

@@ -65,8 +65,10 @@
 //   3. FenceCpu(cpu): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu). When it
 //      returns, every section that was running on `cpu` has committed (its stores visible here)
 //      or will restart; a section preempted earlier restarts when it resumes;
-//   4. if bottom is no longer biased, a cold op that loaded bottom before step 2 committed between
-//      steps 2 and 3 (a legitimate op that overwrote the bias): repeat from 2;
+//   4. if bottom no longer holds exactly the value step 2 produced, a cold op that loaded bottom
+//      before step 2 committed between steps 2 and 3 (a legitimate op that overwrote the bias):
+//      repeat from 2. The test compares that one word, never a count from three loads: once the
+//      bias is overwritten the ring is unlocked and its sections commit between such loads;
 //   5. the drainer is now the only writer of the ring: copy k items from the cold end, then store
 //      the unbiased bottom + k with release semantics: one store that both commits the drain and
 //      unlocks the ring (a section that loads it sees the final value; the drainer wrote no slot).
