@@ -263,8 +263,8 @@ void Drainer(DrainTally* t, const std::vector<int>* cpus, const std::atomic<bool
       if (now != last) ++t->late_commits;
       last = now;
     }
-    // Take whatever is there now (a late commit's value too, so that check (a) counts the late
-    // commit is counted once, and only a section that commits after this read shows up).
+    // Take whatever is there now, a late commit's value too: check (a) then counts a late commit
+    // seen above once, and only one landing after this read shows up as a mismatch.
     t->drained += last & ~kLockBias;
     __atomic_store_n(value, 0, __ATOMIC_SEQ_CST);
     std::this_thread::sleep_for(std::chrono::microseconds(20));
