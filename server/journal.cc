@@ -18,6 +18,9 @@
 //   - block freed: appended from the allocator's commit hook, i.e. after every check passed and
 //     before the block can be handed out again, so another lease's ALLOC of the same pfn always
 //     comes later in the journal (a failed append keeps the block allocated and refuses the free);
+//     a free of runs (DetachRuns) appends its one record after the lessor checked every page of
+//     every run, under the lease lock, and before the first page is freed: the same rule for the
+//     whole call (a failed append refuses every page, none freed);
 //   - lease ended: appended under the lease lock (which also keeps allocations off a dead lease),
 //     before its pages are freed;
 //   - renewal: appended under the lease lock before the reply; deadlines only grow.
@@ -168,6 +171,14 @@ absl::Status Journal::Allocated(uint64_t lease_id, std::span<const JournalEntry>
 
 absl::Status Journal::Freed(uint64_t lease_id, uint64_t pfn) {
   return Append(kJournalFree, EncodeFreed(lease_id, pfn));
+}
+
+absl::Status Journal::AllocatedRuns(uint64_t lease_id, std::span<const JournalRun> runs) {
+  return Append(kJournalAllocRuns, EncodeRuns(lease_id, runs));
+}
+
+absl::Status Journal::FreedRuns(uint64_t lease_id, std::span<const JournalRun> runs) {
+  return Append(kJournalFreeRuns, EncodeRuns(lease_id, runs));
 }
 
 }  // namespace physmem

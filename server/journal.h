@@ -96,6 +96,10 @@ class Journal {
   absl::Status LeaseEnded(uint64_t id);
   absl::Status Allocated(uint64_t lease_id, std::span<const JournalEntry> entries);
   absl::Status Freed(uint64_t lease_id, uint64_t pfn);
+  // A bulk call's order-0 pages as runs, one record for the call (kJournalAllocRuns,
+  // kJournalFreeRuns): what AttachBulk allocated, what DetachRuns is about to free.
+  absl::Status AllocatedRuns(uint64_t lease_id, std::span<const JournalRun> runs);
+  absl::Status FreedRuns(uint64_t lease_id, std::span<const JournalRun> runs);
 
   // Runs one compaction now (tests; the background thread calls it too). `stop_at` names a
   // crash point at which to return early, leaving the files exactly as a crash there would.

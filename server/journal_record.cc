@@ -162,6 +162,41 @@ std::string EncodeFreed(uint64_t lease_id, uint64_t pfn) {
   return std::move(w.buf());
 }
 
+std::string EncodeRuns(uint64_t lease_id, std::span<const JournalRun> runs) {
+  Writer w;
+  w.buf().reserve(12 + runs.size() * 12);
+  w.Put(lease_id).Put(static_cast<uint32_t>(runs.size()));
+  for (const JournalRun& r : runs) w.Put(r.pfn).Put(r.count);
+  return std::move(w.buf());
+}
+
+namespace {
+
+// kJournalAllocRuns (alloc) or kJournalFreeRuns: each page of each run as its own order-0 block,
+// as the per-page records would have folded it. A page past 2^64 does not parse.
+bool ApplyRuns(Reader& r, bool alloc, JournalState* st) {
+  uint64_t id;
+  uint32_t count;
+  if (!r.Get(&id) || !r.Get(&count)) return false;
+  auto it = st->leases.find(id);
+  if (it == st->leases.end()) ++st->anomalies;
+  JournalLease* lease = it == st->leases.end() ? nullptr : &it->second;
+  for (uint32_t i = 0; i < count; ++i) {
+    JournalRun run;
+    if (!r.Get(&run.pfn) || !r.Get(&run.count)) return false;
+    if (run.pfn + run.count < run.pfn) return false;
+    if (lease == nullptr) continue;
+    if (alloc) lease->blocks.reserve(lease->blocks.size() + run.count);
+    for (uint64_t pfn = run.pfn; pfn - run.pfn < run.count; ++pfn) {
+      const bool changed = alloc ? lease->blocks.try_emplace(pfn).second : lease->blocks.erase(pfn) != 0;
+      if (!changed) ++st->anomalies;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 bool ApplyRecord(uint8_t type, std::string_view payload, JournalState* st) {
   Reader r(payload);
   uint64_t id = 0;
@@ -231,6 +266,9 @@ bool ApplyRecord(uint8_t type, std::string_view payload, JournalState* st) {
       if (it == st->leases.end() || it->second.blocks.erase(pfn) == 0) ++st->anomalies;
       return true;
     }
+    case kJournalAllocRuns:
+    case kJournalFreeRuns:
+      return ApplyRuns(r, type == kJournalAllocRuns, st);
     default:
       return false;
   }

@@ -671,9 +671,17 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
   }
   pages.resize(got);
   if (journal_) {
-    std::vector<JournalEntry> entries(got);
-    for (unsigned i = 0; i < got; ++i) entries[i].pfn = pa_->page_to_pfn(pages[i]);
-    if (absl::Status s = journal_->Allocated(lease.id, entries); !s.ok()) {
+    // One record for the call: the pages as runs of consecutive pfns, in the order given.
+    std::vector<JournalRun> runs;
+    for (Page* p : pages) {
+      const uint64_t pfn = pa_->page_to_pfn(p);
+      if (!runs.empty() && runs.back().pfn + runs.back().count == pfn) {
+        ++runs.back().count;
+      } else {
+        runs.push_back({pfn, 1});
+      }
+    }
+    if (absl::Status s = journal_->AllocatedRuns(lease.id, runs); !s.ok()) {
       for (Page* p : pages) GiveBack(lease, p, 0);
       return s;
     }
@@ -772,10 +780,22 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
   if (lease.dead_) return Gone(lease);
   if (absl::Status s = CheckRunsHeld(lease, runs); !s.ok()) return s;
   // Every page is an order-0 block of the lease, not kmap()ed, and lease.mu_ has been held since
-  // CheckRunsHeld found it in the book: no other free can reach it, so without a journal it takes
-  // the trusted free (PHYSMEM_DCHECK builds still check). With one, the checked free records it
-  // before the page can be reused, and only the journal can refuse it (the page then stays
-  // allocated and in the book).
+  // CheckRunsHeld found it in the book: no other free can reach it, so it takes the trusted free
+  // (PHYSMEM_DCHECK builds still check). With a journal, one record for the whole call goes first
+  // (server/journal.cc's rule for frees: after every check, before any page can be reused); if
+  // the journal refuses it, every page stays allocated and in the book, each passed to on_refused.
+  if (journal_ != nullptr) {
+    std::vector<JournalRun> jr;
+    jr.reserve(runs.size());
+    // CheckRunsHeld found every page in the book, so a run is shorter than the mem_map (< 2^32).
+    for (const PfnRun& r : runs) jr.push_back({r.pfn, static_cast<uint32_t>(r.count)});
+    if (absl::Status s = journal_->FreedRuns(lease.id, jr); !s.ok()) {
+      for (const PfnRun& r : runs) {
+        for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) on_refused(pfn, s);
+      }
+      return 0;
+    }
+  }
   const MemMap& mm = pa_->mem_map();
   uint64_t freed = 0;
   ZonePages uncharge{};  // as in DetachBulk: once per zone after the loop
@@ -784,11 +804,10 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
     for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) {
       if (seg == nullptr || !seg->contains_pfn(pfn)) seg = &mm.segment_of_index(*mm.pfn_to_index(pfn));
       const uint32_t idx = seg->index_of(pfn);
-      const absl::Status s =
-          journal_ == nullptr
-              ? pa_->__free_pages_trusted(&mm.page(idx), 0, lease.owner())
-              : pa_->FreePfn(pfn, 0, lease.owner(), [this, &lease, pfn] { return journal_->Freed(lease.id, pfn); });
-      if (!s.ok()) {
+      if (const absl::Status s = pa_->__free_pages_trusted(&mm.page(idx), 0, lease.owner()); !s.ok()) {
+        // Cannot happen for a page CheckRunsHeld passed (a highmem page's checked free refuses
+        // only a kmap, which lease.mu_ keeps out); if it did, the page stays in the book.
+        LogError("lease_run_free_failed", {{"lease", lease.id}, {"pfn", pfn}, {"error", s.ToString()}});
         on_refused(pfn, HideOtherOwner(s, pfn));
         continue;
       }

@@ -256,9 +256,10 @@ class Lessor {
   // changed: INVALID_ARGUMENT for an empty run, a run past pfn 2^64, two runs that overlap, or a
   // page inside a higher-order block of the lease; OUT_OF_RANGE for a pfn that is not RAM; the
   // allocator's FAILED_PRECONDITION (not allocated, still kmap()ed) and PERMISSION_DENIED
-  // ("belongs to another lease") for a page the lease does not hold. Then each page is freed as
-  // DetachBulk frees it; a free the journal cannot record stays allocated and is passed to
-  // on_refused(pfn, status). Returns the pages freed.
+  // ("belongs to another lease") for a page the lease does not hold. Then, with a journal, one
+  // record for the whole call (kJournalFreeRuns) before any page goes: if the journal cannot
+  // record it, every page stays allocated and in the book and is passed to on_refused(pfn,
+  // status), and 0 is returned. Then every page is freed. Returns the pages freed.
   struct PfnRun {
     uint64_t pfn = 0;
     uint64_t count = 0;
@@ -364,11 +365,16 @@ class Lessor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   absl::StatusOr<uint64_t> DetachLocked(Lease& lease, uint64_t pfn, unsigned order, const std::string& key,
                                         ZonePages* uncharge_later = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
-  // Charges 2^order pages to the lease's identity and allocates them in the zones where it has room.
+  // The next three free with the trusted free, which only lease.mu_ held throughout (from the
+  // allocation to the give-back) makes safe: no other call can reach the block meanwhile.
   // Undoes an allocation the journal refused to record: frees the block and its identity charge.
-  void GiveBack(Lease& lease, Page* page, unsigned order);
-  std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order);
-  unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short);
+  void GiveBack(Lease& lease, Page* page, unsigned order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  // Charges 2^order pages to the lease's identity and allocates them in the zones where it has room.
+  std::optional<absl::StatusOr<Page*>> AllocCharged(Lease& lease, gfp_t gfp, unsigned order)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  // The same for `want` order-0 pages into pages[0..); returns how many; *why_short says why fewer.
+  unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // DetachRuns' checks, under lease.mu_, before anything is freed: the first bad run or page.
   absl::Status CheckRunsHeld(const Lease& lease, std::span<const PfnRun> runs) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);

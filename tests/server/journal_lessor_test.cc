@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <set>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -77,6 +79,33 @@ class JournalLessorTest : public ::testing::Test {
       lessor_->DetachBulk(lease, pfns, {}, [](size_t, const absl::Status& s) { ADD_FAILURE() << s; });
     }
     return absl::OkStatus();
+  }
+
+  // The pages as runs of consecutive pfns, in the order given.
+  std::vector<Lessor::PfnRun> RunsOf(const std::vector<Page*>& pages) {
+    std::vector<Lessor::PfnRun> runs;
+    for (Page* p : pages) {
+      const uint64_t pfn = pa_->page_to_pfn(p);
+      if (!runs.empty() && runs.back().pfn + runs.back().count == pfn) {
+        ++runs.back().count;
+      } else {
+        runs.push_back({pfn, 1});
+      }
+    }
+    return runs;
+  }
+  // Closes the lessor and journal and reads the journal back, as a restart would.
+  JournalState ReadBack() {
+    lessor_.reset();
+    JournalOptions o;
+    o.path = dir_ + "/j";
+    o.compact_bytes = uint64_t{1} << 30;
+    journal_.reset();
+    JournalState st;
+    absl::StatusOr<std::unique_ptr<Journal>> j = Journal::Recover(o, &st);
+    EXPECT_TRUE(j.ok()) << j.status();
+    if (j.ok()) journal_ = *std::move(j);
+    return st;
   }
 
   std::string dir_;
@@ -152,6 +181,90 @@ TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
   std::optional<absl::Status> s = lessor_->Attach(**again, GFP_KERNEL, 0, "", &b);
   EXPECT_TRUE(s && s->ok());
   EXPECT_FALSE(journal_->failing());
+}
+
+TEST_F(JournalLessorTest, ABulkAllocationAndARunsFreeAreOneRecordEachAndReadBackPageByPage) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  const uint64_t id = (*lease)->id;
+  const uint64_t before = journal_->live_bytes();
+  absl::StatusOr<std::vector<Page*>> got = lessor_->AttachBulk(**lease, GFP_KERNEL, 600);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 600u);
+  const std::vector<Lessor::PfnRun> runs = RunsOf(*got);
+  // 12 bytes + 12 a run in 64-byte slots (40 payload bytes in the first, 56 in the others); the
+  // per-page record took 12 + 8 a page (600 pages: 86 slots).
+  const uint64_t alloc_bytes = journal_->live_bytes() - before;
+  EXPECT_EQ(alloc_bytes, uint64_t{JournalSlotsFor(12 + 12 * runs.size())} * kJournalSlotBytes);
+  // Free every other run (pages of both halves interleave in pfn order: a page-exact read-back).
+  std::vector<Lessor::PfnRun> freed_runs, kept_runs;
+  for (size_t i = 0; i < runs.size(); ++i) (i % 2 == 0 ? freed_runs : kept_runs).push_back(runs[i]);
+  const uint64_t mid = journal_->live_bytes();
+  absl::StatusOr<uint64_t> freed = lessor_->DetachRuns(
+      **lease, freed_runs, [](uint64_t pfn, const absl::Status& s) { ADD_FAILURE() << pfn << ": " << s; });
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  uint64_t want_freed = 0;
+  for (const Lessor::PfnRun& r : freed_runs) want_freed += r.count;
+  EXPECT_EQ(*freed, want_freed);
+  EXPECT_EQ(journal_->live_bytes() - mid, uint64_t{JournalSlotsFor(12 + 12 * freed_runs.size())} * kJournalSlotBytes);
+  ExpectBooksBalance();
+  std::set<uint64_t> held;
+  for (const Lessor::PfnRun& r : kept_runs) {
+    for (uint64_t p = r.pfn; p < r.pfn + r.count; ++p) held.insert(p);
+  }
+  EXPECT_EQ(Allocated(), held.size());
+
+  const JournalState st = ReadBack();
+  EXPECT_EQ(st.anomalies, 0u);
+  ASSERT_EQ(st.leases.count(id), 1u);
+  std::set<uint64_t> recovered;
+  for (const auto& [pfn, b] : st.leases.at(id).blocks) {
+    EXPECT_EQ(b.order, 0) << pfn;
+    EXPECT_FALSE(b.compound) << pfn;
+    EXPECT_TRUE(b.key.empty()) << pfn;
+    recovered.insert(pfn);
+  }
+  EXPECT_EQ(recovered, held);
+}
+
+TEST_F(JournalLessorTest, ARunsFreeTheJournalCannotRecordFreesNoPageAndNamesEveryOne) {
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  absl::StatusOr<std::vector<Page*>> got = lessor_->AttachBulk(**lease, GFP_KERNEL, 200);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 200u);
+  fail_ = ENOSPC;
+  ExpectJournalRefusal(FillJournal(**lease));
+  // Single frees use up the reserve (4 KiB: at most 64 records), then the journal refuses frees.
+  size_t singles = 0;
+  absl::StatusOr<uint64_t> f;
+  while (singles < 100 && (f = lessor_->Detach(**lease, pa_->page_to_pfn((*got)[singles]), 0, "")).ok()) ++singles;
+  ASSERT_LT(singles, 100u);
+  ExpectJournalRefusal(f.status());
+  const std::vector<Page*> rest(got->begin() + static_cast<std::ptrdiff_t>(singles), got->end());
+  const uint64_t allocated = Allocated();
+  ASSERT_EQ(allocated, rest.size());
+  std::set<uint64_t> named;
+  absl::StatusOr<uint64_t> freed = lessor_->DetachRuns(**lease, RunsOf(rest), [&](uint64_t pfn, const absl::Status& s) {
+    ExpectJournalRefusal(s);
+    EXPECT_TRUE(named.insert(pfn).second) << "pfn " << pfn << " named twice";
+  });
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, 0u);
+  std::set<uint64_t> want;
+  for (Page* p : rest) want.insert(pa_->page_to_pfn(p));
+  EXPECT_EQ(named, want);
+  EXPECT_EQ(Allocated(), allocated);
+  EXPECT_EQ(lessor_->Describe(**lease).pages_held, allocated);
+  ExpectBooksBalance();
+  // Space again: the same runs free.
+  fail_ = 0;
+  freed = lessor_->DetachRuns(**lease, RunsOf(rest),
+                              [](uint64_t pfn, const absl::Status& s) { ADD_FAILURE() << pfn << ": " << s; });
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, rest.size());
+  EXPECT_EQ(Allocated(), 0u);
+  ExpectBooksBalance();
 }
 
 }  // namespace

@@ -57,6 +57,41 @@ TEST(JournalRecord, EveryRecordTypeFoldsIntoTheState) {
   EXPECT_EQ(st.anomalies, 0u);
 }
 
+TEST(JournalRecord, RunRecordsFoldPageByPageAsOrderZeroBlocks) {
+  JournalState st;
+  const uint64_t id = 7;
+  ASSERT_TRUE(ApplyRecord(kJournalLeaseCreate, EncodeLeaseCreated(id, "uid:1", "", 5000, 0, 1), &st));
+  const std::vector<JournalRun> alloc = {{100, 3}, {200, 1}, {50, 2}};
+  ASSERT_TRUE(ApplyRecord(kJournalAllocRuns, EncodeRuns(id, alloc), &st));
+  const std::vector<JournalRun> free = {{101, 2}, {50, 1}};
+  ASSERT_TRUE(ApplyRecord(kJournalFreeRuns, EncodeRuns(id, free), &st));
+  const JournalLease& l = st.leases.at(id);
+  ASSERT_EQ(l.blocks.size(), 3u);
+  for (const uint64_t pfn : {100, 200, 51}) {
+    ASSERT_EQ(l.blocks.count(pfn), 1u) << pfn;
+    EXPECT_EQ(l.blocks.at(pfn).order, 0) << pfn;
+    EXPECT_FALSE(l.blocks.at(pfn).compound) << pfn;
+    EXPECT_TRUE(l.blocks.at(pfn).key.empty()) << pfn;
+  }
+  EXPECT_EQ(st.anomalies, 0u);
+  EXPECT_EQ(EncodeRuns(id, alloc).size(), 12u + 3 * 12);
+  EXPECT_TRUE(JournalRecordReleases(kJournalFreeRuns));
+  EXPECT_FALSE(JournalRecordReleases(kJournalAllocRuns));
+  // A page freed that the lease does not hold, or allocated twice, is an anomaly (one a page).
+  ASSERT_TRUE(ApplyRecord(kJournalFreeRuns, EncodeRuns(id, std::vector<JournalRun>{{101, 2}}), &st));
+  EXPECT_EQ(st.anomalies, 2u);
+  ASSERT_TRUE(ApplyRecord(kJournalAllocRuns, EncodeRuns(id, std::vector<JournalRun>{{200, 1}}), &st));
+  EXPECT_EQ(st.anomalies, 3u);
+}
+
+TEST(JournalRecord, ARunRecordTruncatedOrPastTheLastPfnDoesNotParse) {
+  JournalState st;
+  const std::string p = EncodeRuns(7, std::vector<JournalRun>{{100, 3}, {200, 1}});
+  EXPECT_FALSE(ApplyRecord(kJournalAllocRuns, std::string_view(p).substr(0, p.size() - 1), &st));
+  EXPECT_FALSE(ApplyRecord(kJournalFreeRuns, std::string_view(p).substr(0, 12 + 12 - 4), &st));
+  EXPECT_FALSE(ApplyRecord(kJournalAllocRuns, EncodeRuns(7, std::vector<JournalRun>{{~uint64_t{0}, 2}}), &st));
+}
+
 TEST(JournalRecord, RecordsNamingUnknownLeasesOrBlocksAreCountedAsAnomalies) {
   JournalState st;
   EXPECT_TRUE(ApplyRecord(kJournalFree, EncodeFreed(5, 1), &st));
