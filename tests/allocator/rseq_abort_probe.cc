@@ -37,6 +37,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/auxv.h>
+#include <sys/prctl.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -93,9 +94,15 @@ Counter g_counters[kMaxCpus];
 uint32_t g_ncpus = 0;
 Options g_opt;
 
+// Prints the reason and ends the process with status 2, from any thread: _exit, because other
+// threads may still run (exit() would destroy globals under them); only the first caller prints.
 [[noreturn]] void Unusable(const std::string& why) {
-  std::fprintf(stderr, "rseq_abort_probe: %s\n", why.c_str());
-  std::exit(2);
+  static std::atomic<bool> said{false};
+  if (!said.exchange(true)) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "rseq_abort_probe: %s\n", why.c_str());
+  }
+  _exit(2);
 }
 
 long Membarrier(int cmd, unsigned flags, int cpu) { return syscall(__NR_membarrier, cmd, flags, cpu); }
@@ -165,14 +172,22 @@ struct Registration {
 
 alignas(256) thread_local unsigned char t_own_area[256];
 
+// Whether --reg fits glibc's registration state; checked once in main, before any thread starts.
+void CheckRegistrationMode() {
+  if (g_opt.reg == "glibc" && __rseq_size == 0) {
+    Unusable("glibc did not register rseq (GLIBC_TUNABLES=glibc.pthread.rseq=0 set?)");
+  }
+  if (g_opt.reg != "glibc" && __rseq_size != 0) {
+    Unusable("--reg=" + g_opt.reg + " needs GLIBC_TUNABLES=glibc.pthread.rseq=0");
+  }
+}
+
 Registration RegisterThread() {
   Registration r;
   if (g_opt.reg == "glibc") {
-    if (__rseq_size == 0) Unusable("glibc did not register rseq (GLIBC_TUNABLES=glibc.pthread.rseq=0 set?)");
     r.area = reinterpret_cast<struct rseq*>(static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset);
     return r;
   }
-  if (__rseq_size != 0) Unusable("--reg=" + g_opt.reg + " needs GLIBC_TUNABLES=glibc.pthread.rseq=0");
   r.own = true;
   r.area = reinterpret_cast<struct rseq*>(t_own_area);
   std::memset(t_own_area, 0, sizeof(t_own_area));
@@ -344,6 +359,7 @@ Options Parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   g_opt = Parse(argc, argv);
+  CheckRegistrationMode();
   const std::vector<int> cpus = AllowedCpus();
   g_ncpus = static_cast<uint32_t>(std::min(kMaxCpus, *std::max_element(cpus.begin(), cpus.end()) + 1));
   const long supported = Membarrier(MEMBARRIER_CMD_QUERY, 0, 0);
@@ -357,6 +373,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < g_opt.busy; ++i) {
     const pid_t pid = fork();
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the probe, even if it exits early
       for (;;) asm volatile("" ::: "memory");
     }
     if (pid > 0) busy.push_back(pid);
