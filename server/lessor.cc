@@ -728,45 +728,57 @@ uint64_t Lessor::DetachBulk(Lease& lease, std::span<const uint64_t> pfns, std::s
   return freed;
 }
 
-absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> runs) const {
+absl::Status Lessor::TakeRunsFromBook(Lease& lease, std::span<const PfnRun> runs, std::vector<uint32_t>* taken,
+                                      ZonePages* in_zone) {
   const MemMap& mm = pa_->mem_map();
+  // Why pfn (of run i) is not an order-0 block of the lease's, all its pages still in the book.
+  auto refuse = [&](const absl::Status& s, size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_) {
+    for (const uint32_t idx : *taken) lease.order0_.insert(idx);
+    taken->clear();
+    return RunRefusal(s, i);
+  };
   for (size_t i = 0; i < runs.size(); ++i) {
     const Segment* seg = nullptr;  // the mem_map segment of the run's last page: one lookup a segment
     for (uint64_t pfn = runs[i].pfn; pfn - runs[i].pfn < runs[i].count; ++pfn) {
       if (seg == nullptr || !seg->contains_pfn(pfn)) {
         const std::optional<uint32_t> idx = mm.pfn_to_index(pfn);
         if (!idx) {
-          return RunRefusal(RefusalStatus({RefusalReason::kPfnOutOfRange, pfn,
-                                           absl::StrFormat("pfn %#x is not RAM (in a hole, or beyond the end of RAM)",
-                                                           pfn)}),
-                            i);
+          return refuse(RefusalStatus({RefusalReason::kPfnOutOfRange, pfn,
+                                       absl::StrFormat("pfn %#x is not RAM (in a hole, or beyond the end of RAM)", pfn)}),
+                        i);
         }
         seg = &mm.segment_of_index(*idx);
       }
       const uint32_t idx = seg->index_of(pfn);
-      if (lease.order0_.contains(idx)) {
+      // One probe a page: the erase is the membership test (CheckRunShapes refused overlaps, so
+      // no page comes twice).
+      if (lease.order0_.erase(idx) != 0) {
+        const ZoneType zone = zone_of(idx);
         // kmap() takes lease.mu_ too, so a page that is not mapped now stays unmapped until the
         // free: the allocator's own kmap check cannot refuse it halfway through the call.
-        if (zone_of(idx) == ZONE_HIGHMEM && pa_->page_mapcount(&mm.page(idx)) != 0) {
-          return RunRefusal(RefusalStatus({RefusalReason::kStillMapped, pfn,
-                                           absl::StrFormat("pfn %#x is still kmap()ed; kunmap it before freeing",
-                                                           pfn)}),
-                            i);
+        if (zone == ZONE_HIGHMEM && pa_->page_mapcount(&mm.page(idx)) != 0) [[unlikely]] {
+          lease.order0_.insert(idx);
+          return refuse(RefusalStatus({RefusalReason::kStillMapped, pfn,
+                                       absl::StrFormat("pfn %#x is still kmap()ed; kunmap it before freeing", pfn)}),
+                        i);
         }
+        taken->push_back(idx);
+        ++(*in_zone)[zone];
         continue;
       }
       // Not an order-0 block of the lease's: the allocator says why (free, another owner), or
       // the page is part of a larger block of this lease.
       RefusalOr<Page*> head = pa_->TryOwnedBlockContaining(pfn, lease.owner());
-      if (!head.ok()) return RunRefusal(RefusalStatus(head.refusal()), i);
+      if (!head.ok()) return refuse(RefusalStatus(head.refusal()), i);
       const uint32_t head_idx = mm.index_of(*head);
       if (const std::optional<unsigned> order = BlockOrder(lease, head_idx)) {
-        return RunRefusal(absl::InvalidArgumentError(absl::StrFormat(
-                              "pfn %#x is in the order-%d block at pfn %#x of lease %d; runs free order-0 pages, "
-                              "free that block by pfn and order",
-                              pfn, *order, pfn_of(head_idx), lease.id)), i);
+        return refuse(absl::InvalidArgumentError(absl::StrFormat(
+                          "pfn %#x is in the order-%d block at pfn %#x of lease %d; runs free order-0 pages, "
+                          "free that block by pfn and order",
+                          pfn, *order, pfn_of(head_idx), lease.id)),
+                      i);
       }
-      return RunRefusal(RefusalStatus({RefusalReason::kWrongOwner, pfn, "another lease's block"}), i);
+      return refuse(RefusalStatus({RefusalReason::kWrongOwner, pfn, "another lease's block"}), i);
     }
   }
   return absl::OkStatus();
@@ -775,21 +787,28 @@ absl::Status Lessor::CheckRunsHeld(const Lease& lease, std::span<const PfnRun> r
 absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun> runs,
                                             absl::FunctionRef<void(uint64_t, const absl::Status&)> on_refused) {
   if (absl::Status s = CheckRunShapes(runs); !s.ok()) return s;
+  uint64_t total = 0;
+  for (const PfnRun& r : runs) total += r.count;  // CheckRunShapes: no overflow
   StopMachine::Operation op = stop_machine_.Enter();  // before the lease's lock
   MutexLock l(&lease.mu_);
   if (lease.dead_) return Gone(lease);
-  if (absl::Status s = CheckRunsHeld(lease, runs); !s.ok()) return s;
-  // Every page is an order-0 block of the lease, not kmap()ed, and lease.mu_ has been held since
-  // CheckRunsHeld found it in the book: no other free can reach it, so it takes the trusted free
+  std::vector<uint32_t> taken;
+  taken.reserve(std::min<uint64_t>(total, lease.order0_.size()));
+  ZonePages in_zone{};
+  if (absl::Status s = TakeRunsFromBook(lease, runs, &taken, &in_zone); !s.ok()) return s;
+  // Every page is an order-0 block the lease held, out of its book now, not kmap()ed, and
+  // lease.mu_ has been held since: no other free can reach it, so it takes the trusted free
   // (PHYSMEM_DCHECK builds still check). With a journal, one record for the whole call goes first
   // (server/journal.cc's rule for frees: after every check, before any page can be reused); if
-  // the journal refuses it, every page stays allocated and in the book, each passed to on_refused.
+  // the journal refuses it, every page goes back into the book, allocated, each passed to
+  // on_refused.
   if (journal_ != nullptr) {
     std::vector<JournalRun> jr;
     jr.reserve(runs.size());
-    // CheckRunsHeld found every page in the book, so a run is shorter than the mem_map (< 2^32).
+    // Every page was in the book, so a run is shorter than the mem_map (< 2^32 pages).
     for (const PfnRun& r : runs) jr.push_back({r.pfn, static_cast<uint32_t>(r.count)});
     if (absl::Status s = journal_->FreedRuns(lease.id, jr); !s.ok()) {
+      for (const uint32_t idx : taken) lease.order0_.insert(idx);
       for (const PfnRun& r : runs) {
         for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) on_refused(pfn, s);
       }
@@ -798,26 +817,34 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
   }
   const MemMap& mm = pa_->mem_map();
   uint64_t freed = 0;
-  ZonePages uncharge{};  // as in DetachBulk: once per zone after the loop
-  for (const PfnRun& r : runs) {
-    const Segment* seg = nullptr;  // as in CheckRunsHeld: one lookup a segment
-    for (uint64_t pfn = r.pfn; pfn - r.pfn < r.count; ++pfn) {
-      if (seg == nullptr || !seg->contains_pfn(pfn)) seg = &mm.segment_of_index(*mm.pfn_to_index(pfn));
-      const uint32_t idx = seg->index_of(pfn);
-      if (const absl::Status s = pa_->__free_pages_trusted(&mm.page(idx), 0, lease.owner()); !s.ok()) {
-        // Cannot happen for a page CheckRunsHeld passed (a highmem page's checked free refuses
-        // only a kmap, which lease.mu_ keeps out); if it did, the page stays in the book.
-        LogError("lease_run_free_failed", {{"lease", lease.id}, {"pfn", pfn}, {"error", s.ToString()}});
-        on_refused(pfn, HideOtherOwner(s, pfn));
-        continue;
+  for (const uint32_t idx : taken) {
+    if (const absl::Status s = pa_->__free_pages_trusted(&mm.page(idx), 0, lease.owner()); !s.ok()) [[unlikely]] {
+      // Cannot happen to a page TakeRunsFromBook took (a highmem page's checked free refuses only
+      // a kmap, which lease.mu_ keeps out); if it did, the page stays allocated, in the book.
+      const uint64_t pfn = mm.index_to_pfn(idx);
+      LogError("lease_run_free_failed", {{"lease", lease.id}, {"pfn", pfn}, {"error", s.ToString()}});
+      lease.order0_.insert(idx);
+      --in_zone[zone_of(idx)];
+      on_refused(pfn, HideOtherOwner(s, pfn));
+      continue;
+    }
+    ++freed;
+  }
+  lease.pages_held_ -= freed;
+  if (lease.keys_ != nullptr) {  // rare: keyed order-0 blocks freed by run lose their keys
+    for (const uint32_t idx : taken) {
+      if (lease.order0_.contains(idx)) continue;  // the free above failed: it keeps its key
+      if (auto k = lease.keys_->key_of.find(idx); k != lease.keys_->key_of.end()) {
+        lease.keys_->block_of.erase(k->second);
+        lease.keys_->key_of.erase(k);
+        lease.keys_->request_of.erase(idx);
       }
-      RemoveBlock(lease, idx, 0, zone_of(idx), &uncharge);
-      ++freed;
     }
   }
+  // As in DetachBulk: the identity's counters come down once per zone.
   if (lease.usage_ != nullptr) {
     for (int z = 0; z < MAX_NR_ZONES; ++z) {
-      if (uncharge[z] != 0) identity_limits_->Uncharge(*lease.usage_, static_cast<ZoneType>(z), uncharge[z]);
+      if (in_zone[z] != 0) identity_limits_->Uncharge(*lease.usage_, static_cast<ZoneType>(z), in_zone[z]);
     }
   }
   return freed;

@@ -375,9 +375,12 @@ class Lessor {
   // The same for `want` order-0 pages into pages[0..); returns how many; *why_short says why fewer.
   unsigned AllocBulkCharged(Lease& lease, gfp_t gfp, unsigned want, Page** pages, std::string* why_short)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
-  // DetachRuns' checks, under lease.mu_, before anything is freed: the first bad run or page.
-  absl::Status CheckRunsHeld(const Lease& lease, std::span<const PfnRun> runs) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
+  // DetachRuns' checks, before anything is freed, in one pass that takes each page out of the
+  // book as it checks it (one hash probe a page): appends the mem_map index of every page to
+  // *taken and counts them per zone in *in_zone. The first bad run or page refuses the call with
+  // every page put back (the book as it was, *taken empty).
+  absl::Status TakeRunsFromBook(Lease& lease, std::span<const PfnRun> runs, std::vector<uint32_t>* taken,
+                                ZonePages* in_zone) ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease.mu_);
   // Drops a HIGHMEM block's kmaps before End frees it (or the free would be refused, "still
   // kmap()ed", and the block leaked with its window slots).
   void DropKmaps(uint32_t head, unsigned order, uint32_t owner);
