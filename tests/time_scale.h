@@ -9,6 +9,7 @@
 #define PHYSMEM_TESTS_TIME_SCALE_H_
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 
 namespace physmem::testing {
@@ -28,6 +29,10 @@ inline int TimeScale() {
 #endif
 }
 inline std::chrono::milliseconds ScaledTimeout(std::chrono::milliseconds normal) { return normal * TimeScale(); }
+
+// A lease TTL that outlives any test however slow the build (an hour): for leases that must not
+// expire. Tests that need a lease to expire advance the daemon's lease clock instead.
+inline constexpr int64_t kLongTtlMs = int64_t{3600} * 1000;
 
 }  // namespace physmem::testing
 

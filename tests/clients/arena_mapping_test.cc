@@ -18,6 +18,7 @@
 #include "clients/physmem_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/clients/client_options.h"
 #include "tests/daemon_process.h"
 
 namespace physmem::client {
@@ -25,14 +26,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Options to reach `d`: connect and call deadlines that only bound a hang, scaled to the build
-// (a sanitized daemon on a busy machine can take longer than the client's default 2 s).
-ClientOptions OptionsFor(const testing::DaemonProcess& d) {
-  ClientOptions o;
-  o.target = d.unix_target();
-  o.connect_timeout_ms = o.call_timeout_ms = testing::ScaledTimeout(std::chrono::seconds(20)).count();
-  return o;
-}
+using testing::OptionsFor;
 
 // In the re-executed child (uid 65534): map the file named by the environment and print the
 // status code's name, then exit before gtest's main runs.

@@ -22,6 +22,7 @@
 #include "clients/arena_mapping.h"
 #include "clients/physmem_client.h"
 #include "gtest/gtest.h"
+#include "tests/clients/client_options.h"
 #include "tests/daemon_process.h"
 #include "tests/server/metrics_scrape.h"
 
@@ -31,16 +32,16 @@ namespace {
 using ::physmem::testing::DaemonProcess;
 using ::physmem::testing::ScaledTimeout;
 
-constexpr int64_t kLongTtlMs = int64_t{3600} * 1000;
+using testing::kLongTtlMs;
 
-ClientOptions OptionsFor(const DaemonProcess& d) {
-  ClientOptions o;
-  o.target = d.unix_target();
-  o.connect_timeout_ms = o.call_timeout_ms = o.alloc_timeout_ms = ScaledTimeout(std::chrono::seconds(20)).count();
+// OptionsFor's deadlines, and an allocation's wait bounded the same way.
+ClientOptions CacheOptionsFor(const DaemonProcess& d) {
+  ClientOptions o = testing::OptionsFor(d);
+  o.alloc_timeout_ms = o.call_timeout_ms;
   return o;
 }
 
-std::string ShmPath() { return "/dev/shm/physmemd-page-cache-test-" + std::to_string(::getpid()); }
+std::string PageCacheShmPath() { return "/dev/shm/physmemd-page-cache-test-" + std::to_string(::getpid()); }
 
 class PageCacheTest : public ::testing::Test {
  protected:
@@ -50,7 +51,7 @@ class PageCacheTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_TRUE(daemon_.Start()) << daemon_.log();
-    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(OptionsFor(daemon_));
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(CacheOptionsFor(daemon_));
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = *std::move(c);
     absl::StatusOr<std::unique_ptr<Lease>> l = client_->CreateLease({.ttl_ms = kLongTtlMs});
@@ -257,7 +258,7 @@ TEST_F(PageCacheTest, ALeaseEndedElsewhereFailsTheNextRefillAndDropsEveryList) {
   ASSERT_TRUE(order1.ok()) << order1.status();
   ASSERT_TRUE(cache.Free(*order1).ok());
   // Another connection ends the lease; this process has not heard of it yet.
-  std::unique_ptr<Client> other = *Client::Connect(OptionsFor(daemon_));
+  std::unique_ptr<Client> other = *Client::Connect(CacheOptionsFor(daemon_));
   ASSERT_TRUE(other->RevokeLease(lease_->id()).ok());
   // The order-0 list is empty: its refill is answered NOT_FOUND, cleanly.
   absl::StatusOr<CachedPage> p = cache.Alloc(GFP_KERNEL, 0);
@@ -335,14 +336,14 @@ TEST_F(PageCacheTest, GfpZeroWithoutAMappingIsAnUncachedCallThatZeroes) {
 
 class PageCacheArenaTest : public PageCacheTest {
  protected:
-  PageCacheArenaTest() : PageCacheTest({"--target=i386", "--mem_mb=64", "--arena_path=" + ShmPath()}) {}
+  PageCacheArenaTest() : PageCacheTest({"--target=i386", "--mem_mb=64", "--arena_path=" + PageCacheShmPath()}) {}
   void TearDown() override {
     PageCacheTest::TearDown();
     daemon_.Stop();
     RemoveArenaFiles();
   }
   static void RemoveArenaFiles() {
-    testing::RemoveShmFiles(ShmPath());
+    testing::RemoveShmFiles(PageCacheShmPath());
   }
 };
 

@@ -27,6 +27,7 @@
 #include "allocator/target.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/clients/client_options.h"
 #include "tests/daemon_process.h"
 
 namespace physmem::client {
@@ -40,21 +41,15 @@ using ::testing::SizeIs;
 using ::testing::UnorderedElementsAre;
 using Clock = std::chrono::steady_clock;
 
-const std::vector<std::string> kSmallI386 = {"--target=i386", "--mem_mb=64"};
+using testing::kSmallI386;
 // 1 GiB on i386: 896 MiB of lowmem, the rest HighMem (reached through kmap()).
 const std::vector<std::string> kI386WithHighmem = {"--target=i386", "--mem_mb=1024"};
-// A TTL that outlives any test, however slow the machine: for leases that must not expire.
-constexpr int64_t kLongTtlMs = int64_t{3600} * 1000;
+using testing::kLongTtlMs;
 
 // Deadlines that only bound a hang: sanitized daemons on a busy machine are slow.
 int64_t HangBoundMs() { return ScaledTimeout(std::chrono::seconds(20)).count(); }
 
-ClientOptions OptionsFor(const DaemonProcess& d) {
-  ClientOptions o;
-  o.target = d.unix_target();
-  o.connect_timeout_ms = o.call_timeout_ms = HangBoundMs();
-  return o;
-}
+using testing::OptionsFor;
 
 std::string Uid() { return "uid:" + std::to_string(::getuid()); }
 

@@ -38,6 +38,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
+#include "tests/clients/client_options.h"
 #include "tests/daemon_process.h"
 
 namespace physmem::client {
@@ -52,9 +53,9 @@ using ::testing::MatchesRegex;
 using ::testing::StartsWith;
 using Clock = std::chrono::steady_clock;
 
-const std::vector<std::string> kSmallI386 = {"--target=i386", "--mem_mb=64"};
+using testing::kSmallI386;
 // A TTL that outlives any test, however slow the machine: for leases that must not expire.
-constexpr int64_t kLongTtlMs = int64_t{3600} * 1000;
+using testing::kLongTtlMs;
 // Deadlines that only bound a hang (a process's exit, a call): sanitized daemons and CLIs on a
 // busy machine are slow.
 std::chrono::milliseconds HangBound() { return ScaledTimeout(std::chrono::seconds(20)); }

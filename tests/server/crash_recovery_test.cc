@@ -43,7 +43,7 @@ constexpr uint64_t kPageSize = 4096;
 constexpr int kClients = 4;
 constexpr int kExternalKills = 20;
 constexpr int64_t kDayMs = int64_t{24} * 3600 * 1000;
-constexpr int64_t kHourMs = int64_t{3600} * 1000;
+using testing::kLongTtlMs;
 const std::vector<std::string> kCrashPoints = {"compact_after_switch", "compact_mid_snapshot",
                                                "compact_after_rename", "compact_mid_unlink"};
 
@@ -395,8 +395,8 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     EXPECT_EQ(bresp.pfn_size(), 100);
     return resp.lease_id();
   };
-  const uint64_t expires_down = short_lease(kHourMs);
-  const uint64_t expires_up = short_lease(2 * kHourMs);
+  const uint64_t expires_down = short_lease(kLongTtlMs);
+  const uint64_t expires_up = short_lease(2 * kLongTtlMs);
   ASSERT_FALSE(HasFailure());
   auto expired_event = [](uint64_t lease) { return "event=lease_expired lease=" + std::to_string(lease) + " "; };
 
@@ -445,7 +445,7 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     }
     ASSERT_FALSE(HasFailure());
 
-    if (rounds == kDownRound) daemon->AdvanceLeaseClock(std::chrono::milliseconds(kHourMs + 1));
+    if (rounds == kDownRound) daemon->AdvanceLeaseClock(std::chrono::milliseconds(kLongTtlMs + 1));
     ASSERT_TRUE(start(false)) << daemon->log();
     const std::string log = daemon->log();
     SCOPED_TRACE("round " + std::to_string(rounds) + ": " + log.substr(0, log.find("event=started")));
@@ -456,7 +456,7 @@ TEST(CrashRecovery, AcknowledgedAllocationsSurviveRepeatedKillNine) {
     Verify(*daemon, world, clients, static_cast<uint32_t>(rng()));
     ASSERT_FALSE(HasFailure());
     if (rounds == kUpRound) {
-      daemon->AdvanceLeaseClock(std::chrono::milliseconds(kHourMs + 1));
+      daemon->AdvanceLeaseClock(std::chrono::milliseconds(kLongTtlMs + 1));
       EXPECT_TRUE(daemon->WaitForLog(expired_event(expires_up))) << "the reaper did not end lease " << expires_up;
     }
     // Each short lease is there until its expiry, and gone after it, whatever the restarts.

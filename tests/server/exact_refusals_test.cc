@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "tests/server/daemon_stub.h"
+#include "tests/time_scale.h"
 
 namespace physmem {
 namespace {
@@ -17,7 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using v1::PhysMem;
 
-constexpr int64_t kHourMs = 3600 * 1000;
+using testing::kLongTtlMs;
 
 class ExactRefusals : public testing::DaemonStubTest {
  protected:
@@ -68,7 +69,7 @@ class ExactRefusals : public testing::DaemonStubTest {
 };
 
 TEST_F(ExactRefusals, KunmapChecksEveryPfnAsKmapDoes) {
-  const uint64_t mine = NewLease(kHourMs), other = NewLease(kHourMs);
+  const uint64_t mine = NewLease(kLongTtlMs), other = NewLease(kLongTtlMs);
   v1::Allocation a, b;
   ASSERT_TRUE(Alloc(stub_.get(), mine, "GFP_KERNEL", 0, "", &a).ok());
   ASSERT_TRUE(Alloc(stub_.get(), other, "GFP_KERNEL", 0, "", &b).ok());
@@ -86,7 +87,7 @@ TEST_F(ExactRefusals, KunmapChecksEveryPfnAsKmapDoes) {
 }
 
 TEST_F(ExactRefusals, FreePagesChecksTheKeyLengthAsAllocPagesDoes) {
-  const uint64_t lease = NewLease(kHourMs);
+  const uint64_t lease = NewLease(kLongTtlMs);
   v1::Allocation a;
   ASSERT_TRUE(Alloc(stub_.get(), lease, "GFP_KERNEL", 0, "k", &a).ok());
   const v1::ValidateResponse before = Census();
@@ -98,7 +99,7 @@ TEST_F(ExactRefusals, FreePagesChecksTheKeyLengthAsAllocPagesDoes) {
 }
 
 TEST_F(ExactRefusals, AKeyReplayedWithADifferentRequestIsRefusedNamingTheDifference) {
-  const uint64_t lease = NewLease(kHourMs);
+  const uint64_t lease = NewLease(kLongTtlMs);
   v1::Allocation first;
   ASSERT_TRUE(Alloc(stub_.get(), lease, "GFP_DMA", 0, "rx-0", &first).ok());
   EXPECT_EQ(first.zone(), "DMA");

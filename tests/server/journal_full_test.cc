@@ -20,12 +20,13 @@
 #include "gtest/gtest.h"
 #include "tests/server/daemon_stub.h"
 #include "tests/server/metrics_scrape.h"
+#include "tests/time_scale.h"
 
 namespace physmem {
 namespace {
 
 using ::testing::HasSubstr;
-constexpr int64_t kHourMs = int64_t{3600} * 1000;
+using testing::kLongTtlMs;
 
 class JournalFull : public testing::DaemonStubTest {
  protected:
@@ -93,7 +94,7 @@ class JournalFull : public testing::DaemonStubTest {
 
 TEST_F(JournalFull, RefusesWhatItCannotJournalKeepsFreeingAndRecoversOnceSpaceReturns) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon(Args()));
-  const uint64_t lease = NewLease(kHourMs);
+  const uint64_t lease = NewLease(kLongTtlMs);
   std::vector<uint64_t> held;  // acknowledged and not freed: what recovery must bring back
   for (int i = 0; i < 8; ++i) {
     v1::Allocation a;
@@ -129,7 +130,7 @@ TEST_F(JournalFull, RefusesWhatItCannotJournalKeepsFreeingAndRecoversOnceSpaceRe
   }
   ExpectRefused(single, before);
   grpc::Status created;
-  testing::CreateLease(stub_.get(), kHourMs, &created);
+  testing::CreateLease(stub_.get(), kLongTtlMs, &created);
   ExpectRefused(created, before);
   EXPECT_TRUE(daemon_->WaitForLog("event=journal_failing"));
   EXPECT_EQ(testing::MetricSum(daemon_->metrics_port(), "physmem_journal_failing"), 1);

@@ -16,12 +16,13 @@
 #include "server/journal.h"
 #include "server/lessor.h"
 #include "tests/allocator/test_targets.h"
+#include "tests/time_scale.h"
 
 namespace physmem {
 namespace {
 
 using ::testing::HasSubstr;
-constexpr int64_t kHourMs = 3600 * 1000;
+using testing::kLongTtlMs;
 
 class JournalLessorTest : public ::testing::Test {
  protected:
@@ -117,7 +118,7 @@ class JournalLessorTest : public ::testing::Test {
 };
 
 TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
-  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kLongTtlMs, 0, "");
   ASSERT_TRUE(lease.ok()) << lease.status();
   const uint64_t id = (*lease)->id;
   std::vector<uint64_t> held;  // more blocks than the reserve has free records for
@@ -143,7 +144,7 @@ TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
   ExpectJournalRefusal(refused);
   const uint64_t allocated = Allocated();
   EXPECT_EQ(allocated, held.size());
-  ExpectJournalRefusal(lessor_->Grant("uid:2", kHourMs, 0, "").status());
+  ExpectJournalRefusal(lessor_->Grant("uid:2", kLongTtlMs, 0, "").status());
   EXPECT_EQ(lessor_->All().size(), 1u);
   const int64_t remaining = lessor_->Describe(**lease).remaining_ms;
   ExpectJournalRefusal(lessor_->Renew(id, "uid:1").status());
@@ -175,7 +176,7 @@ TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
 
   // Space again: grants work without anything else done.
   fail_ = 0;
-  absl::StatusOr<std::shared_ptr<Lease>> again = lessor_->Grant("uid:2", kHourMs, 0, "");
+  absl::StatusOr<std::shared_ptr<Lease>> again = lessor_->Grant("uid:2", kLongTtlMs, 0, "");
   ASSERT_TRUE(again.ok()) << again.status();
   AttachedBlock b;
   std::optional<absl::Status> s = lessor_->Attach(**again, GFP_KERNEL, 0, "", &b);
@@ -184,7 +185,7 @@ TEST_F(JournalLessorTest, RefusesWhatTheJournalCannotRecordAndChangesNothing) {
 }
 
 TEST_F(JournalLessorTest, ABulkAllocationAndARunsFreeAreOneRecordEachAndReadBackPageByPage) {
-  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kLongTtlMs, 0, "");
   ASSERT_TRUE(lease.ok()) << lease.status();
   const uint64_t id = (*lease)->id;
   const uint64_t before = journal_->live_bytes();
@@ -228,7 +229,7 @@ TEST_F(JournalLessorTest, ABulkAllocationAndARunsFreeAreOneRecordEachAndReadBack
 }
 
 TEST_F(JournalLessorTest, ARunsFreeTheJournalCannotRecordFreesNoPageAndNamesEveryOne) {
-  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kHourMs, 0, "");
+  absl::StatusOr<std::shared_ptr<Lease>> lease = lessor_->Grant("uid:1", kLongTtlMs, 0, "");
   ASSERT_TRUE(lease.ok()) << lease.status();
   absl::StatusOr<std::vector<Page*>> got = lessor_->AttachBulk(**lease, GFP_KERNEL, 200);
   ASSERT_TRUE(got.ok()) << got.status();

@@ -23,7 +23,7 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr int64_t kMs = 1000000;
-constexpr int64_t kHourMs = 3600 * 1000;
+using testing::kLongTtlMs;
 
 // A lease clock that moves only when the test says so.
 class ManualClock final : public LeaseClock {
@@ -51,7 +51,7 @@ class LessorTest : public ::testing::Test {
                                        &clock_);
   }
 
-  std::shared_ptr<Lease> Grant(const std::string& identity = "uid:1", int64_t ttl_ms = kHourMs,
+  std::shared_ptr<Lease> Grant(const std::string& identity = "uid:1", int64_t ttl_ms = kLongTtlMs,
                                const std::string& name = "") {
     absl::StatusOr<std::shared_ptr<Lease>> l = lessor_->Grant(identity, ttl_ms, 0, name);
     EXPECT_TRUE(l.ok()) << l.status();
@@ -142,7 +142,7 @@ TEST_F(LessorTest, DetachingAnotherLeasesBlockIsRefusedWithoutNamingItAndChanges
 }
 
 TEST_F(LessorTest, AttachPastTheQuotaIsRefusedAndBulkStopsAtIt) {
-  absl::StatusOr<std::shared_ptr<Lease>> l = lessor_->Grant("uid:1", kHourMs, 5, "");
+  absl::StatusOr<std::shared_ptr<Lease>> l = lessor_->Grant("uid:1", kLongTtlMs, 5, "");
   ASSERT_TRUE(l.ok());
   AttachedBlock b;
   std::optional<absl::Status> big = lessor_->Attach(**l, GFP_KERNEL, 3, "", &b);
@@ -318,9 +318,9 @@ TEST_F(LessorTest, AdoptedLeaseKeepsItsBlocksKeysChargesAndName) {
   jl.id = (uint64_t{5} << 32) | 3;
   jl.identity = "uid:9";
   jl.name = "db";
-  jl.ttl_ms = kHourMs;
+  jl.ttl_ms = kLongTtlMs;
   jl.quota = 100;
-  jl.deadline_ns = clock_.Now() + kHourMs * kMs;
+  jl.deadline_ns = clock_.Now() + kLongTtlMs * kMs;
   const uint64_t base = 4 * testing::MiB / 4096;  // ZONE_NORMAL starts at 4 MiB
   jl.blocks[base] = JournalBlock{2, false, "k"};
   jl.blocks[base + 8] = JournalBlock{0, false, ""};
@@ -333,8 +333,8 @@ TEST_F(LessorTest, AdoptedLeaseKeepsItsBlocksKeysChargesAndName) {
   EXPECT_EQ(Held(**l), 5u);
   EXPECT_EQ(identity_limits_->TotalPages(), 5u);
   EXPECT_TRUE(Alloc(**l, 2, "k").replayed);
-  EXPECT_EQ(lessor_->Grant("uid:9", kHourMs, 0, "db").status().code(), absl::StatusCode::kAlreadyExists);
-  absl::StatusOr<std::shared_ptr<Lease>> next = lessor_->Grant("uid:9", kHourMs, 0, "");
+  EXPECT_EQ(lessor_->Grant("uid:9", kLongTtlMs, 0, "db").status().code(), absl::StatusCode::kAlreadyExists);
+  absl::StatusOr<std::shared_ptr<Lease>> next = lessor_->Grant("uid:9", kLongTtlMs, 0, "");
   ASSERT_TRUE(next.ok());
   EXPECT_EQ((*next)->id, (uint64_t{5} << 32) | 4);
   ExpectBooksBalance();
@@ -448,7 +448,7 @@ TEST_F(LessorTest, ConcurrentCallsAndCensusesKeepTheBooksBalanced) {
   stop = true;
   census.join();
   EXPECT_GT(censuses.load(), 0);
-  clock_.Advance(kHourMs);
+  clock_.Advance(kLongTtlMs);
   lessor_->ExpireDue();
   EXPECT_EQ(lessor_->size(), 0u);
   EXPECT_EQ(Allocated(), 0u);
@@ -465,7 +465,7 @@ TEST(LessorReaper, EndsALeaseAtItsDeadlineAndIdleLeasesNeverWakeIt) {
   ll.min_ttl_ms = 1;
   ll.max_leases_per_identity = 2000;
   Lessor lessor(pa->get(), ll, nullptr, nullptr, nullptr);
-  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(lessor.Grant("uid:1", kHourMs, 0, "").ok());
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(lessor.Grant("uid:1", kLongTtlMs, 0, "").ok());
   lessor.StartReaper();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   // A spurious condition-variable wake-up is allowed; a scan every 20 ms would be ten.

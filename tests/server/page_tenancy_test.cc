@@ -15,13 +15,14 @@
 #include "physmem/v1/physmem.grpc.pb.h"
 #include "tests/server/daemon_stub.h"
 #include "tests/server/metrics_scrape.h"
+#include "tests/time_scale.h"
 
 namespace physmem {
 namespace {
 
 using v1::PhysMem;
 
-constexpr int64_t kHourMs = 3600 * 1000;
+using testing::kLongTtlMs;
 constexpr uint32_t kOrder = 9;                      // 2 MiB blocks: one WritePages/ReadPages each
 constexpr uint64_t kBlockBytes = uint64_t{4096} << kOrder;
 
@@ -94,7 +95,7 @@ class PageTenancyTest : public testing::DaemonStubTest, public ::testing::WithPa
         ASSERT_TRUE(testing::RevokeLease(stub_.get(), lease).ok());
         return;
       case FreePath::kExpiry:
-        ASSERT_NO_FATAL_FAILURE(ExpireByClock(lease, std::chrono::milliseconds(kHourMs)));
+        ASSERT_NO_FATAL_FAILURE(ExpireByClock(lease, std::chrono::milliseconds(kLongTtlMs)));
         return;
     }
   }
@@ -104,13 +105,13 @@ class PageTenancyTest : public testing::DaemonStubTest, public ::testing::WithPa
 };
 
 TEST_P(PageTenancyTest, AnotherIdentityGetsTheSameMemoryZeroed) {
-  const uint64_t a = NewLease(kHourMs);
+  const uint64_t a = NewLease(kLongTtlMs);
   const std::vector<uint64_t> written = TakeAllBlocks(stub_.get(), a);
   ASSERT_GE(written.size(), 8u);
   for (uint64_t pfn : written) ASSERT_TRUE(Write(stub_.get(), a, pfn, '\xab').ok());
   ASSERT_NO_FATAL_FAILURE(Let(a, written, GetParam()));
 
-  const uint64_t b = NewLease(kHourMs, tcp_stub_.get());
+  const uint64_t b = NewLease(kLongTtlMs, tcp_stub_.get());
   const std::vector<uint64_t> got = TakeAllBlocks(tcp_stub_.get(), b);
   const std::set<uint64_t> theirs(written.begin(), written.end());
   size_t reused = 0;
@@ -141,12 +142,12 @@ INSTANTIATE_TEST_SUITE_P(EveryFreePath, PageTenancyTest,
 // The lazy half: the same identity taking its own blocks back finds its bytes (as the kernel
 // leaves them without __GFP_ZERO) and nothing is scrubbed; __GFP_ZERO still zeroes.
 TEST_F(PageTenancyTest, TheSameIdentityPaysNoScrub) {
-  const uint64_t a = NewLease(kHourMs);
+  const uint64_t a = NewLease(kLongTtlMs);
   const std::vector<uint64_t> written = TakeAllBlocks(stub_.get(), a);
   ASSERT_FALSE(written.empty());
   for (uint64_t pfn : written) ASSERT_TRUE(Write(stub_.get(), a, pfn, '\x5a').ok());
   ASSERT_TRUE(testing::RevokeLease(stub_.get(), a).ok());
-  const uint64_t again = NewLease(kHourMs);
+  const uint64_t again = NewLease(kLongTtlMs);
   const std::vector<uint64_t> got = TakeAllBlocks(stub_.get(), again);
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(Read(stub_.get(), again, got[0]), std::string(kBlockBytes, '\x5a'));
@@ -167,7 +168,7 @@ class InitOnFreeTest : public PageTenancyTest {
 };
 
 TEST_F(InitOnFreeTest, EveryFreedBlockIsZeroAtOnceForAnyIdentity) {
-  const uint64_t a = NewLease(kHourMs);
+  const uint64_t a = NewLease(kLongTtlMs);
   const std::vector<uint64_t> written = TakeAllBlocks(stub_.get(), a);
   ASSERT_GE(written.size(), 2u);
   for (uint64_t pfn : written) ASSERT_TRUE(Write(stub_.get(), a, pfn, '\x5a').ok());
@@ -176,14 +177,14 @@ TEST_F(InitOnFreeTest, EveryFreedBlockIsZeroAtOnceForAnyIdentity) {
     ASSERT_TRUE(testing::FreePages(stub_.get(), a, written[i], kOrder).ok());
   }
   ASSERT_TRUE(testing::RevokeLease(stub_.get(), a).ok());
-  const uint64_t again = NewLease(kHourMs);
+  const uint64_t again = NewLease(kLongTtlMs);
   const std::vector<uint64_t> got = TakeAllBlocks(stub_.get(), again);
   ASSERT_EQ(got.size(), written.size());
   for (uint64_t pfn : got) {
     EXPECT_EQ(Read(stub_.get(), again, pfn).find_first_not_of('\0'), std::string::npos) << "pfn " << pfn;
   }
   ASSERT_TRUE(testing::RevokeLease(stub_.get(), again).ok());
-  const uint64_t b = NewLease(kHourMs, tcp_stub_.get());
+  const uint64_t b = NewLease(kLongTtlMs, tcp_stub_.get());
   const std::vector<uint64_t> theirs = TakeAllBlocks(tcp_stub_.get(), b);
   ASSERT_FALSE(theirs.empty());
   EXPECT_EQ(Read(tcp_stub_.get(), b, theirs[0]).find_first_not_of('\0'), std::string::npos);
