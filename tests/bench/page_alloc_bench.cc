@@ -260,9 +260,15 @@ void BM_Steady(benchmark::State& state) {
     const Step s = steps[i++ & (kSteps - 1)];
     Live& l = pool[s.slot];
     B::Free(l.p, l.order);
-    l.p = B::Alloc(s.order);
+    // DoNotOptimize on a local, not on the pool's slot: with DoNotOptimize(l.p) (Debian's
+    // benchmark 1.7.1: `asm("" : "+m,r"(value))` for a non-const lvalue under GCC), g++ 12 -O3
+    // (the Release build) lost the slot's new pointer: the slot kept the block just freed, the
+    // new one leaked, and the final free was refused as "not allocated" (the allocator had
+    // returned a fresh block, printed at the call). -O2 kept it; so does this form at -O3.
+    void* fresh = B::Alloc(s.order);
+    benchmark::DoNotOptimize(fresh);
+    l.p = fresh;
     l.order = s.order;
-    benchmark::DoNotOptimize(l.p);
   }
   const long faults = ThreadMinorFaults() - faults0;
   for (Live& l : pool) B::Free(l.p, l.order);
