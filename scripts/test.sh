@@ -18,7 +18,8 @@
 # Last, tests/leftover_files.py checks that no test left physmem* files in /dev/shm or /tmp.
 # Each stage prints its time, and a table of all of them ends the run (also when a stage fails).
 #
-#   bash scripts/test.sh --quick   # daily work: the normal build and the tests not labelled slow
+#   bash scripts/test.sh --quick   # daily work: the normal build and the tests not labelled slow,
+#                                  # deploy, soak or docs (the docs' commands pasted, ~2 min alone)
 #
 # Tests never race the wall clock: real-time waits are scaled to the build (tests/time_scale.h;
 # PHYSMEM_TEST_TIME_SCALE below for the Python tests), and leases expire when a test advances the
@@ -73,7 +74,7 @@ stage "normal build (warnings are errors)" configure_and_build build -DCMAKE_BUI
 LEFTOVERS_BEFORE=$PWD/build/leftovers-before-tests.txt
 /usr/bin/python3 tests/leftover_files.py snapshot "$LEFTOVERS_BEFORE"
 if [ "$QUICK" = 1 ]; then
-  stage "tests not labelled slow" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900 -LE 'slow|deploy|soak'
+  stage "tests not labelled slow, deploy, soak or docs" ctest --test-dir build --output-on-failure -j"$TEST_JOBS" --timeout 900 -LE 'slow|deploy|soak|docs'
   stage "no files left behind in /dev/shm and /tmp" /usr/bin/python3 tests/leftover_files.py check "$LEFTOVERS_BEFORE"
   exit 0
 fi
