@@ -672,16 +672,7 @@ absl::StatusOr<std::vector<Page*>> Lessor::AttachBulk(Lease& lease, gfp_t gfp, u
   pages.resize(got);
   if (journal_) {
     // One record for the call: the pages as runs of consecutive pfns, in the order given.
-    std::vector<JournalRun> runs;
-    for (Page* p : pages) {
-      const uint64_t pfn = pa_->page_to_pfn(p);
-      if (!runs.empty() && runs.back().pfn + runs.back().count == pfn) {
-        ++runs.back().count;
-      } else {
-        runs.push_back({pfn, 1});
-      }
-    }
-    if (absl::Status s = journal_->AllocatedRuns(lease.id, runs); !s.ok()) {
+    if (absl::Status s = journal_->AllocatedRuns(lease.id, RunsOf<JournalRun>(*pa_, pages)); !s.ok()) {
       for (Page* p : pages) GiveBack(lease, p, 0);
       return s;
     }

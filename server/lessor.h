@@ -264,6 +264,21 @@ class Lessor {
     uint64_t pfn = 0;
     uint64_t count = 0;
   };
+  // `pages` folded into runs of consecutive ascending pfns, in the order given: how AttachBulk
+  // journals a bulk allocation (Run = JournalRun), and a caller's DetachRuns argument (PfnRun).
+  template <class Run>
+  static std::vector<Run> RunsOf(const PageAllocator& pa, std::span<Page* const> pages) {
+    std::vector<Run> runs;
+    for (const Page* p : pages) {
+      const uint64_t pfn = pa.page_to_pfn(p);
+      if (!runs.empty() && runs.back().pfn + runs.back().count == pfn) {
+        ++runs.back().count;
+      } else {
+        runs.push_back({pfn, 1});
+      }
+    }
+    return runs;
+  }
   absl::StatusOr<uint64_t> DetachRuns(Lease& lease, std::span<const PfnRun> runs,
                                       absl::FunctionRef<void(uint64_t, const absl::Status&)> on_refused);
   // kmap() of a page of the lease's, refused once the lease has ended (its kmaps end with it).

@@ -83,18 +83,7 @@ class JournalLessorTest : public ::testing::Test {
   }
 
   // The pages as runs of consecutive pfns, in the order given.
-  std::vector<Lessor::PfnRun> RunsOf(const std::vector<Page*>& pages) {
-    std::vector<Lessor::PfnRun> runs;
-    for (Page* p : pages) {
-      const uint64_t pfn = pa_->page_to_pfn(p);
-      if (!runs.empty() && runs.back().pfn + runs.back().count == pfn) {
-        ++runs.back().count;
-      } else {
-        runs.push_back({pfn, 1});
-      }
-    }
-    return runs;
-  }
+  std::vector<Lessor::PfnRun> RunsOf(const std::vector<Page*>& pages) { return Lessor::RunsOf<Lessor::PfnRun>(*pa_, pages); }
   // Closes the lessor and journal and reads the journal back, as a restart would.
   JournalState ReadBack() {
     lessor_.reset();
