@@ -7,7 +7,9 @@
 // Proves: uid 65534 cannot see, renew, keep alive, revoke, allocate in, free, read, write, kmap,
 // kunmap or page_address uid 0's lease or pages (PERMISSION_DENIED each, and the census taken
 // right after each call unchanged); and the per-identity limits stop one identity while the other
-// still allocates its full share.
+// still allocates its full share; and a page's bytes never reach the other uid on any path a block
+// can leave a lease by (FreePages by pfn, key or address, FreePagesBulk, revoke, expiry, a clean
+// stop, kill -9 and restart, kmapped HighMem blocks), without __GFP_ZERO (server/page_tenancy.h).
 //
 // Leases live a day: the peer makes some thirty calls, each followed by a Validate of a 1 GiB
 // machine, which a sanitized build on a loaded machine can stretch past a minute.
@@ -24,6 +26,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -210,15 +213,15 @@ void PeerAlloc(PhysMem::Stub* s, const std::vector<std::string>& steps) {
   }
 }
 
-// Takes every order-`order` block it can get (no __GFP_ZERO) and reads each whole:
-// "readall OK ... blocks=<n> dirty=<blocks with a non-zero byte> pfns=<p1>,<p2>,...".
-void PeerReadAll(PhysMem::Stub* s, uint32_t order) {
+// Takes every order-`order` block of `gfp` it can get, at most `max_blocks` (no __GFP_ZERO), and
+// reads each whole: "readall OK ... blocks=<n> dirty=<blocks with a non-zero byte> pfns=<p1>,...".
+void PeerReadAll(PhysMem::Stub* s, uint32_t order, const std::string& gfp, int max_blocks) {
   const uint64_t lease = testing::CreateLease(s, kDayMs);
   int blocks = 0, dirty = 0;
   std::string pfns;
-  for (;;) {
+  while (blocks < max_blocks) {
     v1::Allocation a;
-    if (!testing::AllocPages(s, lease, "GFP_KERNEL|__GFP_NOWARN|__GFP_NORETRY", order, &a, 10000).ok()) break;
+    if (!testing::AllocPages(s, lease, gfp, order, &a, 10000).ok()) break;
     v1::ReadPagesRequest r;
     r.set_lease_id(lease);
     r.set_pfn(a.pfn());
@@ -243,8 +246,11 @@ int RunPeer() {
   std::vector<std::string> words = absl::StrSplit(script, ' ', absl::SkipEmpty());
   if (words.size() == 3 && words[0] == "attack") {
     PeerAttack(stub.get(), std::stoull(words[1]), std::stoull(words[2]));
-  } else if (words.size() == 2 && words[0] == "readall") {
-    PeerReadAll(stub.get(), static_cast<uint32_t>(std::stoul(words[1])));
+  } else if (words.size() >= 2 && words.size() <= 4 && words[0] == "readall") {
+    // readall ORDER [GFP [MAX_BLOCKS]]
+    PeerReadAll(stub.get(), static_cast<uint32_t>(std::stoul(words[1])),
+                words.size() >= 3 ? words[2] : "GFP_KERNEL|__GFP_NOWARN|__GFP_NORETRY",
+                words.size() == 4 ? std::stoi(words[3]) : std::numeric_limits<int>::max());
   } else if (!words.empty() && words[0] == "alloc") {
     PeerAlloc(stub.get(), std::vector<std::string>(words.begin() + 1, words.end()));
   } else {
@@ -327,6 +333,33 @@ class TwoUids : public testing::DaemonStubTest {
   }
   grpc::Status Alloc(uint64_t lease, const std::string& gfp, v1::Allocation* out) {
     return testing::AllocPages(stub_.get(), lease, gfp, 0, out, 10000);
+  }
+  // Fills the order-9 block at `pfn` with `byte` (2 MiB: the daemon runs with --max_page_io_bytes=2097152).
+  void FillBlock(uint64_t lease, uint64_t pfn, char byte) {
+    v1::WritePagesRequest w;
+    w.set_lease_id(lease);
+    w.set_pfn(pfn);
+    w.set_data(std::string(uint64_t{4096} << 9, byte));
+    v1::WritePagesResponse out;
+    Ctx ctx;
+    const grpc::Status s = stub_->WritePages(&ctx, w, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  // uid 65534 takes order-9 blocks (`args`: "[GFP [MAX_BLOCKS]]") and reads each whole; EXPECTs that
+  // no byte of them was non-zero, and returns the pfns it got.
+  std::set<uint64_t> NobodyReadsOnlyZeros(const std::string& args) {
+    std::string raw;
+    std::map<std::string, PeerLine> got = RunAsNobody(daemon_->socket_path(), "readall 9 " + args, &raw);
+    SCOPED_TRACE(raw);
+    std::set<uint64_t> pfns;
+    EXPECT_TRUE(got.count("readall")) << raw;
+    if (!got.count("readall")) return pfns;
+    const std::string& extra = got["readall"].extra;
+    EXPECT_THAT(extra, HasSubstr(" dirty=0 ")) << "uid 65534 read uid 0's bytes";
+    for (absl::string_view p : absl::StrSplit(extra.substr(extra.find("pfns=") + 5), ',', absl::SkipEmpty())) {
+      pfns.insert(std::stoull(std::string(p)));
+    }
+    return pfns;
   }
 };
 
@@ -528,6 +561,192 @@ TEST_F(TwoUids, ContentsNeverReachTheOtherUidAcrossKillNineAndRestart) {
   }
   EXPECT_GE(freed_half, written.size() / 4) << "uid 65534 got few of the blocks uid 0 freed before the crash";
   EXPECT_GE(held_half, written.size() / 4) << "uid 65534 got few of the blocks recovered for uid 0";
+}
+
+// Every path a block can leave a lease by, between two real uids: uid 0 takes every 2 MiB block of
+// a small all-lowmem machine into three leases, writes a pattern into every byte, and lets each
+// sixth of them go by one path — FreePages by pfn, FreePages by key, FreePagesByAddress,
+// FreePagesBulk, RevokeLease of a second lease, expiry of a third. uid 65534 then takes every
+// block it can (the same memory: the machine has no other 2 MiB blocks) without __GFP_ZERO and
+// reads every byte: all zero, and it got blocks of every path.
+TEST_F(TwoUids, ContentsNeverReachTheOtherUidOnAnyFreePath) {
+  constexpr uint32_t kOrder = 9;
+  Start({"--mem_mb=48", "--max_page_io_bytes=2097152"});
+  if (HasFatalFailure()) return;
+  enum Path { kByPfn, kByKey, kByAddress, kBulk, kRevoke, kExpiry, kPaths };
+  const char* const kPathName[kPaths] = {"FreePages by pfn", "FreePages by key", "FreePagesByAddress",
+                                         "FreePagesBulk",    "RevokeLease",      "expiry"};
+  constexpr int64_t kHourMs = int64_t{3600} * 1000;
+  const uint64_t frees = NewLease(kDayMs), revoked = NewLease(kDayMs), expiring = NewLease(kHourMs);
+  struct Block {
+    Path path;
+    v1::Allocation a;
+  };
+  std::vector<Block> blocks;
+  for (int i = 0;; ++i) {
+    const Path path = static_cast<Path>(i % kPaths);
+    v1::AllocPagesRequest req;
+    req.set_lease_id(path == kRevoke ? revoked : path == kExpiry ? expiring : frees);
+    req.set_gfp("GFP_KERNEL|__GFP_NOWARN|__GFP_NORETRY");
+    req.set_order(kOrder);
+    if (path == kByKey) req.set_key(absl::StrCat("block-", i));
+    Block b{path, {}};
+    Ctx ctx;
+    if (!stub_->AllocPages(&ctx, req, &b.a).ok()) break;
+    ASSERT_NO_FATAL_FAILURE(FillBlock(req.lease_id(), b.a.pfn(), '\xab'));
+    blocks.push_back(b);
+  }
+  ASSERT_GE(blocks.size(), size_t{2} * kPaths);
+
+  v1::FreePagesBulkRequest bulk;
+  bulk.set_lease_id(frees);
+  for (const Block& b : blocks) {
+    grpc::Status st;
+    v1::FreePagesResponse out;
+    Ctx ctx;
+    switch (b.path) {
+      case kByPfn:
+        st = testing::FreePages(stub_.get(), frees, b.a.pfn(), kOrder);
+        break;
+      case kByKey: {
+        v1::FreePagesRequest r;
+        r.set_lease_id(frees);
+        r.set_key(b.a.key());
+        st = stub_->FreePages(&ctx, r, &out);
+        break;
+      }
+      case kByAddress: {
+        v1::FreePagesByAddressRequest r;
+        r.set_lease_id(frees);
+        r.set_addr(b.a.virt_addr());
+        r.set_order(kOrder);
+        st = stub_->FreePagesByAddress(&ctx, r, &out);
+        break;
+      }
+      case kBulk:
+        bulk.add_pfn(b.a.pfn());
+        bulk.add_order(kOrder);
+        break;
+      default:
+        break;
+    }
+    ASSERT_TRUE(st.ok()) << kPathName[b.path] << ": " << st.error_message();
+  }
+  {
+    v1::FreePagesBulkResponse out;
+    Ctx ctx;
+    ASSERT_TRUE(stub_->FreePagesBulk(&ctx, bulk, &out).ok());
+    ASSERT_EQ(out.refused_size(), 0);
+  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), revoked).ok());
+  ASSERT_NO_FATAL_FAILURE(ExpireByClock(expiring, std::chrono::milliseconds(kHourMs)));
+  ASSERT_EQ(Census().lease_pages(), 0u);
+
+  const std::set<uint64_t> theirs = NobodyReadsOnlyZeros("");
+  int written[kPaths] = {}, reached[kPaths] = {};
+  for (const Block& b : blocks) {
+    ++written[b.path];
+    if (theirs.contains(b.a.pfn())) ++reached[b.path];
+  }
+  for (int p = 0; p < kPaths; ++p) {
+    // The point of the test: uid 65534 got the memory each path gave back.
+    EXPECT_GE(reached[p] * 2, written[p]) << kPathName[p] << ": uid 65534 got " << reached[p] << " of its "
+                                          << written[p] << " blocks";
+  }
+}
+
+// A clean stop (SIGTERM) ends every lease; a daemon restarted on the same file-backed arena knows
+// nothing of its pages' history (the file keeps their bytes), so it zeroes each as it first hands
+// it out: uid 65534 takes the memory uid 0 had filled and reads only zeros.
+TEST_F(TwoUids, ContentsNeverReachTheOtherUidAcrossACleanStopAndRestart) {
+  constexpr uint32_t kOrder = 9;
+  const std::string arena = "/dev/shm/physmemd-two-uids-stop-test-" + std::to_string(::getpid());
+  testing::RemoveShmFiles(arena);
+  struct AtExit {
+    std::string arena;
+    ~AtExit() { testing::RemoveShmFiles(arena); }
+  } at_exit{arena};
+  Start({"--mem_mb=48", "--arena_path=" + arena, "--max_page_io_bytes=2097152"});
+  if (HasFatalFailure()) return;
+  const uint64_t lease = NewLease(kDayMs);
+  std::vector<uint64_t> written;
+  for (v1::Allocation a;
+       testing::AllocPages(stub_.get(), lease, "GFP_KERNEL|__GFP_NOWARN|__GFP_NORETRY", kOrder, &a, 10000).ok();) {
+    ASSERT_NO_FATAL_FAILURE(FillBlock(lease, a.pfn(), '\xcd'));
+    written.push_back(a.pfn());
+  }
+  ASSERT_GE(written.size(), 8u);
+  daemon_->Kill(SIGTERM);
+  ASSERT_TRUE(daemon_->WaitExit(testing::ScaledTimeout(std::chrono::seconds(10))).has_value());
+  ASSERT_TRUE(daemon_->Start()) << daemon_->log();
+  // A connection of its own (the shared one may still be the stopped daemon's).
+  std::shared_ptr<grpc::Channel> ch = testing::OwnChannel(daemon_->unix_target());
+  ASSERT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + testing::ScaledTimeout(std::chrono::seconds(5))));
+  stub_ = PhysMem::NewStub(ch);
+  ASSERT_EQ(Census().lease_pages(), 0u) << "a clean stop ends every lease";
+
+  const std::set<uint64_t> theirs = NobodyReadsOnlyZeros("");
+  size_t reached = 0;
+  for (uint64_t pfn : written) reached += theirs.contains(pfn) ? 1 : 0;
+  EXPECT_GE(reached * 2, written.size()) << "uid 65534 got few of the blocks uid 0 filled before the stop";
+}
+
+// HighMem blocks with live kmap()s (i386 with 1 GiB: 128 MiB of HighMem): uid 0 takes every
+// HighMem 2 MiB block into two leases, writes a pattern and kmap()s two pages of each. A kmapped
+// block cannot be freed (FAILED_PRECONDITION, census unchanged) until it is kunmapped; the rest go
+// with their lease, kmaps and all, by RevokeLease and by expiry. uid 65534 then takes as many
+// GFP_HIGHUSER blocks (HighMem first: the same memory) and reads only zeros.
+TEST_F(TwoUids, KmappedHighMemBlocksReachTheOtherUidZeroed) {
+  constexpr uint32_t kOrder = 9;
+  const std::string kGfp = "GFP_HIGHUSER|__GFP_NOWARN|__GFP_NORETRY";
+  Start({"--mem_mb=1024", "--max_page_io_bytes=2097152"});
+  if (HasFatalFailure()) return;
+  constexpr int64_t kHourMs = int64_t{3600} * 1000;
+  const uint64_t revoked = NewLease(kDayMs), expiring = NewLease(kHourMs);
+  auto kmap = [&](bool map, uint64_t lease, uint64_t pfn) {
+    v1::KmapRequest r;
+    r.set_lease_id(lease);
+    r.set_pfn(pfn);
+    Ctx ctx;
+    v1::KmapResponse km;
+    v1::KunmapResponse ku;
+    return map ? stub_->Kmap(&ctx, r, &km) : stub_->Kunmap(&ctx, r, &ku);
+  };
+  std::vector<uint64_t> written;
+  for (int i = 0;; ++i) {
+    const uint64_t lease = i % 2 == 0 ? revoked : expiring;
+    v1::Allocation a;
+    if (!testing::AllocPages(stub_.get(), lease, kGfp, kOrder, &a, 10000).ok()) break;
+    if (a.zone() != "HighMem") {  // HighMem is used up
+      ASSERT_TRUE(testing::FreePages(stub_.get(), lease, a.pfn(), kOrder).ok());
+      break;
+    }
+    ASSERT_NO_FATAL_FAILURE(FillBlock(lease, a.pfn(), '\xef'));
+    ASSERT_TRUE(kmap(true, lease, a.pfn()).ok());
+    ASSERT_TRUE(kmap(true, lease, a.pfn() + 7).ok());
+    written.push_back(a.pfn());
+  }
+  ASSERT_GE(written.size(), 8u);
+  {
+    const v1::ValidateResponse before = Census();
+    const grpc::Status s = testing::FreePages(stub_.get(), revoked, written[0], kOrder);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("kmap()ed"));
+    EXPECT_EQ(Census().allocated_pages(), before.allocated_pages());
+    ASSERT_TRUE(kmap(false, revoked, written[0]).ok());
+    ASSERT_TRUE(kmap(false, revoked, written[0] + 7).ok());
+    ASSERT_TRUE(testing::FreePages(stub_.get(), revoked, written[0], kOrder).ok());
+  }
+  ASSERT_TRUE(testing::RevokeLease(stub_.get(), revoked).ok());
+  ASSERT_NO_FATAL_FAILURE(ExpireByClock(expiring, std::chrono::milliseconds(kHourMs)));
+  ASSERT_EQ(Census().lease_pages(), 0u);
+
+  const std::set<uint64_t> theirs =
+      NobodyReadsOnlyZeros(absl::StrCat(kGfp, " ", written.size()));
+  size_t reached[2] = {0, 0};  // by revoke (written[0]: kunmap and FreePages), by expiry
+  for (size_t i = 0; i < written.size(); ++i) reached[i % 2] += theirs.contains(written[i]) ? 1 : 0;
+  EXPECT_GE(reached[0] * 2, (written.size() + 1) / 2) << "revoked HighMem blocks reached: " << reached[0];
+  EXPECT_GE(reached[1] * 2, written.size() / 2) << "expired HighMem blocks reached: " << reached[1];
 }
 
 }  // namespace
