@@ -10,7 +10,7 @@
 // 4 record: a required kmem event is missing on this kernel; 5 record: the kernel lost events
 // (the file is complete otherwise and marks where, with "CPU:N [LOST M EVENTS]" lines);
 // 6 the trace cannot be read (missing, corrupt gzip, or a malformed line with --strict), or
-// record's output cannot be written; 7 record: a tracefs setting could not be put back (named);
+// record's output cannot be created or written; 7 record: a tracefs setting could not be put back (named);
 // 8 --daemon: the daemon cannot be reached, or the replay's lease ended under it (named);
 // 130 record interrupted (Ctrl-C / SIGTERM; the file holds what was read, tracefs restored).
 #include <poll.h>
@@ -154,9 +154,12 @@ int Record() {
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
 
   std::unique_ptr<gzFile_s, int (*)(gzFile)> file(gzopen(out.c_str(), absl::EndsWith(out, ".gz") ? "wb3" : "wbT"), gzclose);
-  if (file == nullptr) return Fail(kBadUsage, absl::StrCat("record: cannot create ", out, ": ", std::strerror(errno)));
+  // Before Start(): a file that cannot be created changes nothing in tracefs (exit 6, as documented).
+  if (file == nullptr) return Fail(kUnreadable, absl::StrCat("record: cannot create ", out, ": ", std::strerror(errno)));
 
   absl::StatusOr<std::vector<std::string>> enabled = (*session)->Start();
+  // A setting tracefs refused: what Start() changed before it is put back by the session's
+  // destructor (Restore(), then Unmount() if it mounted), before this returns.
   if (!enabled.ok()) return Fail(kNoTracefs, absl::StrCat("record: ", enabled.status().message(), " (tracefs restored)"));
   // After Start(): resizing the buffer resets the kernel's per-CPU counters.
   const TracefsLoss before = (*session)->Loss();

@@ -9,6 +9,12 @@ Cases:
   LiveRecordOneSecondAndReplay        record 1 s on the real tracefs, replay, books balance
   AgreesWithPerfKmemPageStat          perf kmem --page record, then our figures == perf kmem --page stat
   DocsCommandsWork                    the commands of docs/trace.md, as pasted
+  RecordProgressOverrunsAndErrors     record on a fake tracefs: progress lines, the kernel's overrun and
+                                      dropped counters (exit 5), an output that cannot be created (exit 6,
+                                      nothing changed), a setting tracefs refuses (restored)
+  ReportHasEveryFigureAndCompareEveryKnob  the report's figures (per order, GFP class, migratetype,
+                                      fallbacks, fragmentation over time, buddyinfo, pagetypeinfo) with
+                                      their documented JSON names, and compare over every knob
 Exit 77 = skipped; the reason is printed first.
 """
 import gzip
@@ -418,11 +424,178 @@ def docs_commands_work():
     print("ok")
 
 
+def record_progress_overruns_and_errors():
+    if os.geteuid() != 0:
+        print("SKIPPED: record needs root (it refuses before touching tracefs), and this test runs as uid", os.geteuid())
+        sys.exit(SKIP)
+    with tempfile.TemporaryDirectory() as d:
+        fake = os.path.join(d, "tracefs")
+        make_fake_tracefs(fake)
+        out_path = os.path.join(d, "t.txt")
+        # The kernel's own loss counters (per_cpu/cpuN/stats) rise while recording: counted from
+        # their value at the start, printed in the progress lines and at the end, exit 5.
+        p = subprocess.Popen([TOOL, "record", "--tracefs=" + fake, "--seconds=2.5", "--out=" + out_path],
+                             stderr=subprocess.PIPE, text=True)
+        first = []
+        while True:
+            line = p.stderr.readline()
+            check(line, f"record printed what it records before ending: {first}")
+            first.append(line)
+            if "recording kmem:" in line:
+                break
+        with open(os.path.join(fake, "per_cpu/cpu0/stats"), "w") as f:
+            f.write("entries: 0\noverrun: 7\ndropped events: 3\n")
+        err = "".join(first) + p.communicate(timeout=60 * SCALE)[1]
+        check(p.returncode == 5 and "7 overwritten, 3 dropped" in err, f"kernel overruns: exit 5 with the counts, got {p.returncode}: {err}")
+        progress = [l for l in err.splitlines() if "lines/s" in l]
+        check(progress and "lost so far:" in progress[-1], f"progress lines with lines/s and the lost counts: {err}")
+        check(any("7 overrun, 3 dropped" in l for l in progress), f"the last progress lines show the overrun: {progress}")
+        after = snapshot(fake)
+        check(all(v == "0" for k, v in after.items() if k.endswith("enable")) and after["tracing_on"] == "0",
+              f"restored after overruns: {after}")
+
+        # An output that cannot be created: exit 6, and tracefs untouched.
+        make_fake_tracefs(fake)
+        before = snapshot(fake)
+        rc, out, err = run(["record", "--tracefs=" + fake, "--seconds=0.3", "--out=" + os.path.join(d, "no-such-dir", "t.gz")])
+        check(rc == 6 and "cannot create" in err and "no-such-dir" in err, f"uncreatable output: exit 6, got {rc}: {err}")
+        check(snapshot(fake) == before, "nothing changed when the output cannot be created")
+
+        # tracefs refuses a setting half-way (tracing_on cannot be written): what was changed
+        # before it (the events' enable files) is put back.
+        make_fake_tracefs(fake)
+        os.remove(os.path.join(fake, "tracing_on"))
+        os.mkdir(os.path.join(fake, "tracing_on"))
+        before = snapshot(fake)
+        rc, out, err = run(["record", "--tracefs=" + fake, "--seconds=0.3", "--out=" + out_path])
+        check(rc == 3 and "tracing_on" in err and "tracefs restored" in err, f"refused setting: exit 3 naming it, got {rc}: {err}")
+        # (buffer_size_kb reads "7 (expanded: 1408)" on the fake and is put back as the size in effect, 1408.)
+        check(snapshot(fake) == dict(before, buffer_size_kb="1408"), f"put back after the refusal: {before} -> {snapshot(fake)}")
+    print("ok")
+
+
+# The report's JSON field names (docs/trace.md, "stable field names"): a renamed or dropped field
+# fails here and must be changed in the docs too.
+REPORT_KEYS = {"trace", "perf_kmem", "replays"}
+TRACE_KEYS = {"lines", "bytes", "events", "unknown_events", "unknown_event_names", "callchain_lines", "malformed_lines",
+              "first_errors", "lost_events", "seconds", "cpus", "replayable_allocs", "replayable_frees", "skipped", "live_at_end"}
+SKIPPED_KEYS = {"failed_allocs", "free_only", "free_order_mismatch", "realloc_of_live_pfn", "free_batched", "reference_events"}
+PERF_KEYS = {"alloc_requests", "alloc_bytes", "free_requests", "free_bytes", "alloc_freed", "alloc_freed_bytes", "free_only",
+             "free_only_bytes", "failures", "failure_bytes", "order_migratetype"}
+REPLAY_KEYS = {"config", "mode", "target", "min_free_kbytes", "pcp_requested", "pcp_active", "page_group_by_mobility", "threads",
+               "cpu_mapping", "allocs", "alloc_failures", "frees", "free_of_refused", "free_errors", "failures_by_reason",
+               "allocs_by_order", "failures_by_order", "frees_by_order", "allocs_by_gfp_class", "failures_by_gfp_class",
+               "allocs_by_migratetype", "failures_by_migratetype", "blocks_allocated_at_end", "migrate", "fragmentation",
+               "final_buddyinfo", "final_pagetypeinfo", "daemon", "wall_seconds", "ops_per_second"}
+MIGRATE_KEYS = {"fallbacks", "claims", "steals", "claims_by_migratetype", "steals_by_migratetype"}
+SAMPLE_KEYS = {"ops_done", "trace_seconds", "fallbacks", "claims", "steals", "zones"}
+ZONE_KEYS = {"zone", "managed_pages", "free_pages", "fragmentation_index"}
+MIGRATETYPES = ["Unmovable", "Movable", "Reclaimable", "HighAtomic", "CMA", "Isolate"]
+
+
+def count_by_order_and_migratetype(path):
+    """Granted kernel allocations per order and per migratetype, counted from the text alone."""
+    by_order, by_mt = [0] * 11, [0] * 6
+    with gzip.open(path, "rt", errors="replace") as f:
+        for line in f:
+            if "mm_page_alloc: " not in line or "pfn=0xffffffffffffffff" in line or "page=0000000000000000" in line:
+                continue
+            by_order[int(re.search(r" order=(\d+)", line).group(1))] += 1
+            by_mt[int(re.search(r" migratetype=(\d+)", line).group(1))] += 1
+    return by_order, by_mt
+
+
+def report_has_every_figure_and_compare_every_knob():
+    counted = count_file(SAMPLE)
+    by_order, by_mt = count_by_order_and_migratetype(SAMPLE)
+    with tempfile.TemporaryDirectory() as d:
+        json_path = os.path.join(d, "r.json")
+        configs = ["name=grouped,mem_mb=128", "name=ungrouped,mem_mb=128,mobility=off",
+                   "name=arm,target=arm64,mem_mb=256,pcp=off,min_free_kbytes=8192"]
+        rc, out, err = run(["compare", "--trace=" + SAMPLE, "--samples=6", "--json=" + json_path] + configs)
+        check(rc == 0, f"compare rc {rc}: {err}")
+        report = json.load(open(json_path))
+    for needle in ["GFP class", "Migratetype        allocs", "Migratetype fallbacks", "Fragmentation index over the replay",
+                   "Final /proc/buddyinfo", "Final /proc/pagetypeinfo", "Number of blocks type", "Total allocation failures"]:
+        check(needle in out, f"the text report has {needle!r}")
+    check(re.search(r"^ +grouped +ungrouped +arm$", out, re.M) and re.search(r"^mobility grouping +on +off +on$", out, re.M),
+          f"side by side:\n{out[-3000:]}")
+
+    doc = open(os.path.join(SRC, "docs/trace.md")).read()
+    for keys in (REPORT_KEYS, TRACE_KEYS, SKIPPED_KEYS, PERF_KEYS, REPLAY_KEYS, MIGRATE_KEYS, SAMPLE_KEYS, ZONE_KEYS):
+        for k in keys:
+            check(f"`{k}`" in doc or f"`{k}[]`" in doc, f"JSON field {k!r} is documented in docs/trace.md")
+    check(set(report) == REPORT_KEYS, f"report keys {set(report)}")
+    check(set(report["trace"]) == TRACE_KEYS, f"trace keys {set(report['trace']) ^ TRACE_KEYS}")
+    check(set(report["trace"]["skipped"]) == SKIPPED_KEYS, "trace.skipped keys")
+    check(set(report["perf_kmem"]) == PERF_KEYS, f"perf_kmem keys {set(report['perf_kmem']) ^ PERF_KEYS}")
+    check_books(report, counted)
+    t = report["trace"]
+    ops = t["replayable_allocs"] + t["replayable_frees"]
+    table = report["perf_kmem"]["order_migratetype"]
+    check([sum(row) for row in table] == by_order, f"perf table per order {table} vs the file's {by_order}")
+    check([sum(row[m] for row in table) for m in range(6)] == by_mt, f"perf table per migratetype vs the file's {by_mt}")
+
+    replays = {r["config"]: r for r in report["replays"]}
+    check(list(replays) == ["grouped", "ungrouped", "arm"], f"configurations in order: {list(replays)}")
+    for name, r in replays.items():
+        check(set(r) == REPLAY_KEYS, f"{name}: replay keys {set(r) ^ REPLAY_KEYS}")
+        check(r["mode"] == "in_process" and r["daemon"] is None, f"{name}: in-process")
+        # Per order, per GFP class, per migratetype: every allocation asked once, every refusal once.
+        check(r["allocs_by_order"] == by_order, f"{name}: allocations per order {r['allocs_by_order']} vs the file's {by_order}")
+        check(sum(r["failures_by_order"]) == r["alloc_failures"], f"{name}: refusals per order")
+        check(sum(r["frees_by_order"]) == r["frees"], f"{name}: frees per order")
+        check(sum(r["allocs_by_gfp_class"].values()) == t["replayable_allocs"], f"{name}: allocations per GFP class")
+        check(sum(r["failures_by_gfp_class"].values()) == r["alloc_failures"], f"{name}: refusals per GFP class")
+        check([r["allocs_by_migratetype"].get(m, 0) for m in MIGRATETYPES] == by_mt,
+              f"{name}: allocations per migratetype {r['allocs_by_migratetype']} vs the file's {by_mt}")
+        check(sum(r["failures_by_migratetype"].values()) == r["alloc_failures"], f"{name}: refusals per migratetype")
+        # Fallbacks: each a claim or a steal, by requested type.
+        m = r["migrate"]
+        check(set(m) == MIGRATE_KEYS, f"{name}: migrate keys {set(m)}")
+        check(m["fallbacks"] == m["claims"] + m["steals"], f"{name}: fallbacks = claims + steals: {m}")
+        check(sum(m["claims_by_migratetype"].values()) == m["claims"] and sum(m["steals_by_migratetype"].values()) == m["steals"],
+              f"{name}: claims and steals by requested type: {m}")
+        # The fragmentation index per order over time: --samples points, the last at the end.
+        frag = r["fragmentation"]
+        check(len(frag) == 6, f"{name}: 6 samples, got {len(frag)}")
+        check([s["ops_done"] for s in frag] == sorted(set(s["ops_done"] for s in frag)) and frag[-1]["ops_done"] == ops,
+              f"{name}: samples over the replay up to its end: {[s['ops_done'] for s in frag]}")
+        check(all(a["trace_seconds"] <= b["trace_seconds"] for a, b in zip(frag, frag[1:])), f"{name}: in trace time")
+        check(all(a["fallbacks"] <= b["fallbacks"] for a, b in zip(frag, frag[1:])) and frag[-1]["fallbacks"] == m["fallbacks"],
+              f"{name}: fallbacks so far, ending at the total")
+        for s in frag:
+            check(set(s) == SAMPLE_KEYS and s["zones"], f"{name}: sample keys {set(s)}")
+            for z in s["zones"]:
+                check(set(z) == ZONE_KEYS and len(z["fragmentation_index"]) == 11, f"{name}: zone sample {z}")
+                check(all(-1000 <= i <= 1000 for i in z["fragmentation_index"]), f"{name}: index in thousandths {z}")
+                check(z["free_pages"] <= z["managed_pages"], f"{name}: free within managed {z}")
+        zones = [z["zone"] for z in frag[-1]["zones"]]
+        check(len(re.findall(r"^Node 0, zone ", r["final_buddyinfo"], re.M)) == len(zones), f"{name}: buddyinfo, a line per zone")
+        for z in zones:
+            check(re.search(r"zone +%s, type +Movable" % z, r["final_pagetypeinfo"]), f"{name}: pagetypeinfo has zone {z}")
+        check("Number of blocks type" in r["final_pagetypeinfo"], f"{name}: pagetypeinfo's block counts")
+    # Each knob applied as given.
+    g, u, a = replays["grouped"], replays["ungrouped"], replays["arm"]
+    check(g["page_group_by_mobility"] and not u["page_group_by_mobility"], "mobility=off applied")
+    check(g["migrate"]["fallbacks"] > 0, f"a 128 MiB machine with grouping falls back: {g['migrate']}")
+    check(u["migrate"]["fallbacks"] == 0, f"no fallbacks without mobility grouping: {u['migrate']}")
+    check(re.search(r"^Node 0, zone +Normal +[1-9]\d* +0 +0 +0 +0\s*$", u["final_pagetypeinfo"], re.M),
+          f"without grouping every pageblock is Unmovable: {u['final_pagetypeinfo']}")
+    check(g["target"].startswith("x86_64 127 MiB") and a["target"].startswith("arm64 256 MiB"), f"targets: {g['target']}, {a['target']}")
+    check(g["pcp_requested"] and not a["pcp_requested"] and not a["pcp_active"], "pcp=off applied")
+    check(a["min_free_kbytes"] >= 8192 - 64 and g["min_free_kbytes"] < 8192, f"min_free_kbytes applied: {a['min_free_kbytes']}")
+    check(g["alloc_failures"] > a["alloc_failures"], "the bigger machine refuses fewer")
+    print("ok")
+
+
 CASES = {
     "CliReplayCompareAndExitCodes": cli_replay_compare_and_exit_codes,
     "RecordRestoresTracefsOnFakeTracefs": record_restores_tracefs_on_fake_tracefs,
     "LiveRecordOneSecondAndReplay": live_record_one_second_and_replay,
     "AgreesWithPerfKmemPageStat": agrees_with_perf_kmem_page_stat,
     "DocsCommandsWork": docs_commands_work,
+    "RecordProgressOverrunsAndErrors": record_progress_overruns_and_errors,
+    "ReportHasEveryFigureAndCompareEveryKnob": report_has_every_figure_and_compare_every_knob,
 }
 CASES[CASE]()
