@@ -40,7 +40,7 @@ std::optional<uint32_t> PkmapWindow::MapNewVirtualLocked(uint64_t pfn) {
   return last_pkmap_nr_;
 }
 
-absl::StatusOr<uint64_t> PkmapWindow::Kmap(uint64_t pfn) {
+RefusalOr<uint64_t> PkmapWindow::Kmap(uint64_t pfn) {
   MutexLock l(&lock_);
   uint32_t slot;
   if (auto it = slot_of_pfn_.find(pfn); it != slot_of_pfn_.end()) {
@@ -48,22 +48,23 @@ absl::StatusOr<uint64_t> PkmapWindow::Kmap(uint64_t pfn) {
   } else if (std::optional<uint32_t> fresh = MapNewVirtualLocked(pfn)) {
     slot = *fresh;
   } else {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "kmap window full: all %d pkmap slots at %#x are in use; kunmap() a page first", nr_slots_, base_));
+    return Refusal{RefusalReason::kKmapWindowFull, pfn,
+                   absl::StrFormat("kmap window full: all %d pkmap slots at %#x are in use; kunmap() a page first",
+                                   nr_slots_, base_)};
   }
   ++slots_[slot].count;
   return base_ + uint64_t{slot} * page_size_;
 }
 
-absl::Status PkmapWindow::Kunmap(uint64_t pfn) {
+std::optional<Refusal> PkmapWindow::Kunmap(uint64_t pfn) {
   MutexLock l(&lock_);
   auto it = slot_of_pfn_.find(pfn);
   if (it == slot_of_pfn_.end() || slots_[it->second].count < 2) {
     // kunmap_high() would BUG() on a count that drops to 0.
-    return absl::FailedPreconditionError(absl::StrFormat("kunmap: pfn %#x is not kmap()ed", pfn));
+    return Refusal{RefusalReason::kNotKmapped, pfn, absl::StrFormat("kunmap: pfn %#x is not kmap()ed", pfn)};
   }
   --slots_[it->second].count;  // at 1 the mapping stays until the next flush
-  return absl::OkStatus();
+  return std::nullopt;
 }
 
 std::optional<uint64_t> PkmapWindow::Lookup(uint64_t pfn) const {

@@ -26,8 +26,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/status/statusor.h"
 #include "allocator/mutex.h"
+#include "allocator/refusal.h"
 
 namespace physmem {
 
@@ -36,10 +36,11 @@ class PkmapWindow {
   PkmapWindow(uint64_t pkmap_base, uint32_t nr_slots, uint64_t page_size);
 
   // kmap_high(): maps pfn (or adds a user to its mapping); returns its emulated virtual address.
-  absl::StatusOr<uint64_t> Kmap(uint64_t pfn);
+  // kKmapWindowFull when every slot has users (the kernel would sleep).
+  RefusalOr<uint64_t> Kmap(uint64_t pfn);
   // kunmap_high(): drops one user; the slot stays mapped at count 1 until the next wrap flushes
-  // it. FAILED_PRECONDITION if pfn has no kmap() user.
-  absl::Status Kunmap(uint64_t pfn);
+  // it. kNotKmapped if pfn has no kmap() user (nothing changed then).
+  std::optional<Refusal> Kunmap(uint64_t pfn);
   // page_address(): the mapped address (users or not, until flushed), or nullopt.
   std::optional<uint64_t> Lookup(uint64_t pfn) const;
   // The page mapped at a window address (for address-form calls that receive a kmap address).

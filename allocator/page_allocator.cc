@@ -475,8 +475,8 @@ std::optional<Refusal> PageAllocator::FreeBlock(Page* page, unsigned order, uint
     // before the block can be handed out again.
     std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
   }
-  zn->FreeBlock(idx, order);
-  vm_events_.CountFree(zt, order);
+  // A free onto a per-CPU list is counted by the ring's own push count (VmEvents() adds them).
+  if (!zn->FreeBlock(idx, order)) vm_events_.CountFree(zt, order);
   return std::nullopt;
 }
 
@@ -608,45 +608,40 @@ int PageAllocator::page_count(const Page* page) const {
   return s.refcount;
 }
 
-absl::StatusOr<uint64_t> PageAllocator::kmap(Page* page, uint32_t owner) {
+std::optional<Refusal> PageAllocator::CheckKmapOwner(uint32_t idx, uint32_t owner, std::string_view call) const {
+  const uint64_t pfn = mem_map_->index_to_pfn(idx);
+  std::optional<uint32_t> head = FindAllocatedHead(idx);
+  if (!head) return Refusal{RefusalReason::kNotAllocated, pfn, absl::StrFormat("%s: pfn %#x is not allocated", call, pfn)};
+  if (const PageState hs = mem_map_->page(*head).Load(); hs.owner != owner) {
+    return Refusal{RefusalReason::kWrongOwner, pfn,
+                   absl::StrFormat("%s: pfn %#x belongs to owner %u, not %u", call, pfn, hs.owner, owner)};
+  }
+  return std::nullopt;
+}
+
+RefusalOr<uint64_t> PageAllocator::TryKmap(Page* page, uint32_t owner) {
   const uint32_t idx = mem_map_->index_of(page);
-  auto check_owner = [&]() -> absl::Status {
-    std::optional<uint32_t> head = FindAllocatedHead(idx);
-    if (!head) {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("kmap: pfn %#x is not allocated", mem_map_->index_to_pfn(idx)));
-    }
-    if (const PageState hs = mem_map_->page(*head).Load(); hs.owner != owner) {
-      return absl::PermissionDeniedError(absl::StrFormat("kmap: pfn %#x belongs to owner %u, not %u",
-                                                         mem_map_->index_to_pfn(idx), hs.owner, owner));
-    }
-    return absl::OkStatus();
-  };
   if (ZoneOfIndex(idx) != ZONE_HIGHMEM) {
-    if (absl::Status s = check_owner(); !s.ok()) return s;
+    if (std::optional<Refusal> r = CheckKmapOwner(idx, owner, "kmap")) return *std::move(r);
     return page_address(page);  // lowmem: kmap() is page_address()
   }
   page->mapcount.fetch_add(1, std::memory_order_seq_cst);  // then a seq_cst read of the state: see FreeBlock()
-  if (absl::Status s = check_owner(); !s.ok()) {
+  if (std::optional<Refusal> r = CheckKmapOwner(idx, owner, "kmap")) {
     page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
-    return s;
+    return *std::move(r);
   }
-  absl::StatusOr<uint64_t> v = pkmap_->Kmap(page_to_pfn(page));
+  RefusalOr<uint64_t> v = pkmap_->Kmap(page_to_pfn(page));
   if (!v.ok()) page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
   return v;
 }
 
-absl::Status PageAllocator::kunmap(Page* page, uint32_t owner) {
+std::optional<Refusal> PageAllocator::TryKunmap(Page* page, uint32_t owner) {
   const uint32_t idx = mem_map_->index_of(page);
-  if (ZoneOfIndex(idx) != ZONE_HIGHMEM) return absl::OkStatus();  // lowmem: nothing was mapped
-  std::optional<uint32_t> head = FindAllocatedHead(idx);
-  if (head && mem_map_->page(*head).Load().owner != owner) {
-    return absl::PermissionDeniedError(absl::StrFormat("kunmap: pfn %#x belongs to another owner",
-                                                       mem_map_->index_to_pfn(idx)));
-  }
-  if (absl::Status s = pkmap_->Kunmap(page_to_pfn(page)); !s.ok()) return s;
+  if (std::optional<Refusal> r = CheckKmapOwner(idx, owner, "kunmap")) return r;
+  if (ZoneOfIndex(idx) != ZONE_HIGHMEM) return std::nullopt;  // lowmem: nothing was mapped
+  if (std::optional<Refusal> r = pkmap_->Kunmap(page_to_pfn(page))) return r;
   page->mapcount.fetch_sub(1, std::memory_order_seq_cst);
-  return absl::OkStatus();
+  return std::nullopt;
 }
 
 uint64_t PageAllocator::drain_all_pages() {
@@ -659,6 +654,15 @@ uint64_t PageAllocator::drain_all_pages() {
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and validation
+
+VmEventCounts PageAllocator::VmEvents() const {
+  VmEventCounts c = vm_events_.Snapshot();
+  for (const auto& z : zones_) {
+    if (!z) continue;
+    for (unsigned o = 0; o < NR_PCP_ORDERS && o < c.nr_orders; ++o) c.free[z->type() * c.nr_orders + o] += z->PcpFrees(o);
+  }
+  return c;
+}
 
 std::vector<ZoneStats> PageAllocator::Stats() const {
   std::vector<ZoneStats> out;

@@ -23,10 +23,11 @@
 //   INVALID_ARGUMENT     order > MAX_PAGE_ORDER; a bad gfp mask; pfn not aligned to the order;
 //                        wrong order for the block; an address that is not a page address
 //                        (unaligned, not in the direct map, a kmap address)
-//   RESOURCE_EXHAUSTED   no memory: no allowed zone, below the watermarks, no free block
+//   RESOURCE_EXHAUSTED   no memory: no allowed zone, below the watermarks, no free block; no
+//                        free kmap() slot
 //   OUT_OF_RANGE         pfn in a hole or beyond the end of RAM
 //   FAILED_PRECONDITION  the page is not allocated (double free), is a tail or inside another
-//                        block, or is still kmap()ed
+//                        block, or is still kmap()ed; a kunmap() without a kmap()
 //   PERMISSION_DENIED    the block belongs to another owner
 #ifndef PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
 #define PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
@@ -149,8 +150,8 @@ class PageAllocator {
   // compound (__GFP_COMP) tail reports its head's count; a tail of a non-compound block reports
   // 0, as the kernel's does (only the first page is refcounted).
   int page_count(const Page* page) const;
-  absl::StatusOr<uint64_t> kmap(Page* page, uint32_t owner = kNoOwner);
-  absl::Status kunmap(Page* page, uint32_t owner = kNoOwner);
+  absl::StatusOr<uint64_t> kmap(Page* page, uint32_t owner = kNoOwner) { return TryKmap(page, owner).ToStatusOr(); }
+  absl::Status kunmap(Page* page, uint32_t owner = kNoOwner) { return ToStatus(TryKunmap(page, owner)); }
   uint64_t drain_all_pages();
 
   // ---- The same with reasons, for the service (allocator/refusal.h). ----
@@ -200,6 +201,15 @@ class PageAllocator {
   absl::StatusOr<Page*> OwnedBlockContaining(uint64_t pfn, uint32_t owner) const {
     return TryOwnedBlockContaining(pfn, owner).ToStatusOr();
   }
+  // kmap(): the page's emulated kernel virtual address, mapping a HIGHMEM page into the pkmap
+  // window (kmap_high()); a lowmem page's is page_address(). The page must lie in a block `owner`
+  // holds: kNotAllocated "kmap: pfn .. is not allocated", kWrongOwner (the detail names both
+  // owners; the server words it without them), kKmapWindowFull.
+  RefusalOr<uint64_t> TryKmap(Page* page, uint32_t owner = kNoOwner);
+  // kunmap(): drops one kmap() user of a HIGHMEM page (kunmap_high()). The same ownership checks
+  // as TryKmap for every page, lowmem included, where there is nothing to undo but a free page or
+  // another owner's is still a wrong call; kNotKmapped for a highmem page without a user.
+  std::optional<Refusal> TryKunmap(Page* page, uint32_t owner = kNoOwner);
   // page_mapcount(): the page's kmap() count (HIGHMEM pages; 0 for lowmem).
   int page_mapcount(const Page* page) const { return page->mapcount.load(std::memory_order_seq_cst); }
 
@@ -241,7 +251,9 @@ class PageAllocator {
   }
   // Event counters summed over all threads (allocator/vm_event.h): allocations, failures,
   // fallbacks, frees, zeroed pages. Counts of calls still running may or may not be in it.
-  VmEventCounts VmEvents() const { return vm_events_.Snapshot(); }
+  // The counted events plus the frees the per-CPU lists counted themselves (their rings' push
+  // counts; the free paths count only frees that did not go onto a list).
+  VmEventCounts VmEvents() const;
   // Every page free on exactly one list or inside exactly one allocated block; counts agree.
   absl::StatusOr<PageCensus> Validate() const;
 
@@ -278,6 +290,8 @@ class PageAllocator {
                                    const std::function<absl::Status()>* commit = nullptr);
   Refusal DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
   std::optional<uint32_t> FindAllocatedHead(uint32_t idx) const;
+  // TryKmap's and TryKunmap's check: the page lies in a block `owner` holds.
+  std::optional<Refusal> CheckKmapOwner(uint32_t idx, uint32_t owner, std::string_view call) const;
 
   PageAllocatorOptions options_;
   Target target_;

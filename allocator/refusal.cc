@@ -35,6 +35,8 @@ constexpr std::array<ReasonRow, static_cast<int>(RefusalReason::kCount)> kReason
     {RefusalReason::kAddrKmapWindow, "addr_kmap_window", absl::StatusCode::kInvalidArgument},
     {RefusalReason::kAddrBelowDirectMap, "addr_below_direct_map", absl::StatusCode::kInvalidArgument},
     {RefusalReason::kAddrBeyondDirectMap, "addr_beyond_direct_map", absl::StatusCode::kInvalidArgument},
+    {RefusalReason::kKmapWindowFull, "kmap_window_full", absl::StatusCode::kResourceExhausted},
+    {RefusalReason::kNotKmapped, "not_kmapped", absl::StatusCode::kFailedPrecondition},
 }};
 
 constexpr bool RowsInEnumOrder() {

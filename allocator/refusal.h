@@ -2,9 +2,11 @@
 //
 // Every call of the allocator that can be refused for a reason a caller may want to tell apart
 // (an allocation that found no memory, a free that was wrong, an address that is no page of the
-// direct map) has a form that returns a Refusal: PageAllocator::TryAllocPages, AllocFailure,
-// TryFreePfn, TryPfnToPage, TryVirtToPage. The absl::Status forms (AllocPages, FreePfn,
-// __free_pages, free_pages, PfnToPage, VirtToPage) are the same calls with ToStatus() applied.
+// direct map, a kmap() that cannot be made) has a form that returns a Refusal:
+// PageAllocator::TryAllocPages, AllocFailure, TryFreePfn, TryPfnToPage, TryVirtToPage,
+// TryOwnedBlockContaining, TryKmap, TryKunmap. The absl::Status forms (AllocPages, FreePfn,
+// __free_pages, free_pages, PfnToPage, VirtToPage, kmap, kunmap) are the same calls with
+// ToStatus() applied.
 // The server maps a Refusal to its gRPC status and its metric label in one place
 // (server/refusal_status.h); nothing there re-derives a reason from a code or a message.
 //
@@ -64,6 +66,11 @@ enum class RefusalReason : uint8_t {
   kAddrBelowDirectMap,     // below PAGE_OFFSET
   kAddrBeyondDirectMap,    // beyond lowmem (high_memory): a highmem page has no direct mapping
 
+  // ---- kmap()/kunmap() (mm/highmem.c); kNotAllocated and kWrongOwner apply to them too ----
+  kKmapWindowFull,  // every pkmap slot has users: kmap_high()'s map_new_virtual() would sleep on
+                    // pkmap_map_wait until a kunmap(); a service refuses instead
+  kNotKmapped,      // kunmap() of a highmem page with no kmap() user: kunmap_high()'s BUG_ON
+
   kCount
 };
 
@@ -73,9 +80,9 @@ std::string_view RefusalReasonName(RefusalReason r);
 // The canonical status code of each reason, as page_allocator.h documents them:
 //   INVALID_ARGUMENT     kOrderTooHigh, kInvalidGfp, kNotAPage, kMisaligned, kWrongOrder and
 //                        every kAddr* reason
-//   RESOURCE_EXHAUSTED   kNoZone, kBelowWatermark, kNoFreeBlock
+//   RESOURCE_EXHAUSTED   kNoZone, kBelowWatermark, kNoFreeBlock, kKmapWindowFull
 //   OUT_OF_RANGE         kPfnOutOfRange
-//   FAILED_PRECONDITION  kNotAllocated, kTailPage, kInsideBlock, kStillMapped
+//   FAILED_PRECONDITION  kNotAllocated, kTailPage, kInsideBlock, kStillMapped, kNotKmapped
 //   PERMISSION_DENIED    kWrongOwner
 //   (kCommitFailed: the code of its cause)
 absl::StatusCode RefusalCode(RefusalReason r);

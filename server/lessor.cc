@@ -29,13 +29,6 @@ absl::Status NotFound(uint64_t id) {
   return absl::NotFoundError(absl::StrFormat("lease %d not found (never created, expired, or revoked)", id));
 }
 
-// The allocator names the owning lease in its PERMISSION_DENIED text; a caller should not learn
-// another identity's lease ids, so the lessor words it without them.
-absl::Status HideOtherOwner(absl::Status s, uint64_t pfn) {
-  if (s.code() != absl::StatusCode::kPermissionDenied) return s;
-  return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
-}
-
 // The checks of FreePagesBulkRequest.run that need no lock: no run empty or past pfn 2^64, no two
 // runs sharing a page (each page is freed once; a second free of it would be a double free
 // halfway through an all-or-nothing call).
@@ -816,7 +809,9 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
       LogError("lease_run_free_failed", {{"lease", lease.id}, {"pfn", pfn}, {"error", s.ToString()}});
       lease.order0_.insert(idx);
       --in_zone[zone_of(idx)];
-      on_refused(pfn, HideOtherOwner(s, pfn));
+      // The allocator's words may name owners; the log has them, the caller gets the pfn.
+      on_refused(pfn, absl::InternalError(absl::StrFormat(
+                          "pfn %#x could not be freed although the lease held it (logged as lease_run_free_failed)", pfn)));
       continue;
     }
     ++freed;
@@ -877,47 +872,49 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
 }
 
 absl::StatusOr<uint64_t> Lessor::Kmap(Lease& lease, uint64_t pfn) {
-  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
-  if (!page.ok()) return page.status();
+  RefusalOr<Page*> page = pa_->TryPfnToPage(pfn);
+  if (!page.ok()) return RefusalStatus(page.refusal());
   // Under the lease's lock, so that a lease being ended (which drops its kmaps, then frees its
   // blocks, under the same lock) cannot gain a mapping that would keep a block from being freed.
   MutexLock l(&lease.mu_);
   if (lease.dead_) return Gone(lease);
-  absl::StatusOr<uint64_t> v = pa_->kmap(*page, lease.owner());
-  if (!v.ok()) return HideOtherOwner(v.status(), pfn);
-  return v;
+  RefusalOr<uint64_t> v = pa_->TryKmap(*page, lease.owner());
+  if (!v.ok()) return RefusalStatus(v.refusal());
+  return *v;
 }
 
 absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
-  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
-  if (!page.ok()) return page.status();
+  RefusalOr<Page*> page = pa_->TryPfnToPage(pfn);
+  if (!page.ok()) return RefusalStatus(page.refusal());
   MutexLock l(&lease.mu_);  // as Kmap: the lease's end drops kmaps under it
   if (lease.dead_) return Gone(lease);
-  // Kmap's checks (PageAllocator::kmap), for lowmem pages too, where kunmap() has nothing to undo
-  // but a pfn that is free, or another lease's, is still a wrong call.
+  // The book first (a block of another lease of the same owner is not this lease's to unmap), then
+  // the allocator's kunmap(), which runs kmap()'s checks on every page, lowmem included.
   if (absl::StatusOr<BookedBlock> b = BookedBlockContaining(lease, pfn, "kunmap"); !b.ok()) return b.status();
-  return HideOtherOwner(pa_->kunmap(*page, lease.owner()), pfn);
+  if (std::optional<Refusal> r = pa_->TryKunmap(*page, lease.owner())) return RefusalStatus(*r);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Lessor::BookedBlock> Lessor::BookedBlockContaining(const Lease& lease, uint64_t pfn,
                                                                   std::string_view call) const {
-  absl::StatusOr<Page*> head = pa_->OwnedBlockContaining(pfn, lease.owner());
+  RefusalOr<Page*> head = pa_->TryOwnedBlockContaining(pfn, lease.owner());
   if (!head.ok()) {
-    if (head.status().code() == absl::StatusCode::kFailedPrecondition && !call.empty()) {
-      return absl::FailedPreconditionError(std::string(call) + ": " + std::string(head.status().message()));
-    }
-    return HideOtherOwner(head.status(), pfn);
+    Refusal why = head.refusal();
+    if (why.reason == RefusalReason::kNotAllocated && !call.empty()) why.detail = std::string(call) + ": " + why.detail;
+    return RefusalStatus(why);  // kWrongOwner is worded without the owners there
   }
   // The book, not only the allocator's owner field, decides: with lease.mu_ held the book cannot
   // change, so a block found in it stays the lease's until the caller lets go.
   const std::optional<unsigned> order = BlockOrder(lease, pa_->mem_map().index_of(*head));
-  if (!order) return absl::PermissionDeniedError(absl::StrFormat("pfn %#x belongs to another lease", pfn));
+  if (!order) {
+    return RefusalStatus({RefusalReason::kWrongOwner, pfn, absl::StrFormat("pfn %#x is in another lease's book", pfn)});
+  }
   return BookedBlock{*head, *order};
 }
 
 absl::StatusOr<uint64_t> Lessor::PageAddress(Lease& lease, uint64_t pfn) {
-  absl::StatusOr<Page*> page = pa_->PfnToPage(pfn);
-  if (!page.ok()) return page.status();
+  RefusalOr<Page*> page = pa_->TryPfnToPage(pfn);
+  if (!page.ok()) return RefusalStatus(page.refusal());
   MutexLock l(&lease.mu_);
   if (lease.dead_) return Gone(lease);
   if (absl::StatusOr<BookedBlock> b = BookedBlockContaining(lease, pfn, ""); !b.ok()) return b.status();

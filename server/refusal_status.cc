@@ -34,7 +34,9 @@ Label LabelOf(RefusalReason r) {
     case RefusalReason::kAddrKmapWindow:
     case RefusalReason::kNotAPage:
     case RefusalReason::kCommitFailed:
-    // Allocation reasons never reach a free's counter; grouped for totality.
+    // Allocation and kmap() reasons never reach a free's counter; grouped for totality.
+    case RefusalReason::kKmapWindowFull:
+    case RefusalReason::kNotKmapped:
     case RefusalReason::kInvalidGfp:
     case RefusalReason::kNoZone:
     case RefusalReason::kBelowWatermark:

@@ -5,6 +5,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "allocator/page_allocator.h"
 #include "gmock/gmock.h"
@@ -170,6 +171,70 @@ TEST_F(RefusalTest, AKmappedHighmemBlockIsStillMapped) {
   ExpectRefusal(pa_->TryFreePfn(pa_->page_to_pfn(page), 0, kAlice), RefusalReason::kStillMapped, "kmap()ed");
   ASSERT_TRUE(pa_->kunmap(page, kAlice).ok());
   EXPECT_FALSE(pa_->TryFreePfn(pa_->page_to_pfn(page), 0, kAlice).has_value());
+}
+
+TEST_F(RefusalTest, KmapAndKunmapOfAFreePageOrAnotherOwnersAreRefusedForLowmemAndHighmemAlike) {
+  BootI386();
+  Page* high = pa_->alloc_pages(GFP_HIGHUSER, 0, kAlice);
+  Page* low = pa_->alloc_pages(GFP_KERNEL, 0, kAlice);
+  Page* gone = pa_->alloc_pages(GFP_KERNEL, 0, kAlice);
+  ASSERT_NE(high, nullptr);
+  ASSERT_NE(low, nullptr);
+  ASSERT_NE(gone, nullptr);
+  ASSERT_EQ(pa_->page_zonenum(high), ZONE_HIGHMEM);
+  ASSERT_NE(pa_->page_zonenum(low), ZONE_HIGHMEM);
+  ASSERT_TRUE(pa_->__free_pages(gone, 0, kAlice).ok());
+  Count();
+  for (Page* p : {high, low}) {
+    SCOPED_TRACE(pa_->page_zonenum(p) == ZONE_HIGHMEM ? "highmem" : "lowmem");
+    ExpectRefusal(pa_->TryKmap(p, kBob), RefusalReason::kWrongOwner, "kmap: pfn");
+    ExpectRefusal(pa_->TryKunmap(p, kBob), RefusalReason::kWrongOwner, "belongs to owner 7, not 8");
+    EXPECT_EQ(pa_->page_mapcount(p), 0) << "a refused kmap() left a user behind";
+  }
+  ExpectRefusal(pa_->TryKmap(gone, kAlice), RefusalReason::kNotAllocated, "kmap: pfn");
+  ExpectRefusal(pa_->TryKunmap(gone, kAlice), RefusalReason::kNotAllocated, "kunmap: pfn");
+  // The Status forms say the same.
+  EXPECT_EQ(pa_->kunmap(low, kBob).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(pa_->kmap(gone, kAlice).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(RefusalTest, AHighmemPageWithoutAKmapUserIsNotKmapped) {
+  BootI386();
+  Page* page = pa_->alloc_pages(GFP_HIGHUSER, 0, kAlice);
+  ASSERT_NE(page, nullptr);
+  ASSERT_EQ(pa_->page_zonenum(page), ZONE_HIGHMEM);
+  Count();
+  ExpectRefusal(pa_->TryKunmap(page, kAlice), RefusalReason::kNotKmapped, "is not kmap()ed");
+  ASSERT_TRUE(pa_->TryKmap(page, kAlice).ok());
+  EXPECT_FALSE(pa_->TryKunmap(page, kAlice).has_value());
+  // One kmap(), one kunmap(): a second is a kunmap_high() that the kernel would BUG() on.
+  ExpectRefusal(pa_->TryKunmap(page, kAlice), RefusalReason::kNotKmapped, "is not kmap()ed");
+  EXPECT_EQ(pa_->page_mapcount(page), 0);
+}
+
+TEST_F(RefusalTest, AKmapWindowWithEverySlotInUseIsKmapWindowFull) {
+  BootI386();  // SmallI386: 16 pkmap slots
+  std::vector<Page*> mapped;
+  std::optional<Refusal> full;
+  for (int i = 0; i < 64 && !full; ++i) {
+    Page* page = pa_->alloc_pages(GFP_HIGHUSER, 0, kAlice);
+    ASSERT_NE(page, nullptr);
+    ASSERT_EQ(pa_->page_zonenum(page), ZONE_HIGHMEM);
+    Count();
+    RefusalOr<uint64_t> v = pa_->TryKmap(page, kAlice);
+    if (v.ok()) {
+      mapped.push_back(page);
+      continue;
+    }
+    full = v.refusal();
+    ExpectRefusal(v, RefusalReason::kKmapWindowFull, "kmap window full: all 16 pkmap slots");
+    EXPECT_EQ(pa_->page_mapcount(page), 0) << "a refused kmap() left a user behind";
+    // A kunmap() frees a slot (at the next flush), and the same page maps then.
+    ASSERT_FALSE(pa_->TryKunmap(mapped.front(), kAlice).has_value());
+    EXPECT_TRUE(pa_->TryKmap(page, kAlice).ok());
+  }
+  ASSERT_TRUE(full.has_value()) << "64 kmap()s fit in a 16-slot window";
+  EXPECT_LE(mapped.size(), 16u);
 }
 
 TEST_F(RefusalTest, ACommitHookThatFailsIsCommitFailedWithItsCause) {

@@ -44,6 +44,8 @@ const std::map<R, Expected>& Contract() {
       {R::kAddrKmapWindow, {absl::StatusCode::kInvalidArgument, "bad_request"}},
       {R::kAddrBelowDirectMap, {absl::StatusCode::kInvalidArgument, "out_of_range"}},
       {R::kAddrBeyondDirectMap, {absl::StatusCode::kInvalidArgument, "out_of_range"}},
+      {R::kKmapWindowFull, {absl::StatusCode::kResourceExhausted, "bad_request"}},  // never a free
+      {R::kNotKmapped, {absl::StatusCode::kFailedPrecondition, "bad_request"}},     // never a free
   };
   return *m;
 }
