@@ -194,6 +194,37 @@ TEST_F(DaemonReplayerTest, InvalidMasksAreRefusedWithoutACallAndOrderTenIsGrante
   EXPECT_EQ(r->daemon.alloc_calls, 1u);
 }
 
+// Virtual time for a paced replay: moves only when the pacer sleeps, so the test checks the
+// schedule the daemon replay keeps, not this machine's speed.
+class SleepOnlyClock final : public ReplayClock {
+ public:
+  double NowUs() override { return now_us; }
+  void SleepUs(double us) override { now_us += us; }
+  double now_us = 0;
+};
+
+TEST_F(DaemonReplayerTest, APacedReplayWaitsUntilEachOpIsDueAtTheTracesRateTimesThePace) {
+  ASSERT_NO_FATAL_FAILURE(Start(4096));
+  ReplayPlan plan = SamplePlan();
+  plan.ops.resize(20000);
+  SleepOnlyClock clock;
+  DaemonReplayOptions o = OnDaemon(*daemon_);
+  o.pace.pace = 4;
+  o.clock = &clock;
+  absl::StatusOr<ReplayResult> r = ReplayOnDaemon(plan, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectBalanced(plan, *r);
+  EXPECT_EQ(r->counts.alloc_failures, 0u);
+  EXPECT_EQ(r->daemon.pace, 4);
+  // The last op was sent no earlier than its trace time / 4, less the pacer's 1 ms slack, and
+  // the replay never slept past it: the daemon saw the trace's own rate, four times faster.
+  const double last_due_s = plan.ops.back().time_us / 1e6 / 4;
+  ASSERT_GT(last_due_s, 0.01) << "the plan's ops span some trace time";
+  EXPECT_GE(r->daemon.slept_seconds, last_due_s - 0.001);
+  EXPECT_LE(r->daemon.slept_seconds, last_due_s + 1e-9);
+  EXPECT_DOUBLE_EQ(clock.now_us / 1e6, r->daemon.slept_seconds);
+}
+
 TEST_F(DaemonReplayerTest, AnUnreachableDaemonIsNamedInTheError) {
   DaemonReplayOptions o;
   o.address = "unix:///nonexistent/physmemd.sock";
