@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "allocator/target.h"
 #include "clients/physmem_client.h"
 #include "gmock/gmock.h"
@@ -13,6 +14,7 @@
 #include "tests/daemon_process.h"
 #include "tests/trace/sample_count.h"
 #include "trace/replay_plan.h"
+#include "trace/replay_report.h"
 #include "trace/replayer.h"
 #include "trace/trace_reader.h"
 
@@ -223,6 +225,17 @@ TEST_F(DaemonReplayerTest, APacedReplayWaitsUntilEachOpIsDueAtTheTracesRateTimes
   EXPECT_GE(r->daemon.slept_seconds, last_due_s - 0.001);
   EXPECT_LE(r->daemon.slept_seconds, last_due_s + 1e-9);
   EXPECT_DOUBLE_EQ(clock.now_us / 1e6, r->daemon.slept_seconds);
+
+  // The report's "daemon" object carries these figures under the names docs/trace.md lists.
+  const std::string json = FormatReportJson(TraceReadStats{}, plan, {*r});
+  EXPECT_THAT(json, ::testing::HasSubstr("\"mode\":\"daemon\""));
+  EXPECT_THAT(json, ::testing::HasSubstr("\"daemon\":{\"address\":\"" + daemon_->unix_target() + "\""));
+  EXPECT_THAT(json, ::testing::HasSubstr("\"pace\":4"));
+  for (const char* key : {"lease_id", "alloc_bulk_calls", "bulk_pages", "bulk_short", "alloc_calls", "free_bulk_calls",
+                          "refusals_without_call", "pages_allocated_at_end", "lease_pages_at_end", "lease_kept",
+                          "slept_seconds"}) {
+    EXPECT_THAT(json, ::testing::HasSubstr(absl::StrCat("\"", key, "\":"))) << key;
+  }
 }
 
 TEST_F(DaemonReplayerTest, AnUnreachableDaemonIsNamedInTheError) {
