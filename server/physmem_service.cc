@@ -533,6 +533,55 @@ grpc::ServerUnaryReactor* PhysMemService::WritePages(grpc::CallbackServerContext
 
 // ---- Introspection ----
 
+namespace {
+
+// One zone of GetZoneInfoResponse: /proc/zoneinfo's numbers, the indices per order, the
+// migratetype claims and steals summed over source types and orders, the per-CPU pagesets.
+void FillZoneInfo(const ZoneStats& z, v1::ZoneInfo* zi) {
+  zi->set_zone(std::string(zone_name(z.type)));
+  zi->set_populated(z.populated);
+  zi->set_start_pfn(z.start_pfn);
+  zi->set_spanned_pages(z.spanned_pages);
+  zi->set_present_pages(z.present_pages);
+  zi->set_managed_pages(z.managed_pages);
+  zi->set_free_pages(z.free_pages);
+  zi->set_buddy_free_pages(z.buddy_free_pages);
+  zi->set_min(z.watermarks.min);
+  zi->set_low(z.watermarks.low);
+  zi->set_high(z.watermarks.high);
+  for (uint64_t p : z.lowmem_reserve) zi->add_protection(p);
+  for (unsigned o = 0; o < z.nr_free.size(); ++o) {
+    zi->add_nr_free(z.nr_free[o]);
+    zi->add_fragmentation_index(FragmentationIndex(z.nr_free, o));
+    zi->add_unusable_index(UnusableFreeIndex(z.nr_free, o));
+  }
+  zi->set_pcp_batch(z.pcp_batch);
+  zi->set_pcp_high(z.pcp_high);
+  for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) {
+    uint64_t claims = 0, steals = 0;
+    for (int from = 0; from < MIGRATE_PCPTYPES; ++from) {
+      for (unsigned o = 0; o < kMaxNrOrders; ++o) {
+        claims += z.migrate.claims[mt][from][o];
+        steals += z.migrate.steals[mt][from][o];
+      }
+    }
+    zi->add_migrate_claims(claims);
+    zi->add_migrate_steals(steals);
+  }
+  zi->set_page_group_by_mobility(!z.group_by_mobility_disabled);
+  for (const PcpCpuStats& c : z.pcp) {
+    v1::PerCpuPageset* ps = zi->add_pagesets();
+    ps->set_cpu(c.cpu);
+    ps->set_count(c.count);
+    ps->set_hits(c.hits);
+    ps->set_frees(c.frees);
+    ps->set_refills(c.refills);
+    ps->set_drains(c.drains);
+  }
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContext* ctx,
                                                       const v1::GetZoneInfoRequest*, v1::GetZoneInfoResponse* resp) {
   // One snapshot for the structured zones and the buddyinfo and pagetypeinfo texts, so they agree.
@@ -540,47 +589,7 @@ grpc::ServerUnaryReactor* PhysMemService::GetZoneInfo(grpc::CallbackServerContex
   const std::vector<ZoneStats> stats = pa_->Stats();
   for (const ZoneStats& z : stats) {
     if (z.populated) buddyinfo += FormatBuddyinfoLine(z) + "\n";
-    v1::ZoneInfo* zi = resp->add_zones();
-    zi->set_zone(std::string(zone_name(z.type)));
-    zi->set_populated(z.populated);
-    zi->set_start_pfn(z.start_pfn);
-    zi->set_spanned_pages(z.spanned_pages);
-    zi->set_present_pages(z.present_pages);
-    zi->set_managed_pages(z.managed_pages);
-    zi->set_free_pages(z.free_pages);
-    zi->set_buddy_free_pages(z.buddy_free_pages);
-    zi->set_min(z.watermarks.min);
-    zi->set_low(z.watermarks.low);
-    zi->set_high(z.watermarks.high);
-    for (uint64_t p : z.lowmem_reserve) zi->add_protection(p);
-    for (unsigned o = 0; o < z.nr_free.size(); ++o) {
-      zi->add_nr_free(z.nr_free[o]);
-      zi->add_fragmentation_index(FragmentationIndex(z.nr_free, o));
-      zi->add_unusable_index(UnusableFreeIndex(z.nr_free, o));
-    }
-    zi->set_pcp_batch(z.pcp_batch);
-    zi->set_pcp_high(z.pcp_high);
-    for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) {
-      uint64_t claims = 0, steals = 0;
-      for (int from = 0; from < MIGRATE_PCPTYPES; ++from) {
-        for (unsigned o = 0; o < kMaxNrOrders; ++o) {
-          claims += z.migrate.claims[mt][from][o];
-          steals += z.migrate.steals[mt][from][o];
-        }
-      }
-      zi->add_migrate_claims(claims);
-      zi->add_migrate_steals(steals);
-    }
-    zi->set_page_group_by_mobility(!z.group_by_mobility_disabled);
-    for (const PcpCpuStats& c : z.pcp) {
-      v1::PerCpuPageset* ps = zi->add_pagesets();
-      ps->set_cpu(c.cpu);
-      ps->set_count(c.count);
-      ps->set_hits(c.hits);
-      ps->set_frees(c.frees);
-      ps->set_refills(c.refills);
-      ps->set_drains(c.drains);
-    }
+    FillZoneInfo(z, resp->add_zones());
   }
   resp->set_buddyinfo(buddyinfo);
   resp->set_pagetypeinfo(FormatPagetypeinfo(stats));
