@@ -234,8 +234,9 @@ def main():
     rules_path = "deploy/prometheus/physmemd.rules.yml"
     alerts = [r for g in docs[rules_path][0]["groups"] for r in g["rules"]]
     check({a["alert"] for a in alerts} >= {"PhysmemDaemonDown", "PhysmemZoneBelowLowWatermark",
-                                            "PhysmemHighOrderAllocationFailures", "PhysmemLeaseExpiryStorm"},
-          "the four alerts exist")
+                                            "PhysmemHighOrderAllocationFailures", "PhysmemLeaseExpiryStorm",
+                                            "PhysmemJournalFailing"},
+          "the five alerts exist")
     for a in alerts:
         check("severity" in a.get("labels", {}) and "summary" in a.get("annotations", {}),
               "%s has a severity and a summary" % a["alert"])

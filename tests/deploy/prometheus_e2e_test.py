@@ -428,7 +428,7 @@ def run(c, procs, d, source, physmemd, physmemctl, loadgen):
     # --- The shipped alert rules loaded and evaluate cleanly.
     groups = prom.get("/api/v1/rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    c.check(len(rules) == 4 and all(r.get("health") == "ok" for r in rules), "alert rules loaded and healthy",
+    c.check(len(rules) == 5 and all(r.get("health") == "ok" for r in rules), "alert rules loaded and healthy",
             str([(r["name"], r.get("health"), r.get("lastError")) for r in rules]))
     print("checks done in %.1f s" % (time.time() - t_start))
 
