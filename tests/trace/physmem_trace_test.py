@@ -443,8 +443,10 @@ def record_progress_overruns_and_errors():
             first.append(line)
             if "recording kmem:" in line:
                 break
-        with open(os.path.join(fake, "per_cpu/cpu0/stats"), "w") as f:
+        stats = os.path.join(fake, "per_cpu/cpu0/stats")
+        with open(stats + ".new", "w") as f:
             f.write("entries: 0\noverrun: 7\ndropped events: 3\n")
+        os.replace(stats + ".new", stats)  # atomic: record never reads a half-written file
         err = "".join(first) + p.communicate(timeout=60 * SCALE)[1]
         check(p.returncode == 5 and "7 overwritten, 3 dropped" in err, f"kernel overruns: exit 5 with the counts, got {p.returncode}: {err}")
         progress = [l for l in err.splitlines() if "lines/s" in l]
