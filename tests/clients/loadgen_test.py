@@ -8,7 +8,12 @@ that a 64 MiB target cannot hold, so the report must carry ResourceExhausted err
 --client_cache (clients/page_cache.h): alloc-free with and without it, both ghz reports,
 tagged client_cache true/false, the cached one at several times the uncached rate (a hit makes no
 RPC: thousands of times faster, so the margin does not depend on the machine); --total=200 exact
-with the cache too; mixed and burst through the cache.
+with the cache too; mixed and burst through the cache. Last, a run across a daemon restart (issue
+#10 part 4: everything built on the client library's keep-alive rides through one): alloc-free on
+a file-backed arena with 3 s leases while the daemon is killed with SIGKILL and started again on
+its journal 1 s later; the workers' leases come back (event=recovered leases=N), none expires, the
+report holds no NotFound (a lost lease would answer every later call so) and, once the run
+ends, the loadgen has revoked its leases on the new daemon and every page is free.
 
 Usage: loadgen_test.py PHYSMEMD PHYSMEMCTL PHYSMEM_LOADGEN   (run by ctest)
 """
@@ -18,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 # The shared helpers live in tests/; no __pycache__ left in the source tree.
 sys.dont_write_bytecode = True
@@ -111,6 +117,62 @@ def check_report(r, want_duration_s, failures, name, want_details=True):
             fail("options lacks %s" % key)
 
 
+
+def restart_run(physmemd, physmemctl, loadgen, failures):
+    """The loadgen's leases survive a kill -9 + restart shorter than their TTL; 1 if it passed."""
+    scale = time_scale()
+    ttl_s, down_s, concurrency = 3 * scale, 1 * scale, 2
+    arena = "/dev/shm/physmemd-loadgen-restart-%d" % os.getpid()
+    flags = ("--target=i386", "--mem_mb=64", "--arena_path=" + arena)
+    before = len(failures)
+    daemon = None
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            daemon = Physmemd(physmemd, d, *flags).start()
+            target = "--target=" + daemon.unix_target
+            out = os.path.join(d, "restart.json")
+            run = subprocess.Popen([loadgen, target, "--format=json", "--output=" + out, "--scenario=alloc-free",
+                                    "--concurrency=%d" % concurrency, "--duration=%ds" % (3 * ttl_s),
+                                    "--lease_ttl_ms=%d" % (ttl_s * 1000), "--timeout_ms=%d" % (2000 * scale)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Let the workers create their leases and renew them a few times, then kill the daemon.
+            time.sleep(ttl_s)
+            daemon.process.kill()
+            daemon.process.wait(timeout=10 * scale)
+            time.sleep(down_s)
+            daemon = Physmemd(physmemd, d, *flags).start()
+            stdout, stderr = run.communicate(timeout=60 * scale)
+            recovered = daemon.log_count("event=recovered leases=%d " % concurrency)
+            expired = daemon.log_count("event=lease_expired")
+            if run.returncode != 0:
+                failures.append("restart: loadgen exit %d: %s" % (run.returncode, stderr))
+            elif recovered != 1 or expired != 0:
+                failures.append("restart: want the %d leases recovered and none expired:\n%s" % (concurrency, daemon.log()))
+            else:
+                report = json.load(open(out))
+                codes = report.get("statusCodeDistribution", {})
+                if "NotFound" in codes or codes.get("OK", 0) == 0:
+                    failures.append("restart: a lease was lost or nothing worked: %s %s" %
+                                    (codes, report.get("errorDistribution")))
+                v = subprocess.run([physmemctl, target, "--timeout_ms=%d" % (2000 * scale), "validate"],
+                                   capture_output=True, text=True, timeout=10 * scale)
+                fields = dict(kv.split("=", 1) for kv in v.stdout.split())
+                # The leases were revoked by the loadgen on the new daemon, not expired.
+                if v.returncode != 0 or fields.get("leases") != "0" or fields.get("allocated_pages") != "0" or \
+                        daemon.log_count("event=lease_expired") != 0:
+                    failures.append("restart: after the run: %s %s\n%s" % (v.stdout.strip(), v.stderr.strip(),
+                                                                           daemon.log()))
+                if len(failures) == before:
+                    print("ok restart: %ds leases across a %ds restart, codes=%s" % (ttl_s, down_s, codes))
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for name in os.listdir("/dev/shm"):
+            if os.path.join("/dev/shm", name).startswith(arena):
+                os.remove(os.path.join("/dev/shm", name))
+    return 1 if len(failures) == before else 0
+
+
 def main():
     physmemd, physmemctl, loadgen = sys.argv[1:4]
     failures, passed = [], 0
@@ -197,6 +259,7 @@ def main():
                 failures.append("bad --scenario: exit %d, %r" % (p.returncode, p.stderr))
             else:
                 passed += 1
+    passed += restart_run(physmemd, physmemctl, loadgen, failures)
     for f in failures:
         print("FAIL:", f)
     print("%d passed, %d failed" % (passed, len(failures)))
