@@ -70,8 +70,8 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
       // The CAS makes a double free harmless: of two racing frees, one finds the state changed
       // (and FreePagesSlow() refuses it). seq_cst as in FreeBlock() (free on x86).
       if (page->state.compare_exchange_strong(word, zn->FreeState(order), std::memory_order_seq_cst)) [[likely]] {
-        zn->FreeBlock(idx, order);
-        vm_events_.CountFree(zt, order);
+        // A listed free is counted by the ring's own push count (VmEvents() adds them).
+        if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);
         return absl::OkStatus();
       }
     }
@@ -127,8 +127,7 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
     // store does; release orders the caller's writes to the block before its reuse.
     page->state.store(free_word, std::memory_order_release);
   }
-  zn->FreeBlock(idx, order);
-  vm_events_.CountFree(zt, order);
+  if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);  // listed: the ring counts it
   return absl::OkStatus();
 }
 

@@ -44,6 +44,14 @@ uint64_t PerCpuPages::count_pages(int cpu) const {
   return pages;
 }
 
+uint64_t PerCpuPages::pushes(unsigned order) const {
+  uint64_t n = 0;
+  for (int cpu = 0; cpu < nr_cpus_; ++cpu) {
+    for (int mt = 0; mt < MIGRATE_PCPTYPES; ++mt) n += rings_->Pushes(cpu, order_to_pindex(mt, order));
+  }
+  return n;
+}
+
 PcpCpuStats PerCpuPages::Stats(int cpu) const {
   PcpCpuStats s;
   s.cpu = cpu;

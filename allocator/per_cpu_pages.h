@@ -97,6 +97,9 @@ class PerCpuPages {
   void Snapshot(int cpu, unsigned order, int mt, std::vector<uint32_t>* out) const;
 
   uint64_t count_pages(int cpu) const;
+  // Successful Push() calls of `order` over every CPU and migratetype: the rings' own exact push
+  // counts, which the page allocator reports as those frees' vm events (no separate count).
+  uint64_t pushes(unsigned order) const;
   PcpCpuStats Stats(int cpu) const;
 
  private:

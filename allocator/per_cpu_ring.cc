@@ -274,6 +274,11 @@ void PerCpuRings::Snapshot(int cpu, int list, std::vector<uint32_t>* out) const 
   for (uint64_t i = 0; i < count; ++i) out->push_back(slots[(bottom + i) & mask_]);
 }
 
+uint64_t PerCpuRings::Pushes(int cpu, int list) const {
+  CheckCpuAndList(cpu, list);
+  return __atomic_load_n(&RingOf(cpu, list)->pushes, __ATOMIC_RELAXED);
+}
+
 PerCpuRingCounters PerCpuRings::Counters(int cpu) const {
   CheckCpuAndList(cpu, 0);
   PerCpuRingCounters c;

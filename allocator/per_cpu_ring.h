@@ -180,6 +180,8 @@ class PerCpuRings {
   // nothing runs on that ring (validation with the zone quiet); otherwise a racy best effort.
   void Snapshot(int cpu, int list, std::vector<uint32_t>* out) const;
   PerCpuRingCounters Counters(int cpu) const;
+  // Successful PushHot calls on one ring (exact: the ring's own state). Relaxed load.
+  uint64_t Pushes(int cpu, int list) const;
 
   // Checks 0 <= count <= capacity (hence no ring left drain-locked) for every ring. Call when no
   // operation runs concurrently (tests call it after each step).

@@ -4,7 +4,10 @@
 //
 // Who uses it: PageAllocator counts on its alloc and free paths (including the order-0 fast path)
 // and hands out Snapshot()s through PageAllocator::VmEvents(); the server turns a snapshot into
-// Prometheus counters at scrape time. Thread-safety: the Count*() methods may be called from any
+// Prometheus counters at scrape time. Frees that go onto a per-CPU list are not counted here:
+// the list's ring counts every successful push exactly as part of its own state
+// (per_cpu_ring.h), and PageAllocator::VmEvents() adds those counts to free(zone, order), so the
+// fast path pays for no separate count. Thread-safety: the Count*() methods may be called from any
 // thread; Snapshot() from any thread, concurrently with counting.
 //
 // Why per-thread blocks, not the kernel's per-CPU counters: the kernel bumps a per-CPU counter

@@ -133,15 +133,18 @@ void Zone::DrainBatch(unsigned order, int mt) {
   FreeBlocksToBuddy(out, n, order);
 }
 
-void Zone::FreeBlockSlow(uint32_t idx, unsigned order) {
+bool Zone::FreeBlockSlow(uint32_t idx, unsigned order) {
   if (pcp_allowed_order(order) && pcp_enabled_) {
     // free_frozen_page_commit(): the list is at high; return a batch from its cold end first.
     const int mt = PcpFreeType(idx);
     DrainBatch(order, mt);
-    if (pcp_->Push(order, mt, idx)) return;
+    if (pcp_->Push(order, mt, idx)) return true;
   }
   FreeToBuddy(idx, order);
+  return false;
 }
+
+uint64_t Zone::PcpFrees(unsigned order) const { return pcp_allowed_order(order) ? pcp_->pushes(order) : 0; }
 
 uint64_t Zone::DrainAllPcp() {
   if (!pcp_enabled_) return 0;

@@ -102,11 +102,15 @@ class Zone {
   std::optional<uint32_t> Rmqueue(unsigned order, int mt, unsigned alloc_flags);
   // Takes back a block the caller has claimed by moving its head state to FreeState(order):
   // onto the current CPU's list of its pageblock's type, draining a batch to the buddy first
-  // when the list is at high.
-  void FreeBlock(uint32_t idx, unsigned order) {
-    if (pcp_allowed_order(order) && pcp_enabled_ && pcp_->Push(order, PcpFreeType(idx), idx)) [[likely]] return;
-    FreeBlockSlow(idx, order);
+  // when the list is at high. True when the block went onto a per-CPU list: that free is
+  // counted by the list's own push count (PcpFrees()), so the caller counts only the others.
+  bool FreeBlock(uint32_t idx, unsigned order) {
+    if (pcp_allowed_order(order) && pcp_enabled_ && pcp_->Push(order, PcpFreeType(idx), idx)) [[likely]] return true;
+    return FreeBlockSlow(idx, order);
   }
+  // Blocks of `order` that FreeBlock() put onto a per-CPU list, over every CPU and type: the
+  // rings' exact push counts (0 for orders the lists do not take). Racy while frees run.
+  uint64_t PcpFrees(unsigned order) const;
   // The head state a block must carry when handed to FreeBlock(): PagePcp for orders the per-CPU
   // lists take (so the block never looks allocated, nor mergeable, while on a list), else 0.
   uint64_t FreeState(unsigned order) const {
@@ -158,7 +162,7 @@ class Zone {
     return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE;
   }
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // copies buddy counts into the lock-free mirrors
-  void FreeBlockSlow(uint32_t idx, unsigned order);
+  bool FreeBlockSlow(uint32_t idx, unsigned order);
   std::optional<uint32_t> RefillAndTake(unsigned order, int mt, unsigned alloc_flags);
   void DrainBatch(unsigned order, int mt);
   void FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order);

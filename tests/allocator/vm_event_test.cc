@@ -57,6 +57,43 @@ TEST(VmEvents, CountsAllocationsAndFreesByZoneOrderAndClass) {
   EXPECT_EQ(c.frees(ZONE_NORMAL, 5), 1u);
 }
 
+// Frees onto a per-CPU list are counted by the ring's push count, the others (orders above 3,
+// lists off) by the free path: every free is counted once, whichever way it went, also when a
+// list at high drains a batch to the buddy first.
+TEST(VmEvents, FreesOntoPerCpuListsAndPastThemAreEachCountedOnce) {
+  for (bool pcp : {true, false}) {
+    auto pa = Boot(testing::SmallX86(), pcp);
+    constexpr int kPages = 1000, kBig = 4;  // far beyond high: lists reach it and drain
+    std::vector<std::pair<Page*, unsigned>> blocks;
+    for (int i = 0; i < kPages + kBig; ++i) {
+      const unsigned order = i < kPages ? 0 : 4;  // order 4: never onto a per-CPU list
+      blocks.push_back({pa->alloc_pages(GFP_KERNEL, order), order});
+      ASSERT_NE(blocks.back().first, nullptr);
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      auto [p, order] = blocks[i];
+      const absl::Status s = i % 2 ? pa->__free_pages(p, order) : pa->__free_pages_trusted(p, order);
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    const VmEventCounts c = pa->VmEvents();
+    uint64_t freed0 = 0, freed4 = 0;  // over every zone: some allocations may have fallen back
+    for (int z = 0; z < MAX_NR_ZONES; ++z) {
+      const auto zt = static_cast<ZoneType>(z);
+      freed0 += c.frees(zt, 0);
+      freed4 += c.frees(zt, 4);
+      EXPECT_EQ(c.free_pages(zt), c.alloc_pages(zt)) << zone_name(zt) << ", pcp " << pcp;
+    }
+    EXPECT_EQ(freed0, uint64_t{kPages}) << "pcp " << pcp;
+    EXPECT_EQ(freed4, uint64_t{kBig}) << "pcp " << pcp;
+    uint64_t listed = 0;  // what the rings counted
+    for (const ZoneStats& z : pa->Stats()) {
+      for (const PcpCpuStats& cpu : z.pcp) listed += cpu.frees;
+    }
+    EXPECT_EQ(listed, pcp && pa->pcp_active() ? uint64_t{kPages} : 0u) << "pcp " << pcp;
+    ASSERT_TRUE(pa->Validate().ok());
+  }
+}
+
 TEST(VmEvents, RefusedFreesAreNotCounted) {
   auto pa = Boot(testing::SmallX86());
   Page* p = pa->alloc_pages(GFP_KERNEL, 1);
