@@ -46,6 +46,9 @@ class Pageblocks {
 
   // get_pfnblock_migratetype(): lock-free.
   int Get(uint64_t pfn) const { return types_[Slot(pfn)].load(std::memory_order_relaxed); }
+  // The same by pfn - base_pfn() (the per-CPU free path precomputes that offset's bias).
+  int GetAtOffset(uint64_t pfn_offset) const { return types_[pfn_offset >> order_].load(std::memory_order_relaxed); }
+  uint64_t base_pfn() const { return base_pfn_; }
   // set_pageblock_migratetype(): with grouping disabled, UNMOVABLE/MOVABLE/RECLAIMABLE are all
   // stored as UNMOVABLE, as in the kernel. Zone lock held. Returns whether the type changed.
   bool Set(uint64_t pfn, int mt);

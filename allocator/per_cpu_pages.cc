@@ -28,6 +28,7 @@ PerCpuPages::PerCpuPages(int nr_cpus, uint32_t batch, uint32_t high, bool enable
     high_blocks_[o] = std::max<uint32_t>(high >> o, 2 * batch_blocks_[o]);
     max_blocks = std::max(max_blocks, high_blocks_[o]);
   }
+  // capacity > every high_blocks_: Push() may use PushHotWithin().
   rings_ = std::make_unique<PerCpuRings>(nr_cpus, NR_PCP_LISTS, std::bit_ceil(max_blocks + 1));
   enabled_ = enabled && rings_->enabled();
 }

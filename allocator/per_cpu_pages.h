@@ -77,7 +77,7 @@ class PerCpuPages {
   // zone lock. A false return never loses or duplicates a block.
   bool Pop(unsigned order, int mt, uint32_t* idx) { return rings_->PopHot(order_to_pindex(mt, order), idx); }
   bool Push(unsigned order, int mt, uint32_t idx) {
-    return rings_->PushHot(order_to_pindex(mt, order), idx, high_blocks_[order]);
+    return rings_->PushHotWithin(order_to_pindex(mt, order), idx, high_blocks_[order]);
   }
 
   // Slow path, current CPU: append a refilled block at the cold end (physical order preserved,

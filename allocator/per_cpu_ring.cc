@@ -63,6 +63,7 @@ PerCpuRings::PerCpuRings(int nr_cpus, int nr_lists, uint32_t capacity)
   base_ = static_cast<char*>(std::aligned_alloc(kBlockAlign, total));
   if (base_ == nullptr) Die(absl::StrFormat("cannot allocate %u bytes of rings", total));
   std::memset(base_, 0, total);  // every ring empty: pushes = hits = bottom = 0
+  for (int list = 0; list < nr_lists; ++list) slots0_[list] = SlotsOf(0, list);
   slow_ = std::make_unique<SlowCounters[]>(nr_cpus);
 
   // Remote drains are only safe if membarrier can fence a CPU's sections; without it the fast

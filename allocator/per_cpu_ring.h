@@ -89,6 +89,7 @@
 #define PHYSMEM_ALLOCATOR_PER_CPU_RING_H_
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -156,7 +157,9 @@ class PerCpuRings {
   // --- Fast path: current CPU, lock-free, one critical section each. ---
   // Free into the hot end. False if count >= min(limit, capacity), rseq is unusable, or a remote
   // drain owns the ring: the caller then frees through its locked path.
-  bool PushHot(int list, uint32_t item, uint32_t limit);
+  bool PushHot(int list, uint32_t item, uint32_t limit) { return PushHotWithin(list, item, std::min(limit, capacity_)); }
+  // The same for a caller whose bound is already at most capacity() (the per-CPU lists' high).
+  bool PushHotWithin(int list, uint32_t item, uint32_t bound);
   // Allocate from the hot end (LIFO). False if empty/unusable/locked; *item is written only on
   // success.
   bool PopHot(int list, uint32_t* item);
@@ -254,6 +257,9 @@ class PerCpuRings {
   size_t header_bytes_ = 0;  // Ring headers of one CPU, rounded up to kBlockAlign
   int list_shift_ = 0;       // log2(capacity_ * sizeof(uint32_t)): bytes of one slot array
   bool enabled_ = false;
+  // SlotsOf(0, list) for every list, so that a section's slot base is one load, not a shift and
+  // two adds of three fields.
+  std::array<uint32_t*, kMaxLists> slots0_{};
 
   int nr_cpus_ = 0;
   int nr_lists_ = 0;
@@ -292,7 +298,7 @@ class PerCpuRings {
 #define PHYSMEM_RING_SAVE_CPU "movl %%eax, %c[res_cpu](%[res])\n\t"
 
 #define PHYSMEM_RING_INPUTS(list)                                                             \
-  [rs] "r"(RseqArea()), [ring0] "r"(RingOf(0, list)), [slots0] "rm"(SlotsOf(0, list)),       \
+  [rs] "r"(RseqArea()), [ring0] "r"(RingOf(0, list)), [slots0] "rm"(slots0_[list]),          \
       [ncpu] "rm"(ncpus_active_), [stride] "rm"(stride_), [mask] "rm"(mask_),                \
       [cs_off] "i"(kRseqCsOffset), [cpu_off] "i"(kRseqCpuIdOffset),                           \
       [pushes_off] "i"(offsetof(Ring, pushes)), [hits_off] "i"(offsetof(Ring, hits)),         \
@@ -300,10 +306,11 @@ class PerCpuRings {
 // clang-format on
 #endif  // PHYSMEM_RSEQ_X86_64
 
-inline bool PerCpuRings::PushHot(int list, uint32_t item, uint32_t limit) {
+inline bool PerCpuRings::PushHotWithin(int list, uint32_t item, uint32_t limit) {
   PHYSMEM_DCHECK(list >= 0 && list < nr_lists_, "per-CPU list index out of range");
+  PHYSMEM_DCHECK(limit <= capacity_, "PushHotWithin: bound above the ring's capacity");
 #if PHYSMEM_RSEQ_X86_64
-  const uint64_t bound = std::min(limit, capacity_);
+  const uint64_t bound = limit;
   TsanRelease(RingOf(0, list));
 restart:
   // clang-format off

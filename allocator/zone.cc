@@ -14,6 +14,12 @@ Zone::Zone(const MemMap& mem_map, ZoneConfig config)
       buddy_(mem_map, config_.segments, config_.nr_orders, pageblocks_, config_.start_pfn, config_.end_pfn) {
   for (const Segment& s : config_.segments) managed_pages_ += s.nr_pages();
   present_pages_ = std::max(config_.present_pages, managed_pages_);
+  if (!config_.segments.empty()) {
+    const Segment& s = config_.segments.front();
+    first_seg_index_ = s.first_index;
+    first_seg_pages_ = static_cast<uint32_t>(s.nr_pages());  // page indices are 32-bit
+    first_seg_pb_bias_ = s.start_pfn - s.first_index - pageblocks_.base_pfn();
+  }
   {
     MutexLock l(&lock_);
     buddy_.FreeAllRam();

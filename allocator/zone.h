@@ -157,8 +157,11 @@ class Zone {
   }
   // free_unref_page(): the per-CPU list a freed block joins is its pageblock's type, HIGHATOMIC
   // (and CMA) on MOVABLE's. (ISOLATE would bypass the lists; nothing isolates here.)
+  // The first segment's pages (most zones have one) find their pageblock from the page index
+  // alone: offset from the pageblocks' base = idx + first_seg_pb_bias_ (precomputed, modulo 2^64).
   int PcpFreeType(uint32_t idx) const {
-    const int mt = pageblocks_.Get(PfnOf(idx));
+    const int mt = idx - first_seg_index_ < first_seg_pages_ ? pageblocks_.GetAtOffset(idx + first_seg_pb_bias_)
+                                                             : pageblocks_.Get(PfnOf(idx));
     return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE;
   }
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // copies buddy counts into the lock-free mirrors
@@ -182,6 +185,10 @@ class Zone {
   std::atomic<uint32_t> nonempty_orders_{0};  // see kPcptypeOrderMask
   std::unique_ptr<PerCpuPages> pcp_;
   bool pcp_enabled_ = false;  // pcp_->enabled(), cached: read on every fast-path call
+  // PcpFreeType()'s view of config_.segments.front() (fixed at construction; 0 pages if none).
+  uint32_t first_seg_index_ = 0;
+  uint32_t first_seg_pages_ = 0;
+  uint64_t first_seg_pb_bias_ = 0;  // start_pfn - first_index - pageblocks_.base_pfn()
 };
 
 }  // namespace physmem
