@@ -61,6 +61,12 @@ class MemMap {
   Page& page(uint32_t idx) const { return pages_[idx]; }
   uint32_t index_of(const Page* p) const { return static_cast<uint32_t>(p - pages_); }
   bool owns(const Page* p) const { return p >= pages_ && p < pages_ + nr_pages_; }
+  // index_of(p) if owns(p), else a value >= nr_pages() (nullptr and foreign pointers included):
+  // both tests in one compare, on the addresses as integers (a pointer below pages_ wraps far
+  // above any index: user addresses are < 2^47, indices < 2^32).
+  uint64_t owned_index(const Page* p) const {
+    return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(pages_)) / sizeof(Page);
+  }
 
   // nullopt when pfn is in a hole, beyond the last RAM range (the kernel's !pfn_valid()) or in
   // reserved RAM (which the kernel would find PageReserved).

@@ -32,6 +32,7 @@
 #ifndef PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
 #define PHYSMEM_ALLOCATOR_PAGE_ALLOCATOR_H_
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -295,6 +296,9 @@ class PageAllocator {
 
   PageAllocatorOptions options_;
   Target target_;
+  // The highest order the per-CPU lists take on this target: min(PAGE_ALLOC_COSTLY_ORDER,
+  // MAX_PAGE_ORDER), so that the fast path tests the order with one compare.
+  const unsigned pcp_max_order_ = std::min(PAGE_ALLOC_COSTLY_ORDER, target_.max_page_order);
   VmEventCounters vm_events_;  // per-thread blocks: counting takes no lock and shares no line
   std::unique_ptr<Arena> arena_;
   std::unique_ptr<MemMap> mem_map_;

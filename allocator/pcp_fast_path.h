@@ -38,8 +38,7 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
   // the LOW watermark and the current CPU's list of this migratetype has a block. Two atomic
   // loads, one restartable sequence and one store; anything else (bad arguments included) goes
   // to AllocFromFreelist(), which validates.
-  if (order <= PAGE_ALLOC_COSTLY_ORDER && order < target_.nr_page_orders() &&
-      (gfp & (~kGfpKnownMask | __GFP_ZERO | __GFP_COMP)) == 0) [[likely]] {
+  if (order <= pcp_max_order_ && (gfp & (~kGfpKnownMask | __GFP_ZERO | __GFP_COMP)) == 0) [[likely]] {
     const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
     const int mt = AllocMigratetype(gfp);
     Zone* zn = highest >= 0 ? first_zone_[highest] : nullptr;
@@ -60,8 +59,8 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
   // this order and owner, not compound; PG_movable may be either), then the claiming CAS, the
   // per-CPU push and the count. A lowmem block without init_on_free only; anything else, and any
   // refusal, is decided by FreePagesSlow(), which checks again from the start.
-  if (page != nullptr && mem_map_->owns(page)) [[likely]] {
-    const uint32_t idx = mem_map_->index_of(page);
+  if (const uint64_t owned = mem_map_->owned_index(page); owned < mem_map_->nr_pages()) [[likely]] {
+    const auto idx = static_cast<uint32_t>(owned);  // also rules out nullptr
     const ZoneType zt = ZoneOfIndex(idx);
     uint64_t word = page->state.load(std::memory_order_relaxed);
     if ((word & ~uint64_t{PG_movable}) == PageState::Allocated(order, owner, /*compound=*/false) &&
