@@ -88,6 +88,12 @@ TEST_P(Differential, AgreesWithTheReferenceModel) {
       if (p != nullptr) {
         ++allocs;
         ASSERT_TRUE(model.Allocated(pa.page_to_pfn(p), order, owner, gfp)) << "step " << step;
+        if (order > 0 && (gfp & __GFP_HIGH) && !gfpflags_allow_blocking(gfp)) {
+          // ALLOC_HIGHATOMIC: the one call that may just have reserved a pageblock. Look now: a
+          // reserve can be undone again before the next periodic look (one run saw 1 reserve
+          // and 1 unreserve between two of them when the thread's CPU, hence its lists, changed).
+          for (const ZoneStats& z : pa.Stats()) reserved_seen = std::max(reserved_seen, z.nr_reserved_highatomic);
+        }
       } else {
         ++fails;
         // A blocking caller was drained for before it failed; the model judges against the
