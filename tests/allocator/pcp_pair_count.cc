@@ -11,15 +11,19 @@
 // Release library's, instruction for instruction. Never run this outside valgrind with threads.
 //
 // Build (Release library of the bench build dir) and count:
-//   g++ -std=c++20 -O2 -DPHYSMEM_NO_DCHECKS -I. -Ibuild-fastpath/gen tests/allocator/pcp_pair_count.cc \
+//   g++ -std=c++20 -O3 -DPHYSMEM_NO_DCHECKS -I. -Ibuild-fastpath/gen tests/allocator/pcp_pair_count.cc \
 //     build-fastpath/libphysmem_allocator.a build-fastpath/libphysmem_proto.a \
 //     $(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_flat_hash_map \
 //       absl_flat_hash_set absl_btree absl_synchronization protobuf) \
 //     -Wl,--wrap=_ZN7physmem14RseqRegisteredEv -Wl,--wrap=_ZN7physmem19MembarrierRseqReadyEv \
 //     -o /tmp/pcp_pair_count
-//   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out /tmp/pcp_pair_count checked 100000
-//   callgrind_annotate --inclusive=yes /tmp/cg.out | grep -E 'RunPairs|PROGRAM'
-// Instructions per pair = RunPairs' inclusive Ir / pairs (the loop's own ~5 included).
+//   for n in 10000 20000; do
+//     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n /tmp/pcp_pair_count checked $n
+//     callgrind_annotate --inclusive=yes /tmp/cg.$n | grep RunPairs
+//   done
+// Instructions per pair = (Ir(20000) - Ir(10000)) / 10000: the difference drops the warm-up and
+// its one refill from the buddy (the loop's own ~5 instructions and the Status check stay in).
+// Add -g to the g++ line and `callgrind_annotate --auto=yes` shows them by source line.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
