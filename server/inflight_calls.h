@@ -47,6 +47,15 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   // The client cancelled (or the deadline passed): runs the calls' cancel hook, which wakes the
   // allocation waiters so a parked call answers CANCELLED now (server/alloc_waiters.h).
   void OnCancel() override;
+  // gRPC runs an inlineable reactor's OnDone and OnCancel on the thread that completed the call's
+  // last operation; any other reactor's go through its executor (ServerCallbackCall::
+  // ScheduleOnDone / CallOnCancel in grpcpp/support/server_callback.h), a thread hop per call, and
+  // the callback server asks for the method's next call only after OnDone (CallOnDone runs the
+  // call_requester). Ours are trivial and never block (a count and a delete; the cancel hook
+  // signals a condition variable), as ctx->DefaultReactor()'s are, which says true for the same
+  // reason (grpcpp/server_context.h). gRPC marks the method "not API"; Debian 12 pins gRPC 1.51.
+  // Measured: docs/benchmarks.md, "The per-call path against the floor".
+  bool InternalInlineable() override { return true; }
 
  private:
   friend class InflightCalls;
