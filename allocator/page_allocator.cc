@@ -104,11 +104,14 @@ absl::Status PageAllocator::Init() {
     if (zones_[z]) zones_[z]->SetWatermarks(wmarks[z], reserve[z]);
   }
 
+  std::array<int8_t, MAX_NR_ZONES> fast_served;
   for (int h = 0; h < MAX_NR_ZONES; ++h) {
     for (int z = h; z >= 0 && first_zone_[h] == nullptr; --z) {
       if (zones_[z] && zones_[z]->populated()) first_zone_[h] = zones_[z].get();
     }
+    fast_served[h] = first_zone_[h] ? static_cast<int8_t>(first_zone_[h]->type()) : -1;
   }
+  vm_events_.SetFastPathZones(fast_served);  // the fast path counts by preferred zone only
   for (unsigned bits = 0; bits < 16; ++bits) {
     gfp_zone_table_[bits] = ValidateGfp(bits).ok() ? gfp_zone(bits, target_.zone_configured) : -1;
   }

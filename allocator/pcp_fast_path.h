@@ -47,7 +47,7 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
         zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
       Page& head = mem_map_->page(idx);
       head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
-      vm_events_.CountAlloc(zn->type(), static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
+      vm_events_.CountFastAlloc(static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
       return &head;
     }
   }

@@ -82,8 +82,14 @@ VmEventCounters::VmEventCounters(unsigned nr_orders)
       fallback_base_(2 * fail_base_),
       free_base_(fallback_base_ + MAX_NR_ZONES * MAX_NR_ZONES),
       zeroed_index_(free_base_ + size_t{MAX_NR_ZONES} * nr_orders),
-      nr_counters_(zeroed_index_ + 1),
-      registry_(std::make_shared<Registry>(nr_counters_)) {}
+      fast_base_(zeroed_index_ + 1),
+      nr_counters_(fast_base_ + size_t{MAX_NR_ZONES} * nr_orders * kNrGfpClasses),
+      registry_(std::make_shared<Registry>(nr_counters_)) {
+  for (int z = 0; z < MAX_NR_ZONES; ++z) {
+    fast_zone_base_[z] = fast_base_ + size_t{static_cast<unsigned>(z)} * nr_orders * kNrGfpClasses;
+    fast_served_[z] = static_cast<int8_t>(z);  // until SetFastPathZones(): served = preferred
+  }
+}
 
 VmEventCounters::~VmEventCounters() {
   // Threads still hold blocks (and the registry); they drop them lazily. Nothing counts for this
@@ -144,6 +150,21 @@ VmEventCounts VmEventCounters::Snapshot() const {
   }
   out.free.assign(sum.begin() + free_base_, sum.begin() + zeroed_index_);
   out.pages_zeroed = sum[zeroed_index_];
+  // The fast path's counts, booked as CountAlloc(served, preferred, ...) would have booked them.
+  for (int p = 0; p < MAX_NR_ZONES; ++p) {
+    const int s = fast_served_[p];
+    if (s < 0) continue;  // no zone serves p: the fast path never counted for it
+    uint64_t blocks = 0;
+    for (unsigned o = 0; o < nr_orders_; ++o) {
+      for (int cls = 0; cls < kNrGfpClasses; ++cls) {
+        const uint64_t n = sum[fast_zone_base_[p] + o * kNrGfpClasses + cls];
+        if (n == 0) continue;
+        out.alloc[(s * nr_orders_ + o) * kNrGfpClasses + cls] += n;
+        blocks += n;
+      }
+    }
+    if (s != p) out.fallback[s][p] += blocks;
+  }
   return out;
 }
 

@@ -82,6 +82,15 @@ class VmEventCounters {
     Bump(c[(served * nr_orders_ + order) * kNrGfpClasses + gfp_class], 1);
     if (served != preferred) [[unlikely]] Bump(c[fallback_base_ + served * MAX_NR_ZONES + preferred], 1);
   }
+  // An allocation of the order-0..3 fast path, which is always served by the zonelist's first
+  // populated zone: counted by the preferred zone alone (no served-zone load, no fallback test);
+  // Snapshot() books it as CountAlloc(served, preferred, ...) through SetFastPathZones()' map.
+  void CountFastAlloc(ZoneType preferred, unsigned order, int gfp_class) {
+    Bump(ThisThread()[fast_zone_base_[preferred] + order * kNrGfpClasses + gfp_class], 1);
+  }
+  // served[preferred]: the zone that serves the fast path's requests whose gfp_zone() is
+  // `preferred` (-1: none). Set once, before the first CountFastAlloc().
+  void SetFastPathZones(const std::array<int8_t, MAX_NR_ZONES>& served) { fast_served_ = served; }
   void CountAllocFail(ZoneType preferred, unsigned order, int gfp_class) {
     Bump(ThisThread()[fail_base_ + (preferred * nr_orders_ + order) * kNrGfpClasses + gfp_class], 1);
   }
@@ -116,7 +125,9 @@ class VmEventCounters {
 
   const uint64_t id_;
   const unsigned nr_orders_;
-  const size_t fail_base_, fallback_base_, free_base_, zeroed_index_, nr_counters_;
+  const size_t fail_base_, fallback_base_, free_base_, zeroed_index_, fast_base_, nr_counters_;
+  std::array<size_t, MAX_NR_ZONES> fast_zone_base_;  // fast_base_ + z * nr_orders_ * kNrGfpClasses
+  std::array<int8_t, MAX_NR_ZONES> fast_served_;
   std::shared_ptr<Registry> registry_;
 };
 

@@ -94,6 +94,30 @@ TEST(VmEvents, FreesOntoPerCpuListsAndPastThemAreEachCountedOnce) {
   }
 }
 
+// With ZONE_NORMAL configured but empty, GFP_KERNEL's zonelist starts at DMA32: every such
+// allocation is a fallback, whether the per-CPU fast path (which counts by preferred zone only)
+// or the buddy served it. Both paths book the same events.
+TEST(VmEvents, FastPathAllocationsFromAFirstZoneBelowThePreferredCountAsFallbacks) {
+  Target t = testing::SmallX86();
+  t.ram.pop_back();  // no RAM above 4 MiB: NORMAL is configured but empty
+  for (bool pcp : {true, false}) {
+    auto pa = Boot(t, pcp);
+    constexpr int kPages = 40;
+    std::vector<Page*> pages;
+    for (int i = 0; i < kPages; ++i) {
+      pages.push_back(pa->alloc_pages(GFP_KERNEL, 0));
+      ASSERT_NE(pages.back(), nullptr);
+    }
+    const VmEventCounts c = pa->VmEvents();
+    EXPECT_EQ(c.allocs(ZONE_DMA32, 0, kKernel), uint64_t{kPages}) << "pcp " << pcp;
+    EXPECT_EQ(c.allocs(ZONE_NORMAL, 0, kKernel), 0u) << "pcp " << pcp;
+    EXPECT_EQ(c.fallback[ZONE_DMA32][ZONE_NORMAL], uint64_t{kPages}) << "pcp " << pcp;
+    EXPECT_EQ(TotalAllocs(c), uint64_t{kPages}) << "pcp " << pcp;
+    for (Page* p : pages) ASSERT_TRUE(pa->__free_pages(p, 0).ok());
+    EXPECT_EQ(pa->VmEvents().free_pages(ZONE_DMA32), uint64_t{kPages}) << "pcp " << pcp;
+  }
+}
+
 TEST(VmEvents, RefusedFreesAreNotCounted) {
   auto pa = Boot(testing::SmallX86());
   Page* p = pa->alloc_pages(GFP_KERNEL, 1);
