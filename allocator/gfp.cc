@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "allocator/string_escape.h"
 
 namespace physmem {
 namespace {
@@ -160,26 +161,26 @@ absl::StatusOr<gfp_t> ParseNumber(std::string_view term) {
     if (digits.empty()) return absl::InvalidArgumentError("\"0x\" has no hex digits after it");
   } else if (digits.size() > 1 && digits[0] == '0') {
     return absl::InvalidArgumentError(absl::StrCat(
-        "\"", Absl(term), "\": a decimal number must not start with 0 (octal is not accepted); ",
+        QuoteInput(term), ": a decimal number must not start with 0 (octal is not accepted); ",
         "write hex as 0x…"));
   }
   uint64_t value = 0;
   for (const char c : digits) {
     const int digit = DigitValue(c, base);
     if (digit < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("\"", Absl(term), "\" is not a ",
+      return absl::InvalidArgumentError(absl::StrCat(QuoteInput(term), " is not a ",
                                                      base == 16 ? "hex" : "decimal", " number"));
     }
     value = value * static_cast<uint64_t>(base) + static_cast<uint64_t>(digit);
     if (value > std::numeric_limits<gfp_t>::max()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("\"", Absl(term), "\" overflows a 32-bit gfp_t (at most 0xffffffff)"));
+          absl::StrCat(QuoteInput(term), " overflows a 32-bit gfp_t (at most 0xffffffff)"));
     }
   }
   const gfp_t gfp = static_cast<gfp_t>(value);
   if (gfp & ~kGfpKnownMask) {
     return absl::InvalidArgumentError(
-        absl::StrCat("\"", Absl(term), "\": ", UnknownBitsMessage(gfp & ~kGfpKnownMask)));
+        absl::StrCat(QuoteInput(term), ": ", UnknownBitsMessage(gfp & ~kGfpKnownMask)));
   }
   return gfp;
 }
@@ -188,12 +189,12 @@ absl::StatusOr<gfp_t> ParseTerm(std::string_view term) {
   if (absl::ascii_isdigit(static_cast<unsigned char>(term[0]))) return ParseNumber(term);
   if (!LooksLikeName(term)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "\"", Absl(term), "\" is neither a GFP flag name nor a number (expected e.g. GFP_KERNEL, ",
+        QuoteInput(term), " is neither a GFP flag name nor a number (expected e.g. GFP_KERNEL, ",
         "0xcc0 or 3264)"));
   }
   if (std::optional<gfp_t> mask = LookupName(term)) return *mask;
-  return absl::InvalidArgumentError(absl::StrCat("unknown GFP flag \"", Absl(term),
-                                                 "\"; did you mean \"", Absl(ClosestName(term)),
+  return absl::InvalidArgumentError(absl::StrCat("unknown GFP flag ", QuoteInput(term),
+                                                 "; did you mean \"", Absl(ClosestName(term)),
                                                  "\"? (kernel names, case-sensitive)"));
 }
 
@@ -283,14 +284,14 @@ absl::StatusOr<gfp_t> ParseGfp(std::string_view text) {
     ++index;
     if (term.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("GFP mask \"", Absl(text), "\": term ", index, " is empty (stray '|'?)"));
+          absl::StrCat("GFP mask ", QuoteInput(text), ": term ", index, " is empty (stray '|'?)"));
     }
     absl::StatusOr<gfp_t> mask = ParseTerm(term);
     // A term's message quotes the term; quote the whole mask too when it has more than one.
     if (!mask.ok() && term == StripBlanks(text)) return mask.status();
     if (!mask.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("GFP mask \"", Absl(text), "\": ", mask.status().message()));
+          absl::StrCat("GFP mask ", QuoteInput(text), ": ", mask.status().message()));
     }
     gfp |= *mask;
   }
@@ -313,7 +314,7 @@ absl::StatusOr<gfp_t> ParseKernelGfp(std::string_view text) {
     absl::StatusOr<gfp_t> mask = ParseGfp(term);
     if (!mask.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("GFP mask \"", Absl(text), "\": ", mask.status().message()));
+          absl::StrCat("GFP mask ", QuoteInput(text), ": ", mask.status().message()));
     }
     gfp |= *mask;
   }

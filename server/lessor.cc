@@ -238,17 +238,30 @@ absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity,
   absl::StatusOr<std::shared_ptr<Lease>> found = Lookup(id, identity);
   if (!found.ok()) return found.status();
   Lease& lease = **found;
-  // A lease the reaper has already claimed (gone from the map) stays dead: renewal cannot
-  // resurrect it. In the map under mu_ means not dead.
-  MutexLock l(&mu_);
-  if (!leases_.contains(id) || Expired(lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
-  const int64_t deadline = DeadlineIn(*clock_, lease.granted_ttl_ms);
-  if (journal_) {  // not journaled, not renewed: the old deadline stands
-    if (absl::Status s = journal_->LeaseRenewed(id, deadline); !s.ok()) return s;
+  // A report no lease could make: more pages than the machine has. (A report above what the lease
+  // holds now can be honest, sent while a drain of the cache was on its way: it is capped below.)
+  if (client_cached_pages && *client_cached_pages > pa_->mem_map().nr_pages()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "client_cached_pages %d is more than the %d pages of the emulated machine; lease %d was not renewed",
+        *client_cached_pages, pa_->mem_map().nr_pages(), id));
   }
-  lease.deadline_.store(deadline, std::memory_order_release);
-  heap_.Fix(&lease);
-  if (client_cached_pages) lease.client_cached_pages_.store(*client_cached_pages, std::memory_order_relaxed);
+  {
+    // A lease the reaper has already claimed (gone from the map) stays dead: renewal cannot
+    // resurrect it. In the map under mu_ means not dead.
+    MutexLock l(&mu_);
+    if (!leases_.contains(id) || Expired(lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
+    const int64_t deadline = DeadlineIn(*clock_, lease.granted_ttl_ms);
+    if (journal_) {  // not journaled, not renewed: the old deadline stands
+      if (absl::Status s = journal_->LeaseRenewed(id, deadline); !s.ok()) return s;
+    }
+    lease.deadline_.store(deadline, std::memory_order_release);
+    heap_.Fix(&lease);
+  }
+  if (client_cached_pages) {
+    // Cached pages are held pages: the figure never exceeds what the lease holds.
+    MutexLock ll(&lease.mu_);
+    lease.client_cached_pages_.store(std::min(*client_cached_pages, lease.pages_held_), std::memory_order_relaxed);
+  }
   return lease.granted_ttl_ms;
 }
 
@@ -853,6 +866,12 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
       return RefusalStatus({RefusalReason::kWrongOrder, pfn_of(*keyed),
                             absl::StrFormat("key %s names an order-%d block, not order %d", QuoteInput(key),
                                             key_order, order)});
+    }
+    // pfn 0 is proto3's unset; any other pfn must be the key's block (a client that names two
+    // blocks has a bug, and which one it meant is not ours to guess).
+    if (pfn != 0 && pfn != pfn_of(*keyed)) {
+      return absl::InvalidArgumentError(absl::StrFormat("key %s names the block at pfn %#x, not pfn %#x; give the key or the pfn",
+                                                        QuoteInput(key), pfn_of(*keyed), pfn));
     }
     pfn = pfn_of(*keyed);
     order = key_order;

@@ -100,7 +100,8 @@ class Lease {
   int64_t deadline() const { return deadline_.load(std::memory_order_acquire); }
   // Of the pages held, those idle in the client's own page cache (clients/page_cache.h), as the
   // client last reported with a renewal (KeepAliveRequest.client_cached_pages): a report, not a
-  // count the daemon keeps, so it may lag and is capped at nothing. 0 until the first report.
+  // count the daemon keeps, so it may lag; capped at the pages held when it came. 0 until the
+  // first report.
   uint64_t client_cached_pages() const { return client_cached_pages_.load(std::memory_order_relaxed); }
 
   const uint64_t id;
@@ -220,7 +221,9 @@ class Lessor {
   // not got to it yet, so that "not found" always means its pages are already back.
   absl::StatusOr<std::shared_ptr<Lease>> Lookup(uint64_t id, const std::string& identity);
   // Renews for the lease's full TTL; returns it in ms. `client_cached_pages`, when given, is the
-  // client's report of the pages idle in its page cache (Lease::client_cached_pages()).
+  // client's report of the pages idle in its page cache (Lease::client_cached_pages()), kept
+  // capped at the pages the lease holds; INVALID_ARGUMENT (and no renewal) for a report above
+  // the machine's pages, which no lease can hold.
   absl::StatusOr<int64_t> Renew(uint64_t id, const std::string& identity,
                                 std::optional<uint64_t> client_cached_pages = std::nullopt);
   // Ends the lease now; returns the pages freed.

@@ -8,6 +8,7 @@
 #include "allocator/arena_map.h"
 #include "picture/arena_map_proto.h"
 #include "server/log.h"
+#include "server/request_decoding.h"
 #include "server/status_util.h"
 #include "server/visible_reactor.h"
 
@@ -23,8 +24,9 @@ std::optional<uint64_t> CachedPages(const v1::KeepAliveRequest& req) {
 // One KeepAlive stream. gRPC constructs it on one of its threads, runs each reaction on whichever
 // thread the event lands, and deletes it after every other reaction; at most one of Read/Write is
 // outstanding, so reactions never overlap (server/visible_reactor.h makes that ordering visible
-// to ThreadSanitizer).
-class KeepAliveReactor final : public VisibleBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse> {
+// to ThreadSanitizer). It reads raw messages and decodes each itself (server/request_decoding.h):
+// one that does not parse ends the stream with INVALID_ARGUMENT saying why, renewing nothing.
+class KeepAliveReactor final : public VisibleBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   KeepAliveReactor(Lessor* lessor, absl::StatusOr<std::string> identity) : lessor_(lessor) {
     if (!identity.ok()) {
@@ -32,7 +34,7 @@ class KeepAliveReactor final : public VisibleBidiReactor<v1::KeepAliveRequest, v
       return;
     }
     identity_ = *std::move(identity);
-    Read(&req_);
+    Read(&in_);
   }
 
  private:
@@ -41,16 +43,29 @@ class KeepAliveReactor final : public VisibleBidiReactor<v1::KeepAliveRequest, v
       End(grpc::Status::OK);
       return;
     }
-    absl::StatusOr<int64_t> ttl = lessor_->Renew(req_.lease_id(), identity_, CachedPages(req_));
+    v1::KeepAliveRequest req;
+    if (absl::Status s = DecodeRequest("/physmem.v1.PhysMem/KeepAlive", in_, &req); !s.ok()) {
+      LogInfo("refused", {{"code", "INVALID_ARGUMENT"}, {"reason", std::string(s.message())}});
+      End(ToGrpcStatus(s));
+      return;
+    }
+    absl::StatusOr<int64_t> ttl = lessor_->Renew(req.lease_id(), identity_, CachedPages(req));
     // TTL 0 says "gone" only for a lease that is: any other refusal (not ours; the journal could
-    // not record the renewal, UNAVAILABLE) ends the stream with its status, and the client retries.
+    // not record the renewal, UNAVAILABLE; a report no lease could make) ends the stream with its
+    // status, and the client retries.
     if (!ttl.ok() && ttl.status().code() != absl::StatusCode::kNotFound) {
       End(ToGrpcStatus(ttl.status()));
       return;
     }
-    resp_.set_lease_id(req_.lease_id());
-    resp_.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
-    Write(&resp_);
+    v1::KeepAliveResponse resp;
+    resp.set_lease_id(req.lease_id());
+    resp.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
+    bool own_buffer;
+    if (!grpc::SerializationTraits<v1::KeepAliveResponse>::Serialize(resp, &out_, &own_buffer).ok()) {
+      End(grpc::Status(grpc::StatusCode::INTERNAL, "the KeepAlive response could not be serialized"));
+      return;
+    }
+    Write(&out_);
   }
 
   void WriteDone(bool ok) override {
@@ -58,13 +73,13 @@ class KeepAliveReactor final : public VisibleBidiReactor<v1::KeepAliveRequest, v
       End(grpc::Status::OK);
       return;
     }
-    Read(&req_);
+    Read(&in_);
   }
 
   Lessor* lessor_;
   std::string identity_;
-  v1::KeepAliveRequest req_;
-  v1::KeepAliveResponse resp_;
+  grpc::ByteBuffer in_;   // the message being read
+  grpc::ByteBuffer out_;  // the reply being written (lives until WriteDone)
 };
 
 }  // namespace
@@ -133,7 +148,7 @@ grpc::ServerUnaryReactor* PhysMemService::CreateLease(grpc::CallbackServerContex
   return Reply(ctx, absl::OkStatus());
 }
 
-grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse>* PhysMemService::KeepAlive(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PhysMemService::KeepAliveStream(
     grpc::CallbackServerContext* ctx) {
   return new KeepAliveReactor(lessor_, Identity(ctx));
 }

@@ -40,8 +40,10 @@ class PhysMemService final : public v1::PhysMem::CallbackService {
 
   grpc::ServerUnaryReactor* CreateLease(grpc::CallbackServerContext* ctx, const v1::CreateLeaseRequest* req,
                                         v1::CreateLeaseResponse* resp) override;
-  grpc::ServerBidiReactor<v1::KeepAliveRequest, v1::KeepAliveResponse>* KeepAlive(
-      grpc::CallbackServerContext* ctx) override;
+  // KeepAlive's stream, on raw messages: server/request_decoding.h registers it in place of the
+  // generated typed method, so that a message that does not parse is refused, not taken for the
+  // client's half-close.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KeepAliveStream(grpc::CallbackServerContext* ctx);
   grpc::ServerUnaryReactor* RenewLease(grpc::CallbackServerContext* ctx, const v1::KeepAliveRequest* req,
                                        v1::KeepAliveResponse* resp) override;
   grpc::ServerUnaryReactor* RevokeLease(grpc::CallbackServerContext* ctx, const v1::RevokeLeaseRequest* req,

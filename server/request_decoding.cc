@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <set>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "server/log.h"
+#include "server/physmem_service.h"
 #include "server/status_util.h"
 
 namespace physmem {
@@ -156,7 +158,7 @@ struct ServiceAccess : grpc::Service {
 
 class Installer {
  public:
-  Installer(Service* service, InflightCalls* calls)
+  Installer(PhysMemService* service, InflightCalls* calls)
       : service_(service),
         calls_(calls),
         descriptor_(google::protobuf::DescriptorPool::generated_pool()->FindServiceByName("physmem.v1.PhysMem")) {}
@@ -180,9 +182,8 @@ class Installer {
             [service, calls, typed, full_method](grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* body,
                                                  grpc::ByteBuffer* reply) -> grpc::ServerUnaryReactor* {
               auto call = std::make_unique<TypedCall<Request, Response>>(reply);
-              grpc::ByteBuffer copy(*body);  // Deserialize consumes its buffer; the copy shares the slices
-              if (!grpc::SerializationTraits<Request>::Deserialize(&copy, &call->request).ok()) {
-                return Refuse(ctx, calls, full_method, *Request::descriptor(), *body);
+              if (absl::Status s = DecodeRequest(full_method, *body, &call->request); !s.ok()) {
+                return Refuse(ctx, calls, s);
               }
               Request* request = &call->request;
               Response* response = &call->response;
@@ -198,35 +199,44 @@ class Installer {
             }));
   }
 
+  // Re-registers the bidirectional stream `name`, whose reactor `stream` makes.
+  void AddStream(const std::string& name,
+                 std::function<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*(grpc::CallbackServerContext*)>
+                     stream) {
+    const google::protobuf::MethodDescriptor* m = descriptor_ != nullptr ? descriptor_->FindMethodByName(name) : nullptr;
+    if (m == nullptr || !m->client_streaming() || !m->server_streaming()) {
+      unknown_.push_back(name);
+      return;
+    }
+    covered_.insert(name);
+    ServiceAccess::MarkRaw(service_, m->index(),
+                           new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(std::move(stream)));
+  }
+
   absl::Status Done() const {
     if (descriptor_ == nullptr) return absl::InternalError("physmem.v1.PhysMem is not in the descriptor pool");
     std::vector<std::string> missing;
     for (int i = 0; i < descriptor_->method_count(); ++i) {
       const google::protobuf::MethodDescriptor* m = descriptor_->method(i);
-      if (m->client_streaming() || m->server_streaming()) continue;
       if (!covered_.contains(m->name())) missing.push_back(m->name());
     }
     if (missing.empty() && unknown_.empty()) return absl::OkStatus();
     return absl::InternalError(absl::StrFormat(
-        "request decoding does not cover unary methods [%s] and names methods the service lacks [%s] "
+        "request decoding does not cover methods [%s] and names methods the service lacks [%s] "
         "(server/request_decoding.cc)",
         absl::StrJoin(missing, ", "), absl::StrJoin(unknown_, ", ")));
   }
 
  private:
   static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, InflightCalls* calls,
-                                          const std::string& method, const Descriptor& type,
-                                          const grpc::ByteBuffer& body) {
-    const std::string why = DescribeParseFailure(type, BodyBytes(body));
-    const std::string message = absl::StrFormat("%s: the request body is not a valid %s: %s", method,
-                                                type.full_name(), why);
-    LogInfo("refused", {{"code", "INVALID_ARGUMENT"}, {"peer", ctx->peer()}, {"reason", message}});
+                                          const absl::Status& why) {
+    LogInfo("refused", {{"code", "INVALID_ARGUMENT"}, {"peer", ctx->peer()}, {"reason", std::string(why.message())}});
     UnaryCall* call = calls->Begin();
-    call->Reply(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, SafeStatusMessage(message)));
+    call->Reply(ToGrpcStatus(why));
     return call;
   }
 
-  Service* const service_;
+  PhysMemService* const service_;
   InflightCalls* const calls_;
   const google::protobuf::ServiceDescriptor* const descriptor_;
   std::set<std::string> covered_;
@@ -241,8 +251,14 @@ std::string DescribeParseFailure(const Descriptor& type, std::string_view body) 
   return why;
 }
 
-absl::Status InstallRequestDecoding(v1::PhysMem::CallbackService* service, InflightCalls* calls) {
+absl::Status ParseFailureStatus(std::string_view method, const Descriptor& type, const grpc::ByteBuffer& body) {
+  return absl::InvalidArgumentError(absl::StrFormat("%s: the request body is not a valid %s: %s", method,
+                                                    type.full_name(), DescribeParseFailure(type, BodyBytes(body))));
+}
+
+absl::Status InstallRequestDecoding(PhysMemService* service, InflightCalls* calls) {
   Installer in(service, calls);
+  in.AddStream("KeepAlive", [service](grpc::CallbackServerContext* ctx) { return service->KeepAliveStream(ctx); });
   in.Add("CreateLease", &Service::CreateLease);
   in.Add("RenewLease", &Service::RenewLease);
   in.Add("RevokeLease", &Service::RevokeLease);

@@ -4,7 +4,8 @@
 // string or a 1 MiB key echoed whole would make trailing metadata larger than a stock client's
 // 8 KiB limit — the client would then see "received initial metadata size exceeds limit" instead
 // of why it was refused — and a NUL or an invalid UTF-8 byte echoed raw garbles its terminal.
-// Each quoting site also cuts its excerpt short (QuoteInput); this is the guard behind them all.
+// Each quoting site also cuts its excerpt short (QuoteInput, allocator/string_escape.h); this is
+// the guard behind them all.
 //
 // Who uses it: every RPC handler (through ToGrpcStatus). Thread-safety: pure functions.
 #ifndef PHYSMEM_SERVER_STATUS_UTIL_H_
@@ -17,23 +18,21 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "allocator/string_escape.h"
 
 namespace physmem {
 
 // The longest status message sent, in bytes after escaping (gRPC percent-encodes non-ASCII bytes
 // on the wire, at most 3 bytes each: well inside 8 KiB of metadata).
 inline constexpr size_t kMaxStatusMessageBytes = 1024;
-// The most bytes of a client's input a message quotes (QuoteInput).
-inline constexpr size_t kMaxQuotedInputBytes = 200;
 
 // `message` with control bytes (< 0x20, 0x7f) and bytes that are not part of valid UTF-8 written
 // as \xNN, cut at kMaxStatusMessageBytes (on a character boundary) with a note of how much was
 // left out. Printable ASCII and valid UTF-8 pass unchanged.
 std::string SafeStatusMessage(std::string_view message);
 
-// A client's input for a message: double-quoted, escaped as SafeStatusMessage does (quotes and
-// backslashes too), at most kMaxQuotedInputBytes of it, then `..." (N bytes)` when it was longer.
-std::string QuoteInput(std::string_view input);
+// QuoteInput (a client's input for a message, at most kMaxQuotedInputBytes of it, escaped) comes
+// from allocator/string_escape.h, where the allocator's GFP parser uses it too.
 
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;

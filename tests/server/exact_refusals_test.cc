@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "physmem/v1/physmem.grpc.pb.h"
@@ -51,10 +52,11 @@ class ExactRefusals : public testing::DaemonStubTest {
     testing::Deadline ctx;
     return stub->Kunmap(&ctx, req, &resp);
   }
-  grpc::Status FreeByKey(uint64_t lease, const std::string& key) {
+  grpc::Status FreeByKey(uint64_t lease, const std::string& key, uint64_t pfn = 0) {
     v1::FreePagesRequest req;
     req.set_lease_id(lease);
     req.set_key(key);
+    req.set_pfn(pfn);
     v1::FreePagesResponse resp;
     testing::Deadline ctx;
     return stub_->FreePages(&ctx, req, &resp);
@@ -101,6 +103,52 @@ TEST_F(ExactRefusals, FreePagesChecksTheKeyLengthAsAllocPagesDoes) {
   ExpectRefused(FreeByKey(lease, std::string(1 << 20, 'k')), grpc::StatusCode::INVALID_ARGUMENT,
                 "key is 1048576 bytes; at most 128 allowed", before);
   EXPECT_TRUE(FreeByKey(lease, "k").ok());
+}
+
+TEST_F(ExactRefusals, AFreeThatNamesAKeyAndAnotherBlocksPfnIsRefused) {
+  const uint64_t lease = NewLease(kLongTtlMs);
+  v1::Allocation keyed, other;
+  ASSERT_TRUE(Alloc(stub_.get(), lease, "GFP_KERNEL", 0, "k", &keyed).ok());
+  ASSERT_TRUE(Alloc(stub_.get(), lease, "GFP_KERNEL", 0, "", &other).ok());
+  const v1::ValidateResponse before = Census();
+  ExpectRefused(FreeByKey(lease, "k", other.pfn()), grpc::StatusCode::INVALID_ARGUMENT,
+                absl::StrFormat("key \"k\" names the block at pfn %#x, not pfn %#x", keyed.pfn(), other.pfn()), before);
+  // The key with its own block's pfn frees it; the other block is still held.
+  EXPECT_TRUE(FreeByKey(lease, "k", keyed.pfn()).ok());
+  EXPECT_EQ(Census().allocated_pages(), before.allocated_pages() - 1);
+}
+
+TEST_F(ExactRefusals, ACachedPagesReportAboveTheMachineIsRefusedAndOneAboveTheLeaseIsCapped) {
+  const uint64_t lease = NewLease(kLongTtlMs);
+  v1::Allocation a;
+  ASSERT_TRUE(Alloc(stub_.get(), lease, "GFP_KERNEL", 1, "", &a).ok());  // 2 pages held
+  auto renew = [&](uint64_t cached) {
+    v1::KeepAliveRequest req;
+    req.set_lease_id(lease);
+    req.set_client_cached_pages(cached);
+    v1::KeepAliveResponse resp;
+    testing::Deadline ctx;
+    return stub_->RenewLease(&ctx, req, &resp);
+  };
+  auto reported = [&] {
+    v1::GetLeaseRequest req;
+    req.set_lease_id(lease);
+    v1::LeaseInfo info;
+    testing::Deadline ctx;
+    EXPECT_TRUE(stub_->GetLease(&ctx, req, &info).ok());
+    return info.client_cached_pages();
+  };
+  ASSERT_TRUE(renew(1).ok());
+  EXPECT_EQ(reported(), 1u);
+  const v1::ValidateResponse before = Census();
+  // No lease can cache more pages than the machine has (64 MiB: at most 16384).
+  ExpectRefused(renew(UINT64_MAX), grpc::StatusCode::INVALID_ARGUMENT,
+                "client_cached_pages 18446744073709551615 is more than the ", before);
+  ExpectRefused(renew(16385), grpc::StatusCode::INVALID_ARGUMENT, "pages of the emulated machine; lease", before);
+  EXPECT_EQ(reported(), 1u) << "a refused renewal changed the report";
+  // Above what the lease holds, but possible (a drain on its way): kept, capped at the 2 held.
+  ASSERT_TRUE(renew(3).ok());
+  EXPECT_EQ(reported(), 2u);
 }
 
 TEST_F(ExactRefusals, AKeyReplayedWithADifferentRequestIsRefusedNamingTheDifference) {

@@ -5,6 +5,8 @@
 // call leaves the census as it was.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include <string>
 
 #include "gmock/gmock.h"
@@ -18,6 +20,16 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+
+// The longest run of `c` in `s`: how much of a run of input a message quoted.
+size_t LongestRunOf(char c, const std::string& s) {
+  size_t best = 0, run = 0;
+  for (const char x : s) {
+    run = x == c ? run + 1 : 0;
+    best = std::max(best, run);
+  }
+  return best;
+}
 
 class RefusalMessages : public testing::DaemonStubTest {
  protected:
@@ -43,6 +55,21 @@ TEST_F(RefusalMessages, AHundredKilobyteGfpStringIsRefusedReadably) {
   ExpectReadableRefusal(s, before);
   EXPECT_THAT(s.error_message(), HasSubstr("GGGG"));
   EXPECT_THAT(s.error_message(), Not(HasSubstr("metadata")));
+  // The parser quotes an excerpt (allocator/string_escape.h), not the whole input.
+  EXPECT_LE(LongestRunOf('G', s.error_message()), kMaxQuotedInputBytes) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("...\" (102400 bytes)"));
+}
+
+TEST_F(RefusalMessages, AHundredKilobyteTermInAMaskIsQuotedShortInTheMaskAndTheTerm) {
+  const uint64_t lease = NewLease(3600 * 1000);
+  const v1::ValidateResponse before = Census();
+  const grpc::Status s =
+      testing::AllocPages(stub_.get(), lease, "GFP_KERNEL|" + std::string(100 << 10, 'G'), 0, nullptr);
+  ExpectReadableRefusal(s, before);
+  EXPECT_THAT(s.error_message(), HasSubstr("GFP mask \"GFP_KERNEL|GGG"));
+  EXPECT_LE(LongestRunOf('G', s.error_message()), kMaxQuotedInputBytes) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("(102411 bytes)"));  // the mask
+  EXPECT_THAT(s.error_message(), HasSubstr("(102400 bytes)"));  // its term
 }
 
 TEST_F(RefusalMessages, ANulInAGfpStringIsEscaped) {

@@ -1,7 +1,8 @@
 // Request bodies that do not parse (server/request_decoding.h): DescribeParseFailure names the
 // first fault; against the real daemon, every unary method answers such a body with
 // INVALID_ARGUMENT naming the method and the fault — not gRPC's empty UNIMPLEMENTED — and the
-// census is unchanged after each.
+// census is unchanged after each; a KeepAlive message that does not parse ends its stream with
+// INVALID_ARGUMENT, not with OK as if the client had closed it, and renews nothing.
 #include "server/request_decoding.h"
 
 #include <grpcpp/generic/generic_stub.h>
@@ -97,6 +98,46 @@ class RequestDecoding : public testing::DaemonStubTest {
     cv.wait(l, [&] { return done; });
     return status;
   }
+
+  // Opens a KeepAlive stream, writes `messages` one at a time as raw bodies, reading a reply
+  // after each until a read fails (the server ended the stream); returns the stream's status and
+  // the replies read.
+  grpc::Status RawKeepAlive(const std::vector<std::string>& messages, std::vector<v1::KeepAliveResponse>* replies) {
+    grpc::GenericStub generic(grpc::CreateChannel(daemon_->unix_target(), grpc::InsecureChannelCredentials()));
+    grpc::CompletionQueue cq;
+    testing::Deadline ctx;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+        generic.PrepareCall(&ctx, "/physmem.v1.PhysMem/KeepAlive", &cq);
+    auto await = [&](intptr_t want) {
+      void* tag;
+      bool ok = false;
+      EXPECT_TRUE(cq.Next(&tag, &ok));
+      EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+      return ok;
+    };
+    call->StartCall(reinterpret_cast<void*>(1));
+    EXPECT_TRUE(await(1));
+    for (const std::string& m : messages) {
+      grpc::Slice slice(m.data(), m.size());
+      grpc::ByteBuffer req(&slice, 1), resp;
+      call->Write(req, reinterpret_cast<void*>(2));
+      if (!await(2)) break;
+      call->Read(&resp, reinterpret_cast<void*>(3));
+      if (!await(3)) break;
+      v1::KeepAliveResponse reply;
+      EXPECT_TRUE(grpc::SerializationTraits<v1::KeepAliveResponse>::Deserialize(&resp, &reply).ok());
+      replies->push_back(reply);
+    }
+    grpc::Status status;
+    call->Finish(&status, reinterpret_cast<void*>(4));
+    EXPECT_TRUE(await(4));
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
+    return status;
+  }
 };
 
 TEST_F(RequestDecoding, EveryUnaryMethodRefusesABodyThatDoesNotParseAndChangesNothing) {
@@ -141,6 +182,32 @@ TEST_F(RequestDecoding, AStringFieldThatIsNotUtf8IsRefusedByName) {
   EXPECT_THAT(s.error_message(), HasSubstr("field 'gfp' (2)"));
   EXPECT_THAT(s.error_message(), HasSubstr("not valid UTF-8"));
   EXPECT_EQ(Census().allocated_pages(), before.allocated_pages());
+}
+
+TEST_F(RequestDecoding, AKeepAliveMessageThatDoesNotParseEndsTheStreamWithInvalidArgument) {
+  const uint64_t lease = NewLease(3600 * 1000);
+  v1::KeepAliveRequest good;
+  good.set_lease_id(lease);
+  const std::vector<std::pair<std::string, std::string>> bodies = {
+      {std::string("\xff\xff\xff", 3), "cut short"},
+      {std::string("\x00", 1), "field number 0"},
+  };
+  for (const auto& [bad, fault] : bodies) {
+    // A valid renewal is answered first; the bad one after it ends the stream.
+    const v1::ValidateResponse before = Census();
+    std::vector<v1::KeepAliveResponse> replies;
+    const grpc::Status s = RawKeepAlive({good.SerializeAsString(), bad, good.SerializeAsString()}, &replies);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s.error_message(), StartsWith("/physmem.v1.PhysMem/KeepAlive: the request body is not a valid "
+                                              "physmem.v1.KeepAliveRequest: "));
+    EXPECT_THAT(s.error_message(), HasSubstr(fault));
+    ASSERT_EQ(replies.size(), 1u) << "the message after the bad one was answered";
+    EXPECT_EQ(replies[0].lease_id(), lease);
+    EXPECT_GT(replies[0].ttl_ms(), 0);
+    const v1::ValidateResponse after = Census();
+    EXPECT_EQ(after.leases(), before.leases());
+    EXPECT_EQ(after.allocated_pages(), before.allocated_pages());
+  }
 }
 
 // The decoded path still answers: a valid body through the same generic stub gets its reply.
