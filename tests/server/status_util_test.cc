@@ -1,4 +1,4 @@
-// SafeStatusMessage and QuoteInput (server/status_util.h): what a refusal may carry back to any
+// SafeStatusMessage (server/status_util.h): what a refusal may carry back to any
 // client — no control byte or broken UTF-8 raw, never more than kMaxStatusMessageBytes, so a
 // stock client (8 KiB metadata limit) always sees the refusal itself.
 #include "server/status_util.h"
@@ -44,18 +44,6 @@ TEST(SafeStatusMessage, ACutNeverSplitsACharacter) {
   const std::string safe = SafeStatusMessage(m);
   EXPECT_LE(safe.size(), kMaxStatusMessageBytes);
   EXPECT_EQ(SafeStatusMessage(safe), safe) << "the cut left a broken sequence behind";
-}
-
-TEST(QuoteInput, QuotesShortInputWholeAndEscaped) {
-  EXPECT_EQ(QuoteInput("GFP_KERNEL"), "\"GFP_KERNEL\"");
-  EXPECT_EQ(QuoteInput(std::string("a\"b\\c\0", 6)), "\"a\\\"b\\\\c\\x00\"");
-}
-
-TEST(QuoteInput, QuotesAtMostTheLimitAndSaysHowLongTheInputWas) {
-  const std::string key(129, 'k');
-  EXPECT_EQ(QuoteInput(key), "\"" + key + "\"");
-  const std::string big(1 << 20, 'z');
-  EXPECT_EQ(QuoteInput(big), "\"" + std::string(kMaxQuotedInputBytes, 'z') + "...\" (1048576 bytes)");
 }
 
 TEST(ToGrpcStatus, KeepsTheCodeAndMakesTheMessageSafe) {
