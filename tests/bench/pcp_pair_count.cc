@@ -1,6 +1,6 @@
 // pcp_pair_count: runs a fixed number of order-0 alloc+free pairs through the per-CPU lists, for
-// counting the instructions of one pair with callgrind (a measuring tool, not a test: CMake does
-// not build it and it asserts nothing beyond "every call succeeded").
+// counting the instructions of one pair with callgrind (a measuring tool, not a test: it asserts
+// nothing beyond "every call succeeded" and "every pair went through the per-CPU lists").
 //
 // Why a driver of its own: this VM has no hardware counters (perf stat cannot count
 // instructions), and under valgrind glibc cannot register rseq, so the per-CPU lists stay off and
@@ -10,20 +10,16 @@
 // cpu_id to 0 in glibc's (unregistered) area. Nothing else changes: the allocator's code is the
 // Release library's, instruction for instruction. Never run this outside valgrind with threads.
 //
-// Build (Release library of the bench build dir) and count:
-//   g++ -std=c++20 -O3 -DPHYSMEM_NO_DCHECKS -I. -Ibuild-fastpath/gen tests/allocator/pcp_pair_count.cc \
-//     build-fastpath/libphysmem_allocator.a build-fastpath/libphysmem_proto.a \
-//     $(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format absl_flat_hash_map \
-//       absl_flat_hash_set absl_btree absl_synchronization protobuf) \
-//     -Wl,--wrap=_ZN7physmem14RseqRegisteredEv -Wl,--wrap=_ZN7physmem19MembarrierRseqReadyEv \
-//     -o /tmp/pcp_pair_count
+// CMakeLists.txt builds it with the benchmarks (so it keeps compiling), linked with
+// --wrap=RseqRegistered/MembarrierRseqReady (their mangled names) to the wrappers below. Count:
+//   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build-bench pcp_pair_count
 //   for n in 10000 20000; do
-//     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n /tmp/pcp_pair_count checked $n
+//     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n build-bench/pcp_pair_count checked $n
 //     callgrind_annotate --inclusive=yes /tmp/cg.$n | grep RunPairs
 //   done
 // Instructions per pair = (Ir(20000) - Ir(10000)) / 10000: the difference drops the warm-up and
 // its one refill from the buddy (the loop's own ~5 instructions and the Status check stay in).
-// Add -g to the g++ line and `callgrind_annotate --auto=yes` shows them by source line.
+// Configured with -DCMAKE_CXX_FLAGS=-g too, `callgrind_annotate --auto=yes` shows them by source line.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
