@@ -204,10 +204,14 @@ def snapshot(d):
     return out
 
 
-def record_restores_tracefs_on_fake_tracefs():
+def skip_unless_root_for_record():
     if os.geteuid() != 0:
         print("SKIPPED: record needs root (it refuses before touching tracefs), and this test runs as uid", os.geteuid())
         sys.exit(SKIP)
+
+
+def record_restores_tracefs_on_fake_tracefs():
+    skip_unless_root_for_record()
     with tempfile.TemporaryDirectory() as d:
         fake = os.path.join(d, "tracefs")
         make_fake_tracefs(fake)
@@ -425,9 +429,7 @@ def docs_commands_work():
 
 
 def record_progress_overruns_and_errors():
-    if os.geteuid() != 0:
-        print("SKIPPED: record needs root (it refuses before touching tracefs), and this test runs as uid", os.geteuid())
-        sys.exit(SKIP)
+    skip_unless_root_for_record()
     with tempfile.TemporaryDirectory() as d:
         fake = os.path.join(d, "tracefs")
         make_fake_tracefs(fake)
