@@ -614,7 +614,9 @@ int PageAllocator::page_count(const Page* page) const {
 std::optional<Refusal> PageAllocator::CheckKmapOwner(uint32_t idx, uint32_t owner, std::string_view call) const {
   const uint64_t pfn = mem_map_->index_to_pfn(idx);
   std::optional<uint32_t> head = FindAllocatedHead(idx);
-  if (!head) return Refusal{RefusalReason::kNotAllocated, pfn, absl::StrFormat("%s: pfn %#x is not allocated", call, pfn)};
+  if (!head) {
+    return Refusal{RefusalReason::kNotAllocated, pfn, absl::StrFormat("%s: pfn %#x is not allocated", call, pfn)};
+  }
   if (const PageState hs = mem_map_->page(*head).Load(); hs.owner != owner) {
     return Refusal{RefusalReason::kWrongOwner, pfn,
                    absl::StrFormat("%s: pfn %#x belongs to owner %u, not %u", call, pfn, hs.owner, owner)};

@@ -249,7 +249,9 @@ absl::StatusOr<int64_t> Lessor::Renew(uint64_t id, const std::string& identity,
     // A lease the reaper has already claimed (gone from the map) stays dead: renewal cannot
     // resurrect it. In the map under mu_ means not dead.
     MutexLock l(&mu_);
-    if (!leases_.contains(id) || Expired(lease)) return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
+    if (!leases_.contains(id) || Expired(lease)) {
+      return absl::NotFoundError(absl::StrFormat("lease %d has expired", id));
+    }
     const int64_t deadline = DeadlineIn(*clock_, lease.granted_ttl_ms);
     if (journal_) {  // not journaled, not renewed: the old deadline stands
       if (absl::Status s = journal_->LeaseRenewed(id, deadline); !s.ok()) return s;
@@ -824,7 +826,7 @@ absl::StatusOr<uint64_t> Lessor::DetachRuns(Lease& lease, std::span<const PfnRun
       --in_zone[zone_of(idx)];
       // The allocator's words may name owners; the log has them, the caller gets the pfn.
       on_refused(pfn, absl::InternalError(absl::StrFormat(
-                          "pfn %#x could not be freed although the lease held it (logged as lease_run_free_failed)", pfn)));
+                          "pfn %#x could not be freed although the lease held it (see lease_run_free_failed)", pfn)));
       continue;
     }
     ++freed;
@@ -870,8 +872,9 @@ absl::StatusOr<uint64_t> Lessor::DetachLocked(Lease& lease, uint64_t pfn, unsign
     // pfn 0 is proto3's unset; any other pfn must be the key's block (a client that names two
     // blocks has a bug, and which one it meant is not ours to guess).
     if (pfn != 0 && pfn != pfn_of(*keyed)) {
-      return absl::InvalidArgumentError(absl::StrFormat("key %s names the block at pfn %#x, not pfn %#x; give the key or the pfn",
-                                                        QuoteInput(key), pfn_of(*keyed), pfn));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "key %s names the block at pfn %#x, not pfn %#x; give the key or the pfn", QuoteInput(key),
+          pfn_of(*keyed), pfn));
     }
     pfn = pfn_of(*keyed);
     order = key_order;
@@ -907,8 +910,8 @@ absl::Status Lessor::Kunmap(Lease& lease, uint64_t pfn) {
   if (!page.ok()) return RefusalStatus(page.refusal());
   MutexLock l(&lease.mu_);  // as Kmap: the lease's end drops kmaps under it
   if (lease.dead_) return Gone(lease);
-  // The book first (a block of another lease of the same owner is not this lease's to unmap), then
-  // the allocator's kunmap(), which runs kmap()'s checks on every page, lowmem included.
+  // The book first (as for every call that names a pfn of the lease), then the allocator's
+  // kunmap(), which runs kmap()'s checks on every page, lowmem included.
   if (absl::StatusOr<BookedBlock> b = BookedBlockContaining(lease, pfn, "kunmap"); !b.ok()) return b.status();
   if (std::optional<Refusal> r = pa_->TryKunmap(*page, lease.owner())) return RefusalStatus(*r);
   return absl::OkStatus();
