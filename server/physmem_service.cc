@@ -60,6 +60,9 @@ class KeepAliveReactor final : public VisibleBidiReactor<grpc::ByteBuffer, grpc:
     v1::KeepAliveResponse resp;
     resp.set_lease_id(req.lease_id());
     resp.set_ttl_ms(ttl.ok() ? *ttl : 0);  // etcd's convention: TTL 0 = the lease is gone
+    // Empty first: replies up to 23 bytes (all of today's) are swapped in as one inline slice, but
+    // a longer one goes through protobuf's writer, which asserts that the buffer is empty.
+    out_.Clear();
     bool own_buffer;
     if (!grpc::SerializationTraits<v1::KeepAliveResponse>::Serialize(resp, &out_, &own_buffer).ok()) {
       End(grpc::Status(grpc::StatusCode::INTERNAL, "the KeepAlive response could not be serialized"));
