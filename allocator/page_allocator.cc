@@ -478,8 +478,7 @@ std::optional<Refusal> PageAllocator::FreeBlock(Page* page, unsigned order, uint
     // before the block can be handed out again.
     std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
   }
-  // A free onto a per-CPU list is counted by the ring's own push count (VmEvents() adds them).
-  if (!zn->FreeBlock(idx, order)) vm_events_.CountFree(zt, order);
+  FreeToZone(zn, zt, idx, order);
   return std::nullopt;
 }
 

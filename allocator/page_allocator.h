@@ -291,6 +291,10 @@ class PageAllocator {
                                    const std::function<absl::Status()>* commit = nullptr);
   Refusal DiagnoseBadFree(uint32_t idx, PageState s, unsigned order, uint32_t owner) const;
   std::optional<uint32_t> FindAllocatedHead(uint32_t idx) const;
+  // Zone::FreeBlock() of a claimed block, and its vm event: a block that went onto a per-CPU list
+  // is counted by the list's own push count (VmEvents() adds those), any other here. Every free
+  // path ends here, so the count is exact whichever path freed.
+  void FreeToZone(Zone* zn, ZoneType zt, uint32_t idx, unsigned order);
   // TryKmap's and TryKunmap's check: the page lies in a block `owner` holds.
   std::optional<Refusal> CheckKmapOwner(uint32_t idx, uint32_t owner, std::string_view call) const;
 

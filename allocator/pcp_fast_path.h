@@ -29,6 +29,10 @@ inline ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
   return idx < zone_index_end_[ZONE_NORMAL] ? ZONE_NORMAL : ZONE_HIGHMEM;
 }
 
+inline void PageAllocator::FreeToZone(Zone* zn, ZoneType zt, uint32_t idx, unsigned order) {
+  if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);
+}
+
 inline int PageAllocator::AllocMigratetype(gfp_t gfp) const {
   // gfp_migratetype(): "always UNMOVABLE while mobility grouping is off".
   if (group_by_mobility_disabled_) return MIGRATE_UNMOVABLE;
@@ -71,8 +75,7 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
       // The CAS makes a double free harmless: of two racing frees, one finds the state changed
       // (and FreePagesSlow() refuses it). seq_cst as in FreeBlock() (free on x86).
       if (page->state.compare_exchange_strong(word, zn->FreeState(order), std::memory_order_seq_cst)) [[likely]] {
-        // A listed free is counted by the ring's own push count (VmEvents() adds them).
-        if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);
+        FreeToZone(zn, zt, idx, order);
         return absl::OkStatus();
       }
     }
@@ -128,7 +131,7 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
     // store does; release orders the caller's writes to the block before its reuse.
     page->state.store(free_word, std::memory_order_release);
   }
-  if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);  // listed: the ring counts it
+  FreeToZone(zn, zt, idx, order);
   return absl::OkStatus();
 }
 
