@@ -167,12 +167,8 @@ class Installer {
   template <class Base, class Request, class Response>
   void Add(const std::string& name,
            grpc::ServerUnaryReactor* (Base::*typed)(grpc::CallbackServerContext*, const Request*, Response*)) {
-    const google::protobuf::MethodDescriptor* m = descriptor_ != nullptr ? descriptor_->FindMethodByName(name) : nullptr;
-    if (m == nullptr) {
-      unknown_.push_back(name);
-      return;
-    }
-    covered_.insert(name);
+    const google::protobuf::MethodDescriptor* m = Claim(name, /*bidi=*/false);
+    if (m == nullptr) return;
     Service* service = service_;
     InflightCalls* calls = calls_;
     const std::string full_method = absl::StrFormat("/physmem.v1.PhysMem/%s", name);
@@ -203,12 +199,8 @@ class Installer {
   void AddStream(const std::string& name,
                  std::function<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*(grpc::CallbackServerContext*)>
                      stream) {
-    const google::protobuf::MethodDescriptor* m = descriptor_ != nullptr ? descriptor_->FindMethodByName(name) : nullptr;
-    if (m == nullptr || !m->client_streaming() || !m->server_streaming()) {
-      unknown_.push_back(name);
-      return;
-    }
-    covered_.insert(name);
+    const google::protobuf::MethodDescriptor* m = Claim(name, /*bidi=*/true);
+    if (m == nullptr) return;
     ServiceAccess::MarkRaw(service_, m->index(),
                            new grpc::internal::CallbackBidiHandler<grpc::ByteBuffer, grpc::ByteBuffer>(std::move(stream)));
   }
@@ -222,12 +214,24 @@ class Installer {
     }
     if (missing.empty() && unknown_.empty()) return absl::OkStatus();
     return absl::InternalError(absl::StrFormat(
-        "request decoding does not cover methods [%s] and names methods the service lacks [%s] "
+        "request decoding does not cover methods [%s] and names methods the service lacks or has of another kind [%s] "
         "(server/request_decoding.cc)",
         absl::StrJoin(missing, ", "), absl::StrJoin(unknown_, ", ")));
   }
 
  private:
+  // The service's method `name` if it exists and is unary (or, with `bidi`, a bidirectional
+  // stream), counted as covered; else nullptr, recorded for Done() to name.
+  const google::protobuf::MethodDescriptor* Claim(const std::string& name, bool bidi) {
+    const google::protobuf::MethodDescriptor* m = descriptor_ != nullptr ? descriptor_->FindMethodByName(name) : nullptr;
+    if (m == nullptr || m->client_streaming() != bidi || m->server_streaming() != bidi) {
+      unknown_.push_back(name);
+      return nullptr;
+    }
+    covered_.insert(name);
+    return m;
+  }
+
   static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, InflightCalls* calls,
                                           const absl::Status& why) {
     LogInfo("refused", {{"code", "INVALID_ARGUMENT"}, {"peer", ctx->peer()}, {"reason", std::string(why.message())}});
