@@ -435,21 +435,30 @@ def record_progress_overruns_and_errors():
         make_fake_tracefs(fake)
         out_path = os.path.join(d, "t.txt")
         # The kernel's own loss counters (per_cpu/cpuN/stats) rise while recording: counted from
-        # their value at the start, printed in the progress lines and at the end, exit 5.
-        p = subprocess.Popen([TOOL, "record", "--tracefs=" + fake, "--seconds=2.5", "--out=" + out_path],
+        # their value at the start, printed in the progress lines and at the end, exit 5. The
+        # recording is long and ended by Ctrl-C once a progress line shows the overrun, so a slow
+        # or loaded machine cannot end it before the test's write is seen.
+        p = subprocess.Popen([TOOL, "record", "--tracefs=" + fake, "--seconds=%d" % (120 * SCALE), "--out=" + out_path],
                              stderr=subprocess.PIPE, text=True)
-        first = []
+        seen = []
         while True:
             line = p.stderr.readline()
-            check(line, f"record printed what it records before ending: {first}")
-            first.append(line)
+            check(line, f"record printed what it records before ending: {seen}")
+            seen.append(line)
             if "recording kmem:" in line:
                 break
         stats = os.path.join(fake, "per_cpu/cpu0/stats")
         with open(stats + ".new", "w") as f:
             f.write("entries: 0\noverrun: 7\ndropped events: 3\n")
         os.replace(stats + ".new", stats)  # atomic: record never reads a half-written file
-        err = "".join(first) + p.communicate(timeout=60 * SCALE)[1]
+        while True:
+            line = p.stderr.readline()
+            check(line, f"a progress line showed the overrun before the recording ended: {seen}")
+            seen.append(line)
+            if "lines/s" in line and "7 overrun, 3 dropped" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        err = "".join(seen) + p.communicate(timeout=60 * SCALE)[1]
         check(p.returncode == 5 and "7 overwritten, 3 dropped" in err, f"kernel overruns: exit 5 with the counts, got {p.returncode}: {err}")
         progress = [l for l in err.splitlines() if "lines/s" in l]
         check(progress and "lost so far:" in progress[-1], f"progress lines with lines/s and the lost counts: {err}")
