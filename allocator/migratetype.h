@@ -33,6 +33,9 @@ inline constexpr std::array<std::string_view, MIGRATE_TYPES> kMigratetypeNames =
 // migratetype_is_mergeable(): only these may merge across pageblocks of another type, and only
 // these get per-CPU lists.
 constexpr bool migratetype_is_mergeable(int mt) { return mt < MIGRATE_PCPTYPES; }
+// free_unref_page()'s choice of per-CPU list for a block in a pageblock of type `mt`: its own
+// type, HIGHATOMIC (and CMA) on MOVABLE's. (ISOLATE would bypass the lists; nothing isolates here.)
+constexpr int pcp_list_type(int mt) { return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE; }
 
 // fallbacks[MIGRATE_PCPTYPES][MIGRATE_PCPTYPES - 1] of mm/page_alloc.c (6.12: [3][2], no
 // terminator): which other types' free lists a request may take from, in order.

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "allocator/per_cpu_ring.h"
+#include "allocator/rseq.h"
 
 namespace physmem {
 namespace {
@@ -15,8 +16,27 @@ bool IsAllocated(const PageState& s) { return s.refcount != 0; }
 
 }  // namespace
 
+namespace {
+
+// The thread caches hold PagePcp blocks, so they need the per-CPU lists on in every populated
+// zone: the rings' own condition (PerCpuRings' constructor), for the constructing thread.
+bool ThreadPagesUsable(const PageAllocatorOptions& o) {
+  // init_on_free zeroes on every free, which the thread caches' free path does not do.
+  return o.thread_pages && o.pcp_enabled && !o.init_on_free && PHYSMEM_RSEQ_X86_64 && RseqRegistered() &&
+         MembarrierRseqReady();
+}
+
+}  // namespace
+
 PageAllocator::PageAllocator(PageAllocatorOptions options)
-    : options_(std::move(options)), target_(options_.target), vm_events_(target_.nr_page_orders()) {}
+    : options_(std::move(options)),
+      target_(options_.target),
+      vm_events_(target_.nr_page_orders()),
+      thread_pages_(ThreadPagesUsable(options_), [this](ZoneType z, std::span<Page* const> blocks) {
+        std::vector<uint32_t> idx;
+        for (Page* p : blocks) idx.push_back(mem_map_->index_of(p));
+        zone(z)->FreeBlocksToBuddy(idx.data(), static_cast<uint32_t>(idx.size()), 0);
+      }) {}
 
 PageAllocator::~PageAllocator() = default;
 
@@ -112,6 +132,12 @@ absl::Status PageAllocator::Init() {
     fast_served[h] = first_zone_[h] ? static_cast<int8_t>(first_zone_[h]->type()) : -1;
   }
   vm_events_.SetFastPathZones(fast_served);  // the fast path counts by preferred zone only
+  if (thread_pages_.enabled()) {
+    page_tags_ = std::make_unique<std::atomic<uint8_t>[]>(mem_map_->nr_pages());
+    for (auto& z : zones_) {
+      if (z) z->AttachPageTags(page_tags_.get());
+    }
+  }
   for (unsigned bits = 0; bits < 16; ++bits) {
     gfp_zone_table_[bits] = ValidateGfp(bits).ok() ? gfp_zone(bits, target_.zone_configured) : -1;
   }
@@ -478,7 +504,7 @@ std::optional<Refusal> PageAllocator::FreeBlock(Page* page, unsigned order, uint
     // before the block can be handed out again.
     std::memset(arena_->base() + (uint64_t{idx} << target_.page_shift), 0, uint64_t{1} << (order + target_.page_shift));
   }
-  FreeToZone(zn, zt, idx, order);
+  FreeToZone(zn, zt, page, idx, order);
   return std::nullopt;
 }
 
@@ -649,7 +675,7 @@ std::optional<Refusal> PageAllocator::TryKunmap(Page* page, uint32_t owner) {
 }
 
 uint64_t PageAllocator::drain_all_pages() {
-  uint64_t pages = 0;
+  uint64_t pages = thread_pages_.DrainAll();
   for (auto& z : zones_) {
     if (z) pages += z->DrainAllPcp();
   }
@@ -664,6 +690,10 @@ VmEventCounts PageAllocator::VmEvents() const {
   for (const auto& z : zones_) {
     if (!z) continue;
     for (unsigned o = 0; o < NR_PCP_ORDERS && o < c.nr_orders; ++o) c.free[z->type() * c.nr_orders + o] += z->PcpFrees(o);
+    // The thread caches count their own order-0 allocations and frees.
+    const ThreadPagesStats t = thread_pages_.Stats(z->type());
+    c.free[z->type() * c.nr_orders] += t.frees;
+    for (int k = 0; k < kNrGfpClasses; ++k) c.alloc[z->type() * c.nr_orders * kNrGfpClasses + k] += t.hits_by_class[k];
   }
   return c;
 }
@@ -671,7 +701,11 @@ VmEventCounts PageAllocator::VmEvents() const {
 std::vector<ZoneStats> PageAllocator::Stats() const {
   std::vector<ZoneStats> out;
   for (const auto& z : zones_) {
-    if (z) out.push_back(z->Stats());
+    if (!z) continue;
+    ZoneStats& s = out.emplace_back(z->Stats());
+    s.thread_pages = thread_pages_.Stats(z->type());
+    s.pcp_pages += s.thread_pages.count;
+    s.free_pages += s.thread_pages.count;
   }
   return out;
 }
@@ -699,6 +733,31 @@ std::string PageAllocator::Pagetypeinfo() const {
   return FormatPagetypeinfo(zones);
 }
 
+// The thread caches' blocks: order 0 in PagePcp state, in the zone they are cached for, on no
+// other list.
+absl::Status PageAllocator::ValidateThreadPages(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const {
+  std::vector<std::pair<ZoneType, Page*>> cached;
+  thread_pages_.Snapshot(&cached);
+  for (const auto& [zt, page] : cached) {
+    if (!mem_map_->owns(page)) {
+      return absl::InternalError(absl::StrFormat("a thread cache of zone %s holds %p, not a struct page of this "
+                                                 "allocator", zone_name(zt), static_cast<const void*>(page)));
+    }
+    const uint32_t idx = mem_map_->index_of(page);
+    const uint64_t pfn = mem_map_->index_to_pfn(idx);
+    const uint64_t word = mem_map_->page(idx).state.load(std::memory_order_relaxed);
+    if (ZoneOfIndex(idx) != zt || word != PageState::Pcp(0) || seen[idx]) {
+      return absl::InternalError(absl::StrFormat("pfn %#x in a thread cache of zone %s: zone %s, state %#x (want "
+                                                 "PagePcp order 0), %s",
+                                                 pfn, zone_name(zt), zone_name(ZoneOfIndex(idx)), word,
+                                                 seen[idx] ? "also on another free list" : "on no other list"));
+    }
+    seen[idx] = 1;
+    ++*pcp_pages;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PageCensus> PageAllocator::Validate() const {
   PageCensus c;
   c.total_pages = mem_map_->nr_pages();
@@ -711,6 +770,7 @@ absl::StatusOr<PageCensus> PageAllocator::Validate() const {
     c.pcp_pages += pcp_pages;
     c.buddy_free_pages += z->buddy_free_pages();
   }
+  status.Update(ValidateThreadPages(seen, &c.pcp_pages));
   if (!status.ok()) return status;
   // Every page not on a free list must belong to exactly one allocated block.
   for (const Segment& seg : mem_map_->segments()) {

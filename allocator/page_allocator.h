@@ -50,6 +50,7 @@
 #include "allocator/refusal.h"
 #include "allocator/stats.h"
 #include "allocator/target.h"
+#include "allocator/thread_pages.h"
 #include "allocator/vm_event.h"
 #include "allocator/watermark.h"
 #include "allocator/zone.h"
@@ -66,6 +67,10 @@ struct PageAllocatorOptions {
   bool pcp_enabled = true;  // false: every allocation takes the zone lock (the mutex-buddy baseline)
   uint32_t pcp_batch = 0;   // 0: zone_batchsize()
   uint32_t pcp_high = 0;    // 0: zone_highsize()
+  // Per-thread caches of order-0 blocks in front of the per-CPU lists (allocator/thread_pages.h):
+  // an in-process pair without a restartable sequence. Off by default: the kernel has no such
+  // level, and /proc/zoneinfo's per-CPU counts do not show what they hold.
+  bool thread_pages = false;
   int nr_cpus = 0;          // 0: the machine's possible CPUs
   // false: page_group_by_mobility_disabled, as the kernel sets it for small machines: every
   // pageblock and request is UNMOVABLE and claims always succeed. true: grouping on unless the
@@ -236,6 +241,7 @@ class PageAllocator {
   Arena& arena() { return *arena_; }  // Prefault() for benchmarks
   const MemMap& mem_map() const { return *mem_map_; }
   bool pcp_active() const;  // per-CPU lists on (requested, and rseq usable in this process)
+  bool thread_pages_active() const { return thread_pages_.enabled(); }  // options.thread_pages, and usable
   std::vector<ZoneStats> Stats() const;  // configured zones, lowest first
   std::string Buddyinfo() const;         // /proc/buddyinfo text, populated zones only
   std::string Pagetypeinfo() const;      // /proc/pagetypeinfo text (FormatPagetypeinfo())
@@ -294,7 +300,11 @@ class PageAllocator {
   // Zone::FreeBlock() of a claimed block, and its vm event: a block that went onto a per-CPU list
   // is counted by the list's own push count (VmEvents() adds those), any other here. Every free
   // path ends here, so the count is exact whichever path freed.
-  void FreeToZone(Zone* zn, ZoneType zt, uint32_t idx, unsigned order);
+  void FreeToZone(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order);
+  absl::Status ValidateThreadPages(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const;
+  // The trusted free's claim of a block whose state is `word`: a plain store of `free_word`, or
+  // in PHYSMEM_DCHECK builds the checked free's CAS, dying if another caller freed it meanwhile.
+  void ClaimTrusted(Page* page, uint64_t word, uint64_t free_word, uint32_t idx, unsigned order, uint32_t owner);
   // TryKmap's and TryKunmap's check: the page lies in a block `owner` holds.
   std::optional<Refusal> CheckKmapOwner(uint32_t idx, uint32_t owner, std::string_view call) const;
 
@@ -312,6 +322,11 @@ class PageAllocator {
   // The first populated zone of each zonelist (by highest zone): where the fast path looks.
   std::array<Zone*, MAX_NR_ZONES> first_zone_{};
   std::unique_ptr<PkmapWindow> pkmap_;
+  // After zones_: destroyed first, so a thread leaving it never finds the zones gone. In place:
+  // the fast path reaches its id with no load of a pointer.
+  ThreadPages thread_pages_;
+  // PageTag() of every page (Pageblocks::AttachPageTags()), when thread pages are on; else null.
+  std::unique_ptr<std::atomic<uint8_t>[]> page_tags_;
   uint64_t lowmem_end_pfn_ = 0;
   unsigned pageblock_order_ = 0;
   bool group_by_mobility_disabled_ = false;

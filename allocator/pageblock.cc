@@ -39,7 +39,29 @@ bool Pageblocks::Set(uint64_t pfn, int mt) {
   std::atomic<uint8_t>& slot = types_[Slot(pfn)];
   if (slot.load(std::memory_order_relaxed) == mt) return false;
   slot.store(static_cast<uint8_t>(mt), std::memory_order_relaxed);
+  if (tags_ != nullptr) WritePageTags(start_of(pfn), mt);
   return true;
+}
+
+void Pageblocks::AttachPageTags(std::atomic<uint8_t>* tags, const std::vector<Segment>& segments, ZoneType zone) {
+  tags_ = tags;
+  tag_segments_ = segments;
+  tag_zone_ = zone;
+  for (const Segment& seg : tag_segments_) {
+    for (uint64_t pfn = seg.start_pfn; pfn < seg.end_pfn; ++pfn) {
+      tags_[seg.index_of(pfn)].store(PageTag(zone, pcp_list_type(Get(pfn))), std::memory_order_relaxed);
+    }
+  }
+}
+
+void Pageblocks::WritePageTags(uint64_t block_start_pfn, int mt) {
+  const uint8_t tag = PageTag(tag_zone_, pcp_list_type(mt));
+  const uint64_t block_end_pfn = block_start_pfn + nr_pages();
+  for (const Segment& seg : tag_segments_) {
+    const uint64_t lo = std::max(seg.start_pfn, block_start_pfn);
+    const uint64_t hi = std::min(seg.end_pfn, block_end_pfn);
+    for (uint64_t pfn = lo; pfn < hi; ++pfn) tags_[seg.index_of(pfn)].store(tag, std::memory_order_relaxed);
+  }
 }
 
 }  // namespace physmem

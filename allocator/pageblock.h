@@ -20,8 +20,12 @@
 #include <cstdint>
 #include <memory>
 
+#include <vector>
+
+#include "allocator/mem_map.h"
 #include "allocator/migratetype.h"
 #include "allocator/target.h"
+#include "allocator/zone_type.h"
 
 namespace physmem {
 
@@ -32,6 +36,11 @@ namespace physmem {
 // profile decides) and 22 without (the PMD folds into PGDIR_SHIFT). A profile's override
 // (Target::pageblock_order_override, validated by ValidateTarget()) wins.
 unsigned PageblockOrder(const Target& t);
+
+// A page's tag (Pageblocks::AttachPageTags()): its zone and the per-CPU list type of its
+// pageblock, which is what names a per-thread cache's list.
+constexpr uint8_t PageTag(ZoneType zone, int pcp_type) { return static_cast<uint8_t>(zone << 2 | pcp_type); }
+constexpr ZoneType PageTagZone(uint8_t tag) { return static_cast<ZoneType>(tag >> 2); }
 
 class Pageblocks {
  public:
@@ -53,6 +62,14 @@ class Pageblocks {
   // stored as UNMOVABLE, as in the kernel. Zone lock held. Returns whether the type changed.
   bool Set(uint64_t pfn, int mt);
 
+  // Page tags: a per-page mirror of the types, indexed by page index, for the per-thread page
+  // caches (thread_pages.h), whose free path must name a block's list without finding its zone
+  // and pageblock first: tag = PageTag(zone, pcp_list_type(type)), the kernel's page_zonenum()
+  // and get_pfnblock_migratetype() in one byte load. Attach fills this zone's pages (given by
+  // `segments`) and makes Set() keep them; readers load them relaxed, as Get() (a stale tag only
+  // puts the block on another type's list, as a stale type does in free_unref_page()).
+  void AttachPageTags(std::atomic<uint8_t>* tags, const std::vector<Segment>& segments, ZoneType zone);
+
  private:
   uint64_t Slot(uint64_t pfn) const { return (pfn - base_pfn_) >> order_; }
 
@@ -61,6 +78,11 @@ class Pageblocks {
   bool grouping_disabled_;
   uint64_t nr_blocks_;
   std::unique_ptr<std::atomic<uint8_t>[]> types_;
+  // AttachPageTags(): where Set() mirrors a change (tags_ null: nowhere).
+  void WritePageTags(uint64_t block_start_pfn, int mt);
+  std::atomic<uint8_t>* tags_ = nullptr;
+  std::vector<Segment> tag_segments_;
+  ZoneType tag_zone_ = ZONE_NORMAL;
 };
 
 }  // namespace physmem

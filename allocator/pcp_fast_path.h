@@ -29,7 +29,12 @@ inline ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
   return idx < zone_index_end_[ZONE_NORMAL] ? ZONE_NORMAL : ZONE_HIGHMEM;
 }
 
-inline void PageAllocator::FreeToZone(Zone* zn, ZoneType zt, uint32_t idx, unsigned order) {
+inline void PageAllocator::FreeToZone(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order) {
+  // An order-0 block goes to the thread's cache first when thread pages are on; its push count
+  // counts the free, as a ring's does.
+  if (order == 0 && thread_pages_.enabled() && thread_pages_.Push(page_tags_[idx].load(std::memory_order_relaxed), head)) {
+    return;
+  }
   if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);
 }
 
@@ -41,20 +46,31 @@ inline int PageAllocator::AllocMigratetype(gfp_t gfp) const {
 
 inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   // The fast path: a pcp order without __GFP_ZERO/__GFP_COMP, the zonelist's first zone passes
-  // the LOW watermark and the current CPU's list of this migratetype has a block. Two atomic
-  // loads, one restartable sequence and one store; anything else (bad arguments included) goes
-  // to AllocFromFreelist(), which validates.
+  // the LOW watermark and the thread's cache (thread pages on, order 0) or the current CPU's list
+  // of this migratetype has a block. Two atomic loads, a few thread-local loads and stores or one
+  // restartable sequence, and one store; anything else (bad arguments included) goes to
+  // AllocFromFreelist(), which validates.
   if (order <= pcp_max_order_ && (gfp & (~kGfpKnownMask | __GFP_ZERO | __GFP_COMP)) == 0) [[likely]] {
     const int8_t highest = gfp_zone_table_[gfp & GFP_ZONEMASK];
     const int mt = AllocMigratetype(gfp);
     Zone* zn = highest >= 0 ? first_zone_[highest] : nullptr;
     uint32_t idx;
     if (zn != nullptr && mt < MIGRATE_PCPTYPES && (allowed_zones & (1u << zn->type())) &&
-        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest)) && zn->PcpPop(order, mt, &idx)) [[likely]] {
-      Page& head = mem_map_->page(idx);
-      head.state.store(PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE), std::memory_order_release);
-      vm_events_.CountFastAlloc(static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
-      return &head;
+        zn->FastWatermarkOk(order, static_cast<ZoneType>(highest))) [[likely]] {
+      const uint64_t allocated = PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE);
+      // The thread's cache first (it counts its own hits as the vm event), then the CPU's list.
+      Page* head;
+      if (order == 0 && thread_pages_.enabled() &&
+          thread_pages_.Pop(PageTag(zn->type(), mt), gfp_class_index(gfp), &head)) [[likely]] {
+        head->state.store(allocated, std::memory_order_release);
+        return head;
+      }
+      if (zn->PcpPop(order, mt, &idx)) [[likely]] {
+        head = &mem_map_->page(idx);
+        head->state.store(allocated, std::memory_order_release);
+        vm_events_.CountFastAlloc(static_cast<ZoneType>(highest), order, gfp_class_index(gfp));
+        return head;
+      }
     }
   }
   return AllocFromFreelist(gfp, order, owner, allowed_zones);
@@ -75,7 +91,7 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
       // The CAS makes a double free harmless: of two racing frees, one finds the state changed
       // (and FreePagesSlow() refuses it). seq_cst as in FreeBlock() (free on x86).
       if (page->state.compare_exchange_strong(word, zn->FreeState(order), std::memory_order_seq_cst)) [[likely]] {
-        FreeToZone(zn, zt, idx, order);
+        FreeToZone(zn, zt, page, idx, order);
         return absl::OkStatus();
       }
     }
@@ -96,30 +112,8 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
   internal::DcheckFailed("trusted free of an allocated block of this owner and order", __FILE__, __LINE__, message);
 }
 
-inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned order, uint32_t owner) {
-  PHYSMEM_DCHECK(page != nullptr && mem_map_->owns(page), "__free_pages_trusted: not a struct page of this allocator");
-  const uint32_t idx = mem_map_->index_of(page);
-  const ZoneType zt = ZoneOfIndex(idx);
-  Zone* const zn = zone(zt);
-  uint64_t word = page->state.load(std::memory_order_relaxed);
-  if constexpr (kPhysmemDchecks) {
-    // What the caller promises, checked where tests run: the head of an allocated block of this
-    // order and owner (free_pages_prepare()'s bad-page checks, and our owner).
-    const PageState s = PageState::Unpack(word);
-    const char* broken = (s.flags & PG_tail) ? "a tail page"
-                         : s.refcount == 0   ? "not allocated (double free?)"
-                         : s.owner != owner  ? "another owner's block"
-                         : s.order != order  ? "wrong order"
-                                             : nullptr;
-    if (broken != nullptr) TrustedFreeViolated(mem_map_->index_to_pfn(idx), word, order, owner, broken);
-  }
-  if (zt == ZONE_HIGHMEM || (word & PG_head) || options_.init_on_free) [[unlikely]] {
-    // The rare shapes take the checked free: it pairs with kmap() (a mapped highmem page is
-    // refused, which no book can promise against), clears compound tails and zeroes for
-    // init_on_free. Its checks pass for a caller that kept the contract.
-    return __free_pages(page, order, owner);
-  }
-  const uint64_t free_word = zn->FreeState(order);
+inline void PageAllocator::ClaimTrusted(Page* page, uint64_t word, uint64_t free_word, uint32_t idx, unsigned order,
+                                       uint32_t owner) {
   if constexpr (kPhysmemDchecks) {
     // Claimed with the checked free's CAS here, so that two racing trusted frees of one block
     // (a broken book) die in the tests instead of listing the block twice.
@@ -131,7 +125,45 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
     // store does; release orders the caller's writes to the block before its reuse.
     page->state.store(free_word, std::memory_order_release);
   }
-  FreeToZone(zn, zt, idx, order);
+}
+
+inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned order, uint32_t owner) {
+  PHYSMEM_DCHECK(page != nullptr && mem_map_->owns(page), "__free_pages_trusted: not a struct page of this allocator");
+  const uint32_t idx = mem_map_->index_of(page);
+  const uint64_t word = page->state.load(std::memory_order_relaxed);
+  if constexpr (kPhysmemDchecks) {
+    // What the caller promises, checked where tests run: the head of an allocated block of this
+    // order and owner (free_pages_prepare()'s bad-page checks, and our owner).
+    const PageState s = PageState::Unpack(word);
+    const char* broken = (s.flags & PG_tail) ? "a tail page"
+                         : s.refcount == 0   ? "not allocated (double free?)"
+                         : s.owner != owner  ? "another owner's block"
+                         : s.order != order  ? "wrong order"
+                                             : nullptr;
+    if (broken != nullptr) TrustedFreeViolated(mem_map_->index_to_pfn(idx), word, order, owner, broken);
+  }
+  if (order == 0 && thread_pages_.enabled()) [[likely]] {
+    // The thread's cache: the page's tag names its zone and list without finding either.
+    const uint8_t tag = page_tags_[idx].load(std::memory_order_relaxed);
+    if (PageTagZone(tag) != ZONE_HIGHMEM && !(word & PG_head)) [[likely]] {
+      ClaimTrusted(page, word, PageState::Pcp(0), idx, order, owner);  // thread pages imply pcp
+      if (!thread_pages_.Push(tag, page)) [[unlikely]] {
+        const ZoneType zt = PageTagZone(tag);
+        if (!zone(zt)->FreeBlock(idx, 0)) vm_events_.CountFree(zt, 0);
+      }
+      return absl::OkStatus();
+    }
+  }
+  const ZoneType zt = ZoneOfIndex(idx);
+  Zone* const zn = zone(zt);
+  if (zt == ZONE_HIGHMEM || (word & PG_head) || options_.init_on_free) [[unlikely]] {
+    // The rare shapes take the checked free: it pairs with kmap() (a mapped highmem page is
+    // refused, which no book can promise against), clears compound tails and zeroes for
+    // init_on_free. Its checks pass for a caller that kept the contract.
+    return __free_pages(page, order, owner);
+  }
+  ClaimTrusted(page, word, zn->FreeState(order), idx, order, owner);
+  FreeToZone(zn, zt, page, idx, order);
   return absl::OkStatus();
 }
 

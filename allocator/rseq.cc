@@ -92,6 +92,17 @@ int FenceCpu(int cpu) {
   return 0;
 }
 
+bool MembarrierExpeditedReady() {
+  static const bool ready = [] {
+    const long supported = Membarrier(MEMBARRIER_CMD_QUERY, 0, 0);
+    if (supported < 0 || (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
+    return Membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  }();
+  return ready;
+}
+
+int FenceAllThreads() { return Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0 ? -errno : 0; }
+
 int NumPossibleCpus() {
   std::ifstream in("/sys/devices/system/cpu/possible");
   std::string list;

@@ -144,6 +144,17 @@ bool MembarrierRseqReady();
 // there). Returns -errno on failure (-EPERM if MembarrierRseqReady() was never true).
 int FenceCpu(int cpu);
 
+// True once the process is registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED (queried and
+// registered by the first call). The per-thread page caches (thread_pages.h) need it to fence
+// their owners' fast paths.
+bool MembarrierExpeditedReady();
+
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): when it returns 0, every thread of this process
+// that was running has executed a full memory barrier (threads not running pass one at their next
+// context switch). The heavy side of an asymmetric Dekker whose light side uses only compiler
+// barriers (tcmalloc's and userspace RCU's pattern). -errno on failure.
+int FenceAllThreads();
+
 // Number of CPU ids the kernel may ever use (max id in /sys/devices/system/cpu/possible + 1;
 // fallback get_nprocs_conf()). Size per-CPU arrays with this, not with the online count.
 int NumPossibleCpus();

@@ -16,6 +16,7 @@
 
 #include "allocator/migratetype.h"
 #include "allocator/per_cpu_pages.h"
+#include "allocator/thread_pages.h"
 #include "allocator/watermark.h"
 #include "allocator/zone_type.h"
 
@@ -57,7 +58,8 @@ struct ZoneStats {
   std::vector<uint64_t> nr_free;                          // buddyinfo: free blocks per order
   uint32_t pcp_batch = 0;
   uint32_t pcp_high = 0;
-  std::vector<PcpCpuStats> pcp;  // one per CPU
+  std::vector<PcpCpuStats> pcp;  // one per CPU (the rings; pcp_pages adds thread_pages.count)
+  ThreadPagesStats thread_pages;  // per-thread caches in front of the lists (off unless asked for)
   // Mobility grouping (allocator/buddy.h, pageblock.h).
   unsigned pageblock_order = 0;
   bool group_by_mobility_disabled = false;  // page_group_by_mobility_disabled

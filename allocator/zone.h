@@ -119,6 +119,14 @@ class Zone {
   // The buddy-only path (pcp bypassed), used for non-pcp orders and as the fallback.
   std::optional<uint32_t> RmqueueBuddy(unsigned order, int mt, unsigned alloc_flags);
   void FreeToBuddy(uint32_t idx, unsigned order);
+  // free_pcppages_bulk(): n blocks of `order` (claimed, off every list) back to the buddy in one
+  // lock hold.
+  void FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order);
+  // Starts the per-page mirror of this zone's pageblock types that the thread caches read
+  // (Pageblocks::AttachPageTags()). Before the zone serves anything.
+  void AttachPageTags(std::atomic<uint8_t>* tags) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    pageblocks_.AttachPageTags(tags, config_.segments, config_.type);
+  }
 
   // reserve_highatomic_pageblock() after a successful ALLOC_HIGHATOMIC allocation of `idx`.
   void ReserveHighatomic(uint32_t idx, unsigned order);
@@ -155,20 +163,18 @@ class Zone {
     const Segment& s = config_.segments.front();  // most zones are one segment
     return s.contains_index(idx) ? s.pfn_of(idx) : buddy_.pfn_of(idx);
   }
-  // free_unref_page(): the per-CPU list a freed block joins is its pageblock's type, HIGHATOMIC
-  // (and CMA) on MOVABLE's. (ISOLATE would bypass the lists; nothing isolates here.)
-  // The first segment's pages (most zones have one) find their pageblock from the page index
+  // free_unref_page(): the per-CPU list a freed block joins is its pageblock's type
+  // (pcp_list_type(): HIGHATOMIC on MOVABLE's). The first segment's pages (most zones have one) find their pageblock from the page index
   // alone: offset from the pageblocks' base = idx + first_seg_pb_bias_ (precomputed, modulo 2^64).
   int PcpFreeType(uint32_t idx) const {
     const int mt = idx - first_seg_index_ < first_seg_pages_ ? pageblocks_.GetAtOffset(idx + first_seg_pb_bias_)
                                                              : pageblocks_.Get(PfnOf(idx));
-    return mt < MIGRATE_PCPTYPES ? mt : MIGRATE_MOVABLE;
+    return pcp_list_type(mt);
   }
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);  // copies buddy counts into the lock-free mirrors
   bool FreeBlockSlow(uint32_t idx, unsigned order);
   std::optional<uint32_t> RefillAndTake(unsigned order, int mt, unsigned alloc_flags);
   void DrainBatch(unsigned order, int mt);
-  void FreeBlocksToBuddy(const uint32_t* idx, uint32_t n, unsigned order);
 
   const MemMap& mem_map_;
   ZoneConfig config_;

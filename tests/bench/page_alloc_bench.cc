@@ -4,6 +4,8 @@
 // one back end per process, selected by --mode:
 //   physmem         PageAllocator on BuiltinTarget("x86_64", 2 GiB), per-CPU lists on; besides the
 //                   workloads below, order0_pair_trusted frees with __free_pages_trusted()
+//   physmem_thread  the same with thread_pages = true: per-thread order-0 caches in front of the
+//                   per-CPU lists (allocator/thread_pages.h)
 //   physmem_nopcp   the same with pcp_enabled = false: every call takes the zone lock (the
 //                   mutex-protected buddy baseline)
 //   malloc_page     aligned_alloc(4096, size): a general-purpose allocator asked for page-aligned
@@ -344,13 +346,14 @@ uint64_t RssBytes() {
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-PageAllocatorOptions Options(uint64_t mem_bytes, bool pcp) {
+PageAllocatorOptions Options(uint64_t mem_bytes, bool pcp, bool thread_pages = false) {
   absl::StatusOr<Target> target = BuiltinTarget("x86_64", mem_bytes);
   if (!target.ok()) Die(absl::StrCat("BuiltinTarget: ", target.status().ToString()));
   PageAllocatorOptions o;
   o.target = *std::move(target);
   o.arena_backing = ArenaOptions::Backing::kBest;
   o.pcp_enabled = pcp;  // pcp_batch / pcp_high stay 0: the kernel's defaults
+  o.thread_pages = thread_pages;
   return o;
 }
 
@@ -410,16 +413,17 @@ int Main(int argc, char** argv) {
       startup_gib = std::strtoull(argv[i] + 14, nullptr, 10);
     } else {
       Die(absl::StrCat("unknown argument '", std::string(a),
-                       "'; expected --mode=physmem|physmem_nopcp|malloc_page|malloc_natural|startup "
+                       "'; expected --mode=physmem|physmem_thread|physmem_nopcp|malloc_page|malloc_natural|startup "
                        "[--startup_gib=N] and --benchmark_* flags"));
     }
   }
   if (mode == "startup") return RunStartup(startup_gib);
 
   std::unique_ptr<PageAllocator> pa;
-  if (mode == "physmem" || mode == "physmem_nopcp") {
-    const bool pcp = mode == "physmem";
-    absl::StatusOr<std::unique_ptr<PageAllocator>> created = PageAllocator::Create(Options(2 * kGiB, pcp));
+  if (mode == "physmem" || mode == "physmem_thread" || mode == "physmem_nopcp") {
+    const bool pcp = mode != "physmem_nopcp";
+    absl::StatusOr<std::unique_ptr<PageAllocator>> created =
+        PageAllocator::Create(Options(2 * kGiB, pcp, /*thread_pages=*/mode == "physmem_thread"));
     if (!created.ok()) Die(absl::StrCat("PageAllocator::Create: ", created.status().ToString()));
     pa = *std::move(created);
     g_pa = pa.get();
@@ -439,7 +443,7 @@ int Main(int argc, char** argv) {
   } else if (mode == "malloc_natural") {
     RegisterAll<MallocBackend<true>>(/*physmem=*/false);
   } else {
-    Die(absl::StrCat("--mode='", mode, "'; expected physmem, physmem_nopcp, malloc_page, malloc_natural or startup"));
+    Die(absl::StrCat("--mode='", mode, "'; expected physmem, physmem_thread, physmem_nopcp, malloc_page, malloc_natural or startup"));
   }
   benchmark::AddCustomContext("mode", mode);
   benchmark::AddCustomContext("malloc", MallocImplementation());

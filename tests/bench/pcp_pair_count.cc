@@ -33,6 +33,7 @@
 
 extern "C" bool __wrap__ZN7physmem14RseqRegisteredEv() { return true; }
 extern "C" bool __wrap__ZN7physmem19MembarrierRseqReadyEv() { return true; }
+extern "C" bool __wrap__ZN7physmem24MembarrierExpeditedReadyEv() { return true; }
 
 namespace physmem {
 namespace {
@@ -58,9 +59,11 @@ template <bool kTrusted>
 
 int main(int argc, char** argv) {
   using namespace physmem;
-  if (argc != 3 || (std::strcmp(argv[1], "checked") != 0 && std::strcmp(argv[1], "trusted") != 0)) {
-    Die("usage: pcp_pair_count checked|trusted PAIRS");
+  if ((argc != 3 && argc != 4) || (std::strcmp(argv[1], "checked") != 0 && std::strcmp(argv[1], "trusted") != 0) ||
+      (argc == 4 && std::strcmp(argv[3], "thread_pages") != 0)) {
+    Die("usage: pcp_pair_count checked|trusted PAIRS [thread_pages]");
   }
+  const bool thread_pages = argc == 4;
   const bool trusted = std::strcmp(argv[1], "trusted") == 0;
   const long pairs = std::atol(argv[2]);
 #if PHYSMEM_RSEQ_X86_64
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
   if (!target.ok()) Die("BuiltinTarget");
   PageAllocatorOptions o;
   o.target = *std::move(target);
+  o.thread_pages = thread_pages;
   absl::StatusOr<std::unique_ptr<PageAllocator>> pa = PageAllocator::Create(std::move(o));
   if (!pa.ok()) Die("Create");
   // Warm-up: the first pair refills the list from the buddy.
@@ -85,6 +89,8 @@ int main(int argc, char** argv) {
   uint64_t hits = 0;
   for (const ZoneStats& z : (*pa)->Stats()) {
     for (const PcpCpuStats& c : z.pcp) hits += c.hits;
+    hits += z.thread_pages.hits;
+    if (z.thread_pages.hits) std::printf("zone %s: thread-cache hits %lu\n", std::string(zone_name(z.type)).c_str(), static_cast<unsigned long>(z.thread_pages.hits));
   }
   std::printf("%s pairs %ld: pcp hits %lu\n", argv[1], pairs, static_cast<unsigned long>(hits));
   return hits >= static_cast<uint64_t>(pairs) ? 0 : 1;
