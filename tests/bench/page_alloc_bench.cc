@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -317,10 +318,27 @@ void BM_ControlAlu(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// Third control: the checked free's claim alone, one uncontended compare-and-swap (lock cmpxchg)
+// of a word in L1 per iteration, as __free_pages() and the kernel's put_page_testzero() each do
+// once per free. The floor under any checked pair that must refuse a racing double free.
+void BM_ControlCas(benchmark::State& state) {
+  ScopedPinThread pin(state);
+  alignas(64) std::atomic<uint64_t> word{0};
+  uint64_t expected = 0;
+  for (auto _ : state) {
+    word.compare_exchange_strong(expected, expected + 1, std::memory_order_seq_cst);
+    ++expected;
+  }
+  benchmark::DoNotOptimize(expected);
+  state.SetItemsProcessed(state.iterations());
+  state.counters["pairs_per_iteration"] = 1;  // one CAS; scripts/bench.sh then reports CPU ns per CAS
+}
+
 template <class B>
 void RegisterAll(bool physmem) {
   benchmark::RegisterBenchmark("control_spin", BM_ControlSpin)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("control_alu", BM_ControlAlu)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
+  benchmark::RegisterBenchmark("control_cas", BM_ControlCas)->Threads(1)->UseRealTime();
   benchmark::RegisterBenchmark("order0_pair", BM_Pair<B>)->Arg(0)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
   benchmark::RegisterBenchmark("order_pair", BM_Pair<B>)->DenseRange(1, kMaxOrder)->UseRealTime();
   for (int n : kBatchSizes) benchmark::RegisterBenchmark("batch", BM_Batch<B>)->Arg(n)->UseRealTime();
