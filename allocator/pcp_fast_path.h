@@ -61,7 +61,7 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
       // The thread's cache first (it counts its own hits as the vm event), then the CPU's list.
       Page* head;
       if (order == 0 && thread_pages_.enabled() &&
-          thread_pages_.Pop(PageTag(zn->type(), mt), gfp_class_index(gfp), &head)) [[likely]] {
+          thread_pages_.Pop(PageTag(zn->type(), mt), zn->type(), gfp_class_index(gfp), &head)) [[likely]] {
         head->state.store(allocated, std::memory_order_release);
         return head;
       }

@@ -107,7 +107,7 @@ bool ThreadPages::BindAndPush(uint8_t tag, Page* page) {
 std::vector<std::pair<ZoneType, Page*>> ThreadPages::TakeAllLocked(Cache* c) {
   std::vector<std::pair<ZoneType, Page*>> blocks;
   const uint32_t n = c->count.load(std::memory_order_relaxed);
-  for (uint32_t i = 0; i < n; ++i) {
+  for (uint32_t i = 1; i <= n; ++i) {
     const ZoneType zt = PageTagZone(c->tag[i].load(std::memory_order_relaxed));
     blocks.emplace_back(zt, c->page[i].load(std::memory_order_relaxed));
     ++taken_[zt];
@@ -170,7 +170,7 @@ void ThreadPages::Snapshot(std::vector<std::pair<ZoneType, Page*>>* out) const {
   MutexLock l(&mu_);
   for (const Cache* c : caches_) {
     const uint32_t n = std::min(c->count.load(std::memory_order_acquire), kMaxBlocks);
-    for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t i = 1; i <= n; ++i) {
       out->emplace_back(PageTagZone(c->tag[i].load(std::memory_order_relaxed)), c->page[i].load(std::memory_order_relaxed));
     }
   }
@@ -184,7 +184,7 @@ ThreadPagesStats ThreadPages::Stats(ZoneType zt) const {
   s.hits_by_class = left_hits_[zt];
   for (const Cache* c : caches_) {
     const uint32_t n = std::min(c->count.load(std::memory_order_relaxed), kMaxBlocks);
-    for (uint32_t i = 0; i < n; ++i) s.count += PageTagZone(c->tag[i].load(std::memory_order_relaxed)) == zt;
+    for (uint32_t i = 1; i <= n; ++i) s.count += PageTagZone(c->tag[i].load(std::memory_order_relaxed)) == zt;
     for (int k = 0; k < kNrGfpClasses; ++k) s.hits_by_class[k] += c->hits[zt][k].load(std::memory_order_relaxed);
   }
   for (uint64_t h : s.hits_by_class) s.hits += h;

@@ -94,7 +94,7 @@ class ThreadPages {
   // back by Stats()); false when the top is another list's or there is none. Push: false when the
   // LIFO is full. Both fail when the thread's cache serves another allocator or none (Push then
   // binds it, on its slow path) or a drain holds it.
-  bool Pop(uint8_t tag, int gfp_class, Page** page);
+  bool Pop(uint8_t tag, ZoneType zt, int gfp_class, Page** page);  // zt == PageTagZone(tag)
   bool Push(uint8_t tag, Page* page);
 
   // drain_all_pages(): every thread's blocks back to the buddy (through GiveBack). Returns pages.
@@ -113,10 +113,13 @@ class ThreadPages {
     std::atomic<uint64_t> owner;  // id_ it serves (| kDrainBit while drained); 0: none
     std::atomic<uint32_t> busy;
     std::atomic<uint32_t> count;
-    std::atomic<uint8_t> tag[kMaxBlocks];  // PageTag() of each block
-    std::atomic<Page*> page[kMaxBlocks];   // the blocks, bottom first
+    // The blocks are page[1..count] with their PageTag()s, bottom first; slot 0 holds kNoTag, so
+    // that an empty LIFO fails the top's tag compare like a mismatch (no separate test).
+    std::atomic<uint8_t> tag[kMaxBlocks + 1] = {kNoTag};
+    std::atomic<Page*> page[kMaxBlocks + 1];
     std::atomic<uint64_t> hits[MAX_NR_ZONES][kNrGfpClasses];  // written by the owner only
   };
+  static constexpr uint8_t kNoTag = 0xff;  // no PageTag() is: zones < 4, list types < 3
   static constexpr uint64_t kDrainBit = uint64_t{1} << 63;
   static constinit thread_local Cache tls_cache_;
 
@@ -170,17 +173,17 @@ inline uint64_t ThreadPages::Owner() {
 #endif
 }
 
-inline bool ThreadPages::Pop(uint8_t tag, int gfp_class, Page** page) {
+inline bool ThreadPages::Pop(uint8_t tag, ZoneType zt, int gfp_class, Page** page) {
   EnterBusy();
   const uint32_t n = tls_cache_.count.load(std::memory_order_relaxed);
-  const bool ok = Owner() == id_ && n != 0 && tls_cache_.tag[n - 1].load(std::memory_order_relaxed) == tag;
+  const bool ok = Owner() == id_ && tls_cache_.tag[n].load(std::memory_order_relaxed) == tag;
   if (ok) [[likely]] {
-    *page = tls_cache_.page[n - 1].load(std::memory_order_relaxed);
+    *page = tls_cache_.page[n].load(std::memory_order_relaxed);
     tls_cache_.count.store(n - 1, std::memory_order_relaxed);
   }
   tls_cache_.busy.store(0, std::memory_order_release);
   if (ok) [[likely]] {
-    std::atomic<uint64_t>& hits = tls_cache_.hits[PageTagZone(tag)][gfp_class];
+    std::atomic<uint64_t>& hits = tls_cache_.hits[zt][gfp_class];
     hits.store(hits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
   return ok;
@@ -195,8 +198,8 @@ inline bool ThreadPages::Push(uint8_t tag, Page* page) {
   const uint32_t n = tls_cache_.count.load(std::memory_order_relaxed);
   const bool ok = n < kMaxBlocks;
   if (ok) [[likely]] {
-    tls_cache_.page[n].store(page, std::memory_order_relaxed);
-    tls_cache_.tag[n].store(tag, std::memory_order_relaxed);
+    tls_cache_.page[n + 1].store(page, std::memory_order_relaxed);
+    tls_cache_.tag[n + 1].store(tag, std::memory_order_relaxed);
     tls_cache_.count.store(n + 1, std::memory_order_relaxed);
   }
   tls_cache_.busy.store(0, std::memory_order_release);

@@ -3,8 +3,8 @@
 //
 // Input: byte 0 picks the machine (small x86 with holes, or small i386 with HIGHMEM and a
 // 16-slot kmap window), whether the per-CPU lists are on, 8-page pageblocks (a pageblock_order
-// override, so that claims, steals and a highatomic reserve happen on a small machine), and
-// mobility grouping off (page_group_by_mobility = false); every following op starts with one
+// override, so that claims, steals and a highatomic reserve happen on a small machine), mobility
+// grouping off (page_group_by_mobility = false), and per-thread page caches (thread_pages); every following op starts with one
 // byte choosing among: alloc (order, gfp from a table or raw bits, owner), free a held block,
 // a free the model may refuse (pfn near a block, any order and owner), drain, alloc_pages_bulk,
 // kmap/kunmap of a held page (with a free attempted while mapped), the address forms
@@ -299,6 +299,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (setup & 4) t.pageblock_order_override = 3;
   PageAllocatorOptions o = physmem::testing::SmallOptions(std::move(t), /*pcp=*/(setup & 2) == 0);
   o.page_group_by_mobility = (setup & 8) == 0;
+  o.thread_pages = (setup & 16) != 0;  // per-thread caches in front of the lists (with pcp on)
   o.pcp_batch = 7;
   o.pcp_high = 48;
   o.nr_cpus = 2;
