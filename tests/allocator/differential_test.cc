@@ -38,6 +38,7 @@ struct DiffParam {
   bool pcp;
   int ops;
   bool expect_highatomic = false;  // the run must have reserved and released highatomic blocks
+  bool thread_pages = false;       // per-thread caches in front of the per-CPU lists
 };
 
 // SmallX86 with pageblock_order 3: Normal's 2048 pages hold 256 pageblocks, 1% of it (20 pages)
@@ -64,6 +65,7 @@ TEST_P(Differential, AgreesWithTheReferenceModel) {
   PageAllocatorOptions o = testing::SmallOptions(GetParam().target(), GetParam().pcp);
   o.pcp_batch = 7;
   o.pcp_high = 48;
+  o.thread_pages = GetParam().thread_pages;
   auto created = PageAllocator::Create(std::move(o));
   ASSERT_TRUE(created.ok()) << created.status();
   PageAllocator& pa = **created;
@@ -209,7 +211,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // run seldom reaches the slow path where ALLOC_HIGHATOMIC exists.
                       DiffParam{"x86_8page_pageblocks_buddy_only", &SmallX86SmallPageblocks, false, 200000},
                       // 64 KiB pages (arm64 64K): every PAGE_SHIFT-dependent formula off 4 KiB.
-                      DiffParam{"arm64_64k_pcp", &testing::SmallArm64_64K, true, 300000}),
+                      DiffParam{"arm64_64k_pcp", &testing::SmallArm64_64K, true, 300000},
+                      // Thread pages: the model's per-CPU total includes the thread's cache.
+                      DiffParam{"x86_thread_pages", &testing::SmallX86, true, 300000, false, true},
+                      DiffParam{"i386_highmem_thread_pages", &testing::SmallI386, true, 200000, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
