@@ -145,7 +145,8 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
   if (order == 0 && thread_pages_.enabled()) [[likely]] {
     // The thread's cache: the page's tag names its zone and list without finding either.
     const uint8_t tag = page_tags_[idx].load(std::memory_order_relaxed);
-    if (PageTagZone(tag) != ZONE_HIGHMEM && !(word & PG_head)) [[likely]] {
+    // HIGHMEM's tags are the highest (PageTag() puts the zone on top): one compare excludes them.
+    if (tag < PageTag(ZONE_HIGHMEM, 0) && !(word & PG_head)) [[likely]] {
       ClaimTrusted(page, word, PageState::Pcp(0), idx, order, owner);  // thread pages imply pcp
       if (!thread_pages_.Push(tag, page)) [[unlikely]] {
         const ZoneType zt = PageTagZone(tag);

@@ -40,7 +40,9 @@
 // fence, and no load beyond the ownership check it makes anyway. Under ThreadSanitizer, which
 // cannot see membarrier, busy and owner are seq_cst instead (a plain Dekker TSan can follow).
 // Binding, thread exit and the lifetime of a thread's cache beyond its allocator are slow paths
-// under mu_ and one process-wide lock (thread_pages.cc).
+// under mu_ and one process-wide lock (thread_pages.cc). Not async-signal-safe: a signal handler
+// that allocates or frees on a thread interrupted inside an op would find the cache mid-change
+// (the per-CPU rings, whose sections restart on a signal, are).
 #ifndef PHYSMEM_ALLOCATOR_THREAD_PAGES_H_
 #define PHYSMEM_ALLOCATOR_THREAD_PAGES_H_
 
