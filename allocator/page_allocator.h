@@ -301,6 +301,14 @@ class PageAllocator {
   // is counted by the list's own push count (VmEvents() adds those), any other here. Every free
   // path ends here, so the count is exact whichever path freed.
   void FreeToZone(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order);
+  // The same, and alloc_pages()' and __free_pages()' fast paths, compiled once with thread pages
+  // and once without, so that the per-CPU lists' own path pays one test for them, not one per step.
+  template <bool kThreadPages>
+  void FreeToZoneAs(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order);
+  template <bool kThreadPages>
+  Page* AllocPagesFast(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones);
+  template <bool kThreadPages>
+  absl::Status FreePagesFast(Page* page, unsigned order, uint32_t owner);
   absl::Status ValidateThreadPages(std::vector<uint8_t>& seen, uint64_t* pcp_pages) const;
   // The trusted free's claim of a block whose state is `word`: a plain store of `free_word`, or
   // in PHYSMEM_DCHECK builds the checked free's CAS, dying if another caller freed it meanwhile.

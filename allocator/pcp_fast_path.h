@@ -29,13 +29,18 @@ inline ZoneType PageAllocator::ZoneOfIndex(uint32_t idx) const {
   return idx < zone_index_end_[ZONE_NORMAL] ? ZONE_NORMAL : ZONE_HIGHMEM;
 }
 
-inline void PageAllocator::FreeToZone(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order) {
-  // An order-0 block goes to the thread's cache first when thread pages are on; its push count
-  // counts the free, as a ring's does.
-  if (order == 0 && thread_pages_.enabled() && thread_pages_.Push(page_tags_[idx].load(std::memory_order_relaxed), head)) {
-    return;
+template <bool kThreadPages>
+inline void PageAllocator::FreeToZoneAs(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order) {
+  // With thread pages, an order-0 block goes to the thread's cache first; the cache's counts
+  // account for that free, as a ring's push count does.
+  if constexpr (kThreadPages) {
+    if (order == 0 && thread_pages_.Push(page_tags_[idx].load(std::memory_order_relaxed), head)) return;
   }
   if (!zn->FreeBlock(idx, order)) [[unlikely]] vm_events_.CountFree(zt, order);
+}
+
+inline void PageAllocator::FreeToZone(Zone* zn, ZoneType zt, Page* head, uint32_t idx, unsigned order) {
+  thread_pages_.enabled() ? FreeToZoneAs<true>(zn, zt, head, idx, order) : FreeToZoneAs<false>(zn, zt, head, idx, order);
 }
 
 inline int PageAllocator::AllocMigratetype(gfp_t gfp) const {
@@ -45,6 +50,13 @@ inline int PageAllocator::AllocMigratetype(gfp_t gfp) const {
 }
 
 inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
+  // One test here, so that the per-CPU lists' own path is the same code with thread pages off.
+  return thread_pages_.enabled() ? AllocPagesFast<true>(gfp, order, owner, allowed_zones)
+                                 : AllocPagesFast<false>(gfp, order, owner, allowed_zones);
+}
+
+template <bool kThreadPages>
+inline Page* PageAllocator::AllocPagesFast(gfp_t gfp, unsigned order, uint32_t owner, uint32_t allowed_zones) {
   // The fast path: a pcp order without __GFP_ZERO/__GFP_COMP, the zonelist's first zone passes
   // the LOW watermark and the thread's cache (thread pages on, order 0) or the current CPU's list
   // of this migratetype has a block. Two atomic loads, a few thread-local loads and stores or one
@@ -60,10 +72,12 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
       const uint64_t allocated = PageState::Allocated(order, owner, false, mt == MIGRATE_MOVABLE);
       // The thread's cache first (it counts its own hits as the vm event), then the CPU's list.
       Page* head;
-      if (order == 0 && thread_pages_.enabled() &&
-          thread_pages_.Pop(PageTag(zn->type(), mt), zn->type(), gfp_class_index(gfp), &head)) [[likely]] {
-        head->state.store(allocated, std::memory_order_release);
-        return head;
+      if constexpr (kThreadPages) {
+        if (order == 0 && thread_pages_.Pop(PageTag(zn->type(), mt), zn->type(), gfp_class_index(gfp), &head))
+            [[likely]] {
+          head->state.store(allocated, std::memory_order_release);
+          return head;
+        }
       }
       if (zn->PcpPop(order, mt, &idx)) [[likely]] {
         head = &mem_map_->page(idx);
@@ -77,6 +91,11 @@ inline Page* PageAllocator::alloc_pages(gfp_t gfp, unsigned order, uint32_t owne
 }
 
 inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint32_t owner) {
+  return thread_pages_.enabled() ? FreePagesFast<true>(page, order, owner) : FreePagesFast<false>(page, order, owner);
+}
+
+template <bool kThreadPages>
+inline absl::Status PageAllocator::FreePagesFast(Page* page, unsigned order, uint32_t owner) {
   // The fast path: every check of the checked free in one compare (allocated with refcount 1,
   // this order and owner, not compound; PG_movable may be either), then the claiming CAS, the
   // per-CPU push and the count. A lowmem block without init_on_free only; anything else, and any
@@ -91,7 +110,7 @@ inline absl::Status PageAllocator::__free_pages(Page* page, unsigned order, uint
       // The CAS makes a double free harmless: of two racing frees, one finds the state changed
       // (and FreePagesSlow() refuses it). seq_cst as in FreeBlock() (free on x86).
       if (page->state.compare_exchange_strong(word, zn->FreeState(order), std::memory_order_seq_cst)) [[likely]] {
-        FreeToZone(zn, zt, page, idx, order);
+        FreeToZoneAs<kThreadPages>(zn, zt, page, idx, order);
         return absl::OkStatus();
       }
     }
@@ -164,7 +183,8 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
     return __free_pages(page, order, owner);
   }
   ClaimTrusted(page, word, zn->FreeState(order), idx, order, owner);
-  FreeToZone(zn, zt, page, idx, order);
+  // Thread pages took every block that reaches here at order 0 (lowmem, not compound) above.
+  FreeToZoneAs<false>(zn, zt, page, idx, order);
   return absl::OkStatus();
 }
 
