@@ -64,6 +64,8 @@ ABSL_FLAG(std::string, target, "x86_64", "replay: emulated target, a built-in na
 ABSL_FLAG(uint64_t, mem_mb, 2048, "replay: emulated RAM in MiB (built-in targets)");
 ABSL_FLAG(uint64_t, min_free_kbytes, 0, "replay: vm.min_free_kbytes (0: the kernel's formula)");
 ABSL_FLAG(bool, pcp, true, "replay: per-CPU page lists on");
+ABSL_FLAG(bool, thread_pages, false,
+          "replay: per-thread order-0 caches in front of the per-CPU lists (PageAllocatorOptions::thread_pages)");
 ABSL_FLAG(bool, page_group_by_mobility, true,
           "replay: mobility grouping (migratetypes, fallbacks); false = the kernel's page_group_by_mobility_disabled");
 ABSL_FLAG(bool, per_cpu, false, "replay: one pinned thread per traced CPU instead of one thread for all");
@@ -232,6 +234,7 @@ absl::StatusOr<ReplayConfig> ConfigFromFlags() {
   ReplayConfig config;
   config.allocator.min_free_kbytes = absl::GetFlag(FLAGS_min_free_kbytes);
   config.allocator.pcp_enabled = absl::GetFlag(FLAGS_pcp);
+  config.allocator.thread_pages = absl::GetFlag(FLAGS_thread_pages);
   config.allocator.page_group_by_mobility = absl::GetFlag(FLAGS_page_group_by_mobility);
   config.allocator.arena_backing = ArenaOptions::Backing::kOrdinary;  // untouched unless --zero_pages
   config.per_cpu_threads = absl::GetFlag(FLAGS_per_cpu);
@@ -295,6 +298,8 @@ absl::StatusOr<RunSpec> ParseConfig(const std::string& spec, int index) {
       ok = absl::SimpleAtoi(value, &config->allocator.min_free_kbytes);
     } else if (key == "pcp") {
       ok = ParseOnOff(value, &config->allocator.pcp_enabled);
+    } else if (key == "thread_pages") {
+      ok = ParseOnOff(value, &config->allocator.thread_pages);
     } else if (key == "mobility") {
       ok = ParseOnOff(value, &config->allocator.page_group_by_mobility);
     } else if (key == "per_cpu") {
@@ -304,8 +309,8 @@ absl::StatusOr<RunSpec> ParseConfig(const std::string& spec, int index) {
       daemon.address = value;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": unknown key \"", key,
-                                                     "\" (known: name, target, mem_mb, min_free_kbytes, pcp, mobility, "
-                                                     "per_cpu, daemon)"));
+                                                     "\" (known: name, target, mem_mb, min_free_kbytes, pcp, thread_pages, "
+                                                     "mobility, per_cpu, daemon)"));
     }
     if (!ok) return absl::InvalidArgumentError(absl::StrCat("configuration \"", spec, "\": bad value for ", key, ": \"", value, "\""));
   }

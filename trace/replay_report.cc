@@ -96,6 +96,8 @@ std::string JsonReplay(const ReplayResult& r) {
       "{\"config\":", Quote(r.config_name), ",\"mode\":", Quote(r.mode), ",\"target\":", Quote(r.target),
       ",\"min_free_kbytes\":", r.min_free_kbytes, ",\"pcp_requested\":", r.pcp_requested ? "true" : "false",
       ",\"pcp_active\":", r.pcp_active ? "true" : "false",
+      ",\"thread_pages_requested\":", r.thread_pages_requested ? "true" : "false",
+      ",\"thread_pages_active\":", r.thread_pages_active ? "true" : "false",
       ",\"page_group_by_mobility\":", r.group_by_mobility ? "true" : "false", ",\"threads\":", r.threads,
       ",\"cpu_mapping\":", Quote(r.cpu_mapping), ",\"allocs\":", c.allocs, ",\"alloc_failures\":", c.alloc_failures,
       ",\"frees\":", c.frees, ",\"free_of_refused\":", c.free_of_refused, ",\"free_errors\":", c.free_errors,
@@ -200,9 +202,12 @@ std::string FormatReplayText(const ReplayResult& r, const ReplayPlan& plan) {
   const ReplayCounts& c = r.counts;
   std::string out = absl::StrFormat("\nREPLAY \"%s\" on %s\n", r.config_name, r.target);
   out += std::string(out.size() - 2, '=') + "\n";
-  absl::StrAppendFormat(&out, "%-30s: %u, per-CPU lists %s%s, mobility grouping %s, %s\n", "min_free_kbytes",
+  absl::StrAppendFormat(&out, "%-30s: %u, per-CPU lists %s%s%s, mobility grouping %s, %s\n", "min_free_kbytes",
                         r.min_free_kbytes, r.pcp_requested ? "on" : "off",
                         r.pcp_requested && !r.pcp_active ? " (requested, but rseq is unusable here)" : "",
+                        !r.thread_pages_requested ? ""
+                        : r.thread_pages_active   ? " with thread pages"
+                                                  : " (thread pages requested, but unusable here)",
                         r.group_by_mobility ? "on" : "off", r.cpu_mapping);
   if (r.mode == "daemon") {
     const DaemonReplayInfo& d = r.daemon;
@@ -293,6 +298,9 @@ std::string FormatCompareText(const std::vector<ReplayResult>& results) {
   add("min_free_kbytes", [](const ReplayResult& r) { return absl::StrCat(r.min_free_kbytes); });
   add("per-CPU lists", [](const ReplayResult& r) {
     return std::string(r.pcp_active ? "on" : r.pcp_requested ? "on (inactive)" : "off");
+  });
+  add("thread pages", [](const ReplayResult& r) {
+    return std::string(r.thread_pages_active ? "on" : r.thread_pages_requested ? "on (inactive)" : "off");
   });
   add("mobility grouping", [](const ReplayResult& r) { return std::string(r.group_by_mobility ? "on" : "off"); });
   add("replayed", [](const ReplayResult& r) {

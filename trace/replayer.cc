@@ -243,6 +243,8 @@ absl::StatusOr<ReplayResult> Replay(const ReplayPlan& plan, const ReplayConfig& 
   result.target = absl::StrFormat("%s %d MiB", pa.target().name, pa.target().total_ram_bytes() >> 20);
   result.pcp_requested = config.allocator.pcp_enabled;
   result.pcp_active = pa.pcp_active();
+  result.thread_pages_requested = config.allocator.thread_pages;
+  result.thread_pages_active = pa.thread_pages_active();
   for (const ZoneStats& z : pa.Stats()) result.min_free_kbytes += z.watermarks.min * pa.target().page_size / 1024;
 
   Run run(plan, config, pa);

@@ -118,6 +118,8 @@ struct ReplayResult {
   uint64_t min_free_kbytes = 0;  // the value in effect (the kernel formula's when 0 was asked)
   bool pcp_requested = false;
   bool pcp_active = false;       // requested and rseq usable
+  bool thread_pages_requested = false;  // PageAllocatorOptions::thread_pages (in-process only)
+  bool thread_pages_active = false;     // requested and usable (per-CPU lists on, membarrier)
   int threads = 1;
   std::string cpu_mapping;       // how traced CPUs were mapped, in words
   ReplayCounts counts;

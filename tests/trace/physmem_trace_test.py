@@ -495,7 +495,8 @@ TRACE_KEYS = {"lines", "bytes", "events", "unknown_events", "unknown_event_names
 SKIPPED_KEYS = {"failed_allocs", "free_only", "free_order_mismatch", "realloc_of_live_pfn", "free_batched", "reference_events"}
 PERF_KEYS = {"alloc_requests", "alloc_bytes", "free_requests", "free_bytes", "alloc_freed", "alloc_freed_bytes", "free_only",
              "free_only_bytes", "failures", "failure_bytes", "order_migratetype"}
-REPLAY_KEYS = {"config", "mode", "target", "min_free_kbytes", "pcp_requested", "pcp_active", "page_group_by_mobility", "threads",
+REPLAY_KEYS = {"config", "mode", "target", "min_free_kbytes", "pcp_requested", "pcp_active", "thread_pages_requested",
+               "thread_pages_active", "page_group_by_mobility", "threads",
                "cpu_mapping", "allocs", "alloc_failures", "frees", "free_of_refused", "free_errors", "failures_by_reason",
                "allocs_by_order", "failures_by_order", "frees_by_order", "allocs_by_gfp_class", "failures_by_gfp_class",
                "allocs_by_migratetype", "failures_by_migratetype", "blocks_allocated_at_end", "migrate", "fragmentation",
@@ -524,14 +525,15 @@ def report_has_every_figure_and_compare_every_knob():
     with tempfile.TemporaryDirectory() as d:
         json_path = os.path.join(d, "r.json")
         configs = ["name=grouped,mem_mb=128", "name=ungrouped,mem_mb=128,mobility=off",
-                   "name=arm,target=arm64,mem_mb=256,pcp=off,min_free_kbytes=8192"]
+                   "name=arm,target=arm64,mem_mb=256,pcp=off,min_free_kbytes=8192", "name=cached,mem_mb=128,thread_pages=on"]
         rc, out, err = run(["compare", "--trace=" + SAMPLE, "--samples=6", "--json=" + json_path] + configs)
         check(rc == 0, f"compare rc {rc}: {err}")
         report = json.load(open(json_path))
     for needle in ["GFP class", "Migratetype        allocs", "Migratetype fallbacks", "Fragmentation index over the replay",
                    "Final /proc/buddyinfo", "Final /proc/pagetypeinfo", "Number of blocks type", "Total allocation failures"]:
         check(needle in out, f"the text report has {needle!r}")
-    check(re.search(r"^ +grouped +ungrouped +arm$", out, re.M) and re.search(r"^mobility grouping +on +off +on$", out, re.M),
+    check(re.search(r"^ +grouped +ungrouped +arm +cached$", out, re.M) and
+          re.search(r"^mobility grouping +on +off +on +on$", out, re.M) and re.search(r"^thread pages +off +off +off +(on|on \(inactive\))$", out, re.M),
           f"side by side:\n{out[-3000:]}")
 
     doc = open(os.path.join(SRC, "docs/trace.md")).read()
@@ -550,7 +552,7 @@ def report_has_every_figure_and_compare_every_knob():
     check([sum(row[m] for row in table) for m in range(6)] == by_mt, f"perf table per migratetype vs the file's {by_mt}")
 
     replays = {r["config"]: r for r in report["replays"]}
-    check(list(replays) == ["grouped", "ungrouped", "arm"], f"configurations in order: {list(replays)}")
+    check(list(replays) == ["grouped", "ungrouped", "arm", "cached"], f"configurations in order: {list(replays)}")
     for name, r in replays.items():
         check(set(r) == REPLAY_KEYS, f"{name}: replay keys {set(r) ^ REPLAY_KEYS}")
         check(r["mode"] == "in_process" and r["daemon"] is None, f"{name}: in-process")
@@ -597,6 +599,10 @@ def report_has_every_figure_and_compare_every_knob():
           f"without grouping every pageblock is Unmovable: {u['final_pagetypeinfo']}")
     check(g["target"].startswith("x86_64 127 MiB") and a["target"].startswith("arm64 256 MiB"), f"targets: {g['target']}, {a['target']}")
     check(g["pcp_requested"] and not a["pcp_requested"] and not a["pcp_active"], "pcp=off applied")
+    c = replays["cached"]
+    # Thread pages need the per-CPU lists, hence rseq (off in the rseq-off stage).
+    check(c["thread_pages_requested"] and c["thread_pages_active"] == c["pcp_active"] and not g["thread_pages_requested"]
+          and not g["thread_pages_active"], f"thread_pages=on applied: {c['thread_pages_requested']}, {c['thread_pages_active']}")
     check(a["min_free_kbytes"] >= 8192 - 64 and g["min_free_kbytes"] < 8192, f"min_free_kbytes applied: {a['min_free_kbytes']}")
     check(g["alloc_failures"] > a["alloc_failures"], "the bigger machine refuses fewer")
     print("ok")
