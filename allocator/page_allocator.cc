@@ -14,10 +14,6 @@ namespace {
 
 bool IsAllocated(const PageState& s) { return s.refcount != 0; }
 
-}  // namespace
-
-namespace {
-
 // The thread caches hold PagePcp blocks, so they need the per-CPU lists on in every populated
 // zone: the rings' own condition (PerCpuRings' constructor), for the constructing thread.
 bool ThreadPagesUsable(const PageAllocatorOptions& o) {

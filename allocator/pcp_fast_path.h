@@ -169,7 +169,7 @@ inline absl::Status PageAllocator::__free_pages_trusted(Page* page, unsigned ord
       ClaimTrusted(page, word, PageState::Pcp(0), idx, order, owner);  // thread pages imply pcp
       if (!thread_pages_.Push(tag, page)) [[unlikely]] {
         const ZoneType zt = PageTagZone(tag);
-        if (!zone(zt)->FreeBlock(idx, 0)) vm_events_.CountFree(zt, 0);
+        FreeToZoneAs<false>(zone(zt), zt, page, idx, 0);  // the cache is full: the CPU's list
       }
       return absl::OkStatus();
     }

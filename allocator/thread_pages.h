@@ -171,7 +171,9 @@ inline uint64_t ThreadPages::Owner() {
 #ifdef PHYSMEM_THREAD_PAGES_SC
   return tls_cache_.owner.load(std::memory_order_seq_cst);
 #else
-  return tls_cache_.owner.load(std::memory_order_relaxed);
+  // Acquire (a plain load on x86-64): seeing a drain's final `owner = id` store orders the
+  // drainer's emptying of the LIFO before this op's loads.
+  return tls_cache_.owner.load(std::memory_order_acquire);
 #endif
 }
 

@@ -213,8 +213,8 @@ INSTANTIATE_TEST_SUITE_P(
                       // 64 KiB pages (arm64 64K): every PAGE_SHIFT-dependent formula off 4 KiB.
                       DiffParam{"arm64_64k_pcp", &testing::SmallArm64_64K, true, 300000},
                       // Thread pages: the model's per-CPU total includes the thread's cache.
-                      DiffParam{"x86_thread_pages", &testing::SmallX86, true, 300000, false, true},
-                      DiffParam{"i386_highmem_thread_pages", &testing::SmallI386, true, 200000, false, true}),
+                      DiffParam{"x86_thread_pages", &testing::SmallX86, true, 150000, false, true},
+                      DiffParam{"i386_highmem_thread_pages", &testing::SmallI386, true, 100000, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -270,8 +270,12 @@ def tracefs_dir_or_skip():
 
 
 def workload(seconds):
-    """Something that allocates and frees pages: a Python process churning memory."""
-    code = ("import time\nend=time.time()+%f\nwhile time.time()<end:\n x=[bytearray(1<<20) for _ in range(16)]\n del x\n" % seconds)
+    """Something that allocates and frees pages: a Python process churning memory, at most 50 times
+    2 MiB a second (~25 k page allocations/s). Unpaced, it churned as fast as the CPU let it, so
+    the recording (and every replay of it in DocsCommandsWork: 66 s on a quiet machine, 148 s in a
+    loaded CI run) grew with the machine's speed and load."""
+    code = ("import time\nend=time.time()+%f\nwhile time.time()<end:\n x=[bytearray(1<<20) for _ in range(2)]\n del x\n"
+            " time.sleep(0.02)\n" % seconds)
     return subprocess.Popen(["/usr/bin/python3", "-c", code])
 
 
