@@ -47,10 +47,9 @@ void Pageblocks::AttachPageTags(std::atomic<uint8_t>* tags, const std::vector<Se
   tags_ = tags;
   tag_segments_ = segments;
   tag_zone_ = zone;
-  for (const Segment& seg : tag_segments_) {
-    for (uint64_t pfn = seg.start_pfn; pfn < seg.end_pfn; ++pfn) {
-      tags_[seg.index_of(pfn)].store(PageTag(zone, pcp_list_type(Get(pfn))), std::memory_order_relaxed);
-    }
+  // Every pageblock as Set() writes it after a change: one writer of the tags.
+  for (uint64_t i = 0; i < nr_blocks_; ++i) {
+    WritePageTags(base_pfn_ + (i << order_), types_[i].load(std::memory_order_relaxed));
   }
 }
 

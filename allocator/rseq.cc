@@ -26,10 +26,11 @@ constexpr size_t kRseqOriginalFeatureSize = 20;
 
 long Membarrier(int cmd, unsigned flags, int cpu) { return syscall(__NR_membarrier, cmd, flags, cpu); }
 
-bool QueryAndRegisterMembarrier() {
+// True if the kernel offers membarrier `cmd` and registered this process for it.
+bool QueryAndRegisterMembarrier(int cmd, int register_cmd) {
   const long supported = Membarrier(MEMBARRIER_CMD_QUERY, 0, 0);
-  if (supported < 0 || (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) == 0) return false;
-  return Membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+  if (supported < 0 || (supported & cmd) == 0) return false;
+  return Membarrier(register_cmd, 0, 0) == 0;
 }
 
 // Largest number in a kernel cpulist ("0-3,8-11" -> 11), or -1 if there is none.
@@ -81,7 +82,8 @@ int SchedGetCpuOrZero() {
 }  // namespace rseq_internal
 
 bool MembarrierRseqReady() {
-  static const bool ready = QueryAndRegisterMembarrier();  // thread-safe static init: once
+  static const bool ready =  // thread-safe static init: once
+      QueryAndRegisterMembarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ);
   return ready;
 }
 
@@ -93,11 +95,8 @@ int FenceCpu(int cpu) {
 }
 
 bool MembarrierExpeditedReady() {
-  static const bool ready = [] {
-    const long supported = Membarrier(MEMBARRIER_CMD_QUERY, 0, 0);
-    if (supported < 0 || (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
-    return Membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-  }();
+  static const bool ready =
+      QueryAndRegisterMembarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED);
   return ready;
 }
 

@@ -164,8 +164,8 @@ class Zone {
     return s.contains_index(idx) ? s.pfn_of(idx) : buddy_.pfn_of(idx);
   }
   // free_unref_page(): the per-CPU list a freed block joins is its pageblock's type
-  // (pcp_list_type(): HIGHATOMIC on MOVABLE's). The first segment's pages (most zones have one) find their pageblock from the page index
-  // alone: offset from the pageblocks' base = idx + first_seg_pb_bias_ (precomputed, modulo 2^64).
+  // (pcp_list_type(): HIGHATOMIC on MOVABLE's). The first segment's pages (most zones have one)
+  // find their pageblock from the page index alone: offset from the pageblocks' base = idx + first_seg_pb_bias_ (precomputed, modulo 2^64).
   int PcpFreeType(uint32_t idx) const {
     const int mt = idx - first_seg_index_ < first_seg_pages_ ? pageblocks_.GetAtOffset(idx + first_seg_pb_bias_)
                                                              : pageblocks_.Get(PfnOf(idx));
